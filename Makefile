@@ -1,0 +1,62 @@
+# The few commands people type. Everything is installed by these targets themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := .local-cluster/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export TESSERA_DATA ?= $(abspath ../shared/data)
+
+.PHONY: help venv tools cluster-up cluster-down crds demo test test-unit test-cluster bench lint train clean
+
+help:
+	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
+	@echo "make test          run the whole test suite (unit + real control plane)"
+	@echo "make cluster-up    start (or reuse) the local control plane with fake GPU/NPU nodes"
+	@echo "make cluster-down  stop it"
+	@echo "make crds          regenerate crds/ and the chart's CRDs from tessera.api"
+	@echo "make bench         run the benchmarks (JSON + markdown in bench/results/)"
+	@echo "make lint          ruff + mypy"
+
+# The venv is rebuilt when pyproject.toml changes. pip's cache makes a rebuild cheap.
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+tools:
+	bash hack/build-tools.sh
+
+cluster-up: venv tools
+	bash hack/cluster-up.sh
+
+cluster-down:
+	bash hack/cluster-down.sh
+
+crds: venv
+	$(PY) -m tessera.api.crdgen --out crds
+
+demo: venv tools
+	bash hack/demo.sh
+
+test: venv tools
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest -m "not cluster"
+
+bench: venv
+	$(PY) -m bench
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+train: venv
+	$(PY) -m tessera.policies.learned.train
+
+clean:
+	rm -rf $(VENV) .local-cluster build *.egg-info

@@ -1,0 +1,431 @@
+"""The domain model: nodes, workloads and a point-in-time view of the cluster.
+
+Everything here is immutable and stdlib-only so that the operator, the simulator and
+every policy share one vocabulary.  Capacity is tracked per device in milli-units
+(1000 = one whole accelerator) so that fractional sharing (a pod asking for 0.3 of a
+GPU, as in the Alibaba traces) and whole-device gangs use the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+MILLI_PER_DEVICE = 1000
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class WorkloadKind(StrEnum):
+    TRAINING = "training"
+    INFERENCE = "inference"
+    #: a single pod from a trace (no gang semantics beyond one replica)
+    POD = "pod"
+
+
+class Spread(StrEnum):
+    """How replicas of one workload must be spread (inference anti-affinity)."""
+
+    NONE = "none"
+    NODE = "node"
+    ZONE = "zone"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Where a node sits. Replicas of one gang prefer one ``domain``."""
+
+    zone: str = ""
+    #: rack, NVLink or NIC domain: the unit of fast interconnect
+    domain: str = ""
+    #: NIC class (e.g. "ib-400g", "roce-200g"); nodes with different NICs talk slower
+    nic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A schedulable machine and its total (not free) capacity."""
+
+    name: str
+    accelerator_type: str | None
+    accelerator_count: int
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    topology: Topology = Topology()
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
+    ready: bool = True
+    #: False when cordoned or tainted NoSchedule/NoExecute
+    schedulable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.accelerator_count < 0:
+            raise ValueError(f"node {self.name}: accelerator_count must be >= 0")
+        if self.accelerator_count and not self.accelerator_type:
+            raise ValueError(f"node {self.name}: accelerators without an accelerator_type")
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and self.schedulable
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaDemand:
+    """What one replica (one pod) of a workload needs.
+
+    ``accelerators`` whole devices, or, when ``shared_milli`` is set, a fraction of a
+    single device that other replicas may share (0 < shared_milli < 1000).
+    """
+
+    accelerators: int = 1
+    shared_milli: int = 0
+    cpu_milli: int = 0
+    memory_mib: int = 0
+
+    def __post_init__(self) -> None:
+        if self.accelerators < 0 or self.cpu_milli < 0 or self.memory_mib < 0:
+            raise ValueError("replica demand must not be negative")
+        if self.shared_milli:
+            if self.accelerators:
+                raise ValueError("a replica asks for whole accelerators or a shared fraction, not both")
+            if not 0 < self.shared_milli < MILLI_PER_DEVICE:
+                raise ValueError("shared_milli must be between 1 and 999")
+
+    @property
+    def accelerator_milli(self) -> int:
+        """Total accelerator milli-units one replica consumes."""
+        return self.accelerators * MILLI_PER_DEVICE + self.shared_milli
+
+    @property
+    def needs_accelerator(self) -> bool:
+        return self.accelerators > 0 or self.shared_milli > 0
+
+
+@dataclass(frozen=True, slots=True)
+class AcceleratorOption:
+    """An accelerator type a workload may run on, with its per-replica throughput there.
+
+    Throughput is relative (any unit, but one unit per workload): samples/s of one
+    training replica, or requests/s one inference replica sustains.
+    """
+
+    accelerator_type: str
+    throughput: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A schedulable unit: a gang of identical replicas (training) or a service (inference).
+
+    ``key`` is unique in a cluster ("namespace/name" in the operator).
+    """
+
+    key: str
+    kind: WorkloadKind
+    demand: ReplicaDemand
+    min_replicas: int = 1
+    max_replicas: int = 1
+    #: inference: the replica count asked for (``kubectl scale``); None = max_replicas
+    desired_replicas: int | None = None
+    #: allowed accelerator types; empty = any type (or none, for CPU-only demand)
+    options: tuple[AcceleratorOption, ...] = ()
+    allow_mixed_types: bool = False
+    priority: int = 0
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    global_batch_size: int | None = None
+    micro_batch_size: int | None = None
+    submitted_at_seconds: float = 0.0
+    spread: Spread = Spread.NONE
+    preemptible: bool = True
+    deadline_seconds: float | None = None
+    #: work lost and time spent when the workload is restarted or resharded
+    restart_cost_seconds: float = 60.0
+    #: free-form facts for models (e.g. the model name a simulator profiles)
+    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"{self.key}: replicas must satisfy 0 <= min <= max and max >= 1 "
+                f"(got min={self.min_replicas}, max={self.max_replicas})"
+            )
+        if self.desired_replicas is not None and not (
+            self.min_replicas <= self.desired_replicas <= self.max_replicas
+        ):
+            raise ValueError(f"{self.key}: desired replicas must lie within [min, max]")
+        if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
+            raise ValueError(f"{self.key}: parallel degrees must be >= 1")
+        types = [o.accelerator_type for o in self.options]
+        if len(set(types)) != len(types):
+            raise ValueError(f"{self.key}: accelerator types listed twice")
+
+    @property
+    def target_replicas(self) -> int:
+        """How many replicas the workload wants when capacity allows."""
+        return self.desired_replicas if self.desired_replicas is not None else self.max_replicas
+
+    @property
+    def gang_min(self) -> int:
+        """The fewest replicas that may be started together (never zero)."""
+        return max(1, self.min_replicas)
+
+    def allows(self, accelerator_type: str | None) -> bool:
+        if not self.demand.needs_accelerator:
+            return True
+        if accelerator_type is None:
+            return False
+        return not self.options or any(o.accelerator_type == accelerator_type for o in self.options)
+
+    def throughput_on(self, accelerator_type: str | None) -> float:
+        """Per-replica throughput on ``accelerator_type`` (1.0 when unspecified)."""
+        for option in self.options:
+            if option.accelerator_type == accelerator_type:
+                return option.throughput
+        return 1.0
+
+    @property
+    def allowed_types(self) -> tuple[str, ...]:
+        return tuple(o.accelerator_type for o in self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlacement:
+    """Where one running replica sits."""
+
+    replica: int
+    node: str
+    accelerator_type: str | None
+    #: device indices on the node (whole devices), or the one shared device
+    devices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """A running workload and the placement of each of its replicas."""
+
+    workload: Workload
+    replicas: tuple[ReplicaPlacement, ...]
+    started_at_seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.workload.key
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        return frozenset(r.node for r in self.replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFree:
+    """Free capacity of one node."""
+
+    devices_milli: tuple[int, ...]
+    cpu_milli: int
+    memory_mib: int
+
+    @property
+    def whole_devices(self) -> int:
+        return sum(1 for d in self.devices_milli if d == MILLI_PER_DEVICE)
+
+    @property
+    def accelerator_milli(self) -> int:
+        return sum(self.devices_milli)
+
+
+class ClusterSnapshot:
+    """An immutable view of the cluster at one instant, built once per scheduling cycle.
+
+    Free capacity is derived from the nodes and the running allocations.  Allocations
+    on nodes that are no longer known (a deleted node) are kept, so the engine can see
+    that their replicas are lost.
+    """
+
+    __slots__ = ("_allocations", "_free", "_nodes", "now_seconds")
+
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        allocations: Iterable[Allocation] = (),
+        now_seconds: float = 0.0,
+    ) -> None:
+        node_map: dict[str, Node] = {}
+        for node in nodes:
+            if node.name in node_map:
+                raise ValueError(f"node {node.name} listed twice")
+            node_map[node.name] = node
+        alloc_map: dict[str, Allocation] = {}
+        for allocation in allocations:
+            if allocation.key in alloc_map:
+                raise ValueError(f"workload {allocation.key} allocated twice")
+            alloc_map[allocation.key] = allocation
+        self._nodes: Mapping[str, Node] = MappingProxyType(node_map)
+        self._allocations: Mapping[str, Allocation] = MappingProxyType(alloc_map)
+        self.now_seconds = now_seconds
+        ledger = CapacityLedger.empty(node_map.values())
+        for allocation in alloc_map.values():
+            for rp in allocation.replicas:
+                if rp.node in node_map:
+                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+        self._free: Mapping[str, NodeFree] = MappingProxyType(ledger.freeze())
+
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        return self._nodes
+
+    @property
+    def allocations(self) -> Mapping[str, Allocation]:
+        return self._allocations
+
+    def free(self, node_name: str) -> NodeFree:
+        return self._free[node_name]
+
+    def accelerator_types(self) -> frozenset[str]:
+        return frozenset(n.accelerator_type for n in self._nodes.values() if n.accelerator_type)
+
+    def ledger(self) -> CapacityLedger:
+        """A mutable copy of the free capacity, for policies and plan validation."""
+        return CapacityLedger(self._nodes, self._free)
+
+    def with_changes(
+        self,
+        nodes: Iterable[Node] | None = None,
+        allocations: Iterable[Allocation] | None = None,
+        now_seconds: float | None = None,
+    ) -> ClusterSnapshot:
+        return ClusterSnapshot(
+            self._nodes.values() if nodes is None else nodes,
+            self._allocations.values() if allocations is None else allocations,
+            self.now_seconds if now_seconds is None else now_seconds,
+        )
+
+
+class CapacityError(Exception):
+    """A reservation that does not fit."""
+
+
+class CapacityLedger:
+    """Mutable free capacity per node: reserve and release replicas as a plan is built."""
+
+    __slots__ = ("_cpu", "_devices", "_mem", "nodes")
+
+    def __init__(self, nodes: Mapping[str, Node], free: Mapping[str, NodeFree]) -> None:
+        self.nodes = nodes
+        self._devices = {name: list(f.devices_milli) for name, f in free.items()}
+        self._cpu = {name: f.cpu_milli for name, f in free.items()}
+        self._mem = {name: f.memory_mib for name, f in free.items()}
+
+    @classmethod
+    def empty(cls, nodes: Iterable[Node]) -> CapacityLedger:
+        node_map = {n.name: n for n in nodes}
+        free = {
+            n.name: NodeFree((MILLI_PER_DEVICE,) * n.accelerator_count, n.cpu_milli, n.memory_mib)
+            for n in node_map.values()
+        }
+        return cls(node_map, free)
+
+    def freeze(self) -> dict[str, NodeFree]:
+        return {
+            name: NodeFree(tuple(devs), self._cpu[name], self._mem[name])
+            for name, devs in self._devices.items()
+        }
+
+    def free(self, node: str) -> NodeFree:
+        return NodeFree(tuple(self._devices[node]), self._cpu[node], self._mem[node])
+
+    def whole_free(self, node: str) -> int:
+        return sum(1 for d in self._devices[node] if d == MILLI_PER_DEVICE)
+
+    def cpu_free(self, node: str) -> int:
+        return self._cpu[node]
+
+    def memory_free(self, node: str) -> int:
+        return self._mem[node]
+
+    def device_free(self, node: str) -> list[int]:
+        """Free milli per device (a copy)."""
+        return list(self._devices[node])
+
+    def _choose(self, node: str, demand: ReplicaDemand) -> tuple[int, ...] | None:
+        devs = self._devices[node]
+        if demand.accelerators:
+            idx = [i for i, d in enumerate(devs) if d == MILLI_PER_DEVICE]
+            return tuple(idx[: demand.accelerators]) if len(idx) >= demand.accelerators else None
+        if demand.shared_milli:
+            # best fit: the fullest device that still has room, lowest index on ties
+            best = None
+            for i, d in enumerate(devs):
+                if d >= demand.shared_milli and (best is None or d < devs[best]):
+                    best = i
+            return None if best is None else (best,)
+        return ()
+
+    def fits(self, node: str, demand: ReplicaDemand) -> bool:
+        return (
+            self._cpu[node] >= demand.cpu_milli
+            and self._mem[node] >= demand.memory_mib
+            and self._choose(node, demand) is not None
+        )
+
+    def take(
+        self,
+        node: str,
+        demand: ReplicaDemand,
+        devices: tuple[int, ...] = (),
+        strict: bool = True,
+    ) -> tuple[int, ...]:
+        """Reserve one replica on ``node``; returns the device indices used.
+
+        With ``strict=False`` (used when replaying what is already running) capacity may
+        go negative rather than raise, so an over-committed cluster is still visible.
+        """
+        devs = self._devices[node]
+        if not devices:
+            chosen = self._choose(node, demand)
+            if chosen is None:
+                if strict:
+                    raise CapacityError(f"{node}: not enough free accelerators for {_describe(demand)}")
+                chosen = tuple(range(min(len(devs), demand.accelerators or 1))) if demand.needs_accelerator else ()
+            devices = chosen
+        per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
+        expected = demand.accelerators if demand.accelerators else (1 if demand.shared_milli else 0)
+        if strict:
+            if len(devices) != expected or len(set(devices)) != len(devices):
+                raise CapacityError(f"{node}: {_describe(demand)} needs {expected} device(s), got {list(devices)}")
+            for i in devices:
+                if not 0 <= i < len(devs):
+                    raise CapacityError(f"{node}: no device {i}")
+                if devs[i] < per_device:
+                    raise CapacityError(f"{node}: device {i} has {devs[i]} milli free, needs {per_device}")
+            if self._cpu[node] < demand.cpu_milli:
+                raise CapacityError(f"{node}: needs {demand.cpu_milli} cpu milli, {self._cpu[node]} free")
+            if self._mem[node] < demand.memory_mib:
+                raise CapacityError(f"{node}: needs {demand.memory_mib} MiB memory, {self._mem[node]} free")
+        for i in devices:
+            if 0 <= i < len(devs):
+                devs[i] -= per_device
+        self._cpu[node] -= demand.cpu_milli
+        self._mem[node] -= demand.memory_mib
+        return tuple(devices)
+
+    def give_back(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...]) -> None:
+        """Release one replica's reservation."""
+        if node not in self._devices:
+            return  # the node is gone; nothing to give back
+        devs = self._devices[node]
+        per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
+        for i in devices:
+            if 0 <= i < len(devs):
+                devs[i] = min(MILLI_PER_DEVICE, devs[i] + per_device)
+        self._cpu[node] += demand.cpu_milli
+        self._mem[node] += demand.memory_mib
+
+
+def _describe(demand: ReplicaDemand) -> str:
+    if demand.accelerators:
+        return f"{demand.accelerators} accelerator(s)"
+    if demand.shared_milli:
+        return f"{demand.shared_milli / MILLI_PER_DEVICE:.2f} of an accelerator"
+    return "no accelerators"

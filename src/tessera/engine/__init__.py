@@ -1,0 +1,6 @@
+"""The scheduling engine and the ports it talks through."""
+
+from tessera.engine.cycle import CycleResult, Engine
+from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
+
+__all__ = ["Actuator", "Clock", "ClusterSource", "CycleResult", "Engine", "MetricsSink", "NullMetrics"]

@@ -1,0 +1,142 @@
+"""One scheduling cycle: snapshot -> policy -> validate -> decisions.
+
+Every kind of decision (placement, preemption, elastic resize, migration) goes through
+this one door, so nothing a policy proposes reaches the cluster unchecked.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from tessera.core import (
+    ClusterSnapshot,
+    Placement,
+    Plan,
+    Rejection,
+    Workload,
+    explain_unfit,
+    validate_plan,
+)
+from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
+from tessera.policy import Policy, PolicyContext
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """What one cycle decided."""
+
+    policy: str
+    policy_version: str
+    snapshot: ClusterSnapshot
+    plan: Plan
+    rejected: tuple[Rejection, ...]
+    #: pending workloads left waiting -> why, in words a user can act on
+    waiting: Mapping[str, str]
+    decision_seconds: float
+    cycle: int
+    error: str = ""
+    stats: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class Engine:
+    """Runs a policy safely.
+
+    ``timer`` only measures decision latency; decisions themselves see time through the
+    injected clock.  A policy that raises does not stop the loop: the cycle returns an
+    empty plan with the error, and every pending workload keeps waiting with that reason.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        clock: Clock,
+        *,
+        seed: int = 0,
+        time_budget_seconds: float = 1.0,
+        deterministic: bool = False,
+        params: Mapping[str, Any] | None = None,
+        metrics: MetricsSink | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.seed = seed
+        self.time_budget_seconds = time_budget_seconds
+        self.deterministic = deterministic
+        self.params = MappingProxyType(dict(params or {}))
+        self.metrics = metrics or NullMetrics()
+        self._timer = timer
+        self._cycles = 0
+
+    def context(self) -> PolicyContext:
+        # a fresh, seeded generator per cycle: replaying cycle N gives the same draws
+        return PolicyContext(
+            now_seconds=self.clock.now(),
+            rng=random.Random(self.seed * 1_000_003 + self._cycles),
+            time_budget_seconds=self.time_budget_seconds,
+            deterministic=self.deterministic,
+            seed=self.seed,
+            params=self.params,
+        )
+
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload]) -> CycleResult:
+        ctx = self.context()
+        self._cycles += 1
+        error = ""
+        started = self._timer()
+        try:
+            proposed = self.policy.decide(snapshot, pending, ctx)
+        except Exception as err:  # a broken policy must not take the scheduler down
+            proposed = Plan()
+            error = f"policy {self.policy.name} failed: {type(err).__name__}: {err}"
+        elapsed = self._timer() - started
+        validated = validate_plan(snapshot, pending, proposed)
+        waiting = self._waiting(pending, proposed, validated.accepted, validated.rejected, validated.ledger, error)
+        result = CycleResult(
+            policy=self.policy.name,
+            policy_version=self.policy.version,
+            snapshot=snapshot,
+            plan=validated.accepted,
+            rejected=validated.rejected,
+            waiting=MappingProxyType(waiting),
+            decision_seconds=elapsed,
+            cycle=self._cycles,
+            error=error,
+        )
+        self.metrics.record_cycle(result)
+        return result
+
+    def run_cycle(self, source: ClusterSource, actuator: Actuator) -> CycleResult:
+        result = self.decide(source.snapshot(), source.pending())
+        actuator.apply(result)
+        return result
+
+    @staticmethod
+    def _waiting(
+        pending: Sequence[Workload],
+        proposed: Plan,
+        accepted: Plan,
+        rejected: Sequence[Rejection],
+        ledger: Any,
+        error: str,
+    ) -> dict[str, str]:
+        placed = {p.workload for p in accepted.placements}
+        refused = {r.action.workload: r.reason for r in rejected if isinstance(r.action, Placement)}
+        waiting: dict[str, str] = {}
+        for workload in pending:
+            if workload.key in placed:
+                continue
+            if error:
+                waiting[workload.key] = error
+            elif workload.key in refused:
+                waiting[workload.key] = f"policy proposed an invalid placement: {refused[workload.key]}"
+            elif workload.key in proposed.unplaced:
+                waiting[workload.key] = proposed.unplaced[workload.key]
+            else:
+                waiting[workload.key] = explain_unfit(ledger, workload)
+        return waiting

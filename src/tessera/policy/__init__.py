@@ -1,0 +1,30 @@
+"""The policy plugin SDK: what every scheduling policy implements.
+
+Plugin authors import from here (and from :mod:`tessera.testing`) only::
+
+    from tessera.policy import Policy, PolicyContext, Decision
+    from tessera.core import ClusterSnapshot, Workload, Plan
+
+A policy sees a :class:`~tessera.core.ClusterSnapshot` and the pending workloads and
+returns a :class:`~tessera.core.Plan`; it never talks to the API server. Register it
+under the ``tessera.policies`` entry-point group.
+"""
+
+from tessera.policy.base import Decision, Policy, PolicyContext, PolicyInfo
+from tessera.policy.registry import (
+    PolicyLoadError,
+    RegisteredPolicy,
+    available_policies,
+    load_policy,
+)
+
+__all__ = [
+    "Decision",
+    "Policy",
+    "PolicyContext",
+    "PolicyInfo",
+    "PolicyLoadError",
+    "RegisteredPolicy",
+    "available_policies",
+    "load_policy",
+]

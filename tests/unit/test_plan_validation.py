@@ -1,0 +1,132 @@
+from tessera.core import (
+    Allocation,
+    ClusterSnapshot,
+    Migration,
+    Placement,
+    Plan,
+    Preemption,
+    ReplicaAssignment,
+    ReplicaPlacement,
+    Resize,
+    Spread,
+    explain_unfit,
+    validate_plan,
+)
+from tessera.testing import gang, node
+
+RA = ReplicaAssignment
+
+
+def cluster():
+    return ClusterSnapshot([node("h1", "H100", 8), node("h2", "H100", 8), node("a1", "A100", 8)])
+
+
+def test_valid_gang_is_accepted():
+    job = gang("ns/j", 2, 8, ["H100"])
+    result = validate_plan(cluster(), [job], Plan(placements=(Placement("ns/j", (RA("h1"), RA("h2"))),)))
+    assert result.ok and len(result.accepted.placements) == 1
+
+
+def test_overcommit_rejects_the_whole_gang():
+    job = gang("ns/j", 2, 8, ["H100"])
+    plan = Plan(placements=(Placement("ns/j", (RA("h1"), RA("h1"))),))
+    result = validate_plan(cluster(), [job], plan)
+    assert not result.accepted.placements
+    assert "not enough free accelerators" in result.rejected[0].reason
+    assert result.ledger.whole_free("h1") == 8  # nothing of the gang stays reserved
+
+
+def test_gang_size_outside_min_max_is_rejected():
+    job = gang("ns/j", (2, 3), 1, ["H100"])
+    result = validate_plan(cluster(), [job], Plan(placements=(Placement("ns/j", (RA("h1"),)),)))
+    assert "outside [2, 3]" in result.rejected[0].reason
+
+
+def test_disallowed_type_is_rejected():
+    job = gang("ns/j", 1, 1, ["H100"])
+    result = validate_plan(cluster(), [job], Plan(placements=(Placement("ns/j", (RA("a1"),)),)))
+    assert "may not run on A100" in result.rejected[0].reason
+
+
+def test_mixing_types_needs_permission():
+    job = gang("ns/j", 2, 1, ["H100", "A100"])
+    plan = Plan(placements=(Placement("ns/j", (RA("h1"), RA("a1"))),))
+    assert "may not mix" in validate_plan(cluster(), [job], plan).rejected[0].reason
+    mixed = gang("ns/j", 2, 1, ["H100", "A100"], mixed=True)
+    assert validate_plan(cluster(), [mixed], plan).ok
+
+
+def test_not_ready_node_is_rejected():
+    snap = ClusterSnapshot([node("h1", "H100", 8, ready=False)])
+    job = gang("ns/j", 1, 1)
+    assert "not ready" in validate_plan(snap, [job], Plan(placements=(Placement("ns/j", (RA("h1"),)),))).rejected[0].reason
+
+
+def test_spread_across_nodes():
+    svc = gang("ns/s", 2, 1, spread=Spread.NODE)
+    plan = Plan(placements=(Placement("ns/s", (RA("h1"), RA("h1"))),))
+    assert "spread across nodes" in validate_plan(cluster(), [svc], plan).rejected[0].reason
+
+
+def test_preemption_frees_room_for_a_placement():
+    low = gang("ns/low", 1, 8, ["A100"], priority=0)
+    snap = ClusterSnapshot(
+        [node("a1", "A100", 8)], [Allocation(low, (ReplicaPlacement(0, "a1", "A100", tuple(range(8))),))]
+    )
+    high = gang("ns/high", 1, 8, ["A100"], priority=10)
+    plan = Plan(
+        preemptions=(Preemption("ns/low", "priority", "ns/high"),),
+        placements=(Placement("ns/high", (RA("a1"),)),),
+    )
+    result = validate_plan(snap, [high], plan)
+    assert result.ok
+
+
+def test_non_preemptible_is_protected():
+    low = gang("ns/low", 1, 8, ["A100"], preemptible=False)
+    snap = ClusterSnapshot(
+        [node("a1", "A100", 8)], [Allocation(low, (ReplicaPlacement(0, "a1", "A100", tuple(range(8))),))]
+    )
+    result = validate_plan(snap, [], Plan(preemptions=(Preemption("ns/low", "x"),)))
+    assert "not preemptible" in result.rejected[0].reason
+
+
+def test_resize_shrink_and_grow():
+    job = gang("ns/j", (1, 3), 4, ["H100"])
+    alloc = Allocation(job, (ReplicaPlacement(0, "h1", "H100", (0, 1, 2, 3)), ReplicaPlacement(1, "h2", "H100", (0, 1, 2, 3))))
+    snap = ClusterSnapshot([node("h1", "H100", 8), node("h2", "H100", 8)], [alloc])
+    grow = Resize("ns/j", add=(RA("h1"),))
+    assert validate_plan(snap, [], Plan(resizes=(grow,))).ok
+    too_big = Resize("ns/j", add=(RA("h1"), RA("h2")))
+    assert "outside [1, 3]" in validate_plan(snap, [], Plan(resizes=(too_big,))).rejected[0].reason
+    shrink = Resize("ns/j", remove=(1,))
+    result = validate_plan(snap, [], Plan(resizes=(shrink,)))
+    assert result.ok and result.ledger.whole_free("h2") == 8
+
+
+def test_rejected_resize_restores_removed_capacity():
+    job = gang("ns/j", (2, 2), 8, ["H100"])
+    alloc = Allocation(job, (ReplicaPlacement(0, "h1", "H100", tuple(range(8))), ReplicaPlacement(1, "h2", "H100", tuple(range(8)))))
+    snap = ClusterSnapshot([node("h1", "H100", 8), node("h2", "H100", 8)], [alloc])
+    result = validate_plan(snap, [], Plan(resizes=(Resize("ns/j", remove=(1,)),)))
+    assert "outside [2, 2]" in result.rejected[0].reason
+    assert result.ledger.whole_free("h2") == 0
+
+
+def test_migration_is_make_before_break():
+    svc = gang("ns/s", 1, 8, ["H100"])
+    alloc = Allocation(svc, (ReplicaPlacement(0, "h1", "H100", tuple(range(8))),))
+    snap = ClusterSnapshot([node("h1", "H100", 8), node("h2", "H100", 8)], [alloc])
+    ok = validate_plan(snap, [], Plan(migrations=(Migration("ns/s", 0, RA("h2")),)))
+    assert ok.ok and ok.ledger.whole_free("h1") == 8 and ok.ledger.whole_free("h2") == 0
+    # moving onto its own node needs room for both copies at once: refused
+    same = validate_plan(snap, [], Plan(migrations=(Migration("ns/s", 0, RA("h1")),)))
+    assert not same.ok
+
+
+def test_explain_unfit_names_types_and_counts():
+    snap = cluster()
+    job = gang("ns/j", 4, 8, ["H100"])
+    assert explain_unfit(snap.ledger(), job) == "needs 4 replicas (8 accelerators each); 2 fit on H100"
+    missing = gang("ns/m", 1, 1, ["MI300X"])
+    assert "no node has an allowed accelerator type (MI300X)" in explain_unfit(snap.ledger(), missing)
