@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
-from chart_helpers import CHART, helm, one, render, render_text  # noqa: E402
-from test_chart import NON_DEFAULT  # noqa: E402
+from chart_helpers import CHART, helm, one, render, render_text
+from test_chart import NON_DEFAULT
 
 # The API server has no Prometheus Operator CRDs, so the ServiceMonitor cannot be checked
 # server-side; tests/unit/test_chart.py checks it selects the metrics Service.

@@ -51,6 +51,6 @@ def test_dashboard_is_importable() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}"

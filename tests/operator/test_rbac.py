@@ -1,0 +1,221 @@
+"""The chart's identity on the real API server: enough to schedule, and nothing more.
+
+The chart is installed with helm; the tests then use a token of its ServiceAccount
+(`kubectl create token`), not impersonation, so authentication and authorization are
+exactly what the operator gets in a pod.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
+from chart_helpers import CHART, helm
+
+#: What every authenticated user may do (system:basic-user, system:discovery,
+#: system:public-info-viewer); it shows up in any rules review.
+AUTHENTICATED = {
+    ("authorization.k8s.io", "selfsubjectaccessreviews", "create", ""),
+    ("authorization.k8s.io", "selfsubjectrulesreviews", "create", ""),
+    ("authentication.k8s.io", "selfsubjectreviews", "create", ""),
+}
+
+
+@dataclass
+class Identity:
+    """The chart's ServiceAccount, with a kubeconfig holding one of its tokens."""
+
+    release: str
+    namespace: str
+    service_account: str
+    kubeconfig: Path
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.release}-tessera"
+
+
+def token_kubeconfig(cluster: Any, namespace: str, service_account: str, path: Path) -> Path:
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": service_account}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def identity(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
+    release = f"r{uuid.uuid4().hex[:6]}"
+    namespace = f"tessera-{release}"
+    helm("install", release, str(CHART), "--namespace", namespace, "--create-namespace",
+         "--kubeconfig", str(cluster.kubeconfig), "--set", "replicaCount=0", env=cluster.env)
+    sa = f"{release}-tessera"
+    kubeconfig = token_kubeconfig(cluster, namespace, sa, tmp_path_factory.mktemp("sa") / "kubeconfig")
+    try:
+        yield Identity(release, namespace, sa, kubeconfig)
+    finally:
+        helm("uninstall", release, "--namespace", namespace, "--kubeconfig", str(cluster.kubeconfig),
+             env=cluster.env, check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def can_i(cluster: Any, who: Identity, verb: str, resource: str, namespace: str | None = None,
+          name: str | None = None) -> bool:
+    """`kubectl auth can-i` with the ServiceAccount's own token (a SelfSubjectAccessReview).
+
+    ``resource`` may name a subresource ("pods/binding"); can-i itself reads TYPE/NAME, so
+    the subresource goes through --subresource.
+    """
+    base, _, subresource = resource.partition("/")
+    target = f"{base}/{name}" if name else base
+    ns = ["-n", namespace] if namespace else ["--all-namespaces"]
+    sub = [f"--subresource={subresource}"] if subresource else []
+    proc = cluster.kubectl("--kubeconfig", str(who.kubeconfig), "auth", "can-i", verb, target, *sub, *ns, check=False)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), f"can-i {verb} {target}: {proc.stdout} {proc.stderr}"
+    return answer == "yes"
+
+
+def rules_in(cluster: Any, who: Identity, namespace: str) -> set[tuple[str, str, str, str]]:
+    """(group, resource, verb, resourceName) the identity holds in ``namespace``, per the API server."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+              "spec": {"namespace": namespace}}
+    proc = cluster.kubectl("--kubeconfig", str(who.kubeconfig), "create", "-f", "-", "-o", "json",
+                           input=json.dumps(review))
+    status = json.loads(proc.stdout)["status"]
+    assert not status.get("incomplete"), status
+    out = set()
+    for rule in status["resourceRules"]:
+        for group in rule.get("apiGroups", [""]):
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    for name in rule.get("resourceNames") or [""]:
+                        out.add((group, resource, verb, name))
+    return out
+
+
+def chart_rules(who: Identity, with_lease: bool) -> set[tuple[str, str, str, str]]:
+    """The rules the chart grants, expanded from the rendered ClusterRole (and Role)."""
+    out = set()
+    rendered = helm("template", who.release, str(CHART), "--namespace", who.namespace, "--kube-version", "1.34.0")
+    for obj in yaml.safe_load_all(rendered.stdout):
+        if obj and (obj["kind"] == "ClusterRole" or (with_lease and obj["kind"] == "Role")):
+            for rule in obj["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            for name in rule.get("resourceNames") or [""]:
+                                out.add((group, resource, verb, name))
+    return out
+
+
+def test_the_identity_holds_exactly_the_chart_rules_in_a_workload_namespace(cluster: Any, identity: Identity,
+                                                                            namespace: str) -> None:
+    held = rules_in(cluster, identity, namespace)
+    assert held - AUTHENTICATED == chart_rules(identity, with_lease=False)
+
+
+def test_the_identity_holds_exactly_the_chart_rules_in_its_own_namespace(cluster: Any, identity: Identity) -> None:
+    held = rules_in(cluster, identity, identity.namespace)
+    assert held - AUTHENTICATED == chart_rules(identity, with_lease=True)
+
+
+NEEDED = [
+    ("list", "nodes", None, None),
+    ("watch", "nodes", None, None),
+    ("list", "pods", None, None),
+    ("create", "pods", "ws", None),
+    ("delete", "pods", "ws", None),
+    ("create", "pods/binding", "ws", None),
+    ("list", "elasticjobs.tessera.dev", None, None),
+    ("watch", "inferenceservices.tessera.dev", None, None),
+    ("patch", "elasticjobs.tessera.dev", "ws", None),
+    ("patch", "elasticjobs.tessera.dev/status", "ws", None),
+    ("patch", "inferenceservices.tessera.dev/status", "ws", None),
+    ("create", "events", "ws", None),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+    ("create", "leases.coordination.k8s.io", "own", None),
+    ("update", "leases.coordination.k8s.io", "own", "lease"),
+    ("get", "leases.coordination.k8s.io", "own", "lease"),
+]
+
+FORBIDDEN = [
+    ("get", "secrets", "ws", None),
+    ("list", "secrets", None, None),
+    ("get", "secrets", "own", None),
+    ("get", "configmaps", "ws", None),
+    ("patch", "nodes", None, None),
+    ("update", "nodes", None, None),
+    ("delete", "nodes", None, None),
+    ("patch", "nodes/status", None, None),
+    ("update", "pods", "ws", None),
+    ("patch", "pods", "ws", None),
+    ("create", "pods/exec", "ws", None),
+    ("create", "pods/eviction", "ws", None),
+    ("get", "pods/log", "ws", None),
+    ("create", "deployments.apps", "ws", None),
+    ("create", "serviceaccounts/token", "own", None),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", None, None),
+    ("impersonate", "serviceaccounts", "ws", None),
+    ("delete", "elasticjobs.tessera.dev", "ws", None),
+    ("create", "elasticjobs.tessera.dev", "ws", None),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+    ("update", "leases.coordination.k8s.io", "own", "kube-scheduler"),
+    ("update", "leases.coordination.k8s.io", "kube-system", "kube-controller-manager"),
+    ("get", "leases.coordination.k8s.io", "ws", None),
+]
+
+
+def _resolve(identity: Identity, workload_ns: str, namespace: str | None, name: str | None) -> tuple[str | None, str | None]:
+    ns = {"ws": workload_ns, "own": identity.namespace}.get(namespace or "", namespace)
+    return ns, (f"{identity.fullname}-scheduler" if name == "lease" else name)
+
+
+def needs_crds(cluster: Any, resource: str) -> None:
+    """kubectl resolves tessera.dev resources through discovery: the CRDs must be served."""
+    if "tessera.dev" in resource:
+        crd = resource.split("/")[0]
+        if cluster.kubectl("get", "crd", crd, check=False).returncode != 0:
+            pytest.skip(f"CRD {crd} not installed: the chart's crds/ folder has no CRDs yet")
+
+
+@pytest.mark.parametrize(("verb", "resource", "where", "name"), NEEDED)
+def test_the_identity_may_do_what_the_operator_needs(cluster: Any, identity: Identity, namespace: str,
+                                                     verb: str, resource: str, where: str | None, name: str | None) -> None:
+    ns, obj = _resolve(identity, namespace, where, name)
+    needs_crds(cluster, resource)
+    assert can_i(cluster, identity, verb, resource, ns, obj)
+
+
+@pytest.mark.parametrize(("verb", "resource", "where", "name"), FORBIDDEN)
+def test_the_identity_may_not_do_more(cluster: Any, identity: Identity, namespace: str,
+                                      verb: str, resource: str, where: str | None, name: str | None) -> None:
+    ns, obj = _resolve(identity, namespace, where, name)
+    needs_crds(cluster, resource)
+    assert not can_i(cluster, identity, verb, resource, ns, obj)
+
+
+def test_reading_a_secret_with_the_token_is_refused(cluster: Any, identity: Identity, namespace: str) -> None:
+    # not only the review: a real request with the token gets 403
+    cluster.kubectl("create", "secret", "generic", "s", "-n", namespace, "--from-literal=k=v")
+    proc = cluster.kubectl("--kubeconfig", str(identity.kubeconfig), "get", "secret", "s", "-n", namespace, check=False)
+    assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
+    proc = cluster.kubectl("--kubeconfig", str(identity.kubeconfig), "label", "node", "cpu-0", "x=y", check=False)
+    assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
