@@ -7,7 +7,7 @@ BIN := .local-cluster/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TESSERA_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help venv tools cluster-up cluster-down crds demo test test-unit test-cluster bench lint train clean
+.PHONY: help venv tools cluster-up cluster-down crds demo test test-unit test-cluster bench lint train clean helm-lint kind-up kind-down
 
 help:
 	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
@@ -17,6 +17,8 @@ help:
 	@echo "make crds          regenerate crds/ and the chart's CRDs from tessera.api"
 	@echo "make bench         run the benchmarks (JSON + markdown in bench/results/)"
 	@echo "make lint          ruff + mypy"
+	@echo "make helm-lint     helm lint --strict on the chart (default and kind values)"
+	@echo "make kind-up       kind cluster + kwok + the chart + the examples (needs Docker; docs/kind.md)"
 
 # The venv is rebuilt when pyproject.toml changes. pip's cache makes a rebuild cheap.
 $(VENV)/.stamp: pyproject.toml
@@ -60,3 +62,14 @@ train: venv
 
 clean:
 	rm -rf $(VENV) .local-cluster build *.egg-info
+
+# helm from `make tools` assumes Kubernetes v1.20 unless told (no release ldflags)
+helm-lint: tools
+	helm lint --strict helm/tessera --kube-version 1.34.0
+	helm lint --strict helm/tessera --kube-version 1.34.0 --values hack/kind-values.yaml
+
+kind-up: tools
+	bash hack/kind-up.sh
+
+kind-down:
+	bash hack/kind-down.sh
