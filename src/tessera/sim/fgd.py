@@ -126,6 +126,8 @@ class RunResult:
     pods_never_fit: int = 0
     decisions: int = 0
     seconds: float = 0.0
+    #: (arrival step, node name) of every placed pod, in placement order
+    placements: list[tuple[int, str]] = field(default_factory=list)
 
     def records(self, max_demand_pct: float | None = None) -> list[dict[str, Any]]:
         """One record per whole percent of arrived demand (the authors' binning)."""
@@ -211,7 +213,7 @@ def run_protocol(
             state.arrive(shape, fits_empty, empty)
             choice = choose_node(arrays, shape, policy, policy_rng, cache, node_rank)
             if choice is not None:
-                state.place(choice.node, shape, choice.devices)
+                state.place(choice.node, shape, choice.devices, step)
             else:
                 result.pods_unscheduled += 1
             if step % batch == 0 or step == len(order):
@@ -245,13 +247,14 @@ class _RunState:
         if not fits:
             self.result.pods_never_fit += 1
 
-    def place(self, node: int, shape: PodShape, devices: tuple[int, ...]) -> None:
+    def place(self, node: int, shape: PodShape, devices: tuple[int, ...], step: int) -> None:
         row = np.array([node])
         before = float(self.meter.node_fragmentation(row)[0])
         self.arrays.place(node, shape, devices)
         self.fragmented += float(self.meter.node_fragmentation(row)[0]) - before
         self.allocated += shape.total_gpu_milli
         self.result.pods_placed += 1
+        self.result.placements.append((step, self.arrays.names[node]))
 
     def record(self) -> None:
         self.result.decisions += 1
@@ -278,36 +281,36 @@ def _run_generic(
     node_objects: list[Node] = [n.to_node() for n in nodes]
     allocations: list[Allocation] = []
     arrays = state.arrays
-    pending: list[tuple[Workload, PodShape]] = []
+    pending: list[tuple[Workload, PodShape, int]] = []
     for step, index in enumerate(order, start=1):
         pod = ordered[index]
         shape = shapes[pod.name]
         state.arrive(shape, fits_empty, empty)
         # inflated copies of a pod need their own key
-        pending.append((replace(pod.to_workload(float(step)), key=f"{pod.name}#{step}"), shape))
+        pending.append((replace(pod.to_workload(float(step)), key=f"{pod.name}#{step}"), shape, step))
         if step % batch and step != len(order):
             continue
         snapshot = ClusterSnapshot(node_objects, allocations, now_seconds=float(step))
-        workloads = [w for w, _ in pending]
+        workloads = [w for w, _, _ in pending]
         ctx = PolicyContext(
             now_seconds=float(step), rng=rng, deterministic=True, seed=seed,
             params=params,
         )
         plan = policy.decide(snapshot, workloads, ctx)
         validated = validate_plan(snapshot, workloads, plan)
-        by_key = {w.key: (w, s) for w, s in pending}
+        by_key = {w.key: (w, s, k) for w, s, k in pending}
         placed: set[str] = set()
         for placement in validated.accepted.placements:
-            workload, wshape = by_key[placement.workload]
+            workload, wshape, arrived_at = by_key[placement.workload]
             replicas = []
             for replica, assignment in enumerate(placement.replicas):
                 node = arrays.index[assignment.node]
                 devices = assignment.devices or _default_devices(arrays, node, wshape)
-                state.place(node, wshape, devices)
+                state.place(node, wshape, devices, arrived_at)
                 replicas.append(ReplicaPlacement(replica, assignment.node, node_objects[node].accelerator_type, devices))
             allocations.append(Allocation(workload, tuple(replicas), started_at_seconds=float(step)))
             placed.add(workload.key)
-        state.result.pods_unscheduled += sum(1 for w, _ in pending if w.key not in placed)
+        state.result.pods_unscheduled += sum(1 for w, _, _ in pending if w.key not in placed)
         pending.clear()
         state.record()
 

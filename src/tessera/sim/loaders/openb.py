@@ -275,11 +275,10 @@ def _parse_pod(path: Path, line: int, row: dict[str, str]) -> OpenbPod:
     spec_raw = row.get("gpu_spec", "")
     if spec_raw.lower() == "nan":
         spec_raw = ""
-    spec = tuple(t for t in (s.strip() for s in spec_raw.split(GPU_SPEC_SEPARATOR)) if t)
+    # the public lists sometimes name a model twice ("V100M16|V100M32|V100M32"): same constraint
+    spec = tuple(dict.fromkeys(t for t in (s.strip() for s in spec_raw.split(GPU_SPEC_SEPARATOR)) if t))
     if spec and num_gpu == 0:
         raise TraceFormatError(path, line, "gpu_spec", "no GPU model constraint on a CPU-only pod", spec_raw)
-    if len(set(spec)) != len(spec):
-        raise TraceFormatError(path, line, "gpu_spec", "each GPU model listed once", spec_raw)
     return OpenbPod(
         name=name,
         cpu_milli=_int(path, line, row, "cpu_milli"),
