@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
-from chart_helpers import CHART, helm
+from chart_helpers import CHART, ROOT, helm
+
+EXAMPLES = ROOT / "examples"
 
 #: What every authenticated user may do (system:basic-user, system:discovery,
 #: system:public-info-viewer); it shows up in any rules review.
@@ -229,3 +231,42 @@ def test_reading_a_secret_with_the_token_is_refused(cluster: Any, identity: Iden
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
     proc = cluster.kubectl("--kubeconfig", str(identity.kubeconfig), "label", "node", "cpu-0", "x=y", check=False)
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
+
+
+# --- the operator itself, running as the chart's identity ------------------------------
+
+def test_the_operator_schedules_the_examples_as_the_chart_identity(
+    crds: Any, identity: Identity, namespace: str, tmp_path: Path
+) -> None:
+    """Sufficiency, end to end: `tessera operator` out of cluster with only the SA token."""
+    operator_process = pytest.importorskip("operator_process", reason="the operator (tests/operator/operator_process.py) is not in this tree yet")
+    cluster = crds
+    proc = operator_process.OperatorProcess(
+        identity.kubeconfig, tmp_path / "operator.log",
+        "--lease-namespace", identity.namespace, "--lease-name", f"{identity.fullname}-scheduler",
+        "--identity", "rbac-test",
+    ).start()
+    example = EXAMPLES / "elasticjob-basic.yaml"
+    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    try:
+        cluster.apply(example, namespace=namespace)
+
+        def running() -> list[dict[str, Any]] | None:
+            status = cluster.get_json("elasticjob", name, "-n", namespace).get("status") or {}
+            pods = cluster.get_json("pods", "-n", namespace)["items"]
+            bound = [p for p in pods if p["spec"].get("nodeName") and p["status"].get("phase") == "Running"]
+            return bound if status.get("phase") == "Running" and len(bound) >= 2 else None
+
+        pods = cluster.wait_for(running, timeout=60, what=f"{name} Running under the chart's identity")
+        assert all(p["spec"]["schedulerName"] == "tessera" for p in pods)
+        lease = cluster.get_json("lease", f"{identity.fullname}-scheduler", "-n", identity.namespace)
+        assert lease["spec"]["holderIdentity"] == "rbac-test"
+        # deletion goes through the finalizer and the pods are removed, still as the SA
+        cluster.kubectl("delete", "elasticjob", name, "-n", namespace, "--wait=false")
+        cluster.wait_for(lambda: not cluster.get_json("pods", "-n", namespace)["items"], timeout=40,
+                         what="the job's pods deleted by the operator")
+        log = proc.log()
+        assert "403" not in log and "forbidden" not in log.lower(), log[-4000:]
+    finally:
+        proc.stop()
+        print(f"----- operator log\n{proc.log()[-6000:]}")
