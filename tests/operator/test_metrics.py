@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,17 +41,29 @@ def scrape(port: int) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
+def cycles(port: int) -> float:
+    family = scrape(port)["tessera_scheduling_cycle_duration_seconds"]
+    return next(s.value for s in family.samples if s.name.endswith("_count"))
+
+
 def family_name(metric: str, kind: str) -> str:
     # the exposition parser names counter families without their _total suffix
     return metric.removesuffix("_total") if kind == "counter" else metric
 
 
-@pytest.fixture
-def scheduled(crds: Any, namespace: str, tmp_path: Path) -> Iterator[tuple[Any, int]]:
-    """An operator with a metrics port, after it placed the example (then cleaned up)."""
+@pytest.fixture(scope="module")
+def scheduled(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int]]:
+    """An operator with a metrics port, after it placed the example (then cleaned up).
+
+    Module-scoped: one operator run serves all the checks below.
+    """
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    crds.kubectl("create", "namespace", namespace)
+    if crds.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode != 0:
+        crds.kubectl("create", "serviceaccount", "default", "-n", namespace, check=False)
     port = free_port()
     proc = operator_process.OperatorProcess(
-        crds.kubeconfig, tmp_path / "operator.log", "--metrics-port", str(port),
+        crds.kubeconfig, tmp_path_factory.mktemp("metrics") / "operator.log", "--metrics-port", str(port),
         "--lease-namespace", namespace, "--lease-name", "metrics-test",
     ).start()
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
@@ -60,9 +73,10 @@ def scheduled(crds: Any, namespace: str, tmp_path: Path) -> Iterator[tuple[Any, 
             lambda: (crds.get_json("elasticjob", name, "-n", namespace).get("status") or {}).get("phase") == "Running",
             timeout=60, what=f"{name} Running",
         )
-        # one more cycle after the placement, so the gauges describe the running job
-        crds.wait_for(lambda: scrape(port)["tessera_scheduling_cycle_duration_seconds"].samples, timeout=10,
-                      what="a finished cycle")
+        # two more cycles: the second one surely started after the job was running, so the
+        # gauges describe it
+        done = cycles(port)
+        crds.wait_for(lambda: cycles(port) >= done + 2, timeout=20, what="two more scheduling cycles")
         yield crds, port
         crds.kubectl("delete", "elasticjob", name, "-n", namespace, "--wait=false")
         crds.wait_for(lambda: not crds.get_json("pods", "-n", namespace)["items"], timeout=40,
@@ -70,6 +84,7 @@ def scheduled(crds: Any, namespace: str, tmp_path: Path) -> Iterator[tuple[Any, 
     finally:
         proc.stop()
         print(f"----- operator log\n{proc.log()[-6000:]}")
+        crds.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_every_documented_metric_is_served_with_its_type_and_labels(scheduled: tuple[Any, int]) -> None:
@@ -95,7 +110,8 @@ def test_every_documented_metric_is_served_with_its_type_and_labels(scheduled: t
 def test_served_tessera_metrics_are_all_documented(scheduled: tuple[Any, int]) -> None:
     _cluster, port = scheduled
     documented = {family_name(m, kind) for m, (kind, _labels) in documented_metrics().items()}
-    served = {name for name in scrape(port) if name.startswith("tessera_")}
+    # prometheus_client adds a <name>_created series to counters and histograms
+    served = {name.removesuffix("_created") for name in scrape(port) if name.startswith("tessera_")}
     assert served <= documented, f"served but not in docs/metrics.md: {sorted(served - documented)}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from typing import Any
@@ -256,3 +257,22 @@ def test_rbac_can_be_left_to_the_user() -> None:
     assert not by_kind(objects, "ServiceAccount")
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_rendered_arguments_are_accepted_by_the_operator_cli(values: dict[str, Any] | None) -> None:
+    """The Deployment's args parse with `tessera operator`'s own argument parser."""
+    main = pytest.importorskip("tessera.operator.main", reason="the operator is not in this tree yet")
+    parser = argparse.ArgumentParser(prog="tessera operator", exit_on_error=False)
+    main.add_arguments(parser)
+    args = container(render(values))["args"]
+    assert args[0] == "operator"
+    parsed = parser.parse_args([a.replace("$(POD_NAME)", "pod-0") for a in args[1:]])
+    expected = {**{"policy": "best-fit", "time_budget_seconds": 1.0, "seed": 0, "interval_seconds": 2.0,
+                   "metrics_port": 9090, "lease_name": "tessera-scheduler", "lease_duration_seconds": 15,
+                   "liveness": "http://0.0.0.0:8080/healthz", "identity": "pod-0"},
+                **({"policy": "cpsat", "time_budget_seconds": 0.5, "seed": 7, "interval_seconds": 5.0,
+                    "metrics_port": 9100, "lease_name": "sched-scheduler", "lease_duration_seconds": 30,
+                    "liveness": "http://0.0.0.0:8081/healthz", "context": "prod"} if values else {})}
+    for key, value in expected.items():
+        assert getattr(parsed, key) == value, key
