@@ -136,6 +136,7 @@ class ReplicaStatus(_Lenient):
     pod: str = Field(..., description="Pod name.")
     node: str = Field(..., description="Node the pod is bound to (or is being bound to).")
     acceleratorType: str = Field("", description="Accelerator type of that node.")
+    generation: int = Field(0, description="placementGeneration of the decision that placed this replica.")
 
 
 Phase = Literal["Pending", "Binding", "Running", "Failed"]
