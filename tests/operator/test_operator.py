@@ -275,3 +275,24 @@ def test_sigkill_and_restart_loses_nothing(cluster, namespace, start_operator):
     for name in ("train-a", "train-b"):  # every gang whole
         assert len(running_pods(cluster, namespace, name, 2)) == 2
     assert "bind failed" not in second.log()
+
+
+def test_two_operators_never_schedule_at_once(cluster, namespace, start_operator):
+    # a longer Lease than the other tests: on a loaded machine a 3 s Lease may lapse between
+    # renewals, and then a takeover is correct behaviour, not what this test is about
+    first = start_operator("--identity", "replica-a", "--lease-duration-seconds", "15")
+    cluster.wait_for(lambda: "became the scheduling leader" in first.log(), what="first operator leads")
+    second = start_operator("--identity", "replica-b", "--lease-duration-seconds", "15")
+    cluster.apply(elasticjob("pair-a", ["H100"], min_replicas=2, max_replicas=2), namespace)
+    cluster.apply(elasticjob("pair-b", ["A100"], min_replicas=2, max_replicas=2), namespace)
+    wait_phase(cluster, "elasticjob", "pair-a", namespace, "Running")
+    wait_phase(cluster, "elasticjob", "pair-b", namespace, "Running")
+    assert "became the scheduling leader" not in second.log()  # the Lease keeps it idle
+    assert first.alive and second.alive
+    assert len(_bound(pods_of(cluster, namespace))) == 4
+    # the leader goes away cleanly (releasing the Lease); the standby takes over
+    first.stop()
+    cluster.wait_for(lambda: "became the scheduling leader" in second.log(), timeout=20, what="takeover")
+    cluster.apply(elasticjob("pair-c", ["H100"], min_replicas=1, max_replicas=1), namespace)
+    wait_phase(cluster, "elasticjob", "pair-c", namespace, "Running")
+    assert "bind failed" not in first.log() + second.log()

@@ -64,8 +64,22 @@ class LeaderElector:
         }
 
     def still_leader(self) -> bool:
-        """True when our last successful renewal has not expired (checked before binding)."""
+        """True when our last successful renewal has not expired."""
         return self.is_leader and self.clock() - self._renewed_at < self.duration_seconds
+
+    def ensure_leader(self) -> bool:
+        """Checked before each write that must not be duplicated (a bind): renews the Lease
+        when a third of its duration has passed, so a long cycle does not outlive it."""
+        if not self.is_leader:
+            return False
+        if self.clock() - self._renewed_at < self.duration_seconds / 3:
+            return True
+        try:
+            return self.acquire_or_renew()
+        except Exception:  # any API failure means we cannot prove we still lead
+            log.exception("could not renew the scheduler lease")
+            self.is_leader = False
+            return False
 
     def acquire_or_renew(self) -> bool:
         now = self.clock()

@@ -178,8 +178,8 @@ class Scheduler:
         report.result = result
         if result.error:
             report.errors.append(result.error)
-        if not self.elector.still_leader():
-            report.errors.append("lease expired during the decision; not applying it")
+        if not self.elector.ensure_leader():
+            report.errors.append("lost the scheduler lease during the decision; not applying it")
             return report
         for view in state.workloads.values():
             if view.in_flight and not view.rollback_reason and view.to_bind:
@@ -322,7 +322,7 @@ class Scheduler:
                     continue  # bound before a restart: never bind twice
                 if bound_to:
                     raise KubeError(f"pod {r.pod} is bound to {bound_to}, not {r.node}")
-                if not self.elector.still_leader():
+                if not self.elector.ensure_leader():
                     raise KubeError("lost the scheduler lease while binding")
                 self.kube.bind_pod(view.namespace, r.pod, r.node, pod["metadata"]["uid"])
                 self.metrics.bound_pods.inc()
