@@ -9,10 +9,10 @@ must be equal.
 
 from __future__ import annotations
 
-import pytest
-
 from dataclasses import replace
 from datetime import UTC, datetime
+
+import pytest
 
 from tessera.core import ClusterSnapshot, Plan, Workload, accelerator_info
 from tessera.engine import Engine
