@@ -39,7 +39,7 @@ cluster-down:
 	bash hack/cluster-down.sh
 
 crds: venv
-	$(PY) -m tessera.api.crdgen --out crds
+	$(PY) -m tessera.api.crdgen --out crds --out helm/tessera/crds
 
 demo: venv tools
 	bash hack/demo.sh

@@ -52,7 +52,7 @@ def family_name(metric: str, kind: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def scheduled(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int]]:
+def scheduled(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int, int]]:
     """An operator with a metrics port, after it placed the example (then cleaned up).
 
     Module-scoped: one operator run serves all the checks below.
@@ -61,9 +61,10 @@ def scheduled(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     crds.kubectl("create", "namespace", namespace)
     if crds.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode != 0:
         crds.kubectl("create", "serviceaccount", "default", "-n", namespace, check=False)
-    port = free_port()
+    port, health_port = free_port(), free_port()
     proc = operator_process.OperatorProcess(
         crds.kubeconfig, tmp_path_factory.mktemp("metrics") / "operator.log", "--metrics-port", str(port),
+        "--liveness", f"http://127.0.0.1:{health_port}/healthz",
         "--lease-namespace", namespace, "--lease-name", "metrics-test",
     ).start()
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
@@ -77,7 +78,7 @@ def scheduled(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         # gauges describe it
         done = cycles(port)
         crds.wait_for(lambda: cycles(port) >= done + 2, timeout=20, what="two more scheduling cycles")
-        yield crds, port
+        yield crds, port, health_port
         crds.kubectl("delete", "elasticjob", name, "-n", namespace, "--wait=false")
         crds.wait_for(lambda: not crds.get_json("pods", "-n", namespace)["items"], timeout=40,
                       what="the example's pods deleted")
@@ -87,8 +88,8 @@ def scheduled(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         crds.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def test_every_documented_metric_is_served_with_its_type_and_labels(scheduled: tuple[Any, int]) -> None:
-    _cluster, port = scheduled
+def test_every_documented_metric_is_served_with_its_type_and_labels(scheduled: tuple[Any, int, int]) -> None:
+    _cluster, port, _health = scheduled
     families = scrape(port)
     missing, wrong = [], []
     for metric, (kind, labels) in documented_metrics().items():
@@ -107,8 +108,8 @@ def test_every_documented_metric_is_served_with_its_type_and_labels(scheduled: t
     assert not wrong, wrong
 
 
-def test_served_tessera_metrics_are_all_documented(scheduled: tuple[Any, int]) -> None:
-    _cluster, port = scheduled
+def test_served_tessera_metrics_are_all_documented(scheduled: tuple[Any, int, int]) -> None:
+    _cluster, port, _health = scheduled
     documented = {family_name(m, kind) for m, (kind, _labels) in documented_metrics().items()}
     # prometheus_client adds a <name>_created series to counters and histograms
     served = {name.removesuffix("_created") for name in scrape(port) if name.startswith("tessera_")}
@@ -123,8 +124,8 @@ def value(families: dict[str, Any], name: str, **labels: str) -> float:
     return total
 
 
-def test_metric_values_describe_the_cycle(scheduled: tuple[Any, int]) -> None:
-    cluster, port = scheduled
+def test_metric_values_describe_the_cycle(scheduled: tuple[Any, int, int]) -> None:
+    cluster, port, _health = scheduled
     families = scrape(port)
     job = yaml.safe_load(EXAMPLE.read_text())
     per_replica = job["spec"]["acceleratorsPerReplica"]
@@ -146,3 +147,10 @@ def test_metric_values_describe_the_cycle(scheduled: tuple[Any, int]) -> None:
     assert families["tessera_scheduling_cycle_duration_seconds"].samples
     policy_samples = [s for s in families["tessera_decision_latency_seconds"].samples if s.name.endswith("_count")]
     assert policy_samples and policy_samples[0].labels["policy"] == "best-fit" and policy_samples[0].value >= 1
+
+
+def test_the_probe_endpoint_the_chart_uses_answers(scheduled: tuple[Any, int, int]) -> None:
+    """The chart's probes GET /healthz on --liveness: the operator serves it (kopf's probe)."""
+    _cluster, _port, health_port = scheduled
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as response:
+        assert response.status == 200

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a crashed leader blocks a successor")
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}",
                         help="this replica's name in the Lease")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="serve kopf's health probe here, e.g. http://0.0.0.0:8080/healthz (the chart's probes)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
 
 
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
     kube = Kube.connect(args.kubeconfig, args.context)
     metrics = OperatorMetrics()
+    metrics.instrument(kube.api)  # tessera_api_errors_total
     metrics.serve(args.metrics_port)
     engine = Engine(policy, WallClock(), seed=args.seed, time_budget_seconds=args.time_budget_seconds,
                     metrics=metrics)
@@ -65,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
                             args.lease_duration_seconds)
     scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds)
     log.info("tessera operator starting: policy %s %s, identity %s", policy.name, policy.version, args.identity)
-    asyncio.run(_serve(scheduler, kube))
+    asyncio.run(_serve(scheduler, kube, args.liveness))
     return 0
 
 
-async def _serve(scheduler: Scheduler, kube: Kube) -> None:
+async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None) -> None:
     # importing the handler modules registers them with kopf's default registry
     from tessera.operator import elasticjob, handlers, inferenceservice  # noqa: F401
 
@@ -79,7 +82,7 @@ async def _serve(scheduler: Scheduler, kube: Kube) -> None:
     loop_task = asyncio.create_task(scheduler.loop(stop, wake), name="tessera-scheduler")
     try:
         # standalone: exclusion is the scheduler Lease, not kopf peering (no peering CRDs needed)
-        await kopf.operator(clusterwide=True, standalone=True, memo=memo)
+        await kopf.operator(clusterwide=True, standalone=True, memo=memo, liveness_endpoint=liveness)
     finally:
         stop.set()
         wake.set()

@@ -1,53 +1,254 @@
-"""Prometheus metrics of the operator (one registry, served on --metrics-port)."""
+"""Prometheus metrics of the operator (one registry, served on --metrics-port).
+
+docs/metrics.md documents every metric (name, type, labels, meaning); a test checks the
+operator serves exactly those after a scheduling cycle. Label values stay bounded: policy
+names, accelerator types, node pools, plan action kinds, API verbs/resources/status codes;
+never a workload or pod name.
+"""
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from tessera.core import ClusterSnapshot, Migration, Placement, Preemption, Resize, Workload
 from tessera.engine import CycleResult
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: node labels that name a node pool, most specific first (ours, then the common providers')
+NODE_POOL_LABELS = (
+    "tessera.dev/node-pool",
+    "karpenter.sh/nodepool",
+    "cloud.google.com/gke-nodepool",
+    "eks.amazonaws.com/nodegroup",
+    "kubernetes.azure.com/agentpool",
+)
+DEFAULT_POOL = "default"
+
+_ACTIONS: Mapping[type, str] = {Placement: "placement", Preemption: "preemption", Resize: "resize", Migration: "migration"}
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_API_PREFIX = re.compile(r"^/(?:api/v1|apis/[^/]+/[^/]+)/")
+
+
+def node_pool(labels: Mapping[str, str]) -> str:
+    """The node's pool: the first pool label it carries, else ``default``."""
+    for key in NODE_POOL_LABELS:
+        if labels.get(key):
+            return labels[key]
+    return DEFAULT_POOL
+
+
+def demand_types(workload: Workload) -> tuple[str, ...]:
+    """Accelerator-type label values a waiting workload counts under (docs/metrics.md)."""
+    if not workload.demand.needs_accelerator:
+        return ("none",)
+    return workload.allowed_types or ("any",)
+
+
+def api_verb_and_resource(method: str, url: str) -> tuple[str, str]:
+    """("list", "pods") for GET /api/v1/pods, ("create", "pods/binding") for a Binding, ..."""
+    path, _, query = url.partition("?")
+    path = re.sub(r"^https?://[^/]+", "", path)
+    match = _API_PREFIX.match(path)
+    parts = path[match.end():].split("/") if match else [p for p in path.split("/") if p]
+    if len(parts) > 2 and parts[0] == "namespaces":
+        parts = parts[2:]
+    resource = parts[0] if parts else ""
+    if len(parts) > 2:
+        resource += "/" + parts[2]
+    if method.upper() == "GET":
+        verb = "watch" if "watch=true" in query else ("get" if len(parts) > 1 else "list")
+    else:
+        verb = _VERBS.get(method.upper(), method.lower())
+    return verb, resource
+
 
 class OperatorMetrics:
-    """The core scheduling metrics; also the engine's MetricsSink."""
+    """The operator's metrics; also the engine's MetricsSink."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._label_sets: dict[int, set[tuple[str, ...]]] = defaultdict(set)
+        r = self.registry
         self.cycle_duration = Histogram(
             "tessera_scheduling_cycle_duration_seconds",
             "Wall time of one scheduling cycle: list, decide, bind, write status.",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.decision_latency = Histogram(
-            "tessera_decision_latency_seconds",
-            "Time the policy took to decide one cycle.",
-            ["policy"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            "tessera_decision_latency_seconds", "Time the policy took to decide one cycle.",
+            ["policy"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.solver_status = Counter(
+            "tessera_solver_status_total", "Solver outcomes of policies that run a solver (CP-SAT status name).",
+            ["policy", "status"], registry=r,
+        )
+        self.policy_errors = Counter(
+            "tessera_policy_errors_total", "Cycles in which the policy raised (nothing was applied).",
+            ["policy"], registry=r,
+        )
+        self.plan_rejections = Counter(
+            "tessera_plan_rejections_total", "Plan actions the engine refused as invalid.",
+            ["policy", "action"], registry=r,
         )
         self.placements = Counter(
             "tessera_placements_total",
             "Workload placements bound (a gang counts once), by workload kind and outcome.",
-            ["kind", "outcome"],
-            registry=self.registry,
+            ["kind", "outcome"], registry=r,
+        )
+        self.preemptions = Counter(
+            "tessera_preemptions_total", "Running workloads the policy evicted (accepted preemptions).",
+            ["policy"], registry=r,
+        )
+        self.reshards = Counter(
+            "tessera_reshards_total", "Elastic resizes of running jobs (accepted), by direction.",
+            ["policy", "direction"], registry=r,
+        )
+        self.migrations = Counter(
+            "tessera_migrations_total", "Running replicas moved to another node (accepted migrations).",
+            ["policy"], registry=r,
         )
         self.pending = Gauge(
-            "tessera_pending_workloads",
-            "Workloads (or scale-up units) waiting for capacity after the last cycle.",
-            registry=self.registry,
+            "tessera_pending_workloads", "Workloads (or scale-up units) waiting for capacity after the last cycle.",
+            registry=r,
+        )
+        self.pending_gangs = Gauge(
+            "tessera_pending_gangs", "Gangs waiting after the last cycle, by accelerator type they accept.",
+            ["accelerator_type"], registry=r,
+        )
+        self.pending_accelerators = Gauge(
+            "tessera_pending_accelerators",
+            "Accelerators the waiting gangs ask for (minimum gang size), by accelerator type they accept.",
+            ["accelerator_type"], registry=r,
+        )
+        self.allocated_accelerators = Gauge(
+            "tessera_allocated_accelerators", "Accelerators held by running Tessera workloads.",
+            ["accelerator_type", "node_pool"], registry=r,
+        )
+        self.capacity_accelerators = Gauge(
+            "tessera_capacity_accelerators", "Accelerators on ready, schedulable nodes.",
+            ["accelerator_type", "node_pool"], registry=r,
         )
         self.bound_pods = Counter(
-            "tessera_pods_bound_total", "Pods bound through the Binding subresource.", registry=self.registry
+            "tessera_pods_bound_total", "Pods bound through the Binding subresource.", registry=r
+        )
+        self.api_errors = Counter(
+            "tessera_api_errors_total", "Failed Kubernetes API requests of the scheduler (HTTP status, 0: no answer).",
+            ["verb", "resource", "code"], registry=r,
         )
         self.leader = Gauge(
-            "tessera_scheduler_leader", "1 when this replica holds the scheduler Lease.", registry=self.registry
+            "tessera_scheduler_leader", "1 when this replica holds the scheduler Lease.", registry=r
         )
 
+    # --- the engine's MetricsSink -------------------------------------------------------
+
     def record_cycle(self, result: CycleResult) -> None:
-        self.decision_latency.labels(policy=result.policy).observe(result.decision_seconds)
-        self.pending.set(len(result.waiting))
+        policy = result.policy
+        self.decision_latency.labels(policy=policy).observe(result.decision_seconds)
+        # children exist from the first cycle on, so rate() sees a 0 before the first event
+        for counter in (self.preemptions, self.migrations, self.policy_errors):
+            counter.labels(policy=policy)
+        for direction in ("grow", "shrink"):
+            self.reshards.labels(policy=policy, direction=direction)
+        for action in _ACTIONS.values():
+            self.plan_rejections.labels(policy=policy, action=action)
+        if result.error:
+            self.policy_errors.labels(policy=policy).inc()
+        status = result.stats.get("status")
+        if isinstance(status, str) and status:
+            self.solver_status.labels(policy=policy, status=status).inc()
+        plan = result.plan
+        self.preemptions.labels(policy=policy).inc(len(plan.preemptions))
+        self.migrations.labels(policy=policy).inc(len(plan.migrations))
+        for resize in plan.resizes:
+            direction = "grow" if len(resize.add) > len(resize.remove) else "shrink"
+            self.reshards.labels(policy=policy, direction=direction).inc()
+        for rejection in result.rejected:
+            self.plan_rejections.labels(policy=policy, action=_ACTIONS[type(rejection.action)]).inc()
+
+    # --- once per scheduling cycle ---------------------------------------------------
+
+    def record_cluster(self, snapshot: ClusterSnapshot, pending: Iterable[Workload], waiting: Mapping[str, str]) -> None:
+        """Demand and capacity gauges of one cycle.
+
+        ``snapshot`` is the cluster the cycle started from, ``pending`` what went into its
+        decisions, ``waiting`` what is left waiting after them (key -> reason).
+        """
+        self.pending.set(len(waiting))
+        self._record_accelerators(snapshot)
+        gangs: dict[str, float] = defaultdict(float)
+        accelerators: dict[str, float] = defaultdict(float)
+        for workload in pending:
+            if workload.key not in waiting:
+                continue
+            for accelerator_type in demand_types(workload):
+                gangs[accelerator_type] += 1
+                accelerators[accelerator_type] += workload.gang_min * workload.demand.accelerator_milli / 1000
+        self._set_all(self.pending_gangs, {(t,): v for t, v in gangs.items()})
+        self._set_all(self.pending_accelerators, {(t,): v for t, v in accelerators.items()})
+
+    def _record_accelerators(self, snapshot: ClusterSnapshot) -> None:
+        capacity: dict[tuple[str, ...], float] = defaultdict(float)
+        pools = {name: node_pool(node.labels) for name, node in snapshot.nodes.items()}
+        for name, node in snapshot.nodes.items():
+            if node.accelerator_type and node.usable:
+                capacity[(node.accelerator_type, pools[name])] += node.accelerator_count
+        allocated: dict[tuple[str, ...], float] = defaultdict(float)
+        for allocation in snapshot.allocations.values():
+            per_replica = allocation.workload.demand.accelerator_milli / 1000
+            for replica in allocation.replicas:
+                if replica.accelerator_type and per_replica:
+                    pool = pools.get(replica.node, DEFAULT_POOL)
+                    allocated[(replica.accelerator_type, pool)] += per_replica
+        self._set_all(self.capacity_accelerators, capacity)
+        self._set_all(self.allocated_accelerators, allocated)
+
+    def _set_all(self, gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+        """Set a labelled gauge to exactly ``values``; label sets seen before and absent now go to 0.
+
+        Zero rather than removal: a type or pool that drained stays visible as 0 instead of
+        vanishing from dashboards until it comes back.
+        """
+        seen = self._label_sets[id(gauge)]
+        for labels in seen - set(values):
+            gauge.labels(*labels).set(0)
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
+        seen.update(values)
+
+    # --- API errors ------------------------------------------------------------------
+
+    def record_api_error(self, method: str, url: str, status: int) -> None:
+        verb, resource = api_verb_and_resource(method, url)
+        self.api_errors.labels(verb=verb, resource=resource, code=str(status)).inc()
+
+    def instrument(self, api_client: Any) -> None:
+        """Count every failed request made through ``api_client`` (kubernetes.client.ApiClient).
+
+        kubernetes>=33 sends requests through ``call_api(method, url, ...)`` and returns
+        non-2xx answers as responses; older clients use ``request(method, url, ...)`` and
+        raise ApiException. Both go through the same wrapper.
+        """
+        name = "call_api" if hasattr(api_client, "param_serialize") else "request"
+        send: Callable[..., Any] = getattr(api_client, name)
+
+        def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                response = send(method, url, *args, **kwargs)
+            except Exception as err:
+                self.record_api_error(method, url, int(getattr(err, "status", 0) or 0))
+                raise
+            status = getattr(response, "status", 200)
+            if isinstance(status, int) and not 200 <= status <= 299:
+                self.record_api_error(method, url, status)
+            return response
+
+        setattr(api_client, name, counted)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve /metrics on ``port`` in a background thread (0 disables)."""

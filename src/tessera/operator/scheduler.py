@@ -175,6 +175,8 @@ class Scheduler:
         self._warn_nodes(state)
         self._repair(state, report)
         result = self.engine.decide(state.snapshot, state.pending)
+        # demand/capacity gauges once per cycle, from the snapshot the cycle started with
+        self.metrics.record_cluster(state.snapshot, state.pending, result.waiting)
         report.result = result
         if result.error:
             report.errors.append(result.error)
