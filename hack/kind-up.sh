@@ -80,7 +80,7 @@ kubectl wait --for=condition=Ready node -l type=kwok --timeout=120s
 # --- 4. the chart ----------------------------------------------------------------------
 log "installing the chart into $NAMESPACE"
 # Helm installs crds/ only on first install; apply them so a re-run also upgrades them
-kubectl apply --server-side -f "$ROOT/helm/tessera/crds/"
+kubectl apply --server-side --force-conflicts -f "$ROOT/helm/tessera/crds/"
 repo="${IMAGE%:*}"; tag="${IMAGE##*:}"
 helm upgrade --install tessera "$ROOT/helm/tessera" --namespace "$NAMESPACE" --create-namespace \
   --values "$ROOT/hack/kind-values.yaml" --set image.repository="$repo" --set image.tag="$tag" \
