@@ -23,7 +23,7 @@ def stages() -> list[list[str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     out: list[list[str]] = []
     for line in text.splitlines():
-        line = line.strip()
+        line = " ".join(line.split())
         if not line or line.startswith("#"):
             continue
         if line.upper().startswith("FROM "):
@@ -54,9 +54,19 @@ def test_final_stage_runs_as_a_numeric_non_root_user_without_build_tools() -> No
 
 def test_build_stage_installs_exact_pins_only_and_drops_pip() -> None:
     build = " ".join(stages()[0])
-    assert "pip install --no-deps --only-binary=:all: -r /tmp/requirements.txt" in build
-    assert "pip install --no-deps --no-compile /src" in build
-    assert "pip uninstall --yes pip" in build
+    assert "pip install --no-deps --only-binary=:all: -r /tmp/requirements.txt -r /tmp/requirements-build.txt" in build
+    assert "pip install --no-deps --no-build-isolation --no-compile /src" in build
+    assert "pip uninstall --yes setuptools wheel pip" in build
+    for line in (ROOT / "operator" / "requirements-build.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line), f"not an exact pin: {line}"
+    # the pinned build backend satisfies what pyproject.toml asks of it
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pins = dict(ln.split("==") for ln in (ROOT / "operator" / "requirements-build.txt").read_text().splitlines()
+                if ln and not ln.startswith("#"))
+    for spec in backend:
+        req = Requirement(spec)
+        assert req.name in pins and req.specifier.contains(pins[req.name]), spec
 
 
 def test_requirements_pin_every_runtime_dependency_exactly() -> None:
