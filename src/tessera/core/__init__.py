@@ -7,6 +7,12 @@ from tessera.core.accelerators import (
     accelerator_info,
     known_accelerator_types,
 )
+from tessera.core.migration import (
+    LinkModel,
+    MigrationCostModel,
+    MigrationEstimate,
+    MigrationParams,
+)
 from tessera.core.model import (
     MILLI_PER_DEVICE,
     AcceleratorOption,
@@ -45,7 +51,11 @@ __all__ = [
     "CapacityLedger",
     "ClusterSnapshot",
     "DeviceKind",
+    "LinkModel",
     "Migration",
+    "MigrationCostModel",
+    "MigrationEstimate",
+    "MigrationParams",
     "Node",
     "NodeFree",
     "Placement",

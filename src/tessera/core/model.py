@@ -199,6 +199,9 @@ class ReplicaPlacement:
     accelerator_type: str | None
     #: device indices on the node (whole devices), or the one shared device
     devices: tuple[int, ...] = ()
+    #: when this replica landed on ``node`` (start or last migration); None = unknown.
+    #: Rebalancers use it for cooldowns, so history lives in the cluster, not in a policy.
+    since_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +211,9 @@ class Allocation:
     workload: Workload
     replicas: tuple[ReplicaPlacement, ...]
     started_at_seconds: float = 0.0
+    #: observed load of the whole workload (requests/s for inference), from a LoadSource;
+    #: None = not measured. Rebalancers split it evenly over replicas, as a Service does.
+    observed_load_per_second: float | None = None
 
     @property
     def key(self) -> str:
