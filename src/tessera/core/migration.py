@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Any
 
 from tessera.core.model import MILLI_PER_DEVICE, Node, Workload, WorkloadKind
 
@@ -155,7 +156,7 @@ def params_for(workload: Workload, defaults: Mapping[WorkloadKind, MigrationPara
     """The class defaults of ``workload`` overridden by its ``tessera.dev/*`` attributes."""
     base = defaults[workload.kind]
     attrs = workload.attributes
-    overrides = {
+    overrides: dict[str, Any] = {
         field: _number(workload, key)
         for field, key in (
             ("scheduling_seconds", ATTR_SCHEDULING_SECONDS),
