@@ -109,16 +109,65 @@ def greedy_smallest_first(
     return GreedyResult(tuple(moves), _gang_fits(ledger, gang))
 
 
+def greedy_emptiest_nodes(
+    snapshot: ClusterSnapshot,
+    gang: Workload,
+    movable: set[str] | None = None,
+    cost_model: MigrationCostModel | None = None,
+    max_moves: int = 64,
+) -> GreedyResult:
+    """A stronger baseline: clear the allowed nodes with the most free devices first,
+    moving each one's movable replicas (smallest first) to the fullest other node, until
+    the gang fits. Nodes being cleared are not used as targets."""
+    cost_model = cost_model or MigrationCostModel()
+    ledger = snapshot.ledger()
+    by_node: dict[str, list[tuple[int, str, int, tuple[int, ...]]]] = {}
+    for key, a in snapshot.allocations.items():
+        if movable is not None and key not in movable:
+            continue
+        for rp in a.replicas:
+            if rp.node in snapshot.nodes:
+                by_node.setdefault(rp.node, []).append((a.workload.demand.accelerator_milli, key, rp.replica, rp.devices))
+    candidates = sorted(
+        (n for n in snapshot.nodes.values() if n.usable and gang.allows(n.accelerator_type)),
+        key=lambda n: (-ledger.free(n.name).accelerator_milli, n.name),
+    )
+    moves: list[Move] = []
+    cleared: set[str] = set()
+    for candidate in candidates:
+        if _gang_fits(ledger, gang) or len(moves) >= max_moves:
+            break
+        cleared.add(candidate.name)
+        for _, key, replica, devices in sorted(by_node.get(candidate.name, [])):
+            if ledger.whole_free(candidate.name) * MILLI_PER_DEVICE >= gang.demand.accelerator_milli:
+                break
+            workload = snapshot.allocations[key].workload
+            target = _fullest_fit(ledger, snapshot, workload, candidate.name, exclude=cleared)
+            if target is None:
+                continue
+            ledger.take(target, workload.demand)
+            ledger.give_back(candidate.name, workload.demand, devices)
+            cost = cost_model.estimate(workload, candidate, snapshot.nodes[target]).cost_seconds
+            moves.append(Move(key, replica, candidate.name, target, cost))
+    return GreedyResult(tuple(moves), _gang_fits(ledger, gang))
+
+
 def _gang_fits(ledger: CapacityLedger, gang: Workload) -> bool:
     scratch = CapacityLedger(ledger.nodes, ledger.freeze())
     return place_gang(scratch, gang, replicas=gang.gang_min) is not None
 
 
-def _fullest_fit(ledger: CapacityLedger, snapshot: ClusterSnapshot, workload: Workload, source: str) -> str | None:
+def _fullest_fit(
+    ledger: CapacityLedger,
+    snapshot: ClusterSnapshot,
+    workload: Workload,
+    source: str,
+    exclude: set[str] | frozenset[str] = frozenset(),
+) -> str | None:
     best: tuple[int, str] | None = None
     source_type = snapshot.nodes[source].accelerator_type
     for name, node in sorted(snapshot.nodes.items()):
-        if name == source or not node.usable or not workload.allows(node.accelerator_type):
+        if name == source or name in exclude or not node.usable or not workload.allows(node.accelerator_type):
             continue
         if not workload.allow_mixed_types and node.accelerator_type != source_type:
             continue
@@ -160,6 +209,7 @@ class Defragment:
             if not fragmentation_blocked(snapshot, gang):
                 continue
             movable = movable_workloads(snapshot, gang, ctx.now_seconds, self.cooldown_seconds)
+            greedy = greedy_emptiest_nodes(snapshot, gang, movable, self.cost_model, self.budget_moves)
             result = DefragModel(
                 snapshot,
                 gang,
@@ -169,7 +219,7 @@ class Defragment:
                 budget_moves=self.budget_moves,
                 time_limit_seconds=ctx.time_budget_seconds,
                 deterministic=ctx.deterministic,
-            ).solve()
+            ).solve(hint=greedy.moves if greedy.admitted else ())
             self.last_result = result
             if result is None:
                 unplaced[gang.key] = "fragmented, and no set of allowed moves makes room"

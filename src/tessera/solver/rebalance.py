@@ -26,7 +26,7 @@ moved replicas, and a net-gain threshold (nothing moves unless the objective imp
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
@@ -352,12 +352,7 @@ class RebalanceModel:
     def solve(self) -> RebalanceResult:
         cfg = self.config
         solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = cfg.time_limit_seconds
-        if cfg.deterministic:
-            solver.parameters.num_workers = 1
-            solver.parameters.random_seed = cfg.seed
-        else:
-            solver.parameters.num_workers = 2
+        _limit(solver, cfg.time_limit_seconds, cfg.deterministic, cfg.seed)
         # staying put is always feasible: give it as a hint
         for (i, name), var in self.assign.items():
             solver_hint = 1 if name == self.items[i].node else 0
@@ -379,6 +374,18 @@ class RebalanceModel:
             solver.status_name(status),
             {"wall_seconds": solver.wall_time, "variables": float(len(self.assign))},
         )
+
+
+def _limit(solver: cp_model.CpSolver, seconds: float, deterministic: bool, seed: int) -> None:
+    """Wall-clock limit in the operator; in the simulator a deterministic-time limit and one
+    worker, so a run replays exactly whatever the machine's load."""
+    if deterministic:
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = seed
+        solver.parameters.max_deterministic_time = seconds
+    else:
+        solver.parameters.num_workers = 2
+        solver.parameters.max_time_in_seconds = seconds
 
 
 # ---- defragmentation ---------------------------------------------------------------------
@@ -562,11 +569,19 @@ class DefragModel:
         if self.move_to:
             self.model.add(sum(self.move_to.values()) <= self.budget_moves)
 
-    def solve(self) -> DefragResult | None:
-        """The cheapest moves admitting the gang, or None when no such moves exist."""
+    def solve(self, hint: Sequence[Move] = ()) -> DefragResult | None:
+        """The cheapest moves admitting the gang, or None when no such moves exist.
+
+        ``hint`` (e.g. a greedy plan) warm-starts the search, so the answer is never
+        worse than the hint when the time limit cuts the search short.
+        """
+        hinted = {(m.workload, m.replica, m.target) for m in hint}
+        if hinted:
+            for (i, name), var in self.move_to.items():
+                allocation, replica, _ = self.items[i]
+                self.model.add_hint(var, 1 if (allocation.key, replica, name) in hinted else 0)
         solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = self.time_limit_seconds
-        solver.parameters.num_workers = 1 if self.deterministic else 2
+        _limit(solver, self.time_limit_seconds, self.deterministic, 0)
         status = solver.solve(self.model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
