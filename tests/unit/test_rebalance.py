@@ -52,6 +52,8 @@ def hot_cold(hot_load: float = 6.0, free_h100: int = 2, hot_unavailable: int = 2
 
 
 def solve(snapshot: ClusterSnapshot, **config: object):
+    """One-stage rounds unless a test asks for more: every target has room now."""
+    config.setdefault("stages", 1)
     return RebalanceModel(snapshot, RebalanceConfig(deterministic=True, **config), now_seconds=NOW).solve()  # type: ignore[arg-type]
 
 
@@ -76,7 +78,7 @@ def test_plan_passes_validation_make_before_break():
     plan = RebalanceCostAware(RebalanceConfig(deterministic=True)).decide(snapshot, [], PolicyContext(now_seconds=NOW))
     validated = validate_plan(snapshot, [], plan)
     assert validated.ok, validated.rejected
-    assert len(plan.migrations) == 2
+    assert sum(m.workload == "hot" for m in plan.migrations) == 2
     assert all(m.estimated_cost_seconds > 0 for m in plan.migrations)
 
 
@@ -98,11 +100,10 @@ def test_capacity_must_be_free_on_the_target_before_release():
     assert targets(result) == [("hot", 0, "h100-2")] or targets(result) == [("hot", 1, "h100-2")]
 
 
-def test_no_swap_through_capacity_freed_in_the_same_round():
-    # h100-1 is full of cold replicas and there is no spare H100: the swap hot<->cold would
-    # need cold's devices released before hot's replicas start there, so nothing helps
+def swap_cluster() -> ClusterSnapshot:
+    """h100-1 is full of cold replicas, there is no spare H100, a100-2 is empty."""
     nodes = [node("a100-1", "A100", 2), node("h100-1", "H100", 2), node("a100-2", "A100", 2)]
-    snapshot = ClusterSnapshot(
+    return ClusterSnapshot(
         nodes,
         [
             running(service("hot", 2, 2), [("a100-1", "A100", (0,)), ("a100-1", "A100", (1,))], 6.0),
@@ -110,8 +111,26 @@ def test_no_swap_through_capacity_freed_in_the_same_round():
         ],
         now_seconds=NOW,
     )
-    result = solve(snapshot)
+
+
+def test_one_stage_cannot_swap_through_capacity_freed_in_the_same_round():
+    # the swap hot<->cold needs cold's devices released before hot's replicas start there
+    result = solve(swap_cluster(), stages=1)
     assert all(m.target != "h100-1" for m in result.moves)
+
+
+def test_two_stages_swap_cold_off_the_fast_node_then_hot_on():
+    result = solve(swap_cluster(), stages=2)
+    stage1 = sorted((m.workload, m.target) for m in result.moves if m.stage == 1)
+    stage2 = sorted((m.workload, m.target) for m in result.moves if m.stage == 2)
+    assert stage1 == [("cold", "a100-2"), ("cold", "a100-2")]
+    assert stage2 == [("hot", "h100-1"), ("hot", "h100-1")]
+    # listed stage by stage, the plan validates make-before-break move after move
+    plan = RebalanceCostAware(RebalanceConfig(deterministic=True, stages=2)).decide(
+        swap_cluster(), [], PolicyContext(now_seconds=NOW)
+    )
+    assert [m.workload for m in plan.migrations] == ["cold", "cold", "hot", "hot"]
+    assert validate_plan(swap_cluster(), [], plan).ok
 
 
 def test_cooldown_pins_recently_moved_replicas():
@@ -132,7 +151,7 @@ def test_cost_aware_stays_put_when_moving_costs_more_than_it_gains():
     snapshot = hot_cold(hot_load=3.3)
     assert solve(snapshot).moves == ()
     blind = RebalanceCostBlind(imbalance_threshold=0.2).decide(snapshot, [], PolicyContext(now_seconds=NOW))
-    assert len(blind.migrations) == 2  # the baseline moves anyway
+    assert sum(m.workload == "hot" for m in blind.migrations) == 2  # the baseline moves anyway
 
 
 def test_cost_blind_waits_until_imbalance_exceeds_threshold():

@@ -16,8 +16,8 @@ Objective, in replica-seconds over a ``horizon_seconds`` in which the move pays 
   (or ``flat_move_cost_seconds`` per move for a cost-blind rebalancer).
 
 Constraints, one ``_add_*`` method each: one node per replica (allowed types, spread),
-capacity free on the target before the source is released (moves are planned against the
-free capacity of the snapshot, departures are not counted), a budget of moves per round,
+capacity free on the target before the source is released (stage-1 moves use capacity
+free now; stage-2 moves may also use what stage-1 moves release), a budget of moves per round,
 at most ``maxUnavailable`` replicas of a service moving at once, a cooldown on recently
 moved replicas, and a net-gain threshold (nothing moves unless the objective improves by
 ``net_gain_threshold_seconds``).
@@ -68,6 +68,8 @@ class RebalanceConfig:
     #: no move unless the objective improves by at least this many replica-seconds
     net_gain_threshold_seconds: float = 30.0
     movable_kinds: frozenset[WorkloadKind] = frozenset({WorkloadKind.INFERENCE})
+    #: 1: every move's target has room now; 2: also moves into room freed by stage-1 moves
+    stages: int = 2
     time_limit_seconds: float = 1.0
     #: deterministic runs (simulator): one worker and a fixed seed
     deterministic: bool = False
@@ -95,6 +97,8 @@ class Move:
     source: str
     target: str
     cost_seconds: float
+    #: 1: the target has room now; 2: it has room once stage-1 moves release their sources
+    stage: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,14 @@ def _load_share(allocation: Allocation) -> float:
 
 
 class RebalanceModel:
-    """Chooses replica moves (see the module docstring for the model)."""
+    """Chooses replica moves (see the module docstring for the model).
+
+    Moves come in ``config.stages`` stages. A stage-1 move needs room on its target now;
+    a stage-2 move may also use room that stage-1 moves free when they release their
+    sources (after their own targets are serving). That is make-before-break for every
+    move, and it lets one round swap a cold replica off a fast node for a hot one. Plans
+    list stage-1 moves first; executors start a later move only once its target has room.
+    """
 
     def __init__(
         self,
@@ -163,19 +174,21 @@ class RebalanceModel:
         self.cost_model = cost_model or MigrationCostModel()
         self.items = replica_items(snapshot, config, now_seconds)
         self.nodes = [snapshot.nodes[name] for name in sorted(snapshot.nodes)]
+        self.stages = tuple(range(1, max(1, config.stages) + 1))
         self.model = cp_model.CpModel()
         # variable containers
-        self.assign: dict[tuple[int, str], cp_model.IntVar] = {}  # (item, node) -> on node
+        self.stay: dict[int, cp_model.IntVar] = {}  # item -> stays on its node
+        self.move: dict[tuple[int, str, int], cp_model.IntVar] = {}  # (item, target, stage) -> moves
         self.moved: dict[int, cp_model.IntVar] = {}  # item -> leaves its node
         self.node_load: dict[str, cp_model.IntVar] = {}  # node -> load x SCALE
         self.peak_load: cp_model.IntVar | None = None
         self.any_move: cp_model.IntVar | None = None
-        # integer coefficients (replica-seconds x SCALE)
+        # integer coefficients (replica-seconds x SCALE), per (item, node)
         self._slo_coef: dict[tuple[int, str], int] = {}
         self._load_coef: dict[tuple[int, str], int] = {}  # node-load contribution x SCALE
         self._move_coef: dict[tuple[int, str], int] = {}
         self._move_cost_seconds: dict[tuple[int, str], float] = {}
-        self._objective: cp_model.LinearExpr | None = None
+        self._objective: cp_model.LinearExprT = 0
         self._build()
 
     # ---- construction -------------------------------------------------------------
@@ -192,47 +205,47 @@ class RebalanceModel:
         self.model.minimize(self._objective)
 
     def _candidates(self, item: ReplicaItem) -> list[Node]:
-        """Nodes a replica may sit on: its own, or an allowed usable node."""
-        current = self.snapshot.nodes[item.node]
+        """Nodes a replica may move to (not its own)."""
         if not item.movable:
-            return [current]
+            return []
+        current = self.snapshot.nodes[item.node]
         out = []
         for node in self.nodes:
-            if node.name == item.node:
-                out.append(node)
-                continue
-            if not node.usable or not item.workload.allows(node.accelerator_type):
+            if node.name == item.node or not node.usable or not item.workload.allows(node.accelerator_type):
                 continue
             if not item.workload.allow_mixed_types and node.accelerator_type != current.accelerator_type:
                 continue
             out.append(node)
         return out
 
-    def _add_assignment(self) -> None:
+    def _coefficients(self, i: int, item: ReplicaItem, node: Node) -> None:
         cfg = self.config
+        util = replica_utilisation(item.workload, item.load_per_second, node)
+        self._slo_coef[i, node.name] = round(
+            SCALE * cfg.slo_weight * cfg.horizon_seconds * max(0.0, util - cfg.target_utilisation)
+        )
+        share = item.workload.demand.accelerator_milli / (MILLI_PER_DEVICE * max(1, node.accelerator_count))
+        self._load_coef[i, node.name] = round(SCALE * util * share)
+
+    def _add_assignment(self) -> None:
         for i, item in enumerate(self.items):
-            stay_cost = None
-            choices = []
+            label = f"{item.workload.key}#{item.replica}"
+            stay = self.model.new_bool_var(f"stay[{label}]")
+            self.stay[i] = stay
+            self._coefficients(i, item, self.snapshot.nodes[item.node])
+            choices = [stay]
             for node in self._candidates(item):
-                var = self.model.new_bool_var(f"x[{item.workload.key}#{item.replica}@{node.name}]")
-                self.assign[i, node.name] = var
-                choices.append(var)
-                util = replica_utilisation(item.workload, item.load_per_second, node)
-                self._slo_coef[i, node.name] = round(
-                    SCALE * cfg.slo_weight * cfg.horizon_seconds * max(0.0, util - cfg.target_utilisation)
-                )
-                share = item.workload.demand.accelerator_milli / (MILLI_PER_DEVICE * max(1, node.accelerator_count))
-                self._load_coef[i, node.name] = round(SCALE * util * share)
-                if node.name == item.node:
-                    stay_cost = 0
-                    continue
+                self._coefficients(i, item, node)
                 cost = self._move_cost(item, node)
                 self._move_cost_seconds[i, node.name] = cost
                 self._move_coef[i, node.name] = round(SCALE * cost)
-            assert stay_cost == 0  # the current node is always a candidate
+                for stage in self.stages:
+                    var = self.model.new_bool_var(f"move[{label}->{node.name}@{stage}]")
+                    self.move[i, node.name, stage] = var
+                    choices.append(var)
             self.model.add_exactly_one(choices)
-            moved = self.model.new_bool_var(f"moved[{item.workload.key}#{item.replica}]")
-            self.model.add(moved == 1 - self.assign[i, item.node])
+            moved = self.model.new_bool_var(f"moved[{label}]")
+            self.model.add(moved == 1 - stay)
             self.moved[i] = moved
 
     def _move_cost(self, item: ReplicaItem, target: Node) -> float:
@@ -249,6 +262,12 @@ class RebalanceModel:
         )
         return cfg.cost_weight * est.cost_seconds
 
+    def _on_node(self, i: int) -> list[tuple[str, cp_model.IntVar]]:
+        """(node, var) pairs: where item ``i`` ends up, one var per option."""
+        out = [(self.items[i].node, self.stay[i])]
+        out += [(name, var) for (j, name, _), var in self.move.items() if j == i]
+        return out
+
     def _add_spread(self) -> None:
         by_workload: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(self.items):
@@ -259,9 +278,7 @@ class RebalanceModel:
                 continue
             groups: dict[str, list[cp_model.IntVar]] = defaultdict(list)
             for i in indices:
-                for (j, name), var in self.assign.items():
-                    if j != i:
-                        continue
+                for name, var in self._on_node(i):
                     node = self.snapshot.nodes[name]
                     groups[name if workload.spread is Spread.NODE else node.topology.zone].append(var)
             for vars_ in groups.values():
@@ -269,25 +286,38 @@ class RebalanceModel:
                     self.model.add(sum(vars_) <= 1)
 
     def _add_capacity_before_release(self) -> None:
-        """Incoming replicas fit in what is free now: make before break, every move at once."""
-        incoming: dict[str, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
-        for (i, name), var in self.assign.items():
-            if name != self.items[i].node:
-                incoming[name].append((i, var))
-        for name, entries in incoming.items():
-            free = self.snapshot.free(name)
-            whole = [(self.items[i].workload.demand.accelerators, v) for i, v in entries]
-            milli = [(self.items[i].workload.demand.accelerator_milli, v) for i, v in entries]
-            cpu = [(self.items[i].workload.demand.cpu_milli, v) for i, v in entries]
-            mem = [(self.items[i].workload.demand.memory_mib, v) for i, v in entries]
-            for terms, cap in (
-                (whole, free.whole_devices),
-                (milli, max(0, free.accelerator_milli)),
-                (cpu, max(0, free.cpu_milli)),
-                (mem, max(0, free.memory_mib)),
-            ):
-                if any(c for c, _ in terms):
-                    self.model.add(sum(c * v for c, v in terms) <= cap)
+        """Every move's target has room before its source is released.
+
+        Stage-1 arrivals fit in what is free now; arrivals up to stage ``k`` fit in what is
+        free now plus what moves of earlier stages release on that node.
+        """
+        for node in self.nodes:
+            free = self.snapshot.free(node.name)
+            limits = (
+                (lambda d: d.accelerators, free.whole_devices),
+                (lambda d: d.accelerator_milli, max(0, free.accelerator_milli)),
+                (lambda d: d.cpu_milli, max(0, free.cpu_milli)),
+                (lambda d: d.memory_mib, max(0, free.memory_mib)),
+            )
+            for stage in self.stages:
+                arriving = [
+                    (self.items[i].workload.demand, var)
+                    for (i, name, st), var in self.move.items()
+                    if name == node.name and st <= stage
+                ]
+                if not arriving:
+                    continue
+                leaving = [
+                    (self.items[i].workload.demand, var)
+                    for (i, _, st), var in self.move.items()
+                    if self.items[i].node == node.name and st < stage
+                ]
+                for amount, cap in limits:
+                    if not any(amount(d) for d, _ in arriving):
+                        continue
+                    self.model.add(
+                        sum(amount(d) * v for d, v in arriving) <= cap + sum(amount(d) * v for d, v in leaving)
+                    )
 
     def _add_budget(self) -> None:
         if self.moved:
@@ -303,16 +333,17 @@ class RebalanceModel:
                 self.model.add(sum(vars_) <= limit)
 
     def _add_cooldown(self) -> None:
-        # replicas in cooldown (or of a kind not rebalanced) have only their own node as a
-        # candidate already; pin them explicitly too, so the rule is visible in the model
+        # replicas in cooldown (or of a kind not rebalanced) get no move variables; pin
+        # them explicitly too, so the rule is visible in the model
         for i, item in enumerate(self.items):
             if not item.movable:
-                self.model.add(self.moved[i] == 0)
+                self.model.add(self.stay[i] == 1)
 
     def _add_peak_load(self) -> None:
         per_node: dict[str, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
-        for (i, name), var in self.assign.items():
-            per_node[name].append((self._load_coef[i, name], var))
+        for i in range(len(self.items)):
+            for name, var in self._on_node(i):
+                per_node[name].append((self._load_coef[i, name], var))
         cap = max((sum(c for c, _ in terms) for terms in per_node.values()), default=0)
         self.peak_load = self.model.new_int_var(0, cap, "peak_load")
         for name, terms in per_node.items():
@@ -324,10 +355,16 @@ class RebalanceModel:
     def _peak_coef(self) -> int:
         return round(self.config.peak_weight * self.config.horizon_seconds)
 
-    def _objective_expr(self) -> cp_model.LinearExpr:
+    def _objective_expr(self) -> cp_model.LinearExprT:
         assert self.peak_load is not None
-        terms = [self._slo_coef[k] * v for k, v in self.assign.items() if self._slo_coef[k]]
-        terms += [self._move_coef[k] * v for k, v in self.assign.items() if self._move_coef.get(k)]
+        terms = []
+        for i, item in enumerate(self.items):
+            if self._slo_coef[i, item.node]:
+                terms.append(self._slo_coef[i, item.node] * self.stay[i])
+        for (i, name, _), var in self.move.items():
+            coef = self._slo_coef[i, name] + self._move_coef[i, name]
+            if coef:
+                terms.append(coef * var)
         return sum(terms) + self._peak_coef() * self.peak_load
 
     def baseline_scaled(self) -> int:
@@ -340,7 +377,6 @@ class RebalanceModel:
 
     def _add_net_gain_threshold(self) -> None:
         """Either nothing moves, or the objective beats staying put by the threshold."""
-        assert self._objective is not None
         self.any_move = self.model.new_bool_var("any_move")
         for var in self.moved.values():
             self.model.add_implication(var, self.any_move)
@@ -354,25 +390,28 @@ class RebalanceModel:
         solver = cp_model.CpSolver()
         _limit(solver, cfg.time_limit_seconds, cfg.deterministic, cfg.seed)
         # staying put is always feasible: give it as a hint
-        for (i, name), var in self.assign.items():
-            solver_hint = 1 if name == self.items[i].node else 0
-            self.model.add_hint(var, solver_hint)
+        for var in self.stay.values():
+            self.model.add_hint(var, 1)
+        for var in self.move.values():
+            self.model.add_hint(var, 0)
         status = solver.solve(self.model)
         baseline = self.baseline_scaled() / SCALE
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return RebalanceResult((), baseline, baseline, solver.status_name(status))
         moves = []
-        for (i, name), var in self.assign.items():
+        for (i, name, stage), var in self.move.items():
             item = self.items[i]
-            if name != item.node and solver.value(var):
-                moves.append(Move(item.workload.key, item.replica, item.node, name, self._move_cost_seconds[i, name]))
-        moves.sort(key=lambda m: (m.workload, m.replica))
+            if solver.value(var):
+                moves.append(
+                    Move(item.workload.key, item.replica, item.node, name, self._move_cost_seconds[i, name], stage)
+                )
+        moves.sort(key=lambda m: (m.stage, m.workload, m.replica))
         return RebalanceResult(
             tuple(moves),
             baseline,
             solver.objective_value / SCALE,
             solver.status_name(status),
-            {"wall_seconds": solver.wall_time, "variables": float(len(self.assign))},
+            {"wall_seconds": solver.wall_time, "variables": float(len(self.move) + len(self.stay))},
         )
 
 
