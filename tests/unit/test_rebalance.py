@@ -208,3 +208,10 @@ def test_registered_in_entry_points():
 
     names = {p.name for p in available_policies()}
     assert {"rebalance-cost-aware", "rebalance-cost-blind"} <= names
+
+
+def test_settings_as_constructor_keywords():
+    policy = RebalanceCostAware(budget_moves=1, net_gain_threshold_seconds=10.0)
+    assert policy.config.budget_moves == 1 and policy.config.net_gain_threshold_seconds == 10.0
+    with pytest.raises(TypeError, match="unknown rebalance settings"):
+        RebalanceCostAware(budget=1)

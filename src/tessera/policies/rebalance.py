@@ -54,6 +54,14 @@ def config_from_params(base: RebalanceConfig, params: Mapping[str, Any], ctx: Po
     return replace(base, **changes)
 
 
+def _configure(base: RebalanceConfig, settings: Mapping[str, Any]) -> RebalanceConfig:
+    known = {f.name for f in fields(RebalanceConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown rebalance settings {unknown}; known: {sorted(known)}")
+    return replace(base, **settings) if settings else base
+
+
 def _migrations(result: RebalanceResult, why: str) -> tuple[Migration, ...]:
     return tuple(
         Migration(
@@ -75,8 +83,11 @@ class RebalanceCostAware:
     version: ClassVar[str] = "1.0.0"
     decides: ClassVar[frozenset[Decision]] = frozenset({Decision.REBALANCING})
 
-    def __init__(self, config: RebalanceConfig | None = None, cost_model: MigrationCostModel | None = None) -> None:
-        self.config = config or RebalanceConfig()
+    def __init__(
+        self, config: RebalanceConfig | None = None, cost_model: MigrationCostModel | None = None, **settings: Any
+    ) -> None:
+        """``settings`` are :class:`RebalanceConfig` fields (e.g. ``horizon_seconds=300``)."""
+        self.config = _configure(config or RebalanceConfig(), settings)
         self.cost_model = cost_model or MigrationCostModel()
         #: the last solve, for reports and tests
         self.last_result: RebalanceResult | None = None
@@ -116,8 +127,8 @@ class RebalanceCostBlind:
     version: ClassVar[str] = "1.0.0"
     decides: ClassVar[frozenset[Decision]] = frozenset({Decision.REBALANCING})
 
-    def __init__(self, config: RebalanceConfig | None = None, imbalance_threshold: float = 0.2) -> None:
-        self.config = config or COST_BLIND
+    def __init__(self, config: RebalanceConfig | None = None, imbalance_threshold: float = 0.2, **settings: Any) -> None:
+        self.config = _configure(config or COST_BLIND, settings)
         self.imbalance_threshold = imbalance_threshold
         self.last_result: RebalanceResult | None = None
 

@@ -8,45 +8,40 @@
 * :class:`SeriesLoadSource`: the :class:`~tessera.engine.ports.LoadSource` port over those
   series and a simulated clock (a windowed mean, as ``rate(...[1m])`` gives in Prometheus).
 
-The two CSV readers at the bottom are deliberately thin; the simulator's own trace loaders
-(``tessera.sim.loaders``) replace them once they are merged.
+Rows and requests come from the simulator's loaders (:mod:`tessera.sim.loaders.splitwise`,
+:mod:`tessera.sim.loaders.azure_llm`).
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-
-#: SplitwiseSim hardware names -> Tessera accelerator types
-HARDWARE_TYPES: Mapping[str, str] = {"a100-80gb": "A100", "h100-80gb": "H100", "h100-80gb-pcap": "H100-pcap"}
+from typing import Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class TraceRequest:
-    arrival_seconds: float
-    context_tokens: int
-    generated_tokens: int
+class PerfPoint(Protocol):
+    """One SplitwiseSim measurement (times in milliseconds), e.g. ``splitwise.PerfRow``."""
 
-
-@dataclass(frozen=True, slots=True)
-class PerfRow:
-    """One SplitwiseSim measurement (times in milliseconds)."""
-
-    model: str
-    hardware: str
-    tensor_parallel: int
-    prompt_size: int
-    batch_size: int
-    token_size: int
-    prompt_time_ms: float
-    token_time_ms: float
+    @property
+    def model(self) -> str: ...
+    @property
+    def hardware(self) -> str: ...
+    @property
+    def tensor_parallel(self) -> int: ...
+    @property
+    def prompt_size(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def token_size(self) -> int: ...
+    @property
+    def prompt_time_ms(self) -> float: ...
+    @property
+    def token_time_ms(self) -> float: ...
 
 
 # ---- load series --------------------------------------------------------------------------
@@ -170,8 +165,8 @@ class PerfModel:
     ``prefill(prompt, b) + (tokens - 1) x decode(b)``, as SplitwiseSim's ``e2e_time``.
     """
 
-    def __init__(self, rows: Sequence[PerfRow]) -> None:
-        groups: dict[tuple[str, str, int], list[PerfRow]] = {}
+    def __init__(self, rows: Sequence[PerfPoint]) -> None:
+        groups: dict[tuple[str, str, int], list[PerfPoint]] = {}
         for row in rows:
             groups.setdefault((row.model, row.hardware, row.tensor_parallel), []).append(row)
         self._prefill_by_prompt: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
@@ -245,45 +240,3 @@ def _interpolate_log(points: Sequence[tuple[int, float]], x: float) -> float:
             f = (math.log2(x) - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
             return y0 + f * (y1 - y0)
     return points[-1][1]
-
-
-# ---- thin readers (replaced by tessera.sim.loaders once merged) -----------------------------------
-
-
-def read_azure_trace(path: str | Path) -> list[TraceRequest]:
-    """Azure LLM inference trace 2023 CSV (TIMESTAMP, ContextTokens, GeneratedTokens), times from 0."""
-    out: list[TraceRequest] = []
-    first: datetime | None = None
-    with Path(path).open(newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                stamp = datetime.fromisoformat(row["TIMESTAMP"][:26])
-                context, generated = int(row["ContextTokens"]), int(row["GeneratedTokens"])
-            except (KeyError, ValueError) as err:
-                raise ValueError(f"{path}:{line}: expected TIMESTAMP,ContextTokens,GeneratedTokens ({err})") from err
-            first = first or stamp
-            out.append(TraceRequest((stamp - first).total_seconds(), context, generated))
-    return out
-
-
-def read_perf_model(path: str | Path) -> list[PerfRow]:
-    """SplitwiseSim ``perf_model.csv``."""
-    rows = []
-    with Path(path).open(newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                rows.append(
-                    PerfRow(
-                        row["model"],
-                        row["hardware"],
-                        int(row["tensor_parallel"]),
-                        int(row["prompt_size"]),
-                        int(row["batch_size"]),
-                        int(row["token_size"]),
-                        float(row["prompt_time"]),
-                        float(row["token_time"]),
-                    )
-                )
-            except (KeyError, ValueError) as err:
-                raise ValueError(f"{path}:{line}: not a SplitwiseSim perf_model row ({err})") from err
-    return rows

@@ -20,22 +20,21 @@ transfer; then the source is released. A move whose target has no room yet (a st
 move) waits for it. The executor refuses a move of a replica already moving and keeps at
 most ``maxUnavailable`` replicas of a service moving, as the operator will.
 
-Run: ``python -m tessera.sim.rebalance_sim sim/scenarios/skewed-inference.yaml``.
+Run: ``tessera sim run --scenario sim/scenarios/skewed-inference.yaml [--json out.json]``
+(a scenario with a ``rebalance:`` section is run here).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tessera.core import (
     AcceleratorOption,
@@ -47,95 +46,110 @@ from tessera.core import (
     Node,
     ReplicaDemand,
     ReplicaPlacement,
-    Topology,
     Workload,
     WorkloadKind,
 )
 from tessera.core.migration import ATTR_MAX_UNAVAILABLE, max_unavailable
 from tessera.engine import Engine, with_load
 from tessera.policy import load_policy
-from tessera.sim.inference_load import (
-    Capacity,
-    PerfModel,
-    SeriesLoadSource,
-    read_azure_trace,
-    read_perf_model,
-    skewed_service_rates,
-)
+from tessera.sim.inference_load import Capacity, PerfModel, SeriesLoadSource, skewed_service_rates
+from tessera.sim.loaders import azure_llm, splitwise
+from tessera.sim.scenario import Scenario as SimScenario
+from tessera.sim.scenario import ScenarioError
 
 
-@dataclass(frozen=True, slots=True)
-class NodeGroup:
-    accelerator_type: str
-    hardware: str
-    nodes: int
-    gpus: int
-    zone: str = "z1"
-    domain: str = ""
+class RebalanceSection(BaseModel):
+    """The ``rebalance:`` section of a scenario file (see ``sim/scenarios/skewed-inference.yaml``)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    name: str
-    duration_seconds: float
-    step_seconds: float
-    period_seconds: float
-    slo_seconds: float
-    capacity_latency_seconds: float
-    cluster: tuple[NodeGroup, ...]
-    services: int
-    replicas: int
-    model: str
-    tensor_parallel: int
-    max_unavailable: int
-    attributes: Mapping[str, str]
-    trace: Path
-    perf: Path
-    total_requests_per_second: float
-    hot_share: float
-    phase_seconds: float
-    window_seconds: float
-    modes: Mapping[str, Mapping[str, Any]]
-    seed: int = 0
-    time_limit_seconds: float = 2.0
+    step_seconds: float = Field(default=5.0, gt=0)
+    #: how often the rebalancing policy runs
+    period_seconds: float = Field(default=60.0, gt=0)
+    #: a request meets its SLO when it completes within this
+    slo_seconds: float = Field(gt=0)
     #: clients give up after this long; their requests leave the queue as SLO misses
-    request_timeout_seconds: float = 60.0
+    request_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: decision time limit (deterministic time units in the simulator)
+    time_limit_seconds: float = Field(default=2.0, gt=0)
+    #: SplitwiseSim perf model: which model/TP the services run, and the latency bound
+    #: under which a replica's capacity is taken (the largest batch within it)
+    perf_path: str
+    model: str
+    tensor_parallel: int = Field(ge=1)
+    capacity_latency_seconds: float = Field(gt=0)
+    #: accelerator type -> SplitwiseSim hardware name
+    hardware: dict[str, str]
+    #: skew: total load, the hot service's share, how long each service stays hot
+    total_requests_per_second: float = Field(gt=0)
+    hot_share: float = Field(ge=0, le=1)
+    phase_seconds: float = Field(gt=0)
+    #: the load a policy sees is the mean over this window (as rate(...[1m]))
+    window_seconds: float = Field(default=60.0, gt=0)
+    max_unavailable: int = Field(default=1, ge=1)
+    #: tessera.dev/* workload attributes of every service (migration cost parameters)
+    attributes: dict[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSetup:
+    name: str
+    replicas: int
+    accelerators: int
+    #: the scenario's stated per-replica throughput (checked against the perf model)
+    throughput: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """A rebalancing experiment: the cluster and services of a scenario plus its ``rebalance`` section."""
+
+    name: str
+    nodes: tuple[Node, ...]
+    services: tuple[ServiceSetup, ...]
+    trace_path: Path
+    perf_path: Path
+    settings: RebalanceSection
+    policies: tuple[str, ...]
+    policy_params: Mapping[str, Mapping[str, Any]]
+    seeds: tuple[int, ...]
+    duration_seconds: float
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("off", *self.policies)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, data_dir: str | Path | None = None) -> Scenario:
-        """Read a scenario; trace paths are relative to ``data_dir`` ($TESSERA_DATA)."""
-        raw = yaml.safe_load(Path(path).read_text())
-        if raw.get("kind") != "rebalance-inference":
-            raise ValueError(f"{path}: kind must be 'rebalance-inference' (got {raw.get('kind')!r})")
-        data = Path(data_dir or os.environ.get("TESSERA_DATA", "../shared/data"))
-        svc, load = raw["services"], raw["load"]
+    def from_scenario(cls, scenario: SimScenario) -> Experiment:
+        spec = scenario.spec
+        if spec.rebalance is None:
+            raise ScenarioError(f"{spec.name}: no 'rebalance' section")
+        try:
+            settings = RebalanceSection.model_validate(spec.rebalance)
+        except ValidationError as err:
+            problems = "; ".join(f"rebalance.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise ScenarioError(f"{spec.name}: {problems}") from None
+        if not spec.workload.inference:
+            raise ScenarioError(f"{spec.name}: a rebalancing experiment needs workload.inference services")
+        traces = {svc.load.path for svc in spec.workload.inference}
+        if len(traces) != 1 or None in traces or any(svc.load.kind != "azure" for svc in spec.workload.inference):
+            raise ScenarioError(f"{spec.name}: every service needs the same 'azure' load trace (skew is applied per service)")
+        trace = next(iter(traces))
+        assert trace is not None
+        services = tuple(
+            ServiceSetup(svc.name, svc.max_replicas, svc.accelerators, dict(svc.throughput)) for svc in spec.workload.inference
+        )
         return cls(
-            name=raw["name"],
-            duration_seconds=float(raw["duration_seconds"]),
-            step_seconds=float(raw["step_seconds"]),
-            period_seconds=float(raw["period_seconds"]),
-            slo_seconds=float(raw["slo_seconds"]),
-            capacity_latency_seconds=float(raw["capacity_latency_seconds"]),
-            cluster=tuple(
-                NodeGroup(g["type"], g["hardware"], int(g["nodes"]), int(g["gpus"]), g.get("zone", "z1"), g.get("domain", ""))
-                for g in raw["cluster"]
-            ),
-            services=int(svc["count"]),
-            replicas=int(svc["replicas"]),
-            model=svc["model"],
-            tensor_parallel=int(svc["tensor_parallel"]),
-            max_unavailable=int(svc.get("max_unavailable", 1)),
-            attributes={str(k): str(v) for k, v in (svc.get("attributes") or {}).items()},
-            trace=data / load["trace"],
-            perf=data / load["perf"],
-            total_requests_per_second=float(load["total_requests_per_second"]),
-            hot_share=float(load["hot_share"]),
-            phase_seconds=float(load["phase_seconds"]),
-            window_seconds=float(load.get("window_seconds", 60)),
-            modes={name: dict(spec or {}) for name, spec in raw["modes"].items()},
-            seed=int(raw.get("seed", 0)),
-            time_limit_seconds=float(raw.get("time_limit_seconds", 2.0)),
-            request_timeout_seconds=float(raw.get("request_timeout_seconds", 60.0)),
+            name=spec.name,
+            nodes=tuple(scenario.nodes),
+            services=services,
+            trace_path=scenario.resolve(trace),
+            perf_path=scenario.resolve(settings.perf_path),
+            settings=settings,
+            policies=tuple(spec.policies),
+            policy_params={k: dict(v) for k, v in spec.policy_params.items()},
+            seeds=tuple(spec.seeds or [spec.seed]),
+            duration_seconds=(spec.sim.horizon_hours or 1.0) * 3600.0,
         )
 
 
@@ -185,39 +199,40 @@ class _SimClock:
 
 
 class ServingSimulation:
-    """One run of one mode over a scenario."""
+    """One run of one mode of an experiment."""
 
     def __init__(
         self,
-        scenario: Scenario,
+        experiment: Experiment,
         series: Mapping[str, Sequence[float]],
         capacities: Mapping[str, Capacity],
         mode: str,
+        *,
+        seed: int = 0,
         cost_model: MigrationCostModel | None = None,
     ) -> None:
-        self.sc = scenario
+        self.exp = experiment
+        self.st = experiment.settings
         self.series = series
         self.capacities = capacities
         self.mode = mode
         self.cost_model = cost_model or MigrationCostModel()
         self.clock = _SimClock()
-        self.load_source = SeriesLoadSource(series, scenario.step_seconds, self.clock.now, scenario.window_seconds)
-        self.nodes = self._nodes()
+        self.load_source = SeriesLoadSource(series, self.st.step_seconds, self.clock.now, self.st.window_seconds)
+        self.nodes = list(experiment.nodes)
         self.node_by_name = {n.name: n for n in self.nodes}
         self.workloads = self._workloads()
         self.ledger = CapacityLedger.empty(self.nodes)
         self.replicas: dict[tuple[str, int], Replica] = {}
         self._place_initial()
-        spec = scenario.modes[mode]
         self.engine: Engine | None = None
-        if spec.get("policy"):
+        if mode != "off":
             self.engine = Engine(
-                load_policy(spec["policy"]),
+                load_policy(mode, **experiment.policy_params.get(mode, {})),
                 self.clock,
-                seed=scenario.seed,
+                seed=seed,
                 deterministic=True,
-                time_budget_seconds=scenario.time_limit_seconds,
-                params=dict(spec.get("params") or {}),
+                time_budget_seconds=self.st.time_limit_seconds,
             )
         self.queue: list[MoveInFlight] = []
         self.migrations = 0
@@ -230,42 +245,26 @@ class ServingSimulation:
         self.offered: dict[str, float] = dict.fromkeys(series, 0.0)
 
     # ---- set-up -------------------------------------------------------------------------
-    def _nodes(self) -> list[Node]:
-        out = []
-        for g in self.sc.cluster:
-            for i in range(g.nodes):
-                out.append(
-                    Node(
-                        f"{g.accelerator_type.lower()}-{i:02d}",
-                        g.accelerator_type,
-                        g.gpus,
-                        topology=Topology(zone=g.zone, domain=g.domain),
-                    )
-                )
-        return out
-
     def _workloads(self) -> dict[str, Workload]:
-        options = tuple(
-            AcceleratorOption(t, self.capacities[t].requests_per_second) for t in sorted(self.capacities)
-        )
-        attrs = {**self.sc.attributes, ATTR_MAX_UNAVAILABLE: str(self.sc.max_unavailable)}
+        options = tuple(AcceleratorOption(t, self.capacities[t].requests_per_second) for t in sorted(self.capacities))
+        attrs = {**self.st.attributes, ATTR_MAX_UNAVAILABLE: str(self.st.max_unavailable)}
         return {
-            name: Workload(
-                key=name,
+            svc.name: Workload(
+                key=svc.name,
                 kind=WorkloadKind.INFERENCE,
-                demand=ReplicaDemand(accelerators=self.sc.tensor_parallel),
-                min_replicas=self.sc.replicas,
-                max_replicas=self.sc.replicas,
+                demand=ReplicaDemand(accelerators=svc.accelerators),
+                min_replicas=svc.replicas,
+                max_replicas=svc.replicas,
                 options=options,
                 allow_mixed_types=True,
-                tensor_parallel=self.sc.tensor_parallel,
+                tensor_parallel=self.st.tensor_parallel,
                 attributes=attrs,
             )
-            for name in self.series
+            for svc in self.exp.services
         }
 
     def _place_initial(self) -> None:
-        """Services in name order, each replica on the fastest type with room, packed."""
+        """Services in scenario order, each replica on the fastest type with room, packed."""
         by_speed = sorted(self.nodes, key=lambda n: (-self.capacities[n.accelerator_type or ""].requests_per_second, n.name))
         for name, workload in self.workloads.items():
             for index in range(workload.max_replicas):
@@ -275,14 +274,14 @@ class ServingSimulation:
                         self.replicas[name, index] = Replica(name, index, node.name, devices, 0.0)
                         break
                 else:
-                    raise ValueError(f"scenario {self.sc.name}: no room for {name} replica {index}")
+                    raise ScenarioError(f"{self.exp.name}: no room for {name} replica {index}")
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> ModeResult:
-        steps = int(self.sc.duration_seconds // self.sc.step_seconds)
-        period_steps = max(1, round(self.sc.period_seconds / self.sc.step_seconds))
+        steps = min(len(v) for v in self.series.values())
+        period_steps = max(1, round(self.st.period_seconds / self.st.step_seconds))
         for step in range(steps):
-            self.clock.t = step * self.sc.step_seconds
+            self.clock.t = step * self.st.step_seconds
             self._advance_moves()
             if self.engine is not None and step > 0 and step % period_steps == 0:
                 self._decide()
@@ -303,9 +302,7 @@ class ServingSimulation:
             if move.started_at is not None:
                 w = self.workloads[move.replica.service]
                 holder = Workload(f"~reserved-{k}", WorkloadKind.POD, w.demand, preemptible=False)
-                allocations.append(
-                    Allocation(holder, (ReplicaPlacement(0, move.target, None, move.target_devices),))
-                )
+                allocations.append(Allocation(holder, (ReplicaPlacement(0, move.target, None, move.target_devices),)))
         snapshot = ClusterSnapshot(self.nodes, allocations, now_seconds=self.clock.t)
         return with_load(snapshot, self.load_source.load())
 
@@ -346,7 +343,7 @@ class ServingSimulation:
                     move.target_devices = self.ledger.take(move.target, workload.demand)
                     move.started_at = now
                     self.migrations += 1
-                elif now - move.queued_at > 4 * self.sc.period_seconds:
+                elif now - move.queued_at > 4 * self.st.period_seconds:
                     move.replica.moving = False  # the room it waited for never came
                     self.refused += 1
                     done.append(move)
@@ -364,9 +361,9 @@ class ServingSimulation:
             self.queue.remove(move)
 
     def _serve(self, step: int) -> None:
-        dt = self.sc.step_seconds
+        dt = self.st.step_seconds
         for name in self.workloads:
-            rate = self.series[name][step] if step < len(self.series[name]) else 0.0
+            rate = self.series[name][step]
             serving = [r for (svc, _), r in self.replicas.items() if svc == name and r.serving]
             requests = rate * dt
             self.offered[name] += requests
@@ -377,8 +374,7 @@ class ServingSimulation:
             for r in serving:
                 cap = self.capacities[self.node_by_name[r.node].accelerator_type or ""]
                 mu = cap.requests_per_second
-                rho = per_replica / mu
-                busy = min(rho, 1.0)
+                busy = min(per_replica / mu, 1.0)
                 latency = (
                     cap.unloaded_latency_seconds
                     + (cap.latency_seconds - cap.unloaded_latency_seconds) * busy
@@ -387,11 +383,11 @@ class ServingSimulation:
                 )
                 n = per_replica * dt
                 self.samples.append((latency, n))
-                if latency <= self.sc.slo_seconds:
+                if latency <= self.st.slo_seconds:
                     self.met[name] += n
                 backlog = max(0.0, r.backlog_requests + (per_replica - mu) * dt)
                 # a queue longer than the timeout sheds its oldest requests (they count as misses)
-                r.backlog_requests = min(backlog, mu * self.sc.request_timeout_seconds)
+                r.backlog_requests = min(backlog, mu * self.st.request_timeout_seconds)
 
     def _result(self) -> ModeResult:
         total = sum(n for _, n in self.samples)
@@ -418,67 +414,99 @@ def weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> flo
     if total <= 0:
         return 0.0
     acc = 0.0
-    for value, n in sorted(samples):
+    ordered = sorted(samples)
+    for value, n in ordered:
         acc += n
         if acc >= q * total:
             return value
-    return sorted(samples)[-1][0]
+    return ordered[-1][0]
 
 
-def build(scenario: Scenario) -> tuple[dict[str, list[float]], dict[str, Capacity]]:
-    """Per-service load series and per-type replica capacity for ``scenario``."""
-    trace = read_azure_trace(scenario.trace)
-    perf = PerfModel(read_perf_model(scenario.perf))
+def capacities_for(experiment: Experiment, prompt: int, tokens: int) -> dict[str, Capacity]:
+    """Per-type replica capacity from the SplitwiseSim perf model; checks the scenario's stated figures."""
+    st = experiment.settings
+    perf = PerfModel(splitwise.load(experiment.perf_path))
+    types = sorted({n.accelerator_type for n in experiment.nodes if n.accelerator_type})
+    missing = [t for t in types if t not in st.hardware]
+    if missing:
+        raise ScenarioError(f"{experiment.name}: rebalance.hardware has no SplitwiseSim name for {', '.join(missing)}")
+    out = {
+        t: perf.capacity(
+            st.model, st.hardware[t], st.tensor_parallel, prompt=prompt, tokens=tokens, max_latency_seconds=st.capacity_latency_seconds
+        )
+        for t in types
+    }
+    for svc in experiment.services:
+        for t, stated in svc.throughput.items():
+            derived = out[t].requests_per_second if t in out else None
+            if derived is None or abs(stated - derived) > 0.01 * derived:
+                raise ScenarioError(
+                    f"{experiment.name}: {svc.name} states {stated} req/s on {t}, the SplitwiseSim model gives "
+                    f"{derived if derived is None else round(derived, 3)} (update the scenario)"
+                )
+    return out
+
+
+def build(experiment: Experiment, seed: int) -> tuple[dict[str, list[float]], dict[str, Capacity]]:
+    """Per-service load series (skewed, seeded offsets) and per-type replica capacity."""
+    st = experiment.settings
+    trace = azure_llm.load(experiment.trace_path)
+    if not trace:
+        raise ScenarioError(f"{experiment.trace_path}: no requests")
     prompt = round(statistics.mean(r.context_tokens for r in trace))
     tokens = round(statistics.mean(r.generated_tokens for r in trace))
-    capacities = {
-        g.accelerator_type: perf.capacity(
-            scenario.model,
-            g.hardware,
-            scenario.tensor_parallel,
-            prompt=prompt,
-            tokens=tokens,
-            max_latency_seconds=scenario.capacity_latency_seconds,
-        )
-        for g in scenario.cluster
-    }
-    names = [f"svc-{i}" for i in range(scenario.services)]
     series = skewed_service_rates(
         [r.arrival_seconds for r in trace],
-        names,
-        bin_seconds=scenario.step_seconds,
-        duration_seconds=scenario.duration_seconds,
-        total_requests_per_second=scenario.total_requests_per_second,
-        hot_share=scenario.hot_share,
-        phase_seconds=scenario.phase_seconds,
-        seed=scenario.seed,
+        [svc.name for svc in experiment.services],
+        bin_seconds=st.step_seconds,
+        duration_seconds=experiment.duration_seconds,
+        total_requests_per_second=st.total_requests_per_second,
+        hot_share=st.hot_share,
+        phase_seconds=st.phase_seconds,
+        seed=seed,
     )
-    return series, capacities
+    return series, capacities_for(experiment, prompt, tokens)
 
 
-def run_scenario(scenario: Scenario, modes: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run every mode (or ``modes``) of ``scenario``; a JSON-ready report."""
-    series, capacities = build(scenario)
-    results = {}
-    for mode in modes or list(scenario.modes):
-        results[mode] = ServingSimulation(scenario, series, capacities, mode).run()
-    return {
-        "scenario": scenario.name,
+def run_experiment(
+    experiment: Experiment, modes: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Run every mode over every seed; a JSON-ready report (means over seeds, and each seed)."""
+    chosen = list(modes or experiment.modes)
+    per_seed: dict[str, list[ModeResult]] = {m: [] for m in chosen}
+    capacities: dict[str, Capacity] = {}
+    for seed in seeds or experiment.seeds:
+        series, capacities = build(experiment, seed)
+        for mode in chosen:
+            per_seed[mode].append(ServingSimulation(experiment, series, capacities, mode, seed=seed).run())
+    report: dict[str, Any] = {
+        "scenario": experiment.name,
+        "seeds": list(seeds or experiment.seeds),
         "capacity_requests_per_second": {t: round(c.requests_per_second, 4) for t, c in capacities.items()},
-        "modes": {
-            name: {
-                "slo_attainment": r.slo_attainment,
-                "p99_latency_seconds": r.p99_latency_seconds,
-                "mean_latency_seconds": r.mean_latency_seconds,
-                "migrations": r.migrations,
-                "refused_migrations": r.refused_migrations,
-                "decisions": r.decisions,
-                "mean_decision_seconds": r.mean_decision_seconds,
-                "per_service_slo": r.per_service_slo,
-            }
-            for name, r in results.items()
-        },
+        "modes": {},
     }
+    for mode, results in per_seed.items():
+        # report keys "off", "cost-blind", "cost-aware" for the built-in rebalancers
+        report["modes"][mode.removeprefix("rebalance-")] = {
+            "policy": None if mode == "off" else mode,
+            "slo_attainment": statistics.mean(r.slo_attainment for r in results),
+            "p99_latency_seconds": statistics.mean(r.p99_latency_seconds for r in results),
+            "mean_latency_seconds": statistics.mean(r.mean_latency_seconds for r in results),
+            "migrations": statistics.mean(r.migrations for r in results),
+            "refused_migrations": statistics.mean(r.refused_migrations for r in results),
+            "mean_decision_seconds": statistics.mean(r.mean_decision_seconds for r in results),
+            "per_seed": [
+                {
+                    "slo_attainment": r.slo_attainment,
+                    "p99_latency_seconds": r.p99_latency_seconds,
+                    "migrations": r.migrations,
+                    "refused_migrations": r.refused_migrations,
+                    "per_service_slo": r.per_service_slo,
+                }
+                for r in results
+            ],
+        }
+    return _finite(report)
 
 
 def _finite(value: Any) -> Any:
@@ -487,24 +515,24 @@ def _finite(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tessera.sim.rebalance_sim", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", type=Path)
-    parser.add_argument("--modes", nargs="*", help="modes to run (default: all in the scenario)")
-    parser.add_argument("--data", type=Path, default=None, help="public traces folder (default $TESSERA_DATA)")
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (default stdout)")
-    args = parser.parse_args(argv)
-    report = run_scenario(Scenario.from_yaml(args.scenario, args.data), args.modes)
-    text = json.dumps(_finite(report), indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+def run_cli(scenario: SimScenario, args: argparse.Namespace) -> int:
+    """``tessera sim run --scenario X`` for a scenario with a ``rebalance`` section."""
+    experiment = Experiment.from_scenario(scenario)
+    modes = None
+    if getattr(args, "policy", None):
+        modes = ["off", *[p.strip() for p in args.policy.split(",") if p.strip() and p.strip() != "off"]]
+    report = run_experiment(experiment, modes, getattr(args, "seed", None))
+    rows = [
+        f"{mode:<22} slo {r['slo_attainment']:.3f}  p99 {r['p99_latency_seconds'] or float('inf'):7.1f}s  "
+        f"migrations {r['migrations']:6.1f}"
+        for mode, r in report["modes"].items()
+    ]
+    print("\n".join(rows))
+    if getattr(args, "json_path", None):
+        Path(args.json_path).write_text(json.dumps(report, indent=1) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
