@@ -86,7 +86,8 @@ def skewed_service_rates(
         raise ValueError("hot_share must lie in [0, 1]")
     if not arrivals:
         raise ValueError("the trace has no requests")
-    span = max(arrivals) + bin_seconds
+    # bins up to the one holding the last request (no empty bin after the trace's end)
+    span = (math.floor(max(arrivals) / bin_seconds) + 1) * bin_seconds
     base = rate_series(arrivals, bin_seconds, span)
     trace_mean = sum(base) / len(base)
     if copies is None:
