@@ -123,3 +123,23 @@ def test_a_move_takes_cold_start_then_cut_over():
 def test_weighted_percentile():
     assert weighted_percentile([(1.0, 98.0), (5.0, 1.0), (9.0, 1.0)], 0.99) == 5.0
     assert weighted_percentile([(1.0, 1.0), (float("inf"), 1.0)], 0.99) == float("inf")
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_skewed_inference_scenario_reports_every_mode(shared_data, tmp_path, monkeypatch):
+    import json
+
+    from tessera.cli import main
+
+    monkeypatch.setenv("TESSERA_DATA", str(shared_data))
+    scenario = Path(__file__).resolve().parents[2] / "sim" / "scenarios" / "skewed-inference.yaml"
+    out = tmp_path / "skewed.json"
+    assert main(["sim", "run", "--scenario", str(scenario), "--seed", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"off", "cost-blind", "cost-aware"}
+    for mode in report["modes"].values():
+        assert 0.0 <= mode["slo_attainment"] <= 1.0
+        assert mode["migrations"] >= 0
+    assert report["modes"]["off"]["migrations"] == 0
+    assert report["capacity_requests_per_second"]["H100"] > report["capacity_requests_per_second"]["A100"]
