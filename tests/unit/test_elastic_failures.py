@@ -16,8 +16,8 @@ from tessera.sim.failures import (
 from tessera.sim.loaders.helios import (
     PHILLY_NODE_SEQUENCE,
     NodeSequencePoint,
-    available_fraction,
     availability_series,
+    available_fraction,
     load_philly_node_sequence,
 )
 
