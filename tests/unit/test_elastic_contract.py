@@ -75,3 +75,18 @@ def test_generation_only_moves_on_layout_change():
     assert same.generation == 1
     shrunk = next_generation(first, make_plan(replicas=(0, 1), generation=0))
     assert shrunk.generation == 2
+
+
+def test_reshard_history_is_bounded_and_measures_recovery():
+    from tessera.api.elastic_contract import append_history, reshard_record
+
+    history: list[dict] = []
+    for i in range(25):
+        history = append_history(history, reshard_record(reason=f"r{i}", from_replicas=4, to_replicas=3,
+                                                         generation=i + 1, detected_at_seconds=100.0 * i,
+                                                         running_at_seconds=100.0 * i + 1.5))
+    assert len(history) == 20 and history[0]["reason"] == "r5" and history[-1]["generation"] == 25
+    assert history[-1]["recoverySeconds"] == 1.5
+    pending = reshard_record(reason="x", from_replicas=3, to_replicas=4, generation=2, detected_at_seconds=1.0)
+    assert pending["recoverySeconds"] is None
+    assert append_history(None, pending, limit=0) == []

@@ -163,3 +163,42 @@ def next_generation(previous: ShardingPlan | None, proposed: ShardingPlan) -> Sh
     if proposed.same_layout(previous):
         return proposed.with_generation(previous.generation)
     return proposed.with_generation(previous.generation + 1)
+
+
+#: reshard records kept in a job's status (oldest dropped first)
+HISTORY_LIMIT = 20
+
+
+def reshard_record(
+    *,
+    reason: str,
+    from_replicas: int,
+    to_replicas: int,
+    generation: int,
+    detected_at_seconds: float,
+    running_at_seconds: float | None = None,
+) -> dict[str, Any]:
+    """One entry of ``status.reshardHistory``: why, from/to replica counts, time to recover.
+
+    ``detected_at_seconds`` is when the failure (or the growth decision) was seen,
+    ``running_at_seconds`` when every replica of the new plan ran again (None until then);
+    ``recoverySeconds`` is their difference, the figure the recovery-time histogram takes.
+    """
+    record: dict[str, Any] = {
+        "reason": reason,
+        "fromReplicas": from_replicas,
+        "toReplicas": to_replicas,
+        "generation": generation,
+        "detectedAt": detected_at_seconds,
+        "runningAt": running_at_seconds,
+        "recoverySeconds": None if running_at_seconds is None else max(0.0, running_at_seconds - detected_at_seconds),
+    }
+    return record
+
+
+def append_history(
+    history: list[dict[str, Any]] | None, record: dict[str, Any], limit: int = HISTORY_LIMIT
+) -> list[dict[str, Any]]:
+    """``history`` plus ``record``, keeping the newest ``limit`` entries (a new list)."""
+    out = [*(history or []), record]
+    return out[-limit:] if limit > 0 else []
