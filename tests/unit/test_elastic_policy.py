@@ -230,3 +230,77 @@ def test_entry_point_class_wraps_best_fit():
     plan = policy.decide(ClusterSnapshot(nodes("n", 2)), [w], PolicyContext())
     assert [p.workload for p in plan.placements] == ["default/a"]
     assert isinstance(plan.resizes, tuple) and all(isinstance(r, Resize) for r in plan.resizes)
+
+
+def test_property_random_snapshots_give_valid_exact_plans():
+    """Seeded sweep: every action validates, every resized job shards exactly, releases are justified."""
+    import random
+
+    from tessera.core import lost_replicas
+    from tessera.core.sharding import ShardingPlan
+    from tessera.policies.elastic import sharding_for
+
+    rng = random.Random(11)
+    acted = 0
+    for case in range(300):
+        types = ["A100", "H100"]
+        cluster = [node(f"n-{i}", rng.choice(types), 8, ready=rng.random() > 0.2, schedulable=rng.random() > 0.1)
+                   for i in range(rng.randint(3, 9))]
+        free = {n.name: 8 for n in cluster}
+        allocations = []
+        for j in range(rng.randint(1, 3)):
+            per = rng.choice([2, 4, 8])
+            lo = rng.randint(1, 3)
+            hi = lo + rng.randint(0, 4)
+            w = replace(
+                gang(f"ns/job-{j}", (lo, hi), accelerators=per, types=[("A100", 1.0), ("H100", 2.0)],
+                     mixed=rng.random() < 0.3),
+                global_batch_size=rng.choice([None, 32, 48, 64, 96]), micro_batch_size=rng.choice([None, 2, 4]),
+                tensor_parallel=rng.choice([1, 2, per]),
+                attributes={REMAINING_SECONDS_ATTRIBUTE: str(rng.choice([100, 10000]))},
+            )
+            if w.global_batch_size is None:
+                w = replace(w, micro_batch_size=None)
+            placed = []
+            for _ in range(rng.randint(lo, hi)):
+                options = [n for n in cluster if free[n.name] >= per
+                           and (w.allow_mixed_types or not placed or n.accelerator_type == placed[0].accelerator_type)]
+                if not options:
+                    break
+                chosen = rng.choice(options)
+                start = 8 - free[chosen.name]
+                free[chosen.name] -= per
+                placed.append(ReplicaPlacement(len(placed), chosen.name, chosen.accelerator_type,
+                                               tuple(range(start, start + per))))
+            if len(placed) >= w.gang_min:
+                allocations.append(Allocation(w, tuple(placed), started_at_seconds=0.0,
+                                              resized_at_seconds=rng.choice([None, 990.0])))
+        # a deleted node, sometimes
+        if rng.random() < 0.3 and len(cluster) > 1:
+            cluster = cluster[1:]
+        snap = ClusterSnapshot(cluster, allocations, 1000.0)
+        pending = [gang("ns/wait", 1, accelerators=8, types=["A100", "H100"])] if rng.random() < 0.5 else []
+        plan = decide(snap, pending, now=1000.0)  # asserts the engine accepts every action
+        for resize in plan.resizes:
+            acted += 1
+            allocation = snap.allocations[resize.workload]
+            kept = [(rp.replica, rp.accelerator_type) for rp in allocation.replicas if rp.replica not in resize.remove]
+            nxt = max(rp.replica for rp in allocation.replicas) + 1
+            added = [(nxt + k, snap.nodes[a.node].accelerator_type) for k, a in enumerate(resize.add)]
+            after = kept + added
+            assert len(after) >= allocation.workload.gang_min
+            result = sharding_for(allocation.workload, after)
+            if result is not None:
+                assert isinstance(result, ShardingPlan), (case, result)
+                assert len(result.replicas_used) == len(after), (case, result)
+            assert not any(n not in snap.nodes or not snap.nodes[n].usable
+                           for n in [rp.node for rp in allocation.replicas if rp.replica not in resize.remove])
+        for release in plan.preemptions:
+            if release.after_failure:
+                acted += 1
+                assert lost_replicas(snap, snap.allocations[release.workload])
+        # every training job that lost replicas was acted on
+        for allocation in snap.allocations.values():
+            if lost_replicas(snap, allocation):
+                assert allocation.key in {r.workload for r in plan.resizes} | {p.workload for p in plan.preemptions}
+    assert acted > 100
