@@ -55,7 +55,7 @@ def operator_snapshot(snapshot: ClusterSnapshot) -> ClusterSnapshot:
     """The operator's builder fed with Kubernetes objects equivalent to ``snapshot`` (lead: after merge)."""
     state = pytest.importorskip("tessera.operator.state", reason="the operator's snapshot builder is on the operator branch")
     if not hasattr(state, "snapshot_from_objects"):
-        pytest.skip("cross-check completed after merging the operator branch: render nodes/pods, call build_state")
+        pytest.skip("lead completes after merging the operator branch: render the snapshot as Node, Pod and ElasticJob objects and call tessera.operator.state.build_state(nodes, pods, workloads, now)")
     return state.snapshot_from_objects(snapshot)  # pragma: no cover
 
 
