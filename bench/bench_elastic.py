@@ -134,6 +134,19 @@ def main(argv: list[str]) -> int:
             rows += sweep_rows
             summary += summarize_modes(sweep_rows, label)
             print(f"{label} (MTTR {mttr:g} h): done", flush=True)
+    # control: the same workload without failures (how much is elastic scheduling alone)
+    base = load_scenario(ROOT / "sim" / "scenarios" / "node-failures.yaml")
+    control = _with_failures(base, classes=[], modes=["elastic", "restart"])
+    records, _ = run_scenario(control, ["best-fit"], seeds[:1])
+    control_rows = [
+        {"scenario": "node-failures without failures", "seed": r["seed"], "mode": r["failure_mode"],
+         "goodput_acc_h": r["goodput"], "goodput_fraction": r["goodput_fraction"],
+         "lost_work_acc_h": r["lost_work_accelerator_hours"], "jobs_finished": r["jobs_finished"],
+         "avg_jct_h": r["avg_jct_seconds"] / 3600.0, "reshards": r["reshards"], "restarts": r["restarts"]}
+        for r in records
+    ]
+    rows += control_rows
+    summary += summarize_modes(control_rows, "node-failures without failures")
     notes.append(
         "goodput = useful accelerator-hours (kept progress at linear scaling); elastic_over_this = "
         "mean over seeds of goodput(elastic)/goodput(mode), paired by seed (same failures)."
