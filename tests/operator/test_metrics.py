@@ -7,8 +7,14 @@ the documented type and label names, and the values must describe the cycle that
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,7 +26,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
-from chart_helpers import ROOT, documented_metrics
+from chart_helpers import CHART, ROOT, documented_metrics
 
 operator_process = pytest.importorskip(
     "operator_process", reason="the operator (tests/operator/operator_process.py) is not in this tree yet"
@@ -154,3 +160,91 @@ def test_the_probe_endpoint_the_chart_uses_answers(scheduled: tuple[Any, int, in
     _cluster, _port, health_port = scheduled
     with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as response:
         assert response.status == 200
+
+
+# --- Prometheus itself: naming lint and the dashboard's queries -------------------------
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} not on PATH (make prometheus: hack/install-prometheus.sh)")
+    return found
+
+
+def test_exposition_passes_promtool_naming_lint(scheduled: tuple[Any, int, int]) -> None:
+    """`promtool check metrics`: Prometheus' own naming rules (base units, _total on counters only)."""
+    _cluster, port, _health = scheduled
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    proc = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def prometheus(scheduled: tuple[Any, int, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping the operator every second; yields its URL after 3 scrapes."""
+    _cluster, port, _health = scheduled
+    binary = tool("prometheus")
+    work = tmp_path_factory.mktemp("prometheus")
+    (work / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: tessera, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}]\n"
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    log = (work / "prometheus.log").open("w")
+    proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+                             f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (work / "prometheus.log").read_text()[-2000:]
+            try:
+                if float(promql(url, 'count_over_time(up{job="tessera"}[1m])')[0]["value"][1]) >= 3:
+                    break
+            except (OSError, IndexError, KeyError):
+                pass
+            assert time.monotonic() < deadline, "prometheus did not scrape the operator 3 times in 60s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def promql(url: str, expr: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as err:  # 400: the expression does not parse
+        raise AssertionError(f"{expr}: {err.read().decode()}") from err
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((CHART / "dashboards" / "tessera.json").read_text())
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_every_dashboard_query_runs_on_prometheus(prometheus: str) -> None:
+    # Grafana's variables, as Grafana would substitute them
+    answered = {}
+    for title, expr in dashboard_queries():
+        concrete = expr.replace("$__rate_interval", "30s").replace("$policy", ".*")
+        answered[(title, expr)] = promql(prometheus, concrete)
+    # and the panels that must show something once a job runs do
+    with_data = {title for (title, _expr), result in answered.items() if result}
+    for title in ("Accelerator utilisation", "Scheduling cycle duration", "Decision latency p95 by policy",
+                  "Allocated accelerators by type and node pool", "Utilisation by accelerator type",
+                  "Placements (1h)", "Scheduler leader"):
+        assert title in with_data, f"dashboard panel {title!r} shows no data"
+    utilisation = promql(prometheus, "sum(tessera_allocated_accelerators) / sum(tessera_capacity_accelerators)")
+    assert 0 < float(utilisation[0]["value"][1]) < 1
