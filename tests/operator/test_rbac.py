@@ -8,6 +8,7 @@ exactly what the operator gets in a pod.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,12 @@ class Identity:
     @property
     def fullname(self) -> str:
         return f"{self.release}-tessera"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def token_kubeconfig(cluster: Any, namespace: str, service_account: str, path: Path) -> Path:
@@ -238,13 +245,21 @@ def test_reading_a_secret_with_the_token_is_refused(cluster: Any, identity: Iden
 def test_the_operator_schedules_the_examples_as_the_chart_identity(
     crds: Any, identity: Identity, namespace: str, tmp_path: Path
 ) -> None:
-    """Sufficiency, end to end: `tessera operator` out of cluster with only the SA token."""
+    """Sufficiency, end to end: `tessera operator` out of cluster with only the SA token,
+    started with the arguments of the Deployment that `helm install` created."""
     operator_process = pytest.importorskip("operator_process", reason="the operator (tests/operator/operator_process.py) is not in this tree yet")
     cluster = crds
+    manifest = helm("get", "manifest", identity.release, "--namespace", identity.namespace,
+                    "--kubeconfig", str(cluster.kubeconfig), env=cluster.env).stdout
+    deployment = next(o for o in yaml.safe_load_all(manifest) if o and o["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "operator"
+    chart_args = [a.replace("$(POD_NAME)", "rbac-test") for a in args[1:]]
+    # only the ports move (this machine may use the chart's 9090/8080); the kubeconfig
+    # carries the ServiceAccount token instead of the pod's mounted one
     proc = operator_process.OperatorProcess(
-        identity.kubeconfig, tmp_path / "operator.log",
-        "--lease-namespace", identity.namespace, "--lease-name", f"{identity.fullname}-scheduler",
-        "--identity", "rbac-test",
+        identity.kubeconfig, tmp_path / "operator.log", *chart_args,
+        "--metrics-port=0", f"--liveness=http://127.0.0.1:{free_port()}/healthz",
     ).start()
     example = EXAMPLES / "elasticjob-basic.yaml"
     name = yaml.safe_load(example.read_text())["metadata"]["name"]
