@@ -175,7 +175,8 @@ def test_examples_are_placed_on_allowed_types_and_run(cluster, namespace, start_
 
     # the scale subresource drives it (kubectl scale / an HPA)
     cluster.kubectl("scale", "inferenceservices.tessera.dev/chat-server", "--replicas=4", "-n", namespace)
-    running_pods(cluster, namespace, "chat-server", 4)
+    grown = running_pods(cluster, namespace, "chat-server", 4)
+    assert len({p["spec"]["nodeName"] for p in grown}) == 4  # new replicas avoid the old ones' nodes
     cluster.kubectl("scale", "tisvc/chat-server", "--replicas=2", "-n", namespace)
     running_pods(cluster, namespace, "chat-server", 2)
     cluster.wait_for(lambda: status_of(cluster, "tisvc", "chat-server", namespace).get("replicas") == 2,
