@@ -147,6 +147,8 @@ class Scheduler:
                 report = await asyncio.to_thread(self.run_cycle)
                 for error in report.errors:
                     log.warning("%s", error)
+            except KubeError as err:  # API trouble (missing CRDs, RBAC, a restarting server): retry
+                log.warning("scheduling cycle failed: %s", err)
             except Exception:  # the loop must survive any one bad cycle
                 log.exception("scheduling cycle failed; retrying")
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
@@ -354,7 +356,9 @@ class Scheduler:
                     stale = pod_view(pod)
                     if stale.workload_uid == view.uid:
                         self.kube.delete_pod(stale.namespace, stale.name, stale.uid, 0)
-                    raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+                        raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+                    raise KubeError(f"a pod named {r.pod} that does not belong to this {view.kind} exists in "
+                                    f"namespace {view.namespace}; delete or rename it")
                 created.append((r, pod))
             for r, pod in created:
                 bound_to = (pod.get("spec") or {}).get("nodeName")
