@@ -142,3 +142,24 @@ def test_invalid_object_is_reported_not_raised():
     state = build_state(NODES, [], [(kind, raw)], 0)
     assert "spec.replicas.min must be <= spec.replicas.max" in state.workloads["ns/bad"].error
     assert not state.pending
+
+
+def test_pod_of_a_replica_links_back_and_asks_for_the_devices():
+    from tessera.operator.pods import build_pod
+    from tessera.operator.state import workload_view
+
+    kind, raw = job("a")
+    raw["spec"]["template"] = {"metadata": {"labels": {"app": "x"}},
+                               "spec": {"nodeName": "sneaky", "containers": [{"name": "c", "image": "i"}]}}
+    pod_body = build_pod(workload_view(kind, raw), 1, "n0", "H100", "nvidia.com/gpu", 3)
+    meta, spec = pod_body["metadata"], pod_body["spec"]
+    assert meta["name"] == "a-1" and meta["namespace"] == "ns"
+    assert meta["labels"] == {"app": "x", L.WORKLOAD: "a", L.WORKLOAD_KIND: "ElasticJob", L.WORKLOAD_UID: "uid-a",
+                              L.REPLICA: "1", L.PLACEMENT_GENERATION: "3"}
+    assert meta["annotations"][L.TARGET_NODE] == "n0"
+    assert meta["ownerReferences"][0] == {"apiVersion": "tessera.dev/v1alpha1", "kind": "ElasticJob", "name": "a",
+                                              "uid": "uid-a", "controller": True, "blockOwnerDeletion": True}
+    assert spec["schedulerName"] == "tessera" and "nodeName" not in spec  # bound by Binding, not by spec
+    assert spec["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "8"},
+                                                  "requests": {"nvidia.com/gpu": "8"}}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
