@@ -163,3 +163,18 @@ def test_pod_of_a_replica_links_back_and_asks_for_the_devices():
     assert spec["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "8"},
                                                   "requests": {"nvidia.com/gpu": "8"}}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_conditions_keep_their_transition_time_until_the_status_flips():
+    from tessera.operator.scheduler import _same, set_condition
+
+    first = set_condition([], "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)
+    first[0]["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+    again = set_condition(first, "Scheduled", "False", "Unschedulable", "needs 2; 0 fit", 1)
+    assert again[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and again[0]["message"] == "needs 2; 0 fit"
+    flipped = set_condition(again, "Scheduled", "True", "Placed", "bound", 1)
+    assert flipped[0]["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+    # an unchanged status is not patched again (timestamps aside)
+    assert _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": set_condition(
+        first, "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)})
+    assert not _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": again})
