@@ -94,6 +94,10 @@ def test_running_allocation_comes_from_bound_pods():
     status = {"phase": "Running", "placementGeneration": 1, "placement": placement("a", ["n0", "n1"])}
     state = build_state(NODES, [pod("a", 0, "n0"), pod("a", 1, "n1")], [job("a", status=status)], 0)
     assert set(state.snapshot.allocations) == {"ns/a"}
+    assert state.snapshot.allocations["ns/a"].started_at_seconds == 0.0  # unknown start
+    status["startTime"] = "2026-01-01T00:01:40Z"
+    state = build_state(NODES, [pod("a", 0, "n0"), pod("a", 1, "n1")], [job("a", status=status)], 0)
+    assert state.snapshot.allocations["ns/a"].started_at_seconds == 1767225700.0
     assert state.snapshot.free("n0").whole_devices == 0 and state.snapshot.free("n2").whole_devices == 8
 
 

@@ -280,6 +280,7 @@ class Scheduler:
         report.rolled_back.append(view.key)
         self._write_status(view, {
             "phase": "Pending",
+            "startTime": None,
             "placement": [],
             "replicas": 0,
             "acceleratorType": "",
@@ -414,6 +415,7 @@ class Scheduler:
         view.placement = {r.replica: r for r in kept}
         status: dict[str, Any] = {
             "phase": "Running" if kept else "Pending",
+            "startTime": view.status.get("startTime") if kept else None,
             "placement": [r.model_dump() for r in kept],
             "replicas": len(kept),
             "message": f"bind failed, will retry: {reason}",
@@ -432,6 +434,7 @@ class Scheduler:
     ) -> dict[str, Any]:
         status: dict[str, Any] = {
             "phase": "Running",
+            "startTime": view.status.get("startTime") or now_rfc3339(),
             "replicas": len(full),
             "placement": [r.model_dump() for r in sorted(full, key=lambda r: r.replica)],
             "acceleratorType": ",".join(types),
@@ -516,7 +519,8 @@ class Scheduler:
         if not force and _same(view.status, status):
             return
         self.kube.patch_status(view.kind, view.namespace, view.name, status)
-        view.raw = {**view.raw, "status": {**view.status, **{k: v for k, v in status.items() if v is not None}}}
+        merged = {**view.status, **status}  # a JSON merge patch: null removes the field
+        view.raw = {**view.raw, "status": {k: v for k, v in merged.items() if v is not None}}
         if event:
             self._event(view, *event)
 
