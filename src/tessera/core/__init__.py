@@ -33,6 +33,7 @@ from tessera.core.plan import (
     Resize,
     ValidatedPlan,
     explain_unfit,
+    lost_replicas,
     validate_plan,
 )
 
@@ -65,5 +66,6 @@ __all__ = [
     "accelerator_info",
     "explain_unfit",
     "known_accelerator_types",
+    "lost_replicas",
     "validate_plan",
 ]

@@ -208,10 +208,18 @@ class Allocation:
     workload: Workload
     replicas: tuple[ReplicaPlacement, ...]
     started_at_seconds: float = 0.0
+    #: when the replica set last changed (elastic resize); None = never since the start.
+    #: Kept in the workload's status by the operator so resize hysteresis survives restarts.
+    resized_at_seconds: float | None = None
 
     @property
     def key(self) -> str:
         return self.workload.key
+
+    @property
+    def stable_since_seconds(self) -> float:
+        """Since when the replica set has been unchanged (start or last resize)."""
+        return self.started_at_seconds if self.resized_at_seconds is None else self.resized_at_seconds
 
     @property
     def nodes(self) -> frozenset[str]:

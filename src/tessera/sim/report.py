@@ -115,7 +115,9 @@ def job_records(sim: Simulator) -> list[dict[str, Any]]:
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("policy", "POLICY", "{}"),
+    ("failure_mode", "MODE", "{}"),
     ("jobs_finished", "DONE", "{}"),
+    ("goodput", "GOODPUT acc-h", "{:.0f}"),
     ("avg_jct_seconds", "AVG JCT h", "h"),
     ("p50_jct_seconds", "P50 h", "h"),
     ("p95_jct_seconds", "P95 h", "h"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.policy import PolicyLoadError, load_policy
+from tessera.sim import failures
 from tessera.sim.loaders.errors import TraceFormatError
 from tessera.sim.report import format_table, job_records, summarize
 from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
@@ -44,42 +45,47 @@ def run_scenario(
     """Run every (policy, seed); returns the summary records (and the simulators if asked)."""
     records: list[dict[str, Any]] = []
     sims: list[Simulator] = []
-    mode = scenario.spec.failures.mode if scenario.spec.failures else "restart"
-    if mode not in FAILURE_MODES:
-        raise ScenarioError(f"failures.mode: unknown mode {mode!r}; known: {', '.join(sorted(FAILURE_MODES))}")
-    for seed in seeds:
-        workloads, window = scenario.workloads(seed)
-        for name in policies:
-            policy = load_policy(name, **scenario.spec.policy_params.get(name, {}))
-            bar = None
-            callback = None
-            if progress:
-                from tqdm import tqdm
+    modes = scenario.failure_modes
+    for mode in modes:
+        if mode not in FAILURE_MODES:
+            raise ScenarioError(f"failures.mode: unknown mode {mode!r}; known: {', '.join(sorted(FAILURE_MODES))}")
+    rigid = scenario.spec.failures.rigid_baselines if scenario.spec.failures else False
+    for seed, mode, name in ((s, m, n) for s in seeds for m in modes for n in policies):
+        all_workloads, window = scenario.workloads(seed)
+        workloads = failures.workloads_for_mode(mode, all_workloads, rigid_baselines=rigid)
+        policy = failures.policy_for_mode(mode, load_policy(name, **scenario.spec.policy_params.get(name, {})))
+        bar = None
+        callback = None
+        if progress:
+            from tqdm import tqdm
 
-                bar = tqdm(total=len(workloads), desc=f"{name} seed {seed}", unit="job", file=sys.stderr, leave=False)
+            bar = tqdm(total=len(workloads), desc=f"{name} seed {seed}", unit="job", file=sys.stderr, leave=False)
 
-                def callback(done: int, total: int, bar: Any = bar) -> None:
-                    bar.n = done
-                    bar.refresh()
+            def callback(done: int, total: int, bar: Any = bar) -> None:
+                bar.n = done
+                bar.refresh()
 
-            sim = Simulator(
-                scenario.nodes,
-                workloads,
-                policy,
-                scenario.config(seed),
-                node_events=scenario.node_events,
-                failure_process=scenario.failure_process,
-                failure_handler=FAILURE_MODES[mode](),
-                progress=callback,
-            )
-            sim.run()
-            if bar is not None:
-                bar.close()
-            record = summarize(sim, measure_keys=window)
-            record["scenario"] = scenario.spec.name
-            records.append(record)
-            if keep_sims:
-                sims.append(sim)
+        sim = Simulator(
+            scenario.nodes,
+            workloads,
+            policy,
+            scenario.config(seed),
+            node_events=scenario.node_events_for(seed),
+            failure_process=scenario.failure_process,
+            failure_handler=FAILURE_MODES[mode](),
+            observers=[failures.GoodputObserver()],
+            progress=callback,
+        )
+        sim.run()
+        if bar is not None:
+            bar.close()
+        record = summarize(sim, measure_keys=window)
+        record["scenario"] = scenario.spec.name
+        record["policy"] = name  # the wrapped policy in elastic mode reports the inner name
+        record["failure_mode"] = mode
+        records.append(record)
+        if keep_sims:
+            sims.append(sim)
     return records, sims
 
 
