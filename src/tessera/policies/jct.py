@@ -117,7 +117,19 @@ class Fifo:
             return Plan()
         by_type = _types_by_node(snapshot)
         free = snapshot.free
-        free_milli = {t: sum([sum(free(n).devices_milli) for n in names]) for t, names in by_type.items()}
+        # free room per type, and only the nodes that have some (full nodes are never scanned)
+        free_milli: dict[str, int] = {}
+        with_room: dict[str, list[str]] = {}
+        for accelerator_type, names in by_type.items():
+            total = 0
+            room = []
+            for name in names:
+                milli = sum(free(name).devices_milli)
+                if milli:
+                    total += milli
+                    room.append(name)
+            free_milli[accelerator_type] = total
+            with_room[accelerator_type] = room
         present = sorted(by_type)
         ledger: CapacityLedger | None = None
         placements: list[Placement] = []
@@ -136,7 +148,7 @@ class Fifo:
                 ctx.rng.shuffle(candidates)  # agnostic: any type with room is as good as another
                 for accelerator_type in candidates:
                     for count in range(replicas, workload.gang_min - 1, -1):
-                        assignments = fill_type(ledger, workload, by_type[accelerator_type], count)
+                        assignments = fill_type(ledger, workload, with_room[accelerator_type], count)
                         if assignments is not None:
                             break
                     if assignments is not None:

@@ -81,6 +81,7 @@ def summarize(sim: Simulator, *, measure_keys: frozenset[str] | None = None) -> 
         "simulated_seconds": sim.end_seconds,
         "events": sim.queue.popped,
         "wall_seconds": sim.wall_seconds,
+        "cpu_seconds": sim.cpu_seconds,
         "events_per_second": sim.queue.popped / sim.wall_seconds if sim.wall_seconds > 0 else math.nan,
     }
     for obs in sim.observers:

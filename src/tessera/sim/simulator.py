@@ -339,6 +339,8 @@ class Simulator:
         self.preemptions = self.migrations = self.reshards = self.node_failures = 0
         self.end_seconds = 0.0
         self.wall_seconds = 0.0
+        #: CPU time of the run (what the machine's other load does not inflate)
+        self.cpu_seconds = 0.0
 
     # ----- ports --------------------------------------------------------------------
     def now(self) -> float:
@@ -482,6 +484,7 @@ class Simulator:
     def run(self) -> Simulator:
         """Run to the end (all training done, or the horizon). Returns ``self``."""
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for obs in self.observers:
             obs.on_start(self)
         if self._specs:
@@ -511,6 +514,7 @@ class Simulator:
                 self._progress(len(self.finished), len(self._specs))
         self._finish()
         self.wall_seconds = time.perf_counter() - started
+        self.cpu_seconds = time.process_time() - cpu_started
         if self._progress is not None:
             self._progress(len(self.finished), len(self._specs))
         return self
