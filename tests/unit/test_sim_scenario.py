@@ -89,7 +89,9 @@ def test_plots_are_written(tmp_path: Path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["sim", "run", "--scenario", str(path), "--policy", "fifo", "--plot", str(tmp_path / "plots"), "--no-progress"]) == 0
-    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["jct_cdf.png", "slo_attainment.png", "utilization.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "allocation_vs_demand.png", "inference_load_vs_capacity.png", "jct_cdf.png", "slo_attainment.png", "utilization.png"
+    ]
 
 
 @pytest.mark.data

@@ -11,7 +11,7 @@ from typing import Any
 
 from tessera.policy import PolicyLoadError, load_policy
 from tessera.sim.loaders.errors import TraceFormatError
-from tessera.sim.report import format_table, job_records, summarize
+from tessera.sim.report import Timeline, format_table, job_records, summarize
 from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
 from tessera.sim.simulator import FAILURE_MODES, Simulator
 
@@ -39,9 +39,18 @@ def _clean(value: Any) -> Any:
 
 
 def run_scenario(
-    scenario: Scenario, policies: list[str], seeds: list[int], *, progress: bool = False, keep_sims: bool = False
+    scenario: Scenario,
+    policies: list[str],
+    seeds: list[int],
+    *,
+    progress: bool = False,
+    keep_sims: bool = False,
+    timeline: bool = False,
 ) -> tuple[list[dict[str, Any]], list[Simulator]]:
-    """Run every (policy, seed); returns the summary records (and the simulators if asked)."""
+    """Run every (policy, seed); returns the summary records (and the simulators if asked).
+
+    ``timeline`` attaches a :class:`~tessera.sim.report.Timeline` (for the allocation-vs-demand chart).
+    """
     records: list[dict[str, Any]] = []
     sims: list[Simulator] = []
     mode = scenario.spec.failures.mode if scenario.spec.failures else "restart"
@@ -70,6 +79,7 @@ def run_scenario(
                 node_events=scenario.node_events,
                 failure_process=scenario.failure_process,
                 failure_handler=FAILURE_MODES[mode](),
+                observers=[Timeline()] if timeline else [],
                 progress=callback,
             )
             sim.run()
@@ -89,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
         policies = [p.strip() for p in args.policy.split(",") if p.strip()] if args.policy else scenario.spec.policies
         seeds = args.seed or scenario.spec.seeds or [scenario.spec.seed]
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        records, sims = run_scenario(scenario, policies, seeds, progress=progress, keep_sims=bool(args.plot_dir or args.per_job))
+        records, sims = run_scenario(
+            scenario, policies, seeds, progress=progress, keep_sims=bool(args.plot_dir or args.per_job),
+            timeline=bool(args.plot_dir),
+        )
     except (ScenarioError, TraceFormatError, PolicyLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
