@@ -107,9 +107,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"scenario {scenario.spec.name}: {len(scenario.nodes)} nodes, seeds {seeds}")
+    for note in dict.fromkeys(scenario.notes):
+        print(f"note: {note}")
     print(format_table(records))
     if args.json_path:
-        out: dict[str, Any] = {"scenario": scenario.spec.name, "scenario_file": str(args.scenario), "records": records}
+        out: dict[str, Any] = {
+            "scenario": scenario.spec.name,
+            "scenario_file": str(args.scenario),
+            "notes": list(dict.fromkeys(scenario.notes)),
+            "records": records,
+        }
         if args.per_job:
             out["jobs"] = {f"{s.policy.name}/seed{s.config.seed}": job_records(s) for s in sims}
         Path(args.json_path).write_text(json.dumps(_clean(out), indent=1))
