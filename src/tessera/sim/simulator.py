@@ -304,7 +304,6 @@ class Simulator:
             ev.NODE_RECOVERY: self._on_node_recovery,
             ev.LOAD_CHANGE: self._on_load_change,
             ev.ARRIVAL: self._on_arrival,
-            ev.RESUME: lambda payload: None,
             ev.ROUND: self._on_round,
             ev.SCHEDULE: self._on_schedule,
             ev.HORIZON: self._on_horizon,
