@@ -153,6 +153,7 @@ def test_same_plan_through_the_operators_snapshot_builder(policy_name: str):
     pending = list(sim.pending())
     nodes_raw, pods_raw, jobs_raw = _as_kubernetes_objects(fast, pending)
     state = build_state(nodes_raw, pods_raw, jobs_raw, fast.now_seconds)
+    assert not state.node_warnings, state.node_warnings
     # the operator sees the same cluster: capacity, running gangs and what waits
     assert {n: state.snapshot.free(n) for n in fast.nodes} == {n: fast.free(n) for n in fast.nodes}
     assert sorted(k.removeprefix(f"{NAMESPACE}/") for k in state.snapshot.allocations) == sorted(fast.allocations)
