@@ -9,7 +9,7 @@ GPU, as in the Alibaba traces) and whole-device gangs use the same arithmetic.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -279,10 +279,19 @@ class ClusterSnapshot:
         self._allocations: Mapping[str, Allocation] = MappingProxyType(alloc_map)
         self.now_seconds = now_seconds
         ledger = CapacityLedger.empty(node_map.values())
-        for allocation in alloc_map.values():
+        for key, allocation in alloc_map.items():
+            replicas = []
             for rp in allocation.replicas:
                 if rp.node in node_map:
-                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    devices = ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    if devices != rp.devices:
+                        # a source that cannot see devices (the operator: a device plugin picks
+                        # them) gets them assigned here, so releasing the replica later gives
+                        # back exactly what was taken
+                        rp = replace(rp, devices=devices)
+                replicas.append(rp)
+            if tuple(replicas) != allocation.replicas:
+                alloc_map[key] = replace(allocation, replicas=tuple(replicas))
         self._free: Mapping[str, NodeFree] = MappingProxyType(ledger.freeze())
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 from tessera.policy import PolicyLoadError, load_policy
 from tessera.sim import failures
 from tessera.sim.loaders.errors import TraceFormatError
-from tessera.sim.report import format_table, job_records, summarize
+from tessera.sim.report import Timeline, format_table, job_records, summarize
 from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
 from tessera.sim.simulator import FAILURE_MODES, Simulator
 
@@ -40,9 +40,18 @@ def _clean(value: Any) -> Any:
 
 
 def run_scenario(
-    scenario: Scenario, policies: list[str], seeds: list[int], *, progress: bool = False, keep_sims: bool = False
+    scenario: Scenario,
+    policies: list[str],
+    seeds: list[int],
+    *,
+    progress: bool = False,
+    keep_sims: bool = False,
+    timeline: bool = False,
 ) -> tuple[list[dict[str, Any]], list[Simulator]]:
-    """Run every (policy, seed); returns the summary records (and the simulators if asked)."""
+    """Run every (policy, seed); returns the summary records (and the simulators if asked).
+
+    ``timeline`` attaches a :class:`~tessera.sim.report.Timeline` (for the allocation-vs-demand chart).
+    """
     records: list[dict[str, Any]] = []
     sims: list[Simulator] = []
     modes = scenario.failure_modes
@@ -73,7 +82,7 @@ def run_scenario(
             node_events=scenario.node_events_for(seed),
             failure_process=scenario.failure_process,
             failure_handler=FAILURE_MODES[mode](),
-            observers=[failures.GoodputObserver()],
+            observers=[failures.GoodputObserver(), *([Timeline()] if timeline else [])],
             progress=callback,
         )
         sim.run()
@@ -99,14 +108,24 @@ def run(args: argparse.Namespace) -> int:
         policies = [p.strip() for p in args.policy.split(",") if p.strip()] if args.policy else scenario.spec.policies
         seeds = args.seed or scenario.spec.seeds or [scenario.spec.seed]
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        records, sims = run_scenario(scenario, policies, seeds, progress=progress, keep_sims=bool(args.plot_dir or args.per_job))
+        records, sims = run_scenario(
+            scenario, policies, seeds, progress=progress, keep_sims=bool(args.plot_dir or args.per_job),
+            timeline=bool(args.plot_dir),
+        )
     except (ScenarioError, TraceFormatError, PolicyLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"scenario {scenario.spec.name}: {len(scenario.nodes)} nodes, seeds {seeds}")
+    for note in dict.fromkeys(scenario.notes):
+        print(f"note: {note}")
     print(format_table(records))
     if args.json_path:
-        out: dict[str, Any] = {"scenario": scenario.spec.name, "scenario_file": str(args.scenario), "records": records}
+        out: dict[str, Any] = {
+            "scenario": scenario.spec.name,
+            "scenario_file": str(args.scenario),
+            "notes": list(dict.fromkeys(scenario.notes)),
+            "records": records,
+        }
         if args.per_job:
             out["jobs"] = {f"{s.policy.name}/seed{s.config.seed}": job_records(s) for s in sims}
         Path(args.json_path).write_text(json.dumps(_clean(out), indent=1))

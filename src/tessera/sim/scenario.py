@@ -272,6 +272,8 @@ class Scenario:
     nodes: list[Node]
     node_events: list[NodeEvent] = field(default_factory=list)
     failure_process: FailureProcess | None = None
+    #: what loading the workload had to count, derive or leave out (printed by ``tessera sim run``)
+    notes: list[str] = field(default_factory=list)
 
     def node_events_for(self, seed: int) -> list[NodeEvent]:
         """Scripted events plus the seeded failure classes and the availability series."""
@@ -502,13 +504,27 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
         if training.trace == "gavel":
             if training.throughputs is None:
                 raise ScenarioError("workload.training: a gavel trace needs 'throughputs' (the throughput JSON)")
-            out = gavel.trace_workloads(
-                gavel.load_trace(path), gavel.load_throughputs(scenario.resolve(training.throughputs)),
+            jobs = gavel.load_trace(path)
+            out, derived = gavel.trace_workloads(
+                jobs[: training.limit] if training.limit else jobs,
+                gavel.load_throughputs(scenario.resolve(training.throughputs)),
                 restart_cost_seconds=training.restart_cost_seconds,
             )
+            if derived:
+                scenario.notes.append(
+                    f"{sum(derived.values())} Gavel trace jobs have no measured throughput at their GPU count; "
+                    f"used 1-GPU throughput x GPUs: " + ", ".join(f"{k}: {v}" for k, v in sorted(derived.items()))
+                )
         elif training.trace == "philly":
+            trace = philly.load(path)
+            if trace.skipped:
+                scenario.notes.append(
+                    "Philly rows skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(trace.skipped.items()))
+                )
+            if training.limit:
+                trace = philly.PhillyTrace(trace.jobs[: training.limit], trace.skipped)
             out = philly.trace_workloads(
-                philly.load(path), accelerator_types=tuple(training.accelerator_types),
+                trace, accelerator_types=tuple(training.accelerator_types),
                 restart_cost_seconds=training.restart_cost_seconds,
             )
         else:

@@ -304,7 +304,6 @@ class Simulator:
             ev.NODE_RECOVERY: self._on_node_recovery,
             ev.LOAD_CHANGE: self._on_load_change,
             ev.ARRIVAL: self._on_arrival,
-            ev.RESUME: lambda payload: None,
             ev.ROUND: self._on_round,
             ev.SCHEDULE: self._on_schedule,
             ev.HORIZON: self._on_horizon,
@@ -339,6 +338,8 @@ class Simulator:
         self.preemptions = self.migrations = self.reshards = self.node_failures = 0
         self.end_seconds = 0.0
         self.wall_seconds = 0.0
+        #: CPU time of the run (what the machine's other load does not inflate)
+        self.cpu_seconds = 0.0
 
     # ----- ports --------------------------------------------------------------------
     def now(self) -> float:
@@ -511,6 +512,7 @@ class Simulator:
     def run(self) -> Simulator:
         """Run to the end (all training done, or the horizon). Returns ``self``."""
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for obs in self.observers:
             obs.on_start(self)
         if self._specs:
@@ -540,6 +542,7 @@ class Simulator:
                 self._progress(len(self.finished), len(self._specs))
         self._finish()
         self.wall_seconds = time.perf_counter() - started
+        self.cpu_seconds = time.process_time() - cpu_started
         if self._progress is not None:
             self._progress(len(self.finished), len(self._specs))
         return self
