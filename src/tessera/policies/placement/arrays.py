@@ -350,9 +350,9 @@ def node_order(n_nodes: int, rng: random.Random) -> IntArray:
     """A random rank per node for breaking score ties: the node with the lowest rank wins.
 
     The authors' simulator prefixes every node name with its position in a seeded random
-    permutation and their scheduler build settles ties by node order, so within a run ties
-    always fall the same way; uniform random tie-breaking gives measurably different
-    results (see docs/simulator-fgd.md).
+    permutation; settling ties by that order (our inference about their patched scheduler)
+    reproduces their published results, uniform random tie-breaking does not (see
+    docs/simulator-fgd.md).
     """
     permutation = list(range(n_nodes))
     rng.shuffle(permutation)
