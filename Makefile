@@ -31,6 +31,7 @@ venv: $(VENV)/.stamp
 
 tools:
 	bash hack/build-tools.sh
+	bash hack/kind-up.sh --tools-only
 
 # Prometheus server for the LoadSource tests (Debian package; no-op when on PATH)
 prometheus:
