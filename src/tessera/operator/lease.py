@@ -16,21 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.operator.kube import Kube
+from tessera.operator.state import parse_timestamp
 
 log = logging.getLogger("tessera.operator.lease")
 
 
 def _micro_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: str | None) -> float:
-    if not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 class LeaderElector:
@@ -94,11 +86,11 @@ class LeaderElector:
             return self._set(self.kube.create_lease(self.namespace, body), now)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
-        renewed = _parse(spec.get("renewTime"))
+        renewed = parse_timestamp(spec.get("renewTime"))
         duration = int(spec.get("leaseDurationSeconds") or self.duration_seconds)
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder == self.identity:
-            lease["spec"] = self._spec(now, _parse(spec.get("acquireTime")) or now, transitions)
+            lease["spec"] = self._spec(now, parse_timestamp(spec.get("acquireTime")) or now, transitions)
         elif not holder or renewed + duration < now:
             log.info("taking over the scheduler lease from %r", holder or "nobody")
             lease["spec"] = self._spec(now, now, transitions + 1)

@@ -216,7 +216,8 @@ class ClusterState:
     node_warnings: dict[str, tuple[str, ...]]
 
 
-def _timestamp(value: str | None) -> float:
+def parse_timestamp(value: str | None) -> float:
+    """Seconds since the epoch of an RFC 3339 time from the API (0.0 when absent or malformed)."""
     if not value:
         return 0.0
     try:
@@ -229,7 +230,7 @@ def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
     """Parse one object; a spec the models refuse is reported, not raised."""
     meta = raw.get("metadata", {})
     key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-    submitted = _timestamp(meta.get("creationTimestamp"))
+    submitted = parse_timestamp(meta.get("creationTimestamp"))
     try:
         model = cast(ElasticJob | InferenceService, KINDS[kind].model_validate(raw))
     except ValidationError as err:
@@ -423,7 +424,7 @@ def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView]) -> Allocation
         for r in sorted(view.placement.values(), key=lambda r: r.replica)
     )
     # policies that account attained service (Gavel) read when the gang started
-    return Allocation(view.workload, replicas, started_at_seconds=_timestamp(view.status.get("startTime")))
+    return Allocation(view.workload, replicas, started_at_seconds=parse_timestamp(view.status.get("startTime")))
 
 
 def _reserve(ledger: CapacityLedger, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
