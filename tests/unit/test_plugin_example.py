@@ -92,3 +92,14 @@ def test_the_plugin_own_tests_pass(plugin_site: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "5 passed" in done.stdout
+
+
+@pytest.mark.slow
+def test_schedules_in_the_simulator(plugin_site: Path) -> None:
+    """`tessera sim run --policy spread-first`: the installed plugin runs a whole scenario."""
+    scenario = ROOT / "sim" / "scenarios" / "hetero-small.yaml"
+    done = _cli("sim", "run", "--scenario", str(scenario), "--policy", "spread-first,best-fit", "--no-progress",
+                path=plugin_site)
+    assert done.returncode == 0, done.stderr
+    rows = {ln.split()[0]: ln.split() for ln in done.stdout.splitlines() if ln.startswith(("spread-first", "best-fit"))}
+    assert rows["spread-first"][1] == rows["best-fit"][1] == "150"  # every training job finished under both

@@ -184,6 +184,8 @@ class TargetWorkload:
     #: (shapes, types) True where the shape may use the type
     type_ok: npt.NDArray[np.bool_]
     probability: npt.NDArray[np.float64]
+    #: pods behind each shape (integers: expected fragmentation is summed exactly, then divided)
+    count: npt.NDArray[np.int64]
     #: per node type: share of the workload's GPU-milli that may use it
     type_demand: npt.NDArray[np.float64]
 
@@ -218,8 +220,13 @@ def target_workload(demands: Iterable[Demand], type_names: Sequence[str], max_sh
         gpu_milli=np.array([k[1] for k, _ in ranked], dtype=np.int64),
         type_ok=type_ok,
         probability=np.array([len(v) / total for _, v in ranked], dtype=np.float64),
+        count=np.array([len(v) for _, v in ranked], dtype=np.int64),
         type_demand=type_demand,
     )
+
+
+#: odd 64-bit multipliers for hashing node states (fixed, so training and serving hash alike)
+_STATE_HASH = np.random.default_rng(20231).integers(1, 2**62, size=64, dtype=np.int64) | 1
 
 
 def expected_fragmentation(
@@ -233,7 +240,29 @@ def expected_fragmentation(
 
     For each shape: if it fits the node, the free milli on devices that cannot hold one of
     its per-device requests is fragmented; if it does not fit, every free milli is.
+    Identical rows (many nodes share a state: empty nodes of one model, say) are computed once.
     """
+    if len(gpu_free) <= 32:
+        return _expected_fragmentation(gpu_free, cpu_free, mem_free, type_index, target)
+    slots = gpu_free.shape[1]
+    # a 64-bit hash of each row's state; rows hashing alike are taken as equal (a collision among a
+    # few thousand rows has probability ~1e-13, and it would only blur one feature of one node)
+    key = (gpu_free @ _STATE_HASH[:slots]) + cpu_free * _STATE_HASH[slots] + mem_free * _STATE_HASH[slots + 1] \
+        + type_index * _STATE_HASH[slots + 2]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(first) > 0.7 * len(key):
+        return _expected_fragmentation(gpu_free, cpu_free, mem_free, type_index, target)
+    unique = _expected_fragmentation(gpu_free[first], cpu_free[first], mem_free[first], type_index[first], target)
+    return unique[inverse.reshape(-1)]
+
+
+def _expected_fragmentation(
+    gpu_free: npt.NDArray[np.int64],
+    cpu_free: npt.NDArray[np.int64],
+    mem_free: npt.NDArray[np.int64],
+    type_index: npt.NDArray[np.int64],
+    target: TargetWorkload,
+) -> npt.NDArray[np.float64]:
     # float32 is exact here (integers below 2**24) and lets one batched matmul do the sums:
     # per (row, shape) the free milli on devices below the shape's per-device request, and
     # how many non-empty devices are below it.
@@ -255,10 +284,10 @@ def expected_fragmentation(
         & gpu_fit
         & type_fit
     )
-    frag = np.where(fits, frag_if_fit, total[:, None])
-    # row-wise sum, not a matmul: a row's value must not depend on how many rows are computed
-    # with it (BLAS kernels differ by shape), or ties would break differently in training and serving
-    return np.asarray((frag.astype(np.float64) * target.probability[None, :]).sum(axis=1), dtype=np.float64)
+    frag = np.where(fits, frag_if_fit, total[:, None]).astype(np.int64)
+    # exact integer sum, then one division: a row's value never depends on which rows are computed
+    # with it, so ties break the same way in training (incremental) and serving (from scratch)
+    return np.asarray((frag @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)
 
 
 def feasible_nodes(nodes: NodeArrays, demand: Demand) -> npt.NDArray[np.int64]:
