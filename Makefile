@@ -7,7 +7,7 @@ BIN := .local-cluster/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TESSERA_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help venv tools cluster-up cluster-down crds demo test test-unit test-cluster bench lint train clean
+.PHONY: help venv tools prometheus cluster-up cluster-down crds demo test test-unit test-cluster bench lint train clean
 
 help:
 	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
@@ -30,6 +30,10 @@ venv: $(VENV)/.stamp
 tools:
 	bash hack/build-tools.sh
 
+# Prometheus server for the LoadSource tests (Debian package; no-op when on PATH)
+prometheus:
+	bash hack/install-prometheus.sh
+
 cluster-up: venv tools
 	bash hack/cluster-up.sh
 
@@ -42,7 +46,7 @@ crds: venv
 demo: venv tools
 	bash hack/demo.sh
 
-test: venv tools
+test: venv tools prometheus
 	TESSERA_REQUIRE_CLUSTER=1 $(PY) -m pytest
 
 test-unit: venv

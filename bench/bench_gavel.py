@@ -1,5 +1,8 @@
 """Average JCT of heterogeneity-agnostic FIFO vs the Gavel-style LAS policy on Gavel's cluster.
 
+The baseline is Gavel's FIFO (strict arrival order, a random worker type among those with
+room); a backfilling FIFO is reported alongside as a stronger baseline.
+
 Gavel's setup (OSDI'20, continuous multi-GPU traces): 36 V100 + 36 P100 + 36 K80,
 Poisson arrivals at several rates, job types and durations from Gavel's generator,
 throughputs from Gavel's measured ``simulation_throughputs.json``.  JCT is averaged over
@@ -44,29 +47,44 @@ def main(argv: list[str]) -> int:
         training = raw["workload"]["training"]
         training.update(jobs=args.jobs, jobs_per_hour=load, measure_window=[args.jobs // 6, args.jobs * 5 // 6])
         try:
-            scenario = scenario_from_dict(raw, SCENARIO)
-            results, _ = run_scenario(scenario, ["fifo", "gavel"], seeds)
+            # Gavel's baseline: strict FIFO (random type among those with room), and gavel
+            raw["policy_params"] = {"fifo": {"strict": True}}
+            results, _ = run_scenario(scenario_from_dict(raw, SCENARIO), ["fifo", "gavel"], seeds)
+            # a stronger baseline, reported alongside: FIFO that lets later jobs start when the head does not fit
+            raw["policy_params"] = {"fifo": {"strict": False}}
+            backfill, _ = run_scenario(scenario_from_dict(raw, SCENARIO), ["fifo"], seeds)
         except ScenarioError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        ratios = []
+        for r in backfill:
+            r["policy"] = "fifo-backfill"
+        ratios: dict[str, list[float]] = {"fifo": [], "fifo-backfill": []}
         for seed in seeds:
-            by_policy = {r["policy"]: r for r in results if r["seed"] == seed}
-            ratio = by_policy["fifo"]["avg_jct_seconds"] / by_policy["gavel"]["avg_jct_seconds"]
-            ratios.append(ratio)
+            by_policy = {r["policy"]: r for r in [*results, *backfill] if r["seed"] == seed}
+            gavel_jct = by_policy["gavel"]["avg_jct_seconds"]
+            for baseline, values in ratios.items():
+                values.append(by_policy[baseline]["avg_jct_seconds"] / gavel_jct)
             for r in by_policy.values():
                 records.append({"jobs_per_hour": load, **{k: v for k, v in r.items() if k != "policy_errors"}})
             print(f"load {load:g}/h seed {seed}: fifo {by_policy['fifo']['avg_jct_seconds'] / 3600:.1f} h, "
-                  f"gavel {by_policy['gavel']['avg_jct_seconds'] / 3600:.1f} h, ratio {ratio:.2f}", flush=True)
-        fifo = [r["avg_jct_seconds"] / 3600 for r in results if r["policy"] == "fifo"]
-        gav = [r["avg_jct_seconds"] / 3600 for r in results if r["policy"] == "gavel"]
+                  f"fifo-backfill {by_policy['fifo-backfill']['avg_jct_seconds'] / 3600:.1f} h, "
+                  f"gavel {gavel_jct / 3600:.1f} h, ratio {ratios['fifo'][-1]:.2f} / {ratios['fifo-backfill'][-1]:.2f}",
+                  flush=True)
+
+        runs = [*results, *backfill]
+
+        def mean_jct(policy: str, runs: list[dict] = runs) -> float:
+            return statistics.mean(r["avg_jct_seconds"] / 3600 for r in runs if r["policy"] == policy)
+
         summary.append({
             "jobs_per_hour": load,
-            "fifo_avg_jct_h": statistics.mean(fifo),
-            "gavel_avg_jct_h": statistics.mean(gav),
-            "ratio_mean": statistics.mean(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
+            "fifo_avg_jct_h": mean_jct("fifo"),
+            "fifo_backfill_avg_jct_h": mean_jct("fifo-backfill"),
+            "gavel_avg_jct_h": mean_jct("gavel"),
+            "ratio_fifo_mean": statistics.mean(ratios["fifo"]),
+            "ratio_fifo_min": min(ratios["fifo"]),
+            "ratio_fifo_max": max(ratios["fifo"]),
+            "ratio_backfill_mean": statistics.mean(ratios["fifo-backfill"]),
             "gavel_preemptions_mean": statistics.mean(r["preemptions"] for r in results if r["policy"] == "gavel"),
         })
     elapsed = time.perf_counter() - started
@@ -79,7 +97,9 @@ def main(argv: list[str]) -> int:
         notes=(
             f"Cluster 36 V100 + 36 P100 + 36 K80 (4 GPUs/server); {args.jobs} jobs per run, JCT over jobs "
             f"[{args.jobs // 6}, {args.jobs * 5 // 6}); seeds {seeds}; restart cost 30 s; rounds 360 s. "
-            f"Ratio = FIFO avg JCT / gavel avg JCT per seed, then averaged. Total {elapsed:.0f} s."
+            "fifo = Gavel's baseline (strict FIFO, random type among those with room); fifo-backfill lets later "
+            "jobs start when the head does not fit. Ratio = baseline avg JCT / gavel avg JCT per seed, then "
+            f"averaged. Total {elapsed:.0f} s."
         ),
     )
     return 0

@@ -175,7 +175,8 @@ def test_examples_are_placed_on_allowed_types_and_run(cluster, namespace, start_
 
     # the scale subresource drives it (kubectl scale / an HPA)
     cluster.kubectl("scale", "inferenceservices.tessera.dev/chat-server", "--replicas=4", "-n", namespace)
-    running_pods(cluster, namespace, "chat-server", 4)
+    grown = running_pods(cluster, namespace, "chat-server", 4)
+    assert len({p["spec"]["nodeName"] for p in grown}) == 4  # new replicas avoid the old ones' nodes
     cluster.kubectl("scale", "tisvc/chat-server", "--replicas=2", "-n", namespace)
     running_pods(cluster, namespace, "chat-server", 2)
     cluster.wait_for(lambda: status_of(cluster, "tisvc", "chat-server", namespace).get("replicas") == 2,
@@ -296,3 +297,31 @@ def test_two_operators_never_schedule_at_once(cluster, namespace, start_operator
     cluster.apply(elasticjob("pair-c", ["H100"], min_replicas=1, max_replicas=1), namespace)
     wait_phase(cluster, "elasticjob", "pair-c", namespace, "Running")
     assert "bind failed" not in first.log() + second.log()
+
+
+def test_a_gang_whose_bind_fails_partway_leaves_nothing_bound(cluster, namespace, start_operator):
+    # a foreign pod squats the name of replica 1: replica 0 gets created, replica 1 cannot be,
+    # so the operator must undo replica 0 and report why
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: squat-1, namespace: {namespace}}}
+spec:
+  schedulerName: nobody
+  containers: [{{name: c, image: busybox}}]
+""")
+    start_operator()
+    try:
+        cluster.apply(elasticjob("squat", ["H100"], min_replicas=2, max_replicas=2), namespace)
+        status = cluster.wait_for(
+            lambda: (s := status_of(cluster, "elasticjob", "squat", namespace)).get("conditions")
+            and condition(s).get("reason") == "BindFailed" and s, what="BindFailed condition")
+        assert "squat-1" in condition(status)["message"] and "does not belong" in condition(status)["message"]
+        assert status["phase"] != "Running"  # Pending, or Binding while the next attempt runs
+        assert not _bound(pods_of(cluster, namespace, "squat"))  # all or nothing
+        events = cluster.get_json("events", "-n", namespace)["items"]
+        assert any(e["reason"] == "BindFailed" and e["involvedObject"]["name"] == "squat" for e in events)
+    finally:
+        cluster.kubectl("delete", "pod", "squat-1", "-n", namespace, "--wait=false")
+    wait_phase(cluster, "elasticjob", "squat", namespace, "Running", timeout=40)
+    assert len(running_pods(cluster, namespace, "squat", 2)) == 2

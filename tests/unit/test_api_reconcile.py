@@ -94,6 +94,10 @@ def test_running_allocation_comes_from_bound_pods():
     status = {"phase": "Running", "placementGeneration": 1, "placement": placement("a", ["n0", "n1"])}
     state = build_state(NODES, [pod("a", 0, "n0"), pod("a", 1, "n1")], [job("a", status=status)], 0)
     assert set(state.snapshot.allocations) == {"ns/a"}
+    assert state.snapshot.allocations["ns/a"].started_at_seconds == 0.0  # unknown start
+    status["startTime"] = "2026-01-01T00:01:40Z"
+    state = build_state(NODES, [pod("a", 0, "n0"), pod("a", 1, "n1")], [job("a", status=status)], 0)
+    assert state.snapshot.allocations["ns/a"].started_at_seconds == 1767225700.0
     assert state.snapshot.free("n0").whole_devices == 0 and state.snapshot.free("n2").whole_devices == 8
 
 
@@ -142,3 +146,39 @@ def test_invalid_object_is_reported_not_raised():
     state = build_state(NODES, [], [(kind, raw)], 0)
     assert "spec.replicas.min must be <= spec.replicas.max" in state.workloads["ns/bad"].error
     assert not state.pending
+
+
+def test_pod_of_a_replica_links_back_and_asks_for_the_devices():
+    from tessera.operator.pods import build_pod
+    from tessera.operator.state import workload_view
+
+    kind, raw = job("a")
+    raw["spec"]["template"] = {"metadata": {"labels": {"app": "x"}},
+                               "spec": {"nodeName": "sneaky", "containers": [{"name": "c", "image": "i"}]}}
+    pod_body = build_pod(workload_view(kind, raw), 1, "n0", "H100", "nvidia.com/gpu", 3)
+    meta, spec = pod_body["metadata"], pod_body["spec"]
+    assert meta["name"] == "a-1" and meta["namespace"] == "ns"
+    assert meta["labels"] == {"app": "x", L.WORKLOAD: "a", L.WORKLOAD_KIND: "ElasticJob", L.WORKLOAD_UID: "uid-a",
+                              L.REPLICA: "1", L.PLACEMENT_GENERATION: "3"}
+    assert meta["annotations"][L.TARGET_NODE] == "n0"
+    assert meta["ownerReferences"][0] == {"apiVersion": "tessera.dev/v1alpha1", "kind": "ElasticJob", "name": "a",
+                                              "uid": "uid-a", "controller": True, "blockOwnerDeletion": True}
+    assert spec["schedulerName"] == "tessera" and "nodeName" not in spec  # bound by Binding, not by spec
+    assert spec["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "8"},
+                                                  "requests": {"nvidia.com/gpu": "8"}}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_conditions_keep_their_transition_time_until_the_status_flips():
+    from tessera.operator.scheduler import _same, set_condition
+
+    first = set_condition([], "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)
+    first[0]["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+    again = set_condition(first, "Scheduled", "False", "Unschedulable", "needs 2; 0 fit", 1)
+    assert again[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and again[0]["message"] == "needs 2; 0 fit"
+    flipped = set_condition(again, "Scheduled", "True", "Placed", "bound", 1)
+    assert flipped[0]["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+    # an unchanged status is not patched again (timestamps aside)
+    assert _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": set_condition(
+        first, "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)})
+    assert not _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": again})

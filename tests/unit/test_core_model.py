@@ -66,3 +66,17 @@ def test_allows_and_throughput():
     assert w.throughput_on("H100") == 3.0 and w.throughput_on("A100") == 1.0
     cpu_only = gang("ns/b", 1, 0)
     assert cpu_only.allows(None)
+
+
+def test_replicas_without_device_indices_get_them_so_release_frees_capacity():
+    # the operator cannot see which devices a device plugin picked
+    job = gang("ns/a", 2, 4, ["A100"])
+    alloc = Allocation(job, (ReplicaPlacement(0, "n1", "A100"), ReplicaPlacement(1, "n1", "A100")))
+    snap = ClusterSnapshot([node("n1", count=8)], [alloc])
+    placed = snap.allocations["ns/a"].replicas
+    assert [rp.devices for rp in placed] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    ledger = snap.ledger()
+    assert ledger.whole_free("n1") == 0
+    for rp in placed:
+        ledger.give_back(rp.node, job.demand, rp.devices)
+    assert ledger.whole_free("n1") == 8

@@ -131,3 +131,11 @@ def test_quantities():
     assert parse_quantity("1e3") == 1000
     with pytest.raises(ValueError):
         parse_quantity("abc")
+
+
+def test_explicit_label_settles_a_bare_vendor_resource_without_warnings():
+    # nvidia.com/gpu without a product label is only a placeholder guess, not a conflict
+    found = discover({"tessera.dev/accelerator": "H100"}, {"nvidia.com/gpu": "8"})
+    assert (found.accelerator_type, found.count, found.warnings) == ("H100", 8, ())
+    npu = discover({"tessera.dev/accelerator": "Ascend910B"}, {"huawei.com/Ascend910": "8"})
+    assert (npu.accelerator_type, npu.count, npu.warnings) == ("Ascend910B", 8, ())

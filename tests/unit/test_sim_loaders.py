@@ -28,7 +28,8 @@ def test_gavel_throughputs_and_traces(shared_data: Path):
     assert len(table.job_types) == 26
     jobs = gavel.load_trace(shared_data / "gavel" / "traces" / "msr" / "seed=0" / "0e4a51.trace")
     assert jobs[0].job_type == "Transformer (batch size 128)" and jobs[0].total_steps == 95121
-    workloads = gavel.trace_workloads(jobs[:20], table)
+    workloads, derived = gavel.trace_workloads(jobs[:20], table)
+    assert isinstance(derived, dict)
     first = workloads[0]
     assert first.model.rate("V100", 1) == table.throughput("V100", "Transformer (batch size 128)", 1)
     assert first.reference_duration_seconds == pytest.approx(95121 / first.model.rate("V100", 1))
@@ -145,3 +146,14 @@ def test_splitwise_malformed(tmp_path: Path):
     assert (err.value.line, err.value.column) == (2, "prompt_time")
     rows = splitwise.load(write(tmp_path, "q.csv", header + "llama,a100-80gb,512,4,128,100,10,2000,2\n"))
     assert splitwise.replica_capacity(rows, "llama", "a100-80gb", prompt_size=512, token_size=128) == pytest.approx(2.0)
+
+
+def test_gavel_trace_jobs_at_unmeasured_scale_are_derived_and_counted(tmp_path: Path):
+    table = gavel.load_throughputs(write(tmp_path, "t.json", json.dumps(
+        {"v100": {"('Rec', 1)": {"null": 10.0}}, "k80": {"('Rec', 1)": {"null": 2.0}}})))
+    trace = write(tmp_path, "x.trace", "Rec\tcmd\t-n\t1\t100\t0\t1\nRec\tcmd\t-n\t1\t100\t5\t4\n")
+    workloads, derived = gavel.trace_workloads(gavel.load_trace(trace), table)
+    assert derived == {"Rec x4": 1}
+    assert workloads[1].model.rate("V100", 4) == 40.0 and workloads[1].model.rate("K80", 4) == 8.0
+    with pytest.raises(ValueError, match="no throughput for job type 'Other'"):
+        gavel.trace_workloads(gavel.load_trace(write(tmp_path, "y.trace", "Other\tcmd\t-n\t1\t100\t0\t1\n")), table)

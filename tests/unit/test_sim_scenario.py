@@ -89,7 +89,9 @@ def test_plots_are_written(tmp_path: Path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["sim", "run", "--scenario", str(path), "--policy", "fifo", "--plot", str(tmp_path / "plots"), "--no-progress"]) == 0
-    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["jct_cdf.png", "slo_attainment.png", "utilization.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "allocation_vs_demand.png", "inference_load_vs_capacity.png", "jct_cdf.png", "slo_attainment.png", "utilization.png"
+    ]
 
 
 @pytest.mark.data
@@ -112,3 +114,34 @@ def test_services_from_public_traces(shared_data: Path):
     raw["workload"]["inference"][0]["throughput"] = {"H100": 1.0}
     with pytest.raises(ScenarioError, match="exactly one of 'throughput'"):
         scenario_from_dict(raw)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("training", "types"),
+    [
+        ({"trace": "sia", "path": "$TESSERA_DATA/sia-sosp23/workloads/philly/workload-1.csv",
+          "profiles": "$TESSERA_DATA/sia-sosp23/traces", "limit": 25}, ["A100", "V100", "T4"]),
+        ({"trace": "gavel", "path": "$TESSERA_DATA/gavel/traces/msr/seed=0/0e4a51.trace",
+          "throughputs": "$TESSERA_DATA/gavel/simulation_throughputs.json", "limit": 25}, ["V100", "P100", "K80"]),
+        ({"trace": "philly", "path": "PHILLY_HEAD", "limit": 25}, ["A100"]),
+    ],
+)
+def test_trace_workloads_run_end_to_end(shared_data: Path, tmp_path: Path, training: dict, types: list[str]):
+    if training["path"] == "PHILLY_HEAD":  # the first rows of Sia's philly.csv (the full file is read in test_sim_loaders)
+        head = (shared_data / "sia-sosp23" / "traces" / "philly.csv").read_text().splitlines()[:26]
+        (tmp_path / "philly.csv").write_text("\n".join(head) + "\n")
+        training = {**training, "path": str(tmp_path / "philly.csv")}
+    raw = {
+        "name": "trace",
+        "policies": ["fifo"],
+        "cluster": {"nodes": [{"type": t, "count": 2, "accelerators": 8} for t in types]},
+        "workload": {"training": training},
+    }
+    scenario = scenario_from_dict(raw)
+    workloads, _ = scenario.workloads(0)
+    assert len(workloads) == 25
+    from tessera.sim.run_cli import run_scenario
+
+    (record,), _ = run_scenario(scenario, ["fifo"], [0])
+    assert record["jobs_finished"] == 25 and record["rejected_actions"] == 0

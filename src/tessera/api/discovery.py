@@ -138,7 +138,10 @@ def discover(
                 f"{ACCELERATOR_LABEL}={explicit} expects {info.resource_name}, but the node advertises "
                 f"{', '.join(present)}"
             )
-        if vendor is not None and vendor.accelerator_type and vendor.accelerator_type != explicit:
+        # only a vendor *label* can conflict; a bare resource (nvidia.com/gpu without a
+        # product label) yields a placeholder guess that the explicit label resolves
+        vendor_knows = vendor is not None and vendor.source != vendor.resource_name
+        if vendor is not None and vendor_knows and vendor.accelerator_type != explicit:
             warnings.append(
                 f"{ACCELERATOR_LABEL}={explicit} conflicts with {vendor.source} "
                 f"({vendor.accelerator_type}); using {explicit}"

@@ -152,6 +152,9 @@ class WorkloadStatus(_Lenient):
     )
     replicas: int = Field(0, description="Replicas whose pods are bound to nodes.")
     acceleratorType: str = Field("", description="Accelerator type(s) the replicas run on.")
+    startTime: str | None = Field(
+        None, description="RFC 3339 time the current placement started running (cleared when it is undone)."
+    )
     placement: list[ReplicaStatus] = Field(default_factory=list, description="Pod -> node per replica.")
     conditions: list[Condition] = Field(
         default_factory=list,

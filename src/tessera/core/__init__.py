@@ -7,6 +7,12 @@ from tessera.core.accelerators import (
     accelerator_info,
     known_accelerator_types,
 )
+from tessera.core.migration import (
+    LinkModel,
+    MigrationCostModel,
+    MigrationEstimate,
+    MigrationParams,
+)
 from tessera.core.model import (
     MILLI_PER_DEVICE,
     AcceleratorOption,
@@ -33,6 +39,7 @@ from tessera.core.plan import (
     Resize,
     ValidatedPlan,
     explain_unfit,
+    lost_replicas,
     validate_plan,
 )
 
@@ -45,7 +52,11 @@ __all__ = [
     "CapacityLedger",
     "ClusterSnapshot",
     "DeviceKind",
+    "LinkModel",
     "Migration",
+    "MigrationCostModel",
+    "MigrationEstimate",
+    "MigrationParams",
     "Node",
     "NodeFree",
     "Placement",
@@ -65,5 +76,6 @@ __all__ = [
     "accelerator_info",
     "explain_unfit",
     "known_accelerator_types",
+    "lost_replicas",
     "validate_plan",
 ]

@@ -9,7 +9,7 @@ GPU, as in the Alibaba traces) and whole-device gangs use the same arithmetic.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -199,6 +199,9 @@ class ReplicaPlacement:
     accelerator_type: str | None
     #: device indices on the node (whole devices), or the one shared device
     devices: tuple[int, ...] = ()
+    #: when this replica landed on ``node`` (start or last migration); None = unknown.
+    #: Rebalancers use it for cooldowns, so history lives in the cluster, not in a policy.
+    since_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +211,21 @@ class Allocation:
     workload: Workload
     replicas: tuple[ReplicaPlacement, ...]
     started_at_seconds: float = 0.0
+    #: observed load of the whole workload (requests/s for inference), from a LoadSource;
+    #: None = not measured. Rebalancers split it evenly over replicas, as a Service does.
+    observed_load_per_second: float | None = None
+    #: when the replica set last changed (elastic resize); None = never since the start.
+    #: Kept in the workload's status by the operator so resize hysteresis survives restarts.
+    resized_at_seconds: float | None = None
 
     @property
     def key(self) -> str:
         return self.workload.key
+
+    @property
+    def stable_since_seconds(self) -> float:
+        """Since when the replica set has been unchanged (start or last resize)."""
+        return self.started_at_seconds if self.resized_at_seconds is None else self.resized_at_seconds
 
     @property
     def nodes(self) -> frozenset[str]:
@@ -265,10 +279,19 @@ class ClusterSnapshot:
         self._allocations: Mapping[str, Allocation] = MappingProxyType(alloc_map)
         self.now_seconds = now_seconds
         ledger = CapacityLedger.empty(node_map.values())
-        for allocation in alloc_map.values():
+        for key, allocation in alloc_map.items():
+            replicas = []
             for rp in allocation.replicas:
                 if rp.node in node_map:
-                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    devices = ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    if devices != rp.devices:
+                        # a source that cannot see devices (the operator: a device plugin picks
+                        # them) gets them assigned here, so releasing the replica later gives
+                        # back exactly what was taken
+                        rp = replace(rp, devices=devices)
+                replicas.append(rp)
+            if tuple(replicas) != allocation.replicas:
+                alloc_map[key] = replace(allocation, replicas=tuple(replicas))
         self._free: Mapping[str, NodeFree] = MappingProxyType(ledger.freeze())
 
     @property

@@ -50,6 +50,10 @@ class Preemption:
     reason: str
     #: the workload the room is made for, if any
     beneficiary: str = ""
+    #: release (and requeue) a workload that already lost replicas to failed, deleted or
+    #: cordoned nodes and cannot go on with the survivors.  Not a choice to evict, so it
+    #: applies to non-preemptible workloads too; valid only if a replica really was lost.
+    after_failure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,11 @@ def validate_plan(
         if pre.workload in evicted:
             rejected.append(Rejection(pre, f"{pre.workload} is preempted twice"))
             continue
-        if not allocation.workload.preemptible:
+        if pre.after_failure:
+            if not lost_replicas(snapshot, allocation):
+                rejected.append(Rejection(pre, f"{pre.workload} lost no replica; nothing to release after failure"))
+                continue
+        elif not allocation.workload.preemptible:
             rejected.append(Rejection(pre, f"{pre.workload} is not preemptible"))
             continue
         for rp in allocation.replicas:
@@ -253,6 +261,16 @@ def validate_plan(
         unplaced=plan.unplaced,
     )
     return ValidatedPlan(accepted, tuple(rejected), ledger)
+
+
+def lost_replicas(snapshot: ClusterSnapshot, allocation: Allocation) -> tuple[int, ...]:
+    """Replicas of ``allocation`` on nodes that are gone, not ready, cordoned or tainted."""
+    out = []
+    for rp in allocation.replicas:
+        node = snapshot.nodes.get(rp.node)
+        if node is None or not node.usable:
+            out.append(rp.replica)
+    return tuple(out)
 
 
 class _LiveReplicas(dict[str, dict[int, tuple[str, tuple[int, ...]]]]):

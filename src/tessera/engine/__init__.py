@@ -1,6 +1,24 @@
 """The scheduling engine and the ports it talks through."""
 
 from tessera.engine.cycle import CycleResult, Engine
-from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
+from tessera.engine.ports import (
+    Actuator,
+    Clock,
+    ClusterSource,
+    LoadSource,
+    MetricsSink,
+    NullMetrics,
+    with_load,
+)
 
-__all__ = ["Actuator", "Clock", "ClusterSource", "CycleResult", "Engine", "MetricsSink", "NullMetrics"]
+__all__ = [
+    "Actuator",
+    "Clock",
+    "ClusterSource",
+    "CycleResult",
+    "Engine",
+    "LoadSource",
+    "MetricsSink",
+    "NullMetrics",
+    "with_load",
+]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from tessera.core import ClusterSnapshot, Workload
@@ -23,6 +24,25 @@ class ClusterSource(Protocol):
     def snapshot(self) -> ClusterSnapshot: ...
 
     def pending(self) -> Sequence[Workload]: ...
+
+
+class LoadSource(Protocol):
+    """Observed load per running workload: workload key -> requests/s (inference).
+
+    The operator reads it from Prometheus, the simulator from its load model. Workloads
+    without a value are left unmeasured; rebalancers then treat them as idle.
+    """
+
+    def load(self) -> Mapping[str, float]: ...
+
+
+def with_load(snapshot: ClusterSnapshot, load: Mapping[str, float]) -> ClusterSnapshot:
+    """``snapshot`` with ``Allocation.observed_load_per_second`` set from ``load``."""
+    allocations = [
+        replace(a, observed_load_per_second=load[key]) if key in load else a
+        for key, a in snapshot.allocations.items()
+    ]
+    return snapshot.with_changes(allocations=allocations)
 
 
 class Actuator(Protocol):

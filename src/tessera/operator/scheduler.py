@@ -24,11 +24,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.api.models import InferenceService, ReplicaStatus
-from tessera.core import Placement
+from tessera.core import Allocation, Placement, ReplicaPlacement, Spread, Workload
 from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L
 from tessera.operator.kube import Kube, KubeError, now_rfc3339
@@ -147,6 +147,8 @@ class Scheduler:
                 report = await asyncio.to_thread(self.run_cycle)
                 for error in report.errors:
                     log.warning("%s", error)
+            except KubeError as err:  # API trouble (missing CRDs, RBAC, a restarting server): retry
+                log.warning("scheduling cycle failed: %s", err)
             except Exception:  # the loop must survive any one bad cycle
                 log.exception("scheduling cycle failed; retrying")
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
@@ -174,7 +176,8 @@ class Scheduler:
         state = build_state(nodes, pods, workloads, self.clock())
         self._warn_nodes(state)
         self._repair(state, report)
-        result = self.engine.decide(state.snapshot, state.pending)
+        scale_ups = [w for w in state.pending if w.key.endswith(SCALE_UP_SUFFIX)]
+        result = self.engine.decide(state.snapshot, [w for w in state.pending if w not in scale_ups])
         report.result = result
         if result.error:
             report.errors.append(result.error)
@@ -186,10 +189,49 @@ class Scheduler:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
         for placement in result.plan.placements:
             self._place(state, placement, result, report)
-        self._write_waiting(state, result)
-        self._write_steady(state)
+        waiting = dict(result.waiting)
+        waiting.update(self._scale_up(state, scale_ups, result, report))
+        self.metrics.pending.set(len(waiting))
+        blocked = self._write_waiting(state, waiting)
+        self._write_steady(state, blocked)
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return report
+
+    def _scale_up(
+        self, state: ClusterState, units: list[Workload], first: CycleResult, report: CycleReport
+    ) -> dict[str, str]:
+        """Grow running InferenceServices, one engine decision per service.
+
+        Each decision sees the capacity left after this cycle's placements, with the nodes
+        that already host a replica of that service closed when it spreads by node, so the
+        new replicas keep the one-per-node rule together with the old ones.
+        """
+        if not units:
+            return {}
+        pending_by_key = {w.key: w for w in state.pending}
+        allocations = list(state.snapshot.allocations.values())
+        for placement in first.plan.placements:
+            workload = pending_by_key[placement.workload]
+            allocations.append(Allocation(workload, tuple(
+                ReplicaPlacement(i, a.node, state.nodes[a.node].node.accelerator_type, a.devices)
+                for i, a in enumerate(placement.replicas))))
+        waiting: dict[str, str] = {}
+        for unit in sorted(units, key=lambda w: (-w.priority, w.submitted_at_seconds, w.key)):
+            view = state.workloads[state.pending_owner[unit.key]]
+            hosting = {r.node for r in view.placement.values()} if unit.spread is Spread.NODE else set()
+            nodes = [replace(v.node, schedulable=False) if v.node.name in hosting else v.node
+                     for v in state.nodes.values()]
+            snapshot = state.snapshot.with_changes(nodes=nodes, allocations=allocations)
+            result = self.engine.decide(snapshot, [unit])
+            waiting.update(result.waiting)
+            if not self.elector.ensure_leader():
+                break
+            for placement in result.plan.placements:
+                self._place(state, placement, result, report)
+                allocations.append(Allocation(unit, tuple(
+                    ReplicaPlacement(i, a.node, state.nodes[a.node].node.accelerator_type, a.devices)
+                    for i, a in enumerate(placement.replicas))))
+        return waiting
 
     # --- repairs before deciding -----------------------------------------------------
 
@@ -238,6 +280,7 @@ class Scheduler:
         report.rolled_back.append(view.key)
         self._write_status(view, {
             "phase": "Pending",
+            "startTime": None,
             "placement": [],
             "replicas": 0,
             "acceleratorType": "",
@@ -314,7 +357,9 @@ class Scheduler:
                     stale = pod_view(pod)
                     if stale.workload_uid == view.uid:
                         self.kube.delete_pod(stale.namespace, stale.name, stale.uid, 0)
-                    raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+                        raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+                    raise KubeError(f"a pod named {r.pod} that does not belong to this {view.kind} exists in "
+                                    f"namespace {view.namespace}; delete or rename it")
                 created.append((r, pod))
             for r, pod in created:
                 bound_to = (pod.get("spec") or {}).get("nodeName")
@@ -370,6 +415,7 @@ class Scheduler:
         view.placement = {r.replica: r for r in kept}
         status: dict[str, Any] = {
             "phase": "Running" if kept else "Pending",
+            "startTime": view.status.get("startTime") if kept else None,
             "placement": [r.model_dump() for r in kept],
             "replicas": len(kept),
             "message": f"bind failed, will retry: {reason}",
@@ -388,6 +434,7 @@ class Scheduler:
     ) -> dict[str, Any]:
         status: dict[str, Any] = {
             "phase": "Running",
+            "startTime": view.status.get("startTime") or now_rfc3339(),
             "replicas": len(full),
             "placement": [r.model_dump() for r in sorted(full, key=lambda r: r.replica)],
             "acceleratorType": ",".join(types),
@@ -400,9 +447,11 @@ class Scheduler:
             status["selector"] = L.selector(view.uid)
         return status
 
-    def _write_waiting(self, state: ClusterState, result: CycleResult) -> None:
+    def _write_waiting(self, state: ClusterState, waiting: Mapping[str, str]) -> set[str]:
+        """Status of what keeps waiting; returns the running services that cannot grow."""
+        blocked: set[str] = set()
         present = state.snapshot.accelerator_types()
-        for key, reason in result.waiting.items():
+        for key, reason in waiting.items():
             view = state.workloads.get(state.pending_owner.get(key, ""))
             if view is None or view.workload is None:
                 continue
@@ -412,6 +461,7 @@ class Scheduler:
                                            "Unschedulable", reason, view.generation)
                 self._write_status(view, {"conditions": conditions, "message": reason},
                                    event=("Warning", "ScaleUpBlocked", reason))
+                blocked.add(view.key)
                 continue
             allowed = set(view.workload.allowed_types)
             no_type = bool(allowed) and not (allowed & present)
@@ -427,8 +477,9 @@ class Scheduler:
             if isinstance(view.model, InferenceService):
                 status["selector"] = L.selector(view.uid)
             self._write_status(view, status, event=("Warning", condition_reason, reason))
+        return blocked
 
-    def _write_steady(self, state: ClusterState) -> None:
+    def _write_steady(self, state: ClusterState, blocked: set[str]) -> None:
         """Running workloads not touched this cycle: keep status in line with the pods."""
         for view in state.workloads.values():
             if view.error or view.rollback_reason or view.in_flight or not view.placement:
@@ -451,6 +502,8 @@ class Scheduler:
             else:
                 message = f"{len(full)} replica(s) running"
             status = self._running_status(view, full, types, message)
+            if view.key in blocked:  # keep the scale-up explanation _write_waiting just wrote
+                status["message"] = view.status.get("message", message)
             if isinstance(view.model, InferenceService) and len(full) >= view.model.spec.replicas:
                 status["conditions"] = [c for c in status["conditions"] if c["type"] != "FullyScaled"]
             self._write_status(view, status)
@@ -466,7 +519,8 @@ class Scheduler:
         if not force and _same(view.status, status):
             return
         self.kube.patch_status(view.kind, view.namespace, view.name, status)
-        view.raw = {**view.raw, "status": {**view.status, **{k: v for k, v in status.items() if v is not None}}}
+        merged = {**view.status, **status}  # a JSON merge patch: null removes the field
+        view.raw = {**view.raw, "status": {k: v for k, v in merged.items() if v is not None}}
         if event:
             self._event(view, *event)
 

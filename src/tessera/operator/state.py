@@ -422,7 +422,8 @@ def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView]) -> Allocation
         ReplicaPlacement(r.replica, r.node, nodes[r.node].node.accelerator_type if r.node in nodes else None)
         for r in sorted(view.placement.values(), key=lambda r: r.replica)
     )
-    return Allocation(view.workload, replicas)
+    # policies that account attained service (Gavel) read when the gang started
+    return Allocation(view.workload, replicas, started_at_seconds=_timestamp(view.status.get("startTime")))
 
 
 def _reserve(ledger: CapacityLedger, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:

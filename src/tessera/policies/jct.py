@@ -33,25 +33,32 @@ from tessera.core import (
 )
 from tessera.policy import Decision, PolicyContext
 
-_BY_TYPE_CACHE: list[tuple[Mapping[str, object], dict[str, list[str]]]] = []
 
-
-def _types_by_node(snapshot: ClusterSnapshot) -> dict[str, list[str]]:
+class _NodesByType:
     """Usable node names per accelerator type, in name order (deterministic).
 
-    Cached on the identity of the snapshot's node map: a source that reuses an unchanged
-    map (the simulator) pays for the grouping once; a new map is a new computation.
+    Remembers the last answer keyed on the identity of the snapshot's node map: a source
+    that reuses an unchanged (immutable) map, like the simulator, pays for the grouping
+    once; a new map is a new computation.  One per policy instance.
     """
-    nodes = snapshot.nodes
-    if _BY_TYPE_CACHE and _BY_TYPE_CACHE[0][0] is nodes:
-        return _BY_TYPE_CACHE[0][1]
-    out: dict[str, list[str]] = {}
-    for name in sorted(nodes):
-        node = nodes[name]
-        if node.usable and node.accelerator_type:
-            out.setdefault(node.accelerator_type, []).append(name)
-    _BY_TYPE_CACHE[:] = [(nodes, out)]
-    return out
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[Mapping[str, object], dict[str, list[str]]] | None = None
+
+    def __call__(self, snapshot: ClusterSnapshot) -> dict[str, list[str]]:
+        nodes = snapshot.nodes
+        last = self._last
+        if last is not None and last[0] is nodes:
+            return last[1]
+        out: dict[str, list[str]] = {}
+        for name in sorted(nodes):
+            node = nodes[name]
+            if node.usable and node.accelerator_type:
+                out.setdefault(node.accelerator_type, []).append(name)
+        self._last = (nodes, out)
+        return out
 
 
 def _allowed(workload: Workload, present: Sequence[str]) -> list[str]:
@@ -111,13 +118,26 @@ class Fifo:
     def __init__(self, strict: bool = False) -> None:
         #: True: a job that does not fit blocks every later one (strict FIFO)
         self.strict = strict
+        self._types_by_node = _NodesByType()
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         if not pending:
             return Plan()
-        by_type = _types_by_node(snapshot)
+        by_type = self._types_by_node(snapshot)
         free = snapshot.free
-        free_milli = {t: sum([sum(free(n).devices_milli) for n in names]) for t, names in by_type.items()}
+        # free room per type, and only the nodes that have some (full nodes are never scanned)
+        free_milli: dict[str, int] = {}
+        with_room: dict[str, list[str]] = {}
+        for accelerator_type, names in by_type.items():
+            total = 0
+            room = []
+            for name in names:
+                milli = sum(free(name).devices_milli)
+                if milli:
+                    total += milli
+                    room.append(name)
+            free_milli[accelerator_type] = total
+            with_room[accelerator_type] = room
         present = sorted(by_type)
         ledger: CapacityLedger | None = None
         placements: list[Placement] = []
@@ -136,7 +156,7 @@ class Fifo:
                 ctx.rng.shuffle(candidates)  # agnostic: any type with room is as good as another
                 for accelerator_type in candidates:
                     for count in range(replicas, workload.gang_min - 1, -1):
-                        assignments = fill_type(ledger, workload, by_type[accelerator_type], count)
+                        assignments = fill_type(ledger, workload, with_room[accelerator_type], count)
                         if assignments is not None:
                             break
                     if assignments is not None:
@@ -183,6 +203,7 @@ class GavelLAS:
         #: a running job changes type only if its normalised throughput gains at least this much
         self.move_gain = move_gain
         self._running: frozenset[str] = frozenset()
+        self._types_by_node = _NodesByType()
         #: bonus to a running job's current type, so it only moves for a real gain
         self.stickiness = stickiness
         # attained normalised accelerator-seconds per workload, from the snapshots seen
@@ -229,7 +250,7 @@ class GavelLAS:
         return self._fill(snapshot, pending, snapshot.ledger(), [], {})
 
     def _round(self, snapshot: ClusterSnapshot, pending: Sequence[Workload]) -> Plan:
-        by_type = _types_by_node(snapshot)
+        by_type = self._types_by_node(snapshot)
         present = sorted(by_type)
         capacity = {t: sum(snapshot.nodes[n].accelerator_count for n in names) * MILLI_PER_DEVICE for t, names in by_type.items()}
         running = {k: a for k, a in snapshot.allocations.items() if a.replicas}
@@ -356,7 +377,7 @@ class GavelLAS:
         """Between rounds: start waiting jobs in free room, moving jobs first, no preemption."""
         if not pending:
             return Plan()
-        by_type = _types_by_node(snapshot)
+        by_type = self._types_by_node(snapshot)
         present = sorted(by_type)
         intended: Mapping[str, str] = self._intended
         order = sorted(pending, key=lambda w: (w.key not in intended, *self._order_key(w)))

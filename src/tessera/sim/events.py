@@ -27,8 +27,6 @@ NODE_RECOVERY = 2
 LOAD_CHANGE = 3
 #: the next workload of the trace arrives (payload: None; the simulator keeps a cursor)
 ARRIVAL = 4
-#: a paused job (restart/reshard penalty) starts making progress again; bookkeeping only
-RESUME = 5
 #: a round boundary for round-based policies (payload: None)
 ROUND = 6
 #: a scheduling cycle (payload: None); runs after everything else at the same instant
@@ -42,7 +40,6 @@ _BUILTIN_ORDER = {
     NODE_RECOVERY: 2,
     LOAD_CHANGE: 3,
     ARRIVAL: 4,
-    RESUME: 5,
     ROUND: 6,
     SCHEDULE: 90,
     HORIZON: 100,

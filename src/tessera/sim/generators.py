@@ -128,11 +128,18 @@ def synthetic_training(
     restart_cost_seconds: float = 60.0,
     elastic: bool = False,
     key_prefix: str = "train",
+    accelerators_per_replica: int = 1,
+    min_replica_fraction: float = 0.0,
+    global_batch_size: int | None = None,
+    micro_batch_size: int | None = None,
+    tensor_parallel: int = 1,
 ) -> list[SimWorkload]:
     """Training jobs of the given models; ``models[name][type]`` = per-replica throughput.
 
     The duration is drawn for the job's fastest type at its requested size; work =
-    duration x that rate.  ``elastic`` jobs accept 1..requested replicas.
+    duration x that rate.  ``elastic`` jobs accept ``ceil(min_replica_fraction x
+    requested)`` (at least one) up to the requested replicas; ``gpu_mix`` draws the
+    requested replica count, each replica holding ``accelerators_per_replica`` devices.
     """
     rng = random.Random(seed)
     arrivals = poisson_arrivals(random.Random(seed + 1_000_003), jobs_per_hour, jobs)
@@ -152,9 +159,12 @@ def synthetic_training(
         workload = Workload(
             key=f"{key_prefix}-{i:05d}",
             kind=WorkloadKind.TRAINING,
-            demand=ReplicaDemand(accelerators=1),
-            min_replicas=1 if elastic else gpus,
+            demand=ReplicaDemand(accelerators=accelerators_per_replica),
+            min_replicas=max(1, math.ceil(min_replica_fraction * gpus)) if elastic else gpus,
             max_replicas=gpus,
+            global_batch_size=global_batch_size,
+            micro_batch_size=micro_batch_size,
+            tensor_parallel=tensor_parallel,
             options=tuple(AcceleratorOption(t, v) for t, v in sorted(per_replica.items())),
             submitted_at_seconds=arrival,
             restart_cost_seconds=restart_cost_seconds,

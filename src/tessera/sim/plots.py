@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tessera.sim.report import Timeline
 from tessera.sim.simulator import DONE, Simulator
 
 
 def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
-    """JCT CDF per policy, utilization per accelerator type, and SLO attainment when there are services."""
+    """JCT CDF, utilization per type, allocation vs demand over time, and inference load vs capacity / SLO."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +56,44 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+
+    timelines = [(sim, obs) for sim in sims for obs in sim.observers if isinstance(obs, Timeline) and obs.times]
+    if timelines:
+        fig, axes = plt.subplots(len(timelines), 1, figsize=(8, 3.2 * len(timelines)), squeeze=False, sharex=True)
+        for ax, (sim, tl) in zip(axes[:, 0], timelines, strict=True):
+            hours = [t / 3600.0 for t in tl.times]
+            types = sorted(tl.allocated)
+            ax.stackplot(hours, *[tl.allocated[t] for t in types], labels=[f"allocated {t}" for t in types], alpha=0.7)
+            ax.plot(hours, tl.demand, color="black", linewidth=1.0, label="demand (running + pending)")
+            capacity = sum(n.accelerator_count for n in sim._nodes.values())
+            ax.axhline(capacity, color="grey", linestyle="--", linewidth=0.8, label="capacity")
+            ax.set_ylabel("accelerators")
+            ax.set_title(f"{sim.policy.name} (seed {sim.config.seed}): allocation vs demand")
+            ax.legend(fontsize=7, loc="upper right")
+        axes[-1, 0].set_xlabel("simulated hours")
+        path = out_dir / "allocation_vs_demand.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+        with_services = [(sim, tl) for sim, tl in timelines if tl.services]
+        if with_services:
+            fig, axes = plt.subplots(len(with_services), 1, figsize=(8, 3.2 * len(with_services)), squeeze=False, sharex=True)
+            for ax, (sim, tl) in zip(axes[:, 0], with_services, strict=True):
+                hours = [t / 3600.0 for t in tl.times]
+                for key, series in sorted(tl.services.items()):
+                    n = len(series)
+                    line = ax.plot(hours[-n:], [load for load, _ in series], label=f"{key} load")[0]
+                    ax.plot(hours[-n:], [cap for _, cap in series], linestyle="--", color=line.get_color(), label=f"{key} capacity")
+                ax.set_ylabel("requests/s")
+                ax.set_title(f"{sim.policy.name} (seed {sim.config.seed}): inference load vs capacity")
+                ax.legend(fontsize=7, loc="upper right")
+            axes[-1, 0].set_xlabel("simulated hours")
+            path = out_dir / "inference_load_vs_capacity.png"
+            fig.tight_layout()
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
 
     services = [(sim, j) for sim in sims for j in sim.jobs.values() if j.is_service and j.offered > 0]
     if services:

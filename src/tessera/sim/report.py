@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tessera.core import MILLI_PER_DEVICE
-from tessera.sim.simulator import DONE, Simulator
+from tessera.sim.simulator import DONE, RUNNING, Observer, SimJob, Simulator
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -81,6 +81,7 @@ def summarize(sim: Simulator, *, measure_keys: frozenset[str] | None = None) -> 
         "simulated_seconds": sim.end_seconds,
         "events": sim.queue.popped,
         "wall_seconds": sim.wall_seconds,
+        "cpu_seconds": sim.cpu_seconds,
         "events_per_second": sim.queue.popped / sim.wall_seconds if sim.wall_seconds > 0 else math.nan,
     }
     for obs in sim.observers:
@@ -115,7 +116,9 @@ def job_records(sim: Simulator) -> list[dict[str, Any]]:
 
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("policy", "POLICY", "{}"),
+    ("failure_mode", "MODE", "{}"),
     ("jobs_finished", "DONE", "{}"),
+    ("goodput", "GOODPUT acc-h", "{:.0f}"),
     ("avg_jct_seconds", "AVG JCT h", "h"),
     ("p50_jct_seconds", "P50 h", "h"),
     ("p95_jct_seconds", "P95 h", "h"),
@@ -149,3 +152,56 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in rows)
+
+
+class Timeline(Observer):
+    """Samples allocation and demand over time (for the allocation-vs-demand chart).
+
+    At most one sample per ``min_interval_seconds`` of simulated time, taken after a
+    cycle or a completion, so memory stays bounded on long runs.
+    """
+
+    def __init__(self, min_interval_seconds: float = 0.0, max_samples: int = 4000) -> None:
+        self.min_interval_seconds = min_interval_seconds
+        self.max_samples = max_samples
+        self.times: list[float] = []
+        #: accelerators in use per type at each sample
+        self.allocated: dict[str, list[float]] = {}
+        #: accelerators wanted by running + pending training and services at each sample
+        self.demand: list[float] = []
+        #: per service: (request rate, capacity) at each sample
+        self.services: dict[str, list[tuple[float, float]]] = {}
+        self._last = -math.inf
+
+    def on_start(self, sim: Simulator) -> None:
+        horizon = sim.config.horizon_seconds
+        if not self.min_interval_seconds:
+            last_arrival = max((s.arrival_seconds for s in sim._specs), default=0.0)
+            span = horizon if horizon is not None else max(last_arrival * 1.5, 3600.0)
+            self.min_interval_seconds = span / self.max_samples
+        for t in sim.busy_milli_seconds:
+            self.allocated[t] = []
+
+    def on_cycle(self, sim: Simulator, result: Any) -> None:
+        self._sample(sim)
+
+    def on_job_finished(self, sim: Simulator, job: SimJob) -> None:
+        self._sample(sim)  # runs drain without cycles once nothing is pending
+
+    def _sample(self, sim: Simulator) -> None:
+        now = sim.now_seconds
+        if now - self._last < self.min_interval_seconds:
+            return
+        self._last = now
+        self.times.append(now)
+        for t, series in self.allocated.items():
+            series.append(sim._busy_milli.get(t, 0) / MILLI_PER_DEVICE)
+        wanted = 0.0
+        for job in (*sim.running.values(), *sim.pending_jobs.values()):
+            wanted += job.workload.target_replicas * job.workload.demand.accelerator_milli / MILLI_PER_DEVICE
+        self.demand.append(wanted)
+        for job in sim.jobs.values():
+            if job.is_service:
+                self.services.setdefault(job.key, [(0.0, 0.0)] * (len(self.times) - 1)).append(
+                    (job.load, job.rate if job.state == RUNNING else 0.0)
+                )

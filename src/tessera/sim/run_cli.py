@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tessera.policy import PolicyLoadError, load_policy
+from tessera.sim import failures
 from tessera.sim.loaders.errors import TraceFormatError
-from tessera.sim.report import format_table, job_records, summarize
+from tessera.sim.report import Timeline, format_table, job_records, summarize
 from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
 from tessera.sim.simulator import FAILURE_MODES, Simulator
 
@@ -39,64 +40,92 @@ def _clean(value: Any) -> Any:
 
 
 def run_scenario(
-    scenario: Scenario, policies: list[str], seeds: list[int], *, progress: bool = False, keep_sims: bool = False
+    scenario: Scenario,
+    policies: list[str],
+    seeds: list[int],
+    *,
+    progress: bool = False,
+    keep_sims: bool = False,
+    timeline: bool = False,
 ) -> tuple[list[dict[str, Any]], list[Simulator]]:
-    """Run every (policy, seed); returns the summary records (and the simulators if asked)."""
+    """Run every (policy, seed); returns the summary records (and the simulators if asked).
+
+    ``timeline`` attaches a :class:`~tessera.sim.report.Timeline` (for the allocation-vs-demand chart).
+    """
     records: list[dict[str, Any]] = []
     sims: list[Simulator] = []
-    mode = scenario.spec.failures.mode if scenario.spec.failures else "restart"
-    if mode not in FAILURE_MODES:
-        raise ScenarioError(f"failures.mode: unknown mode {mode!r}; known: {', '.join(sorted(FAILURE_MODES))}")
-    for seed in seeds:
-        workloads, window = scenario.workloads(seed)
-        for name in policies:
-            policy = load_policy(name, **scenario.spec.policy_params.get(name, {}))
-            bar = None
-            callback = None
-            if progress:
-                from tqdm import tqdm
+    modes = scenario.failure_modes
+    for mode in modes:
+        if mode not in FAILURE_MODES:
+            raise ScenarioError(f"failures.mode: unknown mode {mode!r}; known: {', '.join(sorted(FAILURE_MODES))}")
+    rigid = scenario.spec.failures.rigid_baselines if scenario.spec.failures else False
+    for seed, mode, name in ((s, m, n) for s in seeds for m in modes for n in policies):
+        all_workloads, window = scenario.workloads(seed)
+        workloads = failures.workloads_for_mode(mode, all_workloads, rigid_baselines=rigid)
+        policy = failures.policy_for_mode(mode, load_policy(name, **scenario.spec.policy_params.get(name, {})))
+        bar = None
+        callback = None
+        if progress:
+            from tqdm import tqdm
 
-                bar = tqdm(total=len(workloads), desc=f"{name} seed {seed}", unit="job", file=sys.stderr, leave=False)
+            bar = tqdm(total=len(workloads), desc=f"{name} seed {seed}", unit="job", file=sys.stderr, leave=False)
 
-                def callback(done: int, total: int, bar: Any = bar) -> None:
-                    bar.n = done
-                    bar.refresh()
+            def callback(done: int, total: int, bar: Any = bar) -> None:
+                bar.n = done
+                bar.refresh()
 
-            sim = Simulator(
-                scenario.nodes,
-                workloads,
-                policy,
-                scenario.config(seed),
-                node_events=scenario.node_events,
-                failure_process=scenario.failure_process,
-                failure_handler=FAILURE_MODES[mode](),
-                progress=callback,
-            )
-            sim.run()
-            if bar is not None:
-                bar.close()
-            record = summarize(sim, measure_keys=window)
-            record["scenario"] = scenario.spec.name
-            records.append(record)
-            if keep_sims:
-                sims.append(sim)
+        sim = Simulator(
+            scenario.nodes,
+            workloads,
+            policy,
+            scenario.config(seed),
+            node_events=scenario.node_events_for(seed),
+            failure_process=scenario.failure_process,
+            failure_handler=FAILURE_MODES[mode](),
+            observers=[failures.GoodputObserver(), *([Timeline()] if timeline else [])],
+            progress=callback,
+        )
+        sim.run()
+        if bar is not None:
+            bar.close()
+        record = summarize(sim, measure_keys=window)
+        record["scenario"] = scenario.spec.name
+        record["policy"] = name  # the wrapped policy in elastic mode reports the inner name
+        record["failure_mode"] = mode
+        records.append(record)
+        if keep_sims:
+            sims.append(sim)
     return records, sims
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario)
+        if scenario.spec.rebalance is not None:  # the serving model of the rebalancing experiments
+            from tessera.sim import rebalance_sim
+
+            return rebalance_sim.run_cli(scenario, args)
         policies = [p.strip() for p in args.policy.split(",") if p.strip()] if args.policy else scenario.spec.policies
         seeds = args.seed or scenario.spec.seeds or [scenario.spec.seed]
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        records, sims = run_scenario(scenario, policies, seeds, progress=progress, keep_sims=bool(args.plot_dir or args.per_job))
+        records, sims = run_scenario(
+            scenario, policies, seeds, progress=progress, keep_sims=bool(args.plot_dir or args.per_job),
+            timeline=bool(args.plot_dir),
+        )
     except (ScenarioError, TraceFormatError, PolicyLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"scenario {scenario.spec.name}: {len(scenario.nodes)} nodes, seeds {seeds}")
+    for note in dict.fromkeys(scenario.notes):
+        print(f"note: {note}")
     print(format_table(records))
     if args.json_path:
-        out: dict[str, Any] = {"scenario": scenario.spec.name, "scenario_file": str(args.scenario), "records": records}
+        out: dict[str, Any] = {
+            "scenario": scenario.spec.name,
+            "scenario_file": str(args.scenario),
+            "notes": list(dict.fromkeys(scenario.notes)),
+            "records": records,
+        }
         if args.per_job:
             out["jobs"] = {f"{s.policy.name}/seed{s.config.seed}": job_records(s) for s in sims}
         Path(args.json_path).write_text(json.dumps(_clean(out), indent=1))

@@ -90,6 +90,15 @@ class SyntheticGenerator(_Strict):
     restart_cost_seconds: float = Field(default=60.0, ge=0)
     elastic: bool = False
     measure_window: tuple[int, int] | None = None
+    #: [[replicas, weight], ...] (default: Philly's GPU-count mix with one accelerator per replica)
+    replica_mix: list[tuple[int, float]] | None = None
+    accelerators_per_replica: int = Field(default=1, ge=1)
+    #: elastic jobs accept ceil(fraction x replicas)..replicas (0: down to one replica)
+    min_replica_fraction: float = Field(default=0.0, ge=0, le=1)
+    #: sharding facts the elastic policy keeps exact (None: any replica count works)
+    global_batch_size: int | None = Field(default=None, ge=1)
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    tensor_parallel: int = Field(default=1, ge=1)
 
 
 class TraceWorkload(_Strict):
@@ -175,6 +184,29 @@ class FailureEventSpec(_Strict):
     up: bool = False
 
 
+class FailureClassSpec(_Strict):
+    """Seeded per-node failures: nodes named ``<node_prefix>...`` fail with this MTBF/MTTR."""
+
+    mtbf_hours: float = Field(gt=0)
+    mttr_hours: float = Field(gt=0)
+    node_prefix: str = ""
+
+
+class AvailabilitySpec(_Strict):
+    """Node availability from the Helios artifact's Philly node sequence (see tessera.sim.loaders.helios)."""
+
+    source: Literal["helios-philly"] = "helios-philly"
+    path: str = "$TESSERA_DATA/helios-artifact/framework/CES Service/data/philly_node_sequence.csv"
+    signal: Literal["idle", "total"] = "idle"
+    resample_minutes: float = Field(default=30.0, gt=0)
+    start_hours: float = Field(default=0.0, ge=0)
+    #: default: the simulation horizon
+    duration_hours: float | None = Field(default=None, gt=0)
+    scale_to_peak: bool = True
+    #: only these nodes follow the series (empty = all)
+    node_prefixes: list[str] = []
+
+
 class FailureSpec(_Strict):
     mtbf_hours: float | None = Field(default=None, gt=0)
     mttr_hours: float | None = Field(default=None, gt=0)
@@ -182,6 +214,13 @@ class FailureSpec(_Strict):
     events: list[FailureEventSpec] = []
     #: how workloads react to losing replicas ("restart" is built in; extensions add more)
     mode: str = "restart"
+    #: compare several modes in one run (one record per mode and policy); overrides ``mode``
+    modes: list[str] | None = None
+    #: restart/none run training jobs at fixed size (min = max), as jobs without elastic support
+    rigid_baselines: bool = False
+    #: per-node MTBF/MTTR failures drawn before the run from the run's seed (same for every mode)
+    classes: list[FailureClassSpec] = []
+    availability: AvailabilitySpec | None = None
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> FailureSpec:
@@ -211,6 +250,9 @@ class ScenarioSpec(_Strict):
     workload: WorkloadSpec
     failures: FailureSpec | None = None
     sim: SimSpec = SimSpec()
+    #: a rebalancing experiment (skewed inference load, migrations in simulated time): run
+    #: by tessera.sim.rebalance_sim, which validates this section itself
+    rebalance: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _needs_an_end(self) -> ScenarioSpec:
@@ -230,6 +272,47 @@ class Scenario:
     nodes: list[Node]
     node_events: list[NodeEvent] = field(default_factory=list)
     failure_process: FailureProcess | None = None
+    #: what loading the workload had to count, derive or leave out (printed by ``tessera sim run``)
+    notes: list[str] = field(default_factory=list)
+
+    def node_events_for(self, seed: int) -> list[NodeEvent]:
+        """Scripted events plus the seeded failure classes and the availability series."""
+        from tessera.sim import failures
+        from tessera.sim.loaders import helios
+
+        spec = self.spec.failures
+        if spec is None:
+            return list(self.node_events)
+        names = [n.name for n in self.nodes]
+        transitions: list[failures.NodeTransition] = []
+        horizon = (self.spec.sim.horizon_hours or 0.0) * 3600.0
+        if spec.classes:
+            if not horizon:
+                raise ScenarioError("failures.classes needs sim.horizon_hours (failures are drawn up to it)")
+            classes = [failures.FailureClass(c.mtbf_hours * 3600.0, c.mttr_hours * 3600.0, c.node_prefix) for c in spec.classes]
+            transitions += failures.mtbf_mttr_transitions(names, classes, horizon, seed)
+        if spec.availability is not None:
+            a = spec.availability
+            chosen = [n for n in names if not a.node_prefixes or n.startswith(tuple(a.node_prefixes))]
+            duration = a.duration_hours * 3600.0 if a.duration_hours else (horizon or None)
+            try:
+                points = helios.load_philly_node_sequence(self.resolve(a.path))
+                series = helios.availability_series(
+                    points, len(chosen), signal=a.signal, resample_seconds=a.resample_minutes * 60.0,
+                    start_seconds=a.start_hours * 3600.0, duration_seconds=duration, scale_to_peak=a.scale_to_peak,
+                )
+            except ValueError as err:
+                raise ScenarioError(f"failures.availability: {err}") from err
+            transitions += failures.availability_transitions(series, chosen, seed)
+        events = list(self.node_events) + [NodeEvent(t.time_seconds, t.node, t.up) for t in transitions]
+        return sorted(events, key=lambda e: (e.time_seconds, e.node, e.up))
+
+    @property
+    def failure_modes(self) -> list[str]:
+        spec = self.spec.failures
+        if spec is None:
+            return ["restart"]
+        return list(spec.modes) if spec.modes else [spec.mode]
 
     def config(self, seed: int) -> SimConfig:
         s = self.spec.sim
@@ -408,6 +491,12 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
             median_duration_seconds=training.median_duration_seconds, sigma=training.sigma,
             serial_fraction=training.serial_fraction, restart_cost_seconds=training.restart_cost_seconds,
             elastic=training.elastic,
+            gpu_mix=tuple(training.replica_mix) if training.replica_mix else generators.PHILLY_GPU_MIX,
+            accelerators_per_replica=training.accelerators_per_replica,
+            min_replica_fraction=training.min_replica_fraction,
+            global_batch_size=training.global_batch_size,
+            micro_batch_size=training.micro_batch_size,
+            tensor_parallel=training.tensor_parallel,
         )
         window = _window(out, training.measure_window)
     elif isinstance(training, TraceWorkload):
@@ -415,13 +504,27 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
         if training.trace == "gavel":
             if training.throughputs is None:
                 raise ScenarioError("workload.training: a gavel trace needs 'throughputs' (the throughput JSON)")
-            out = gavel.trace_workloads(
-                gavel.load_trace(path), gavel.load_throughputs(scenario.resolve(training.throughputs)),
+            jobs = gavel.load_trace(path)
+            out, derived = gavel.trace_workloads(
+                jobs[: training.limit] if training.limit else jobs,
+                gavel.load_throughputs(scenario.resolve(training.throughputs)),
                 restart_cost_seconds=training.restart_cost_seconds,
             )
+            if derived:
+                scenario.notes.append(
+                    f"{sum(derived.values())} Gavel trace jobs have no measured throughput at their GPU count; "
+                    f"used 1-GPU throughput x GPUs: " + ", ".join(f"{k}: {v}" for k, v in sorted(derived.items()))
+                )
         elif training.trace == "philly":
+            trace = philly.load(path)
+            if trace.skipped:
+                scenario.notes.append(
+                    "Philly rows skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(trace.skipped.items()))
+                )
+            if training.limit:
+                trace = philly.PhillyTrace(trace.jobs[: training.limit], trace.skipped)
             out = philly.trace_workloads(
-                philly.load(path), accelerator_types=tuple(training.accelerator_types),
+                trace, accelerator_types=tuple(training.accelerator_types),
                 restart_cost_seconds=training.restart_cost_seconds,
             )
         else:

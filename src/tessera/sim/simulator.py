@@ -304,7 +304,6 @@ class Simulator:
             ev.NODE_RECOVERY: self._on_node_recovery,
             ev.LOAD_CHANGE: self._on_load_change,
             ev.ARRIVAL: self._on_arrival,
-            ev.RESUME: lambda payload: None,
             ev.ROUND: self._on_round,
             ev.SCHEDULE: self._on_schedule,
             ev.HORIZON: self._on_horizon,
@@ -339,6 +338,8 @@ class Simulator:
         self.preemptions = self.migrations = self.reshards = self.node_failures = 0
         self.end_seconds = 0.0
         self.wall_seconds = 0.0
+        #: CPU time of the run (what the machine's other load does not inflate)
+        self.cpu_seconds = 0.0
 
     # ----- ports --------------------------------------------------------------------
     def now(self) -> float:
@@ -371,9 +372,10 @@ class Simulator:
         plan = result.plan
         jobs = self.jobs
         for pre in plan.preemptions:
-            self.preemptions += 1
             job = jobs[pre.workload]
-            job.preemptions += 1
+            if not pre.after_failure:  # a release after failure is counted as the failure
+                self.preemptions += 1
+                job.preemptions += 1
             self.stop_job(job, lose_since_checkpoint=False)
         for rs in plan.resizes:
             if rs.remove:
@@ -388,6 +390,11 @@ class Simulator:
                 self._add_replicas(job, rs.add)
             self.reshards += 1
             job.reshards += 1
+            # the resize time is state the elastic policy's hysteresis reads back
+            assert job.alloc is not None
+            job.alloc = dataclasses.replace(job.alloc, resized_at_seconds=self.now_seconds)
+            self._allocs[job.key] = job.alloc
+            job.stint_start = self.now_seconds  # restarted from a checkpoint on the new shape
             self._after_change(job, penalty=job.workload.restart_cost_seconds)
 
     def record_cycle(self, result: CycleResult) -> None:
@@ -436,19 +443,42 @@ class Simulator:
     def jobs_on(self, node: str) -> list[SimJob]:
         return list(self._node_jobs[node])
 
+    def lose_since_checkpoint(self, job: SimJob) -> None:
+        """A failure hit ``job``: roll its progress back to its last periodic checkpoint."""
+        self._advance(job)
+        if job.is_service:
+            return
+        effective_start = max(job.stint_start, job.paused_until)
+        ran = max(0.0, self.now_seconds - effective_start)
+        interval = self.config.checkpoint_interval_seconds
+        lost_seconds = ran % interval if interval > 0 else ran
+        lost = min(job.progress, job.rate * lost_seconds)
+        job.progress -= lost
+        job.lost_work += lost
+        job.lost_seconds += lost / job.rate if job.rate > 0 else 0.0
+        job.failures += 1
+
+    def stall_job(self, job: SimJob) -> None:
+        """Stop ``job`` making progress while it keeps its replicas (it lost one and waits).
+
+        Synchronous training cannot step with a replica missing; the job resumes through a
+        resize (elastic) or :meth:`resume_job` (when its nodes come back).
+        """
+        self._advance(job)
+        job.rate = 0.0
+        job.version += 1  # invalidates the pending completion
+        job.stint_start = self.now_seconds  # it resumes from a checkpoint: a new checkpoint period
+
+    def resume_job(self, job: SimJob, penalty_seconds: float) -> None:
+        """Continue a stalled job on its current replicas after ``penalty_seconds``."""
+        job.stint_start = self.now_seconds
+        self._after_change(job, penalty=penalty_seconds)
+
     def stop_job(self, job: SimJob, *, lose_since_checkpoint: bool) -> None:
         """Stop a running job and requeue it (preemption or failure)."""
         self._advance(job)
-        if lose_since_checkpoint and not job.is_service:
-            effective_start = max(job.stint_start, job.paused_until)
-            ran = max(0.0, self.now_seconds - effective_start)
-            interval = self.config.checkpoint_interval_seconds
-            lost_seconds = ran % interval if interval > 0 else ran
-            lost = min(job.progress, job.rate * lost_seconds)
-            job.progress -= lost
-            job.lost_work += lost
-            job.lost_seconds += lost / job.rate if job.rate > 0 else 0.0
-            job.failures += 1
+        if lose_since_checkpoint:
+            self.lose_since_checkpoint(job)
         if job.is_service:
             self._svc_advance(job)
         self._release_all(job)
@@ -475,13 +505,14 @@ class Simulator:
         attrs["request_rate"] = f"{requests_per_second:g}"
         job.workload = dataclasses.replace(job.workload, attributes=MappingProxyType(attrs))
         if job.alloc is not None:
-            job.alloc = Allocation(job.workload, job.alloc.replicas, job.alloc.started_at_seconds)
+            job.alloc = dataclasses.replace(job.alloc, workload=job.workload)
             self._allocs[job.key] = job.alloc
 
     # ----- run ----------------------------------------------------------------------------
     def run(self) -> Simulator:
         """Run to the end (all training done, or the horizon). Returns ``self``."""
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for obs in self.observers:
             obs.on_start(self)
         if self._specs:
@@ -511,6 +542,7 @@ class Simulator:
                 self._progress(len(self.finished), len(self._specs))
         self._finish()
         self.wall_seconds = time.perf_counter() - started
+        self.cpu_seconds = time.process_time() - cpu_started
         if self._progress is not None:
             self._progress(len(self.finished), len(self._specs))
         return self
@@ -586,6 +618,9 @@ class Simulator:
         if self._nodes[name].ready:
             return
         self.set_node_ready(name, True)
+        on_recovered = getattr(self.failure_handler, "on_node_recovered", None)
+        if on_recovered is not None:  # optional hook (the ``none`` mode resumes stalled jobs)
+            on_recovered(self, name)
         self.request_cycle()
 
     def _on_load_change(self, payload: tuple[str, float]) -> None:
@@ -733,7 +768,7 @@ class Simulator:
             else:
                 kept.append(rp)
         self._unindex(job, alloc)
-        job.alloc = Allocation(job.workload, tuple(kept), alloc.started_at_seconds)
+        job.alloc = dataclasses.replace(alloc, workload=job.workload, replicas=tuple(kept))
         for rp in kept:
             self._node_jobs[rp.node][job] = None
         self._allocs[job.key] = job.alloc
@@ -747,7 +782,7 @@ class Simulator:
         self._account()
         next_index = max((rp.replica for rp in alloc.replicas), default=-1) + 1
         added = tuple(self._take(job, next_index + i, a) for i, a in enumerate(add))
-        job.alloc = Allocation(job.workload, alloc.replicas + added, alloc.started_at_seconds)
+        job.alloc = dataclasses.replace(alloc, workload=job.workload, replicas=alloc.replicas + added)
         self._allocs[job.key] = job.alloc
 
     def _migrate(self, job: SimJob, replica: int, to: ReplicaAssignment, estimate_seconds: float) -> None:

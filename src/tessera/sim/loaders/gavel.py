@@ -160,16 +160,21 @@ def job_workload(
     restart_cost_seconds: float = 30.0,
     reference_type: str = "V100",
     priority: int = 0,
+    derive_missing: bool = False,
 ) -> SimWorkload:
     """A Gavel job as a simulated gang of ``scale_factor`` single-accelerator replicas.
 
     Progress rate on a type is Gavel's measured throughput for (job type, scale factor)
-    on that type; types without a measurement are not allowed.
+    on that type; types without a measurement are not allowed.  With ``derive_missing``
+    a scale factor that was never measured gets the 1-GPU throughput x scale factor.
     """
     table: dict[tuple[str, int], float] = {}
     options = []
     for accelerator_type, rates in throughputs.by_type.items():
         value = rates.get((job_type, scale_factor))
+        if value is None and derive_missing:
+            single = rates.get((job_type, 1))
+            value = single * scale_factor if single else None
         if value is None or value <= 0:
             continue
         table[(accelerator_type, scale_factor)] = value
@@ -201,12 +206,25 @@ def job_workload(
 
 def trace_workloads(
     jobs: Sequence[GavelJob], throughputs: GavelThroughputs, *, restart_cost_seconds: float = 30.0
-) -> list[SimWorkload]:
-    """Simulated workloads of a Gavel trace; jobs whose type has no throughput raise ``ValueError``."""
-    return [
-        job_workload(
-            f"job-{i:06d}", j.job_type, j.scale_factor, j.total_steps, j.arrival_seconds, throughputs,
-            restart_cost_seconds=restart_cost_seconds,
+) -> tuple[list[SimWorkload], dict[str, int]]:
+    """Simulated workloads of a Gavel trace, and how many needed a derived throughput.
+
+    Gavel's published traces contain (job type, scale factor) pairs its throughput file
+    never measured (e.g. Recommendation at 4 GPUs); those get the 1-GPU throughput x scale
+    factor (linear scaling) and are counted per ``"<job type> x<scale>"``.  A job type with
+    no throughput at all raises ``ValueError``.
+    """
+    derived: dict[str, int] = {}
+    out = []
+    for i, j in enumerate(jobs):
+        measured = throughputs.throughput("V100", j.job_type, j.scale_factor) is not None
+        if not measured:
+            label = f"{j.job_type} x{j.scale_factor}"
+            derived[label] = derived.get(label, 0) + 1
+        out.append(
+            job_workload(
+                f"job-{i:06d}", j.job_type, j.scale_factor, j.total_steps, j.arrival_seconds, throughputs,
+                restart_cost_seconds=restart_cost_seconds, derive_missing=not measured,
+            )
         )
-        for i, j in enumerate(jobs)
-    ]
+    return out, derived

@@ -57,6 +57,11 @@ def _time(path: Path, line: int, column: str, text: str) -> float:
         return float(text)
     except ValueError:
         pass
+    try:  # ISO 8601 ('2017-10-09 07:01:55'): fromisoformat is far faster than strptime
+        parsed = datetime.fromisoformat(text)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    except ValueError:
+        pass
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
         try:
             return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()

@@ -1,0 +1,204 @@
+"""The contract between Tessera and an elastic training pod: env vars and a mounted plan.
+
+Pure (no Kubernetes client): the operator turns these dicts into a pod spec and a
+ConfigMap; ``docs/elastic.md`` is the user-facing description and
+``examples/train_elastic.py`` a script that honours it.
+
+Naming (the operator creates these objects):
+
+* pod ``<job>-<replica>`` with ``hostname: <job>-<replica>`` and ``subdomain: <job>-headless``
+  so it resolves as ``<job>-<replica>.<job>-headless.<namespace>.svc``;
+* headless Service ``<job>-headless`` (``clusterIP: None``) selecting the job's pods;
+* ConfigMap ``<job>-tessera-plan`` mounted read-only at :data:`PLAN_MOUNT_PATH`.
+
+Process layout (one process per accelerator, torchrun conventions): the replicas of a plan
+are numbered 0..NNODES-1 in plan order (their *node rank*); the processes of node rank ``n``
+have global ranks ``n*LOCAL_WORLD_SIZE .. n*LOCAL_WORLD_SIZE + LOCAL_WORLD_SIZE-1``; a model
+copy is ``tp*pp`` consecutive global ranks, so ``dp_rank = global_rank // (tp*pp)``.
+``TESSERA_PLAN.rank_micro_batches[dp_rank]`` is how many micro-batches that rank processes
+per optimiser step.
+
+The master is the first replica of the plan (replica 0 unless it was lost), because a
+rendezvous endpoint on a dead pod would stall every survivor.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tessera.core.sharding import ShardingPlan
+
+#: where the plan ConfigMap is mounted in every replica
+PLAN_MOUNT_PATH = "/etc/tessera/plan"
+#: the default rendezvous / process-group port (PyTorch's usual default)
+DEFAULT_MASTER_PORT = 29500
+#: ConfigMap keys
+PLAN_KEY = "plan.json"
+GENERATION_KEY = "generation"
+
+
+def headless_service_name(job: str) -> str:
+    """The headless Service giving each replica a stable DNS name."""
+    return f"{job}-headless"
+
+
+def pod_name(job: str, replica_index: int) -> str:
+    """Pod (and hostname) of one replica; the index is stable across reshards."""
+    return f"{job}-{replica_index}"
+
+
+def configmap_name(job: str) -> str:
+    """The per-job ConfigMap holding the current plan."""
+    return f"{job}-tessera-plan"
+
+
+def replica_dns(job: str, namespace: str, replica_index: int) -> str:
+    return f"{pod_name(job, replica_index)}.{headless_service_name(job)}.{namespace}.svc"
+
+
+def master_addr(job: str, namespace: str, plan: ShardingPlan) -> str:
+    """``<job>-<first replica of the plan>.<job>-headless.<ns>.svc`` (``<job>-0`` normally)."""
+    if not plan.replicas_used:
+        raise ValueError("a plan without replicas has no master")
+    return replica_dns(job, namespace, plan.replicas_used[0])
+
+
+def node_rank(plan: ShardingPlan, replica_index: int) -> int:
+    """Position of ``replica_index`` in the plan (torchrun's node rank)."""
+    try:
+        return plan.replicas_used.index(replica_index)
+    except ValueError:
+        raise ValueError(
+            f"replica {replica_index} is not part of plan generation {plan.generation} "
+            f"(replicas {list(plan.replicas_used)})"
+        ) from None
+
+
+def plan_document(job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT) -> dict[str, Any]:
+    """The TESSERA_PLAN payload: the sharding plan plus where to rendezvous."""
+    doc = plan.to_dict()
+    doc.update(
+        {
+            "job": job,
+            "namespace": namespace,
+            "master_addr": master_addr(job, namespace, plan),
+            "master_port": master_port,
+            "nnodes": len(plan.replicas_used),
+            "world_size": plan.world_size,
+        }
+    )
+    return doc
+
+
+def plan_json(job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT) -> str:
+    return json.dumps(plan_document(job, namespace, plan, master_port), sort_keys=True, separators=(",", ":"))
+
+
+def pod_env(
+    job: str,
+    namespace: str,
+    plan: ShardingPlan,
+    replica_index: int,
+    master_port: int = DEFAULT_MASTER_PORT,
+) -> dict[str, str]:
+    """Environment of replica ``replica_index`` under ``plan`` (all values are strings).
+
+    The torchrun launcher variables (``PET_*``) let ``torchrun train.py`` start without
+    arguments; the ``WORLD_SIZE``/``RANK``/``LOCAL_WORLD_SIZE`` trio serves scripts that
+    spawn their own processes (``RANK`` is the global rank of this pod's first process).
+    Env vars are fixed for a pod's life: a script that survives a reshard in place must
+    re-read the mounted plan (:func:`configmap_data`), see ``docs/elastic.md``.
+    """
+    rank = node_rank(plan, replica_index)
+    nnodes = len(plan.replicas_used)
+    local = plan.devices_per_replica
+    address = master_addr(job, namespace, plan)
+    return {
+        "WORLD_SIZE": str(plan.world_size),
+        "RANK": str(rank * local),
+        "LOCAL_WORLD_SIZE": str(local),
+        "GROUP_RANK": str(rank),
+        "NODE_RANK": str(rank),
+        "NNODES": str(nnodes),
+        "MASTER_ADDR": address,
+        "MASTER_PORT": str(master_port),
+        "PET_NNODES": str(nnodes),
+        "PET_NODE_RANK": str(rank),
+        "PET_NPROC_PER_NODE": str(local),
+        "PET_MASTER_ADDR": address,
+        "PET_MASTER_PORT": str(master_port),
+        "TESSERA_JOB": job,
+        "TESSERA_NAMESPACE": namespace,
+        "TESSERA_REPLICA_INDEX": str(replica_index),
+        "TESSERA_PLAN": plan_json(job, namespace, plan, master_port),
+        "TESSERA_PLAN_GENERATION": str(plan.generation),
+        "TESSERA_PLAN_DIR": PLAN_MOUNT_PATH,
+    }
+
+
+def configmap_data(
+    job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT
+) -> dict[str, str]:
+    """The ConfigMap ``data`` for the current plan (one file per key once mounted).
+
+    ``plan.json`` is the same document as TESSERA_PLAN and includes ``generation``; the
+    separate ``generation`` key lets a script poll one small file.  Kubelet swaps a
+    mounted ConfigMap atomically, so a reader never sees half of an update.
+    """
+    return {
+        PLAN_KEY: plan_json(job, namespace, plan, master_port),
+        GENERATION_KEY: str(plan.generation),
+    }
+
+
+def next_generation(previous: ShardingPlan | None, proposed: ShardingPlan) -> ShardingPlan:
+    """Number ``proposed``: the previous generation when the layout is unchanged, else +1.
+
+    The operator keeps the generation in the job's status, so numbering survives restarts
+    and a no-op recomputation never makes pods restart.
+    """
+    if previous is None:
+        return proposed.with_generation(max(1, proposed.generation))
+    if proposed.same_layout(previous):
+        return proposed.with_generation(previous.generation)
+    return proposed.with_generation(previous.generation + 1)
+
+
+#: reshard records kept in a job's status (oldest dropped first)
+HISTORY_LIMIT = 20
+
+
+def reshard_record(
+    *,
+    reason: str,
+    from_replicas: int,
+    to_replicas: int,
+    generation: int,
+    detected_at_seconds: float,
+    running_at_seconds: float | None = None,
+) -> dict[str, Any]:
+    """One entry of ``status.reshardHistory``: why, from/to replica counts, time to recover.
+
+    ``detected_at_seconds`` is when the failure (or the growth decision) was seen,
+    ``running_at_seconds`` when every replica of the new plan ran again (None until then);
+    ``recoverySeconds`` is their difference, the figure the recovery-time histogram takes.
+    """
+    record: dict[str, Any] = {
+        "reason": reason,
+        "fromReplicas": from_replicas,
+        "toReplicas": to_replicas,
+        "generation": generation,
+        "detectedAt": detected_at_seconds,
+        "runningAt": running_at_seconds,
+        "recoverySeconds": None if running_at_seconds is None else max(0.0, running_at_seconds - detected_at_seconds),
+    }
+    return record
+
+
+def append_history(
+    history: list[dict[str, Any]] | None, record: dict[str, Any], limit: int = HISTORY_LIMIT
+) -> list[dict[str, Any]]:
+    """``history`` plus ``record``, keeping the newest ``limit`` entries (a new list)."""
+    out = [*(history or []), record]
+    return out[-limit:] if limit > 0 else []
