@@ -50,6 +50,7 @@ ORDERING_FEATURES: tuple[str, ...] = (
     "gpus",  # accelerators the gang needs at its minimum size
     "priority",
     "overdue",  # 1 when the deadline can no longer be met
+    "modified_due_hours",  # max(deadline, now + remaining work) - now, hours (MDD's key); large without deadline
 )
 
 _NO_DEADLINE_SLACK_HOURS = 1_000.0
@@ -445,4 +446,6 @@ def ordering_matrix(
         gpus,
         priority,
         (has & (slack < 0)).astype(np.float64),
+        np.where(has, np.maximum(np.nan_to_num(deadline_seconds) - now_seconds, remaining_seconds) / 3_600.0,
+                 _NO_DEADLINE_SLACK_HOURS),
     ]).reshape(len(deadline_seconds), len(ORDERING_FEATURES))
