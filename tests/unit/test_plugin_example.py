@@ -101,5 +101,8 @@ def test_schedules_in_the_simulator(plugin_site: Path) -> None:
     done = _cli("sim", "run", "--scenario", str(scenario), "--policy", "spread-first,best-fit", "--no-progress",
                 path=plugin_site)
     assert done.returncode == 0, done.stderr
-    rows = {ln.split()[0]: ln.split() for ln in done.stdout.splitlines() if ln.startswith(("spread-first", "best-fit"))}
-    assert rows["spread-first"][1] == rows["best-fit"][1] == "150"  # every training job finished under both
+    lines = done.stdout.splitlines()
+    header = next(ln.split() for ln in lines if ln.startswith("POLICY"))
+    rows = {ln.split()[0]: dict(zip(header, ln.split(), strict=False)) for ln in lines
+            if ln.startswith(("spread-first", "best-fit"))}
+    assert rows["spread-first"]["DONE"] == rows["best-fit"]["DONE"] == "150"  # every training job finished under both
