@@ -107,9 +107,16 @@ class Engine:
             decision_seconds=elapsed,
             cycle=self._cycles,
             error=error,
+            stats=self._policy_stats(),
         )
         self.metrics.record_cycle(result)
         return result
+
+    def _policy_stats(self) -> Mapping[str, Any]:
+        # a policy backed by a trained artifact (weights) names it, so status and metrics show
+        # which model decided; policies without one report nothing extra
+        artifact = getattr(self.policy, "artifact", None)
+        return MappingProxyType({"policy_artifact": str(artifact)} if artifact else {})
 
     def run_cycle(self, source: ClusterSource, actuator: Actuator) -> CycleResult:
         result = self.decide(source.snapshot(), source.pending())

@@ -12,19 +12,25 @@ under the ``tessera.policies`` entry-point group.
 
 from tessera.policy.base import Decision, Policy, PolicyContext, PolicyInfo
 from tessera.policy.registry import (
+    Discovery,
     PolicyLoadError,
     RegisteredPolicy,
     available_policies,
+    discover,
     load_policy,
+    registered_policy,
 )
 
 __all__ = [
     "Decision",
+    "Discovery",
     "Policy",
     "PolicyContext",
     "PolicyInfo",
     "PolicyLoadError",
     "RegisteredPolicy",
     "available_policies",
+    "discover",
     "load_policy",
+    "registered_policy",
 ]

@@ -1,11 +1,16 @@
-"""``tessera policies``: list installed policies with where they come from."""
+"""``tessera policies``: list installed policies with where they come from.
+
+A broken plugin is never hidden: the policies that loaded are listed, every failure is
+printed to stderr with its reason, and the command exits with status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from tessera.policy.registry import PolicyLoadError, available_policies
+from tessera.policy.registry import discover
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,22 +20,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policies = available_policies()
-    except PolicyLoadError as err:
-        print(f"error: {err}")
-        return 1
+    found = discover()
+    policies = found.policies
     if args.json:
-        print(json.dumps([
-            {"name": p.name, "version": p.version, "decides": sorted(d.value for d in p.decides),
-             "source": p.source, "entry_point": p.entry_point, "description": p.description}
-            for p in policies
-        ], indent=2))
-        return 0
-    rows = [("NAME", "VERSION", "DECIDES", "SOURCE", "DESCRIPTION")]
-    rows += [(p.name, p.version, ",".join(sorted(d.value for d in p.decides)), p.source, p.description)
-             for p in policies]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-    return 0
+        print(json.dumps({
+            "policies": [
+                {"name": p.name, "version": p.version, "decides": sorted(d.value for d in p.decides),
+                 "source": p.source, "entry_point": p.entry_point, "description": p.description}
+                for p in policies
+            ],
+            "errors": [str(e) for e in found.errors],
+        }, indent=2))
+    else:
+        rows = [("NAME", "VERSION", "DECIDES", "SOURCE", "DESCRIPTION")]
+        rows += [(p.name, p.version, ",".join(sorted(d.value for d in p.decides)), p.source, p.description)
+                 for p in policies]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    for err in found.errors:
+        print(f"error: {err}", file=sys.stderr)
+    return 1 if found.errors else 0

@@ -60,7 +60,10 @@ def gang(
     spread: Spread = Spread.NONE,
     desired: int | None = None,
     preemptible: bool = True,
+    deadline: float | None = None,
+    estimated_seconds: float | None = None,
 ) -> Workload:
+    """A workload in one line; ``estimated_seconds`` lands in ``attributes`` (used by MDD)."""
     lo, hi = (replicas, replicas) if isinstance(replicas, int) else replicas
     options = tuple(
         AcceleratorOption(t) if isinstance(t, str) else AcceleratorOption(t[0], t[1]) for t in types
@@ -83,6 +86,8 @@ def gang(
         submitted_at_seconds=submitted,
         spread=spread,
         preemptible=preemptible,
+        deadline_seconds=deadline,
+        attributes={"estimated_seconds": str(estimated_seconds)} if estimated_seconds is not None else {},
     )
 
 

@@ -1,0 +1,195 @@
+"""The ``learned`` policy: trained linear scorers for queue order and node choice.
+
+Serving uses exactly the features training used (:mod:`.features`). Per replica: the feasible
+nodes' features are scored by the placement model and the lowest score wins; gangs are placed
+all or nothing on one accelerator type (unless mixing is allowed), fastest allowed type first,
+like the built-in heuristics. Queue order: priority first, then the ordering model's score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tessera.core import (
+    CapacityLedger,
+    ClusterSnapshot,
+    Placement,
+    Plan,
+    ReplicaAssignment,
+    Spread,
+    Workload,
+    explain_unfit,
+)
+from tessera.policies.gang import candidate_types
+from tessera.policies.learned.features import (
+    Demand,
+    NodeArrays,
+    TargetWorkload,
+    arrays_from_snapshot,
+    commit_placement,
+    demand_of,
+    expected_fragmentation,
+    feasible_nodes,
+    ordering_features,
+    placement_features,
+    target_workload,
+)
+from tessera.policies.learned.model import LearnedModel, load_model
+from tessera.policy import Decision, PolicyContext
+
+
+class LearnedPolicy:
+    """Learned dispatcher: trained scoring of (replica, node) pairs and of queue order (numpy, microseconds)."""
+
+    name: ClassVar[str] = "learned"
+    version: ClassVar[str] = "1.0.0"
+    decides: ClassVar[frozenset[Decision]] = frozenset({Decision.PLACEMENT, Decision.ORDERING})
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        *,
+        model: LearnedModel | None = None,
+        target: Iterable[Workload | Demand] | None = None,
+    ) -> None:
+        """``weights``: an artifact name under ``policies/learned/``, its folder or its weights.json.
+
+        ``target``: the workload mix the cluster expects (FGD's target workload); by default it
+        is estimated each cycle from what runs and waits.
+        """
+        self.model = model if model is not None else load_model(weights)
+        self._target_demands = None if target is None else [_as_demand(t) for t in target]
+        self._target_cache: tuple[tuple[str, ...], TargetWorkload] | None = None
+
+    @property
+    def artifact(self) -> str:
+        """The trained artifact in use, ``name@version`` (reported in cycle stats, status and metrics)."""
+        return self.model.artifact
+
+    # -- ordering ---------------------------------------------------------------------------
+
+    def order(self, pending: Sequence[Workload], now_seconds: float,
+              work_seconds: dict[str, float] | None = None) -> list[Workload]:
+        """Pending workloads in dispatch order: priority, then the ordering model's score."""
+        if not pending:
+            return []
+        scores = self.model.ordering.score(ordering_features(pending, now_seconds, work_seconds))
+        keyed = sorted(range(len(pending)), key=lambda i: (-pending[i].priority, float(scores[i]),
+                                                          pending[i].submitted_at_seconds, pending[i].key))
+        return [pending[i] for i in keyed]
+
+    # -- placement --------------------------------------------------------------------------
+
+    def target_for(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], type_names: Sequence[str]) -> TargetWorkload:
+        if self._target_demands is not None:
+            key = tuple(type_names)
+            if self._target_cache is None or self._target_cache[0] != key:
+                self._target_cache = (key, target_workload(self._target_demands, type_names))
+            return self._target_cache[1]
+        demands = [demand_of(a.workload) for a in snapshot.allocations.values() for _ in a.replicas]
+        demands += [demand_of(w) for w in pending for _ in range(w.gang_min)]
+        return target_workload(demands, type_names)
+
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        arrays = arrays_from_snapshot(snapshot)
+        target = self.target_for(snapshot, pending, arrays.type_names)
+        frag = expected_fragmentation(arrays.gpu_free, arrays.cpu_free, arrays.mem_free, arrays.type_index, target)
+        ledger = snapshot.ledger()
+        zones = {name: node.topology.zone for name, node in snapshot.nodes.items()}
+        work = ctx.params.get("work_seconds") if isinstance(ctx.params.get("work_seconds"), dict) else None
+        placements: list[Placement] = []
+        unplaced: dict[str, str] = {}
+        for workload in self.order(pending, ctx.now_seconds, work):
+            chosen = None
+            for groups in type_buckets(ledger, workload):
+                best: tuple[tuple[int, float], tuple[str | None, ...], list[int]] | None = None
+                for group in groups:
+                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False)
+                    if len(rows) >= workload.gang_min:
+                        value = (-len(rows), score)  # most replicas, then the lowest total score
+                        if best is None or value < best[0]:
+                            best = (value, group, rows)
+                if best is not None:
+                    chosen = best
+                    break
+            if chosen is None:
+                unplaced[workload.key] = explain_unfit(ledger, workload)
+                continue
+            rows, _ = self._fill(arrays, workload, chosen[1], target, frag, zones, commit=True, limit=len(chosen[2]))
+            replicas = tuple(ReplicaAssignment(arrays.names[r], ledger.take(arrays.names[r], workload.demand))
+                             for r in rows)
+            placements.append(Placement(workload.key, replicas, reason=f"learned {self.artifact}"))
+        return Plan(placements=tuple(placements), unplaced=unplaced)
+
+    def _fill(
+        self,
+        arrays: NodeArrays,
+        workload: Workload,
+        group: Sequence[str | None],
+        target: TargetWorkload,
+        frag: np.ndarray[Any, Any],
+        zones: dict[str, str],
+        *,
+        commit: bool,
+        limit: int | None = None,
+    ) -> tuple[list[int], float]:
+        """Place replicas one at a time by score within the accelerator types of ``group``.
+
+        Keeps them (``commit``) or undoes them afterwards; returns the rows and the total score.
+        """
+        base = demand_of(workload)
+        types = tuple(sorted(t for t in group if t)) if base.num_gpu else ()
+        demand = Demand(base.cpu_milli, base.memory_mib, base.num_gpu, base.gpu_milli, types)
+        total_score = 0.0
+        want = workload.target_replicas if limit is None else limit
+        saved: list[tuple[int, np.ndarray[Any, Any], int, int, float]] = []
+        used_rows: list[int] = []
+        used_zones: set[str] = set()
+        while len(used_rows) < want:
+            rows = feasible_nodes(arrays, demand)
+            if workload.spread is Spread.NODE and used_rows:
+                rows = rows[~np.isin(rows, used_rows)]
+            elif workload.spread is Spread.ZONE and used_zones:
+                rows = rows[np.array([zones[arrays.names[r]] not in used_zones for r in rows], dtype=bool)]
+            if not len(rows):
+                break
+            candidates = placement_features(arrays, demand, target, frag, rows)
+            scores = self.model.placement.score(candidates.features)
+            choice = int(np.argmin(scores))
+            total_score += float(scores[choice])
+            row = int(candidates.rows[choice])
+            saved.append((row, arrays.gpu_free[row].copy(), int(arrays.cpu_free[row]), int(arrays.mem_free[row]),
+                          float(frag[row])))
+            commit_placement(arrays, candidates, choice, demand, frag)
+            used_rows.append(row)
+            used_zones.add(zones[arrays.names[row]])
+        if not commit or len(used_rows) < workload.gang_min:
+            for row, gpu, cpu, mem, f in reversed(saved):
+                arrays.gpu_free[row], arrays.cpu_free[row], arrays.mem_free[row], frag[row] = gpu, cpu, mem, f
+        return used_rows, total_score
+
+
+def type_buckets(ledger: CapacityLedger, workload: Workload) -> list[list[tuple[str | None, ...]]]:
+    """Candidate type groups, bucketed by per-replica throughput (fastest bucket first).
+
+    Within a bucket the model chooses: a single replica (or a gang that may mix types) sees all
+    the bucket's types at once; a gang that may not mix tries each type as its own group.
+    CPU-only workloads see every node.
+    """
+    groups = candidate_types(ledger, workload)
+    if not workload.demand.needs_accelerator or not groups:
+        return [groups]
+    allowed = sorted({t for g in groups for t in g}, key=lambda t: (-workload.throughput_on(t), str(t)))
+    buckets: dict[float, list[str | None]] = {}
+    for t in allowed:
+        buckets.setdefault(workload.throughput_on(t), []).append(t)
+    together = workload.allow_mixed_types or workload.target_replicas == 1
+    return [[tuple(ts)] if together else [(t,) for t in ts] for _, ts in sorted(buckets.items(), key=lambda kv: -kv[0])]
+
+
+def _as_demand(item: Workload | Demand) -> Demand:
+    return item if isinstance(item, Demand) else demand_of(item)
