@@ -95,6 +95,10 @@ class Engine:
             proposed = Plan()
             error = f"policy {self.policy.name} failed: {type(err).__name__}: {err}"
         elapsed = self._timer() - started
+        # a policy may expose statistics of its last decision (solver status, objective,
+        # gap, ...) as a ``last_stats`` mapping; they travel with the cycle to the metrics
+        raw_stats = getattr(self.policy, "last_stats", None)
+        stats = dict(raw_stats) if isinstance(raw_stats, Mapping) and not error else {}
         validated = validate_plan(snapshot, pending, proposed)
         waiting = self._waiting(pending, proposed, validated.accepted, validated.rejected, validated.ledger, error)
         result = CycleResult(
@@ -107,6 +111,7 @@ class Engine:
             decision_seconds=elapsed,
             cycle=self._cycles,
             error=error,
+            stats=MappingProxyType(stats),
         )
         self.metrics.record_cycle(result)
         return result

@@ -1,0 +1,416 @@
+"""The default decision-maker: a CP-SAT placement model with preemption and elastic shrink.
+
+One decision:
+
+1. the best-fit greedy plan is computed; it is the solution hint and the fallback;
+2. nodes are aggregated into pools and the pool-level model
+   (:class:`tessera.solver.PlacementModel`) chooses which gangs start, on which
+   accelerator type and in which pools, maximising priority-weighted normalised throughput
+   minus fragmentation and cross-domain charges;
+3. the pool-level answer is packed onto nodes; the better of it and the greedy plan
+   (scored with the same objective) is kept, so CP-SAT is never worse than its hint;
+4. gangs still waiting that outrank running work get a victim-selection model each
+   (:class:`tessera.solver.PreemptionModel`): lower-priority elastic jobs shrink toward
+   their minimum first, whole lower-priority gangs are evicted only if still needed, at
+   least lost work;
+5. every gang left waiting gets a reason naming the constraint that binds.
+
+Solver statistics of the last decision are in :attr:`CpSat.last_stats` (a plain dict the
+engine copies into ``CycleResult.stats``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from tessera.core import (
+    CapacityLedger,
+    ClusterSnapshot,
+    Placement,
+    Plan,
+    Preemption,
+    ReplicaAssignment,
+    Resize,
+    Spread,
+    Workload,
+    explain_unfit,
+)
+from tessera.policies.gang import place_gang, queue_order
+from tessera.policy import Decision, PolicyContext
+from tessera.solver import (
+    GangSpec,
+    ObjectiveWeights,
+    Packer,
+    PlacementInstance,
+    PlacementModel,
+    PreemptionModel,
+    SolverLimits,
+    VictimSpec,
+    build_instance,
+    candidate_nodes,
+    lost_work_seconds,
+    pool_counts,
+    replicas_fitting,
+    shape_of,
+)
+
+
+class CpSat:
+    """CP-SAT placement: fastest accelerator type per gang, gang-aware, topology-aware, with preemption."""
+
+    name: ClassVar[str] = "cpsat"
+    version: ClassVar[str] = "1.0.0"
+    decides: ClassVar[frozenset[Decision]] = frozenset(
+        {Decision.PLACEMENT, Decision.ORDERING, Decision.PREEMPTION, Decision.RESIZING}
+    )
+
+    def __init__(
+        self,
+        *,
+        monolithic: bool = False,
+        weights: ObjectiveWeights | None = None,
+        max_pools: int = 400,
+        pools_per_group: int = 4,
+        num_workers: int = 2,
+        use_hint: bool = True,
+        preemption: bool = True,
+        max_preemptors: int = 8,
+        preemption_max_nodes: int = 256,
+        checkpoint_interval_seconds: float = 1_800.0,
+        placement_budget_share: float = 0.75,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``monolithic``: one pool per node (exact, slow; for comparison).  ``max_pools``:
+        above this many pools, domains are dropped from the pool key.  ``pools_per_group``:
+        candidate pools per gang and accelerator type.  ``placement_budget_share``: part of
+        the time budget for the placement model, the rest for preemption models.
+        ``timer`` measures latency and the budget left (never used by a deterministic
+        decision)."""
+        self.monolithic = monolithic
+        self.weights = weights or ObjectiveWeights()
+        self.max_pools = max_pools
+        self.pools_per_group = pools_per_group
+        self.num_workers = num_workers
+        self.use_hint = use_hint
+        self.preemption = preemption
+        self.max_preemptors = max_preemptors
+        self.preemption_max_nodes = preemption_max_nodes
+        self.checkpoint_interval_seconds = checkpoint_interval_seconds
+        self.placement_budget_share = placement_budget_share
+        self._timer = timer
+        #: statistics of the last decision (see docs/cpsat.md, "Statistics")
+        self.last_stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        started = self._timer()
+        ordered = queue_order(pending)
+        stats: dict[str, Any] = {"policy": self.name, "pending": len(ordered)}
+
+        greedy = _greedy_placements(snapshot.ledger(), ordered)
+        instance = build_instance(
+            snapshot.ledger(), ordered, now_seconds=ctx.now_seconds, weights=self.weights,
+            monolithic=self.monolithic, max_pools=self.max_pools, pools_per_group=self.pools_per_group,
+            required_nodes={k: [a.node for a in v] for k, v in greedy.items()},
+        )
+        model = PlacementModel(instance)
+        hint = pool_counts(instance, greedy) if self.use_hint else {}
+        stats["hint_gangs"] = model.add_hint(hint) if self.use_hint else 0
+        stats.update(model.size)
+        stats["pools_by_domain"] = instance.pools_by_domain
+
+        budget = ctx.time_budget_seconds * self.placement_budget_share
+        if not ctx.deterministic:
+            budget = max(0.05, budget - (self._timer() - started))
+        solution = model.solve(self._limits(ctx, budget))
+        outcome = solution.outcome
+        stats.update(status=outcome.status, objective=outcome.objective, best_bound=outcome.best_bound,
+                     gap=outcome.gap, solve_seconds=outcome.wall_seconds,
+                     deterministic_time=outcome.deterministic_time)
+        if outcome.error:
+            stats["error"] = outcome.error
+
+        greedy_score = score_placements(instance, snapshot.ledger(), greedy)
+        chosen_by = "greedy"
+        placements = greedy
+        pack_failures: dict[str, str] = {}
+        ledger = snapshot.ledger()
+        if outcome.has_solution:
+            packer = Packer(ledger, instance)
+            packed = packer.pack(solution.units)
+            cpsat_score = score_placements(instance, snapshot.ledger(), packed.placed)
+            stats.update(cpsat_score=cpsat_score, repaired_units=packed.repaired_units,
+                         shrunk_at_packing=packed.shrunk_gangs, pack_failures=len(packed.failed))
+            if cpsat_score >= greedy_score - 1e-9:
+                chosen_by, placements, pack_failures = "cpsat", packed.placed, packed.failed
+        stats.update(greedy_score=greedy_score, chosen=chosen_by)
+        if chosen_by == "greedy":
+            ledger = snapshot.ledger()
+            for key, replicas in greedy.items():
+                demand = instance.gangs[_index(instance, key)].workload.demand
+                for a in replicas:
+                    ledger.take(a.node, demand, a.devices)
+        after_placement = ledger.freeze()
+
+        plan_placements = [Placement(key, placements[key], reason=f"{self.name}: {chosen_by}")
+                           for key in (w.key for w in ordered) if key in placements]
+        preemptions: list[Preemption] = []
+        resizes: list[Resize] = []
+        tried_preemption: dict[str, str] = {}
+        if self.preemption:
+            self._preempt(snapshot, instance, ordered, placements, ledger, ctx, started,
+                          plan_placements, preemptions, resizes, tried_preemption, stats)
+
+        placed = {p.workload for p in plan_placements}
+        unplaced = {}
+        free_before = snapshot.ledger()
+        for gang in instance.gangs:
+            if gang.key in placed:
+                continue
+            unplaced[gang.key] = explain_waiting(
+                gang, free_before, CapacityLedger(snapshot.nodes, after_placement),
+                pack_failures.get(gang.key, ""), tried_preemption.get(gang.key, ""),
+            )
+        stats.update(placed=len(placed), preempted=len(preemptions), shrunk=len(resizes),
+                     decision_seconds=self._timer() - started)
+        self.last_stats = stats
+        return Plan(placements=tuple(plan_placements), preemptions=tuple(preemptions),
+                    resizes=tuple(resizes), unplaced=unplaced)
+
+    # ------------------------------------------------------------------------------
+    def _limits(self, ctx: PolicyContext, seconds: float) -> SolverLimits:
+        return SolverLimits(time_limit_seconds=seconds, deterministic=ctx.deterministic, seed=ctx.seed,
+                            num_workers=self.num_workers)
+
+    def _preempt(
+        self,
+        snapshot: ClusterSnapshot,
+        instance: PlacementInstance,
+        ordered: Sequence[Workload],
+        placements: Mapping[str, tuple[ReplicaAssignment, ...]],
+        ledger: CapacityLedger,
+        ctx: PolicyContext,
+        started: float,
+        plan_placements: list[Placement],
+        preemptions: list[Preemption],
+        resizes: list[Resize],
+        tried: dict[str, str],
+        stats: dict[str, Any],
+    ) -> None:
+        """Victim selection, one model per waiting gang, highest priority first."""
+        running = [a for a in snapshot.allocations.values() if a.nodes <= snapshot.nodes.keys()]
+        if not running:
+            return
+        lowest = min(a.workload.priority for a in running)
+        waiting = [instance.gangs[_index(instance, w.key)] for w in ordered
+                   if w.key not in placements and w.priority > lowest]
+        gone: set[str] = set()
+        removed: dict[str, set[int]] = defaultdict(set)
+        solves = 0
+        share = ctx.time_budget_seconds * (1 - self.placement_budget_share)
+        for gang in waiting:
+            if gang.excluded:
+                continue
+            if solves >= self.max_preemptors:
+                tried[gang.key] = f"not considered for preemption this round (at most {self.max_preemptors} per decision)"
+                continue
+            victims = self._victims(snapshot, gang.workload, gone, removed, ctx.now_seconds)
+            if not victims:
+                tried[gang.key] = "no lower-priority preemptible work to make room"
+                continue
+            nodes = candidate_nodes(ledger, gang, victims, self.preemption_max_nodes)
+            budget = share / max(1, min(len(waiting), self.max_preemptors))
+            if not ctx.deterministic:
+                budget = max(0.02, min(budget, ctx.time_budget_seconds - (self._timer() - started)))
+            choice = PreemptionModel(ledger, gang, victims, nodes).solve(self._limits(ctx, budget))
+            solves += 1
+            if not choice.outcome.has_solution:
+                tried[gang.key] = ("preempting every lower-priority workload would still not make room"
+                                   if choice.outcome.status == "INFEASIBLE"
+                                   else f"victim selection found no answer in time ({choice.outcome.status})")
+                continue
+            assignments = _apply_preemption(snapshot, ledger, gang, choice.evict, choice.remove, choice.units)
+            if assignments is None:
+                tried[gang.key] = "the chosen victims did not leave room on the nodes (packing failed)"
+                continue
+            why = f"preempted by {gang.key} (priority {gang.workload.priority})"
+            for key in choice.evict:
+                victim = snapshot.allocations[key].workload
+                preemptions.append(Preemption(key, reason=f"{why}; own priority {victim.priority}",
+                                              beneficiary=gang.key))
+                gone.add(key)
+            for key, replicas in choice.remove.items():
+                resizes.append(Resize(key, remove=replicas,
+                                      reason=f"shrunk toward its minimum for {gang.key} (priority {gang.workload.priority})"))
+                removed[key].update(replicas)
+            plan_placements.append(Placement(gang.key, assignments,
+                                             reason=f"{self.name}: after preempting lower-priority work"))
+        stats["preemption_solves"] = solves
+
+    def _victims(
+        self, snapshot: ClusterSnapshot, beneficiary: Workload, gone: set[str],
+        removed: Mapping[str, set[int]], now_seconds: float,
+    ) -> list[VictimSpec]:
+        out = []
+        for key in sorted(snapshot.allocations):
+            allocation = snapshot.allocations[key]
+            workload = allocation.workload
+            if key in gone or workload.priority >= beneficiary.priority or not workload.preemptible:
+                continue
+            if key in removed:
+                continue  # already shrunk this round: one change per workload per decision
+            accelerators = max(1, workload.demand.accelerator_milli // 1000)
+            extra = len(allocation.replicas) - max(1, workload.gang_min)
+            # shrink the newest replicas first: they carry the least state
+            removable = tuple(sorted((rp.replica for rp in allocation.replicas), reverse=True)[:max(0, extra)])
+            out.append(VictimSpec(
+                allocation=allocation,
+                evict_cost=round(lost_work_seconds(allocation, now_seconds, self.checkpoint_interval_seconds)),
+                removable=removable,
+                shrink_fixed_cost=round(workload.restart_cost_seconds * accelerators * len(allocation.replicas)),
+                shrink_replica_cost=accelerators,
+            ))
+        return out
+
+
+def _index(instance: PlacementInstance, key: str) -> int:
+    for gang in instance.gangs:
+        if gang.key == key:
+            return gang.index
+    raise KeyError(key)
+
+
+def _greedy_placements(ledger: CapacityLedger, ordered: Sequence[Workload]) -> dict[str, tuple[ReplicaAssignment, ...]]:
+    out = {}
+    for workload in ordered:
+        assignments = place_gang(ledger, workload)
+        if assignments is not None:
+            out[workload.key] = assignments
+    return out
+
+
+def _apply_preemption(
+    snapshot: ClusterSnapshot,
+    ledger: CapacityLedger,
+    gang: GangSpec,
+    evict: Sequence[str],
+    remove: Mapping[str, Sequence[int]],
+    units: Mapping[str, int],
+) -> tuple[ReplicaAssignment, ...] | None:
+    """Free the victims on ``ledger`` and put the beneficiary's units where the model said,
+    or undo everything and return None."""
+    released = []
+    for key in evict:
+        allocation = snapshot.allocations[key]
+        released += [(allocation.workload.demand, rp) for rp in allocation.replicas]
+    for key, indices in remove.items():
+        allocation = snapshot.allocations[key]
+        released += [(allocation.workload.demand, rp) for rp in allocation.replicas if rp.replica in indices]
+    for demand, rp in released:
+        ledger.give_back(rp.node, demand, rp.devices)
+    demand = gang.workload.demand
+    taken: list[ReplicaAssignment] = []
+    try:
+        for node in sorted(units):
+            for _ in range(units[node] * gang.unit_replicas):
+                taken.append(ReplicaAssignment(node, ledger.take(node, demand)))
+    except Exception:  # CapacityError: aggregate room but not per device; undo
+        for a in taken:
+            ledger.give_back(a.node, demand, a.devices)
+        for d, rp in released:
+            ledger.take(rp.node, d, rp.devices, strict=False)
+        return None
+    return tuple(taken)
+
+
+def score_placements(
+    instance: PlacementInstance, free: CapacityLedger, placements: Mapping[str, Sequence[ReplicaAssignment]]
+) -> float:
+    """The placement model's objective evaluated on a node-level plan (to compare plans)."""
+    w = instance.weights
+    by_key = {g.key: g for g in instance.gangs}
+    opened: set[str] = set()
+    total = 0.0
+    for key, replicas in placements.items():
+        gang = by_key[key]
+        value = 0.0
+        domains, nics = set(), set()
+        for a in replicas:
+            node = free.nodes[a.node]
+            value += gang.unit_value.get(node.accelerator_type, 0) / gang.unit_replicas
+            domains.add(node.topology.domain)
+            nics.add(node.topology.nic)
+            if node.accelerator_count and free.whole_free(a.node) == node.accelerator_count:
+                opened.add(a.node)
+        total += gang.weight * (w.start + value)
+        if gang.prefers_one_domain:
+            total -= w.extra_domain * (len(domains) - 1) + w.extra_nic * (len(nics) - 1)
+    return total - w.open_node * len(opened)
+
+
+def explain_waiting(
+    gang: GangSpec, free_before: CapacityLedger, free_after: CapacityLedger, pack_failure: str, preemption: str
+) -> str:
+    """Why ``gang`` waits, naming the constraint that binds (and what preemption found)."""
+    workload = gang.workload
+    if gang.excluded:
+        reason = gang.excluded
+    else:
+        reason = _binding_constraint(gang, free_after) or explain_unfit(free_after, workload)
+        if pack_failure:
+            reason = f"{pack_failure}; {reason}"
+        elif not _binding_constraint(gang, free_before) and _fits_alone(gang, free_before):
+            reason = f"room went to higher-value gangs this round; now {reason}"
+    if preemption:
+        reason = f"{reason}; {preemption}"
+    return reason
+
+
+def _allowed_nodes(gang: GangSpec, ledger: CapacityLedger) -> list[str]:
+    return [n for n, node in ledger.nodes.items() if node.usable and gang.workload.allows(node.accelerator_type)]
+
+
+def _binding_constraint(gang: GangSpec, ledger: CapacityLedger) -> str:
+    """The topology constraint that keeps the gang out, or "" if it is plain capacity."""
+    workload = gang.workload
+    need = gang.min_units
+    nodes = _allowed_nodes(gang, ledger)
+    if workload.spread is Spread.ZONE:
+        zones = {ledger.nodes[n].topology.zone for n in nodes
+                 if replicas_fitting(shape_of(ledger, n), workload.demand) >= 1}
+        if len(zones) < need:
+            return f"spread across zones needs {need} zones, {len(zones)} have room"
+    elif workload.spread is Spread.NODE:
+        room = sum(1 for n in nodes if replicas_fitting(shape_of(ledger, n), workload.demand) >= 1)
+        if room < need:
+            return f"spread across nodes needs {need} nodes, {room} have room"
+    if gang.unit_replicas > 1:
+        by_type: dict[str | None, int] = defaultdict(int)
+        for n in nodes:
+            by_type[ledger.nodes[n].accelerator_type] += (
+                replicas_fitting(shape_of(ledger, n), workload.demand) // gang.unit_replicas)
+        best = max(by_type.values(), default=0)
+        if best < need:
+            per_unit = workload.demand.accelerators * gang.unit_replicas
+            return (f"tensor-parallel groups of {workload.tensor_parallel} stay inside one node: needs "
+                    f"{need} node slot(s) with {per_unit} free accelerators, {best} available")
+    return ""
+
+
+def _fits_alone(gang: GangSpec, ledger: CapacityLedger) -> bool:
+    """Would the gang fit if it had the cluster's free capacity to itself?"""
+    by_type: dict[str | None, int] = defaultdict(int)
+    for n in _allowed_nodes(gang, ledger):
+        k = replicas_fitting(shape_of(ledger, n), gang.workload.demand) // gang.unit_replicas
+        if gang.workload.spread is not Spread.NONE:
+            k = min(k, 1)
+        by_type[ledger.nodes[n].accelerator_type] += k
+    if gang.workload.allow_mixed_types:
+        return sum(by_type.values()) >= gang.min_units
+    return max(by_type.values(), default=0) >= gang.min_units
+
+
+__all__ = ["CpSat", "explain_waiting", "score_placements"]

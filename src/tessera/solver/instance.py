@@ -1,0 +1,302 @@
+"""From a snapshot to a solver instance: node pools, gang units and candidate pools.
+
+The placement model does not see nodes one by one.  Usable nodes with the same
+accelerator type, zone, network domain, NIC class and *free shape* (free milli per
+device, free CPU and memory) are interchangeable for every pending gang, so they are
+aggregated into a :class:`Pool`; the model decides how many replica units of each gang
+go into each pool, and :mod:`tessera.solver.packing` then puts them on nodes.  With
+``monolithic=True`` every node is its own pool, which is the exact node-level model the
+decomposition is measured against.
+
+A gang's *unit* is the set of replicas that must share one node: ``ceil(tensor_parallel
+/ accelerators per replica)`` replicas, so a tensor-parallel group never crosses a node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tessera.core import MILLI_PER_DEVICE, CapacityLedger, ReplicaDemand, Spread, Workload, WorkloadKind
+
+
+@dataclass(frozen=True, slots=True)
+class NodeShape:
+    """Free capacity of one node, with device order forgotten (devices are interchangeable)."""
+
+    devices_milli: tuple[int, ...]
+    cpu_milli: int
+    memory_mib: int
+
+    @property
+    def whole_devices(self) -> int:
+        return sum(1 for d in self.devices_milli if d == MILLI_PER_DEVICE)
+
+    @property
+    def accelerator_milli(self) -> int:
+        return sum(self.devices_milli)
+
+
+def replicas_fitting(shape: NodeShape, demand: ReplicaDemand) -> int:
+    """How many replicas of ``demand`` fit on one node of ``shape`` (exact per dimension)."""
+    counts = []
+    if demand.accelerators:
+        counts.append(shape.whole_devices // demand.accelerators)
+    elif demand.shared_milli:
+        counts.append(sum(d // demand.shared_milli for d in shape.devices_milli))
+    if demand.cpu_milli:
+        counts.append(shape.cpu_milli // demand.cpu_milli)
+    if demand.memory_mib:
+        counts.append(shape.memory_mib // demand.memory_mib)
+    # a demand of nothing fits without bound; cap it so the model stays finite
+    return max(0, min(counts)) if counts else 1_000
+
+
+@dataclass(slots=True)
+class Pool:
+    """Interchangeable nodes: same type, zone, domain, NIC and free shape."""
+
+    index: int
+    accelerator_type: str | None
+    zone: str
+    domain: str
+    nic: str
+    shape: NodeShape
+    #: device count of each node (total, not free)
+    device_count: int
+    nodes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def fresh(self) -> bool:
+        """Every node is untouched: starting work here opens a new node."""
+        return self.device_count > 0 and self.shape.whole_devices == self.device_count
+
+
+@dataclass(slots=True)
+class GangSpec:
+    """One pending gang as the model sees it (counts in units, see the module doc)."""
+
+    index: int
+    workload: Workload
+    unit_replicas: int
+    min_units: int
+    max_units: int
+    #: priority x waiting-time weight (integer, >= 1)
+    weight: int
+    #: model value of one unit on each accelerator type (integer, before ``weight``)
+    unit_value: dict[str | None, int]
+    #: pool index -> most units the pool can hold for this gang alone
+    capacity: dict[int, int] = field(default_factory=dict)
+    #: why the gang cannot be placed at all (set before solving), or ""
+    excluded: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.workload.key
+
+    @property
+    def unit_demand_milli(self) -> int:
+        return self.workload.demand.accelerator_milli * self.unit_replicas
+
+    @property
+    def prefers_one_domain(self) -> bool:
+        """Pipeline / data-parallel replicas talk to each other: keep them in one network domain."""
+        w = self.workload
+        return self.max_units > 1 and w.kind is not WorkloadKind.INFERENCE and w.spread is Spread.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectiveWeights:
+    """Integer weights of the objective terms (see docs/cpsat.md)."""
+
+    #: value of starting a gang at all (per unit of priority weight)
+    start: int = 1_000
+    #: value of a whole gang at its target size on its fastest type (normalised throughput)
+    throughput: int = 10_000
+    #: charge per node opened in a pool of untouched nodes (fragmentation of fresh nodes)
+    open_node: int = 150
+    #: charge per extra network domain a gang spans
+    extra_domain: int = 400
+    #: charge per extra NIC class a gang spans (heterogeneous NICs slow all-reduce)
+    extra_nic: int = 600
+    #: weight ratio between consecutive priority levels
+    priority_base: int = 8
+    #: at most this many priority levels are told apart (higher ones share the top weight)
+    priority_levels: int = 4
+    #: waiting time doubling a gang's weight, and the cap on that bonus (x weight)
+    age_doubling_seconds: float = 3_600.0
+    age_cap: float = 2.0
+
+
+@dataclass(slots=True)
+class PlacementInstance:
+    pools: list[Pool]
+    gangs: list[GangSpec]
+    weights: ObjectiveWeights
+    #: True when pools split by network domain (False: domains coarsened away)
+    pools_by_domain: bool
+    monolithic: bool
+
+    def pools_of_type(self, accelerator_type: str | None) -> list[Pool]:
+        return [p for p in self.pools if p.accelerator_type == accelerator_type]
+
+
+def unit_replicas(workload: Workload) -> int:
+    """Replicas that must share a node so that a tensor-parallel group stays inside it."""
+    per_replica = workload.demand.accelerators
+    if workload.tensor_parallel <= 1 or per_replica <= 0 or per_replica >= workload.tensor_parallel:
+        return 1
+    return math.ceil(workload.tensor_parallel / per_replica)
+
+
+def shape_of(ledger: CapacityLedger, node: str) -> NodeShape:
+    free = ledger.free(node)
+    return NodeShape(tuple(sorted(free.devices_milli, reverse=True)), free.cpu_milli, free.memory_mib)
+
+
+def build_pools(
+    ledger: CapacityLedger,
+    *,
+    by_domain: bool = True,
+    monolithic: bool = False,
+    nodes: Iterable[str] | None = None,
+) -> list[Pool]:
+    """Group usable nodes into pools (one pool per node when ``monolithic``)."""
+    groups: dict[tuple[object, ...], Pool] = {}
+    names = sorted(ledger.nodes) if nodes is None else sorted(nodes)
+    for name in names:
+        node = ledger.nodes[name]
+        if not node.usable:
+            continue
+        shape = shape_of(ledger, name)
+        topo = node.topology
+        domain = topo.domain if by_domain else ""
+        key: tuple[object, ...] = (node.accelerator_type or "", topo.zone, domain, topo.nic, node.accelerator_count, shape)
+        if monolithic:
+            key = (name,)
+        pool = groups.get(key)
+        if pool is None:
+            pool = Pool(len(groups), node.accelerator_type, topo.zone, topo.domain if (by_domain or monolithic) else "",
+                        topo.nic, shape, node.accelerator_count)
+            groups[key] = pool
+        pool.nodes.append(name)
+    return list(groups.values())
+
+
+def priority_weights(pending: Sequence[Workload], weights: ObjectiveWeights) -> dict[int, int]:
+    """Priority value -> integer weight: ``priority_base ** rank`` over the levels present."""
+    levels = sorted({w.priority for w in pending})
+    out = {}
+    for rank, level in enumerate(levels):
+        top_rank = rank - max(0, len(levels) - weights.priority_levels)
+        out[level] = weights.priority_base ** max(0, top_rank)
+    return out
+
+
+def gang_weight(workload: Workload, prio_weight: int, now_seconds: float, weights: ObjectiveWeights) -> int:
+    """Priority weight x (1 + waiting bonus): long-waiting gangs gain value so they do not starve."""
+    waited = max(0.0, now_seconds - workload.submitted_at_seconds)
+    bonus = min(weights.age_cap, waited / weights.age_doubling_seconds) if weights.age_doubling_seconds > 0 else 0.0
+    return max(1, round(prio_weight * 100 * (1.0 + bonus)))
+
+
+def build_instance(
+    ledger: CapacityLedger,
+    pending: Sequence[Workload],
+    *,
+    now_seconds: float = 0.0,
+    weights: ObjectiveWeights | None = None,
+    monolithic: bool = False,
+    max_pools: int = 400,
+    pools_per_group: int = 4,
+    required_nodes: Mapping[str, Iterable[str]] | None = None,
+) -> PlacementInstance:
+    """Pools plus one :class:`GangSpec` per pending gang with its candidate pools.
+
+    Domains are kept in the pool key unless that makes more than ``max_pools`` pools
+    (then domain affinity is left to packing).  Each gang keeps, per accelerator type
+    (and per zone for zone-spread gangs), its best ``pools_per_group`` pools and as many
+    more as it needs to hold its whole gang; the pools of ``required_nodes`` (where the greedy
+    hint put it) are always kept so that the hint stays representable.
+    """
+    weights = weights or ObjectiveWeights()
+    pools = build_pools(ledger, by_domain=True, monolithic=monolithic)
+    by_domain = True
+    if not monolithic and len(pools) > max_pools:
+        pools = build_pools(ledger, by_domain=False)
+        by_domain = False
+    prio = priority_weights(pending, weights)
+    pool_of = {name: p.index for p in pools for name in p.nodes}
+    required = {key: {pool_of[n] for n in names if n in pool_of} for key, names in (required_nodes or {}).items()}
+    gangs: list[GangSpec] = []
+    for index, workload in enumerate(pending):
+        u = unit_replicas(workload)
+        min_units = math.ceil(workload.gang_min / u)
+        max_units = workload.target_replicas // u
+        present = {p.accelerator_type for p in pools}
+        allowed = [t for t in present if workload.allows(t)]
+        best = max((workload.throughput_on(t) for t in allowed), default=1.0) or 1.0
+        unit_value = {
+            t: max(1, round(weights.throughput * workload.throughput_on(t) / best * u / max(1, workload.target_replicas)))
+            for t in allowed
+        }
+        spec = GangSpec(index, workload, u, min_units, max_units,
+                        gang_weight(workload, prio[workload.priority], now_seconds, weights), unit_value)
+        spec.excluded = _structural_problem(workload, u, min_units, max_units)
+        if not spec.excluded:
+            spec.capacity = _candidate_pools(spec, pools, pools_per_group,
+                                             required.get(workload.key, set()))
+        gangs.append(spec)
+    return PlacementInstance(pools, gangs, weights, by_domain, monolithic)
+
+
+def _structural_problem(workload: Workload, u: int, min_units: int, max_units: int) -> str:
+    if u > 1 and workload.spread is Spread.NODE:
+        return (f"tensor-parallel groups of {workload.tensor_parallel} need {u} replicas on one node, "
+                "but the workload must spread its replicas across nodes")
+    if max_units < min_units or max_units == 0:
+        return (f"tensor-parallel groups of {workload.tensor_parallel} accelerators need replicas in "
+                f"multiples of {u}; [{workload.gang_min}, {workload.target_replicas}] holds none")
+    return ""
+
+
+def units_per_node(spec: GangSpec, shape: NodeShape) -> int:
+    k = replicas_fitting(shape, spec.workload.demand) // spec.unit_replicas
+    if spec.workload.spread is not Spread.NONE:
+        k = min(k, 1)
+    return k
+
+
+def _candidate_pools(spec: GangSpec, pools: Sequence[Pool], per_group: int, required: set[int]) -> dict[int, int]:
+    """Pool -> unit capacity for the pools this gang may use (see :func:`build_instance`)."""
+    workload = spec.workload
+    groups: dict[tuple[str, str], list[tuple[tuple[bool, int, int, int], Pool, int]]] = defaultdict(list)
+    for pool in pools:
+        if not workload.allows(pool.accelerator_type):
+            continue
+        k = units_per_node(spec, pool.shape)
+        if k <= 0:
+            continue
+        cap = k * pool.size
+        if workload.spread is Spread.ZONE:
+            cap = min(cap, 1)
+        group = (pool.accelerator_type or "", pool.zone if workload.spread is Spread.ZONE else "")
+        # best first: fuller nodes (best fit), used nodes before fresh ones, then bigger pools
+        rank = (pool.fresh, pool.shape.accelerator_milli, -pool.size, pool.index)
+        groups[group].append((rank, pool, cap))
+    out: dict[int, int] = {}
+    for group_key in sorted(groups):
+        members = sorted(groups[group_key], key=lambda m: m[0])
+        total = 0
+        for n, (_, pool, cap) in enumerate(members):
+            if n >= per_group and total >= spec.max_units and pool.index not in required:
+                continue
+            out[pool.index] = cap
+            total += cap
+    return out
