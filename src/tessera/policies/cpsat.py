@@ -2,18 +2,18 @@
 
 One decision:
 
-1. the best-fit greedy plan is computed; it is the solution hint and the fallback;
-2. nodes are aggregated into pools and the pool-level model
+1. nodes are aggregated into pools and the pool-level model
    (:class:`tessera.solver.PlacementModel`) chooses which gangs start, on which
    accelerator type and in which pools, maximising priority-weighted normalised throughput
-   minus fragmentation and cross-domain charges;
-3. the pool-level answer is packed onto nodes; the better of it and the greedy plan
+   minus fragmentation and cross-domain charges; a pool-level best-fit plan
+   (:func:`tessera.solver.greedy_units`) is the solution hint and the fallback;
+2. the pool-level answer is packed onto nodes; the better of it and the greedy plan
    (scored with the same objective) is kept, so CP-SAT is never worse than its hint;
-4. gangs still waiting that outrank running work get a victim-selection model each
+3. gangs still waiting that outrank running work get a victim-selection model each
    (:class:`tessera.solver.PreemptionModel`): lower-priority elastic jobs shrink toward
    their minimum first, whole lower-priority gangs are evicted only if still needed, at
    least lost work;
-5. every gang left waiting gets a reason naming the constraint that binds.
+4. every gang left waiting gets a reason naming the constraint that binds.
 
 Solver statistics of the last decision are in :attr:`CpSat.last_stats` (a plain dict the
 engine copies into ``CycleResult.stats``).
@@ -34,11 +34,10 @@ from tessera.core import (
     Preemption,
     ReplicaAssignment,
     Resize,
-    Spread,
     Workload,
-    explain_unfit,
 )
-from tessera.policies.gang import place_gang, queue_order
+from tessera.policies.cpsat_reasons import PoolView, explain_waiting
+from tessera.policies.gang import queue_order
 from tessera.policy import Decision, PolicyContext
 from tessera.solver import (
     GangSpec,
@@ -50,11 +49,12 @@ from tessera.solver import (
     SolverLimits,
     VictimSpec,
     build_instance,
+    build_pools,
     candidate_nodes,
+    greedy_units,
     lost_work_seconds,
-    pool_counts,
-    replicas_fitting,
-    shape_of,
+    restrict_candidates,
+    victims_on,
 )
 
 
@@ -73,12 +73,12 @@ class CpSat:
         monolithic: bool = False,
         weights: ObjectiveWeights | None = None,
         max_pools: int = 400,
-        pools_per_group: int = 4,
+        pools_per_group: int = 2,
         num_workers: int = 2,
         use_hint: bool = True,
         preemption: bool = True,
-        max_preemptors: int = 8,
-        preemption_max_nodes: int = 256,
+        max_preemptors: int = 4,
+        preemption_max_nodes: int = 64,
         checkpoint_interval_seconds: float = 1_800.0,
         placement_budget_share: float = 0.75,
         timer: Callable[[], float] = time.perf_counter,
@@ -110,22 +110,27 @@ class CpSat:
         ordered = queue_order(pending)
         stats: dict[str, Any] = {"policy": self.name, "pending": len(ordered)}
 
-        greedy = _greedy_placements(snapshot.ledger(), ordered)
         instance = build_instance(
             snapshot.ledger(), ordered, now_seconds=ctx.now_seconds, weights=self.weights,
-            monolithic=self.monolithic, max_pools=self.max_pools, pools_per_group=self.pools_per_group,
-            required_nodes={k: [a.node for a in v] for k, v in greedy.items()},
+            monolithic=self.monolithic, max_pools=self.max_pools,
         )
+        hint = greedy_units(instance)
+        before = PoolView(instance.pools)
+        if not self.monolithic:
+            restrict_candidates(instance, hint, self.pools_per_group)
         model = PlacementModel(instance)
-        hint = pool_counts(instance, greedy) if self.use_hint else {}
         stats["hint_gangs"] = model.add_hint(hint) if self.use_hint else 0
         stats.update(model.size)
         stats["pools_by_domain"] = instance.pools_by_domain
+        phases = {"build": self._timer() - started}
 
         budget = ctx.time_budget_seconds * self.placement_budget_share
         if not ctx.deterministic:
             budget = max(0.05, budget - (self._timer() - started))
+        mark = self._timer()
         solution = model.solve(self._limits(ctx, budget))
+        phases["solve"] = self._timer() - mark
+        mark = self._timer()
         outcome = solution.outcome
         stats.update(status=outcome.status, objective=outcome.objective, best_bound=outcome.best_bound,
                      gap=outcome.gap, solve_seconds=outcome.wall_seconds,
@@ -133,27 +138,28 @@ class CpSat:
         if outcome.error:
             stats["error"] = outcome.error
 
-        greedy_score = score_placements(instance, snapshot.ledger(), greedy)
-        chosen_by = "greedy"
-        placements = greedy
-        pack_failures: dict[str, str] = {}
-        ledger = snapshot.ledger()
+        # pack the CP-SAT answer; the greedy hint is packed too when CP-SAT has nothing or
+        # its packing needed repairs, and the better plan (same objective) is kept
+        chosen_by, packed, ledger = "greedy", None, snapshot.ledger()
         if outcome.has_solution:
-            packer = Packer(ledger, instance)
-            packed = packer.pack(solution.units)
-            cpsat_score = score_placements(instance, snapshot.ledger(), packed.placed)
-            stats.update(cpsat_score=cpsat_score, repaired_units=packed.repaired_units,
-                         shrunk_at_packing=packed.shrunk_gangs, pack_failures=len(packed.failed))
-            if cpsat_score >= greedy_score - 1e-9:
-                chosen_by, placements, pack_failures = "cpsat", packed.placed, packed.failed
-        stats.update(greedy_score=greedy_score, chosen=chosen_by)
-        if chosen_by == "greedy":
-            ledger = snapshot.ledger()
-            for key, replicas in greedy.items():
-                demand = instance.gangs[_index(instance, key)].workload.demand
-                for a in replicas:
-                    ledger.take(a.node, demand, a.devices)
-        after_placement = ledger.freeze()
+            packed = Packer(ledger, instance).pack(solution.units)
+            chosen_by = "cpsat"
+            stats.update(cpsat_score=score_placements(instance, snapshot.ledger(), packed.placed),
+                         repaired_units=packed.repaired_units, shrunk_at_packing=packed.shrunk_gangs,
+                         pack_failures=len(packed.failed))
+        if packed is None or packed.failed or packed.shrunk_gangs:
+            greedy_ledger = snapshot.ledger()
+            greedy = Packer(greedy_ledger, instance).pack(hint)
+            greedy_score = score_placements(instance, snapshot.ledger(), greedy.placed)
+            stats["greedy_score"] = greedy_score
+            if packed is None or greedy_score > stats["cpsat_score"]:
+                chosen_by, packed, ledger = "greedy", greedy, greedy_ledger
+        assert packed is not None
+        stats["chosen"] = chosen_by
+        placements, pack_failures = packed.placed, packed.failed
+        after = PoolView(build_pools(ledger, by_domain=False))
+        phases["pack"] = self._timer() - mark
+        mark = self._timer()
 
         plan_placements = [Placement(key, placements[key], reason=f"{self.name}: {chosen_by}")
                            for key in (w.key for w in ordered) if key in placements]
@@ -162,20 +168,20 @@ class CpSat:
         tried_preemption: dict[str, str] = {}
         if self.preemption:
             self._preempt(snapshot, instance, ordered, placements, ledger, ctx, started,
-                          plan_placements, preemptions, resizes, tried_preemption, stats)
+                          plan_placements, preemptions, resizes, tried_preemption, stats, before)
+        phases["preempt"] = self._timer() - mark
+        mark = self._timer()
 
         placed = {p.workload for p in plan_placements}
         unplaced = {}
-        free_before = snapshot.ledger()
         for gang in instance.gangs:
             if gang.key in placed:
                 continue
-            unplaced[gang.key] = explain_waiting(
-                gang, free_before, CapacityLedger(snapshot.nodes, after_placement),
-                pack_failures.get(gang.key, ""), tried_preemption.get(gang.key, ""),
-            )
+            unplaced[gang.key] = explain_waiting(gang, before, after, pack_failures.get(gang.key, ""),
+                                                 tried_preemption.get(gang.key, ""))
+        phases["explain"] = self._timer() - mark
         stats.update(placed=len(placed), preempted=len(preemptions), shrunk=len(resizes),
-                     decision_seconds=self._timer() - started)
+                     phase_seconds=phases, decision_seconds=self._timer() - started)
         self.last_stats = stats
         return Plan(placements=tuple(plan_placements), preemptions=tuple(preemptions),
                     resizes=tuple(resizes), unplaced=unplaced)
@@ -199,8 +205,12 @@ class CpSat:
         resizes: list[Resize],
         tried: dict[str, str],
         stats: dict[str, Any],
+        before: PoolView,
     ) -> None:
-        """Victim selection, one model per waiting gang, highest priority first."""
+        """Victim selection, one model per waiting gang, highest priority first.
+
+        Only gangs that would not fit in the free capacity even on their own are
+        considered: preemption is the last resort, not a way to win a tie."""
         running = [a for a in snapshot.allocations.values() if a.nodes <= snapshot.nodes.keys()]
         if not running:
             return
@@ -212,7 +222,7 @@ class CpSat:
         solves = 0
         share = ctx.time_budget_seconds * (1 - self.placement_budget_share)
         for gang in waiting:
-            if gang.excluded:
+            if gang.excluded or before.fits_alone(gang):
                 continue
             if solves >= self.max_preemptors:
                 tried[gang.key] = f"not considered for preemption this round (at most {self.max_preemptors} per decision)"
@@ -222,6 +232,7 @@ class CpSat:
                 tried[gang.key] = "no lower-priority preemptible work to make room"
                 continue
             nodes = candidate_nodes(ledger, gang, victims, self.preemption_max_nodes)
+            victims = victims_on(victims, nodes)
             budget = share / max(1, min(len(waiting), self.max_preemptors))
             if not ctx.deterministic:
                 budget = max(0.02, min(budget, ctx.time_budget_seconds - (self._timer() - started)))
@@ -283,15 +294,6 @@ def _index(instance: PlacementInstance, key: str) -> int:
     raise KeyError(key)
 
 
-def _greedy_placements(ledger: CapacityLedger, ordered: Sequence[Workload]) -> dict[str, tuple[ReplicaAssignment, ...]]:
-    out = {}
-    for workload in ordered:
-        assignments = place_gang(ledger, workload)
-        if assignments is not None:
-            out[workload.key] = assignments
-    return out
-
-
 def _apply_preemption(
     snapshot: ClusterSnapshot,
     ledger: CapacityLedger,
@@ -351,66 +353,4 @@ def score_placements(
     return total - w.open_node * len(opened)
 
 
-def explain_waiting(
-    gang: GangSpec, free_before: CapacityLedger, free_after: CapacityLedger, pack_failure: str, preemption: str
-) -> str:
-    """Why ``gang`` waits, naming the constraint that binds (and what preemption found)."""
-    workload = gang.workload
-    if gang.excluded:
-        reason = gang.excluded
-    else:
-        reason = _binding_constraint(gang, free_after) or explain_unfit(free_after, workload)
-        if pack_failure:
-            reason = f"{pack_failure}; {reason}"
-        elif not _binding_constraint(gang, free_before) and _fits_alone(gang, free_before):
-            reason = f"room went to higher-value gangs this round; now {reason}"
-    if preemption:
-        reason = f"{reason}; {preemption}"
-    return reason
-
-
-def _allowed_nodes(gang: GangSpec, ledger: CapacityLedger) -> list[str]:
-    return [n for n, node in ledger.nodes.items() if node.usable and gang.workload.allows(node.accelerator_type)]
-
-
-def _binding_constraint(gang: GangSpec, ledger: CapacityLedger) -> str:
-    """The topology constraint that keeps the gang out, or "" if it is plain capacity."""
-    workload = gang.workload
-    need = gang.min_units
-    nodes = _allowed_nodes(gang, ledger)
-    if workload.spread is Spread.ZONE:
-        zones = {ledger.nodes[n].topology.zone for n in nodes
-                 if replicas_fitting(shape_of(ledger, n), workload.demand) >= 1}
-        if len(zones) < need:
-            return f"spread across zones needs {need} zones, {len(zones)} have room"
-    elif workload.spread is Spread.NODE:
-        room = sum(1 for n in nodes if replicas_fitting(shape_of(ledger, n), workload.demand) >= 1)
-        if room < need:
-            return f"spread across nodes needs {need} nodes, {room} have room"
-    if gang.unit_replicas > 1:
-        by_type: dict[str | None, int] = defaultdict(int)
-        for n in nodes:
-            by_type[ledger.nodes[n].accelerator_type] += (
-                replicas_fitting(shape_of(ledger, n), workload.demand) // gang.unit_replicas)
-        best = max(by_type.values(), default=0)
-        if best < need:
-            per_unit = workload.demand.accelerators * gang.unit_replicas
-            return (f"tensor-parallel groups of {workload.tensor_parallel} stay inside one node: needs "
-                    f"{need} node slot(s) with {per_unit} free accelerators, {best} available")
-    return ""
-
-
-def _fits_alone(gang: GangSpec, ledger: CapacityLedger) -> bool:
-    """Would the gang fit if it had the cluster's free capacity to itself?"""
-    by_type: dict[str | None, int] = defaultdict(int)
-    for n in _allowed_nodes(gang, ledger):
-        k = replicas_fitting(shape_of(ledger, n), gang.workload.demand) // gang.unit_replicas
-        if gang.workload.spread is not Spread.NONE:
-            k = min(k, 1)
-        by_type[ledger.nodes[n].accelerator_type] += k
-    if gang.workload.allow_mixed_types:
-        return sum(by_type.values()) >= gang.min_units
-    return max(by_type.values(), default=0) >= gang.min_units
-
-
-__all__ = ["CpSat", "explain_waiting", "score_placements"]
+__all__ = ["CpSat", "score_placements"]

@@ -6,6 +6,7 @@ method per constraint family.  Imports only :mod:`tessera.core` and ``ortools``.
 * :func:`build_instance` / :class:`Packer` — the pool decomposition around them.
 """
 
+from tessera.solver.hint import greedy_units
 from tessera.solver.instance import (
     GangSpec,
     NodeShape,
@@ -15,6 +16,7 @@ from tessera.solver.instance import (
     build_instance,
     build_pools,
     replicas_fitting,
+    restrict_candidates,
     shape_of,
     unit_replicas,
 )
@@ -27,6 +29,7 @@ from tessera.solver.preemption import (
     VictimSpec,
     candidate_nodes,
     lost_work_seconds,
+    victims_on,
 )
 
 __all__ = [
@@ -47,10 +50,13 @@ __all__ = [
     "build_instance",
     "build_pools",
     "candidate_nodes",
+    "greedy_units",
     "lost_work_seconds",
     "pool_counts",
     "replicas_fitting",
+    "restrict_candidates",
     "run_solver",
     "shape_of",
     "unit_replicas",
+    "victims_on",
 ]

@@ -214,16 +214,13 @@ def build_instance(
     weights: ObjectiveWeights | None = None,
     monolithic: bool = False,
     max_pools: int = 400,
-    pools_per_group: int = 4,
-    required_nodes: Mapping[str, Iterable[str]] | None = None,
 ) -> PlacementInstance:
-    """Pools plus one :class:`GangSpec` per pending gang with its candidate pools.
+    """Pools plus one :class:`GangSpec` per pending gang, with every pool it fits in.
 
     Domains are kept in the pool key unless that makes more than ``max_pools`` pools
-    (then domain affinity is left to packing).  Each gang keeps, per accelerator type
-    (and per zone for zone-spread gangs), its best ``pools_per_group`` pools and as many
-    more as it needs to hold its whole gang; the pools of ``required_nodes`` (where the greedy
-    hint put it) are always kept so that the hint stays representable.
+    (then domain affinity is left to packing).  ``GangSpec.capacity`` holds every pool
+    of an allowed type where at least one unit fits, best-fit order first (fuller, used
+    nodes first); :func:`restrict_candidates` trims it before the model is built.
     """
     weights = weights or ObjectiveWeights()
     pools = build_pools(ledger, by_domain=True, monolithic=monolithic)
@@ -232,15 +229,17 @@ def build_instance(
         pools = build_pools(ledger, by_domain=False)
         by_domain = False
     prio = priority_weights(pending, weights)
-    pool_of = {name: p.index for p in pools for name in p.nodes}
-    required = {key: {pool_of[n] for n in names if n in pool_of} for key, names in (required_nodes or {}).items()}
+    present = sorted({p.accelerator_type or "" for p in pools})
+    # best fit: fuller nodes first, nodes already in use before untouched ones
+    ranked = sorted(pools, key=lambda p: (p.fresh, p.shape.accelerator_milli, -p.size, p.index))
+    fit_cache: dict[tuple[ReplicaDemand, NodeShape], int] = {}
+    capacity_cache: dict[tuple[object, ...], dict[int, int]] = {}
     gangs: list[GangSpec] = []
     for index, workload in enumerate(pending):
         u = unit_replicas(workload)
         min_units = math.ceil(workload.gang_min / u)
         max_units = workload.target_replicas // u
-        present = {p.accelerator_type for p in pools}
-        allowed = [t for t in present if workload.allows(t)]
+        allowed = {t or None for t in present if workload.allows(t or None)}
         best = max((workload.throughput_on(t) for t in allowed), default=1.0) or 1.0
         unit_value = {
             t: max(1, round(weights.throughput * workload.throughput_on(t) / best * u / max(1, workload.target_replicas)))
@@ -250,10 +249,68 @@ def build_instance(
                         gang_weight(workload, prio[workload.priority], now_seconds, weights), unit_value)
         spec.excluded = _structural_problem(workload, u, min_units, max_units)
         if not spec.excluded:
-            spec.capacity = _candidate_pools(spec, pools, pools_per_group,
-                                             required.get(workload.key, set()))
+            # gangs with the same demand, types and spread see the same pools: compute once
+            signature = (workload.demand, frozenset(allowed), workload.spread, u, max_units)
+            capacity = capacity_cache.get(signature)
+            if capacity is None:
+                capacity = capacity_cache[signature] = _fitting_pools(ranked, workload, allowed, u, max_units, fit_cache)
+            spec.capacity = dict(capacity)
         gangs.append(spec)
     return PlacementInstance(pools, gangs, weights, by_domain, monolithic)
+
+
+def _fitting_pools(
+    ranked: Sequence[Pool], workload: Workload, allowed: set[str | None], u: int, max_units: int,
+    fit_cache: dict[tuple[ReplicaDemand, NodeShape], int],
+) -> dict[int, int]:
+    demand = workload.demand
+    spread = workload.spread
+    out: dict[int, int] = {}
+    for pool in ranked:
+        if pool.accelerator_type not in allowed:
+            continue
+        key = (demand, pool.shape)
+        per_node = fit_cache.get(key)
+        if per_node is None:
+            per_node = fit_cache[key] = replicas_fitting(pool.shape, demand)
+        k = per_node // u
+        if k <= 0:
+            continue
+        if spread is Spread.NODE:
+            k = 1
+        cap = 1 if spread is Spread.ZONE else k * pool.size
+        out[pool.index] = min(cap, max_units)
+    return out
+
+
+def restrict_candidates(
+    instance: PlacementInstance, hint: Mapping[int, Mapping[int, int]], pools_per_group: int
+) -> None:
+    """Keep, per gang and accelerator type (and zone, for zone-spread gangs), the pools the
+    hint uses, the ``pools_per_group`` best-fit pools, and the ``pools_per_group`` pools
+    with most room left after the hint (where an improvement can go).  ``0`` keeps all.
+    """
+    if pools_per_group <= 0:
+        return
+    pools = {p.index: p for p in instance.pools}
+    used: dict[int, int] = defaultdict(int)
+    for g, counts in hint.items():
+        for p, units in counts.items():
+            used[p] += units * instance.gangs[g].unit_demand_milli
+    left = {p.index: p.size * p.shape.accelerator_milli - used[p.index] for p in instance.pools}
+    for gang in instance.gangs:
+        if not gang.capacity:
+            continue
+        keep = set(hint.get(gang.index, {}))
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for p in gang.capacity:  # already in best-fit order
+            pool = pools[p]
+            groups[(pool.accelerator_type or "", pool.zone if gang.workload.spread is Spread.ZONE else "")].append(p)
+        for members in groups.values():
+            keep.update(members[:pools_per_group])
+            roomy = sorted(members, key=lambda q: (-left[q], q))
+            keep.update(roomy[:pools_per_group])
+        gang.capacity = {p: c for p, c in gang.capacity.items() if p in keep}
 
 
 def _structural_problem(workload: Workload, u: int, min_units: int, max_units: int) -> str:
@@ -264,39 +321,3 @@ def _structural_problem(workload: Workload, u: int, min_units: int, max_units: i
         return (f"tensor-parallel groups of {workload.tensor_parallel} accelerators need replicas in "
                 f"multiples of {u}; [{workload.gang_min}, {workload.target_replicas}] holds none")
     return ""
-
-
-def units_per_node(spec: GangSpec, shape: NodeShape) -> int:
-    k = replicas_fitting(shape, spec.workload.demand) // spec.unit_replicas
-    if spec.workload.spread is not Spread.NONE:
-        k = min(k, 1)
-    return k
-
-
-def _candidate_pools(spec: GangSpec, pools: Sequence[Pool], per_group: int, required: set[int]) -> dict[int, int]:
-    """Pool -> unit capacity for the pools this gang may use (see :func:`build_instance`)."""
-    workload = spec.workload
-    groups: dict[tuple[str, str], list[tuple[tuple[bool, int, int, int], Pool, int]]] = defaultdict(list)
-    for pool in pools:
-        if not workload.allows(pool.accelerator_type):
-            continue
-        k = units_per_node(spec, pool.shape)
-        if k <= 0:
-            continue
-        cap = k * pool.size
-        if workload.spread is Spread.ZONE:
-            cap = min(cap, 1)
-        group = (pool.accelerator_type or "", pool.zone if workload.spread is Spread.ZONE else "")
-        # best first: fuller nodes (best fit), used nodes before fresh ones, then bigger pools
-        rank = (pool.fresh, pool.shape.accelerator_milli, -pool.size, pool.index)
-        groups[group].append((rank, pool, cap))
-    out: dict[int, int] = {}
-    for group_key in sorted(groups):
-        members = sorted(groups[group_key], key=lambda m: m[0])
-        total = 0
-        for n, (_, pool, cap) in enumerate(members):
-            if n >= per_group and total >= spec.max_units and pool.index not in required:
-                continue
-            out[pool.index] = cap
-            total += cap
-    return out

@@ -23,11 +23,18 @@ class SolverLimits:
     #: wall-clock safety net in deterministic mode (x the deterministic budget)
     deterministic_safety_factor: float = 20.0
     log: bool = False
+    #: lighter presolve (one pass, no symmetry or probing): a scheduling decision is
+    #: latency-bound and the hinted model is easy, so presolve was most of the time
+    fast_presolve: bool = True
 
     def configure(self, solver: cp_model.CpSolver) -> None:
         params = solver.parameters
         params.random_seed = int(self.seed) & 0x7FFFFFFF
         params.log_search_progress = self.log
+        if self.fast_presolve:
+            params.max_presolve_iterations = 1
+            params.symmetry_level = 0
+            params.cp_model_probing_level = 0
         if self.deterministic:
             params.num_workers = 1
             params.max_deterministic_time = max(0.01, self.time_limit_seconds)

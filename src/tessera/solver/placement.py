@@ -196,19 +196,34 @@ class PlacementModel:
     def add_hint(self, units: Mapping[int, Mapping[int, int]]) -> int:
         """Hint a complete solution (e.g. the greedy plan); returns how many gangs it starts.
 
-        Gangs absent from ``units`` are hinted as not started; counts on pools that are not
-        candidates of a gang make that gang's hint be dropped (it is not representable).
+        Every variable is hinted (a complete hint lets CP-SAT start from it at once):
+        gangs absent from ``units`` are hinted as not started, and a gang whose counts
+        use pools that are not its candidates is dropped from the hint.
         """
-        started = 0
+        kept: dict[int, dict[int, int]] = {}
         for g, run in self.run.items():
             counts = dict(units.get(g, {}))
             if counts and any((g, p) not in self.units for p in counts):
                 counts = {}
+            if counts:
+                kept[g] = counts
             self.model.add_hint(run, 1 if counts else 0)
-            started += bool(counts)
             for p in self._gang_pools(g):
                 self.model.add_hint(self.units[g, p], counts.get(p, 0))
-        return started
+        for (g, t), var in self.use_type.items():
+            self.model.add_hint(var, int(any(self._pool[p].accelerator_type == t for p in kept.get(g, {}))))
+        for (g, label), var in self.in_domain.items():
+            self.model.add_hint(var, int(any(self._pool[p].domain == label for p in kept.get(g, {}))))
+        for (g, label), var in self.on_nic.items():
+            self.model.add_hint(var, int(any(self._pool[p].nic == label for p in kept.get(g, {}))))
+        used: dict[int, int] = defaultdict(int)
+        for g, counts in kept.items():
+            for p, c in counts.items():
+                used[p] += c * self.instance.gangs[g].unit_demand_milli
+        for p, var in self.opened.items():
+            node_milli = max(1, self._pool[p].shape.accelerator_milli)
+            self.model.add_hint(var, min(self._pool[p].size, -(-used[p] // node_milli)))
+        return len(kept)
 
     def solve(self, limits: SolverLimits) -> PlacementSolution:
         solver, outcome = run_solver(self.model, limits)

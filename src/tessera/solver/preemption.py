@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from tessera.core import Allocation, CapacityLedger, ReplicaPlacement, Spread
+from tessera.core import Allocation, CapacityLedger, ReplicaDemand, ReplicaPlacement, Spread
 from tessera.solver.instance import GangSpec, NodeShape, replicas_fitting, shape_of
 from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
 
@@ -234,20 +234,45 @@ class PreemptionModel:
 def candidate_nodes(
     ledger: CapacityLedger, gang: GangSpec, victims: Sequence[VictimSpec], max_nodes: int
 ) -> list[str]:
-    """Usable nodes of allowed types where the gang's unit could fit once victims leave,
-    nodes with free room and few victims first (at most ``max_nodes``)."""
-    on_node: dict[str, int] = defaultdict(int)
+    """Usable nodes of allowed types where a unit of the gang fits now or once the
+    candidate victims there leave; nodes with room first, then those whose victims lose
+    the least work (at most ``max_nodes``)."""
+    on_node: dict[str, list[ReplicaPlacement]] = defaultdict(list)
+    cost_on_node: dict[str, int] = defaultdict(int)
+    demand_of: dict[int, object] = {}
     for victim in victims:
         for rp in victim.allocation.replicas:
-            on_node[rp.node] += 1
+            on_node[rp.node].append(rp)
+            demand_of[id(rp)] = victim.allocation.workload.demand
+            cost_on_node[rp.node] += victim.evict_cost
     demand = gang.workload.demand
     scored: list[tuple[tuple[int, int, str], str]] = []
     for name, node in ledger.nodes.items():
         if not node.usable or not gang.workload.allows(node.accelerator_type):
             continue
-        fits_now = replicas_fitting(shape_of(ledger, name), demand) >= gang.unit_replicas
-        if not fits_now and not on_node.get(name):
+        shape = shape_of(ledger, name)
+        if replicas_fitting(shape, demand) >= gang.unit_replicas:
+            scored.append(((0, 0, name), name))
             continue
-        scored.append(((0 if fits_now else 1, on_node.get(name, 0), name), name))
+        if name not in on_node:
+            continue
+        devices = list(ledger.free(name).devices_milli)
+        cpu, mem = shape.cpu_milli, shape.memory_mib
+        for rp in on_node[name]:
+            vd = demand_of[id(rp)]
+            assert isinstance(vd, ReplicaDemand)
+            for i in rp.devices:
+                if 0 <= i < len(devices):
+                    devices[i] = min(1000, devices[i] + (1000 if vd.accelerators else vd.shared_milli))
+            cpu += vd.cpu_milli
+            mem += vd.memory_mib
+        if replicas_fitting(NodeShape(tuple(devices), cpu, mem), demand) >= gang.unit_replicas:
+            scored.append(((1, cost_on_node[name], name), name))
     scored.sort()
     return [name for _, name in scored[:max_nodes]]
+
+
+def victims_on(victims: Sequence[VictimSpec], nodes: Sequence[str]) -> list[VictimSpec]:
+    """The victims with at least one replica on ``nodes`` (the others cannot help)."""
+    wanted = set(nodes)
+    return [v for v in victims if any(rp.node in wanted for rp in v.allocation.replicas)]
