@@ -120,6 +120,7 @@ class CpSat:
             restrict_candidates(instance, hint, self.pools_per_group)
         model = PlacementModel(instance)
         stats["hint_gangs"] = model.add_hint(hint) if self.use_hint else 0
+        stats["hint_objective"] = model.hint_objective
         stats.update(model.size)
         stats["pools_by_domain"] = instance.pools_by_domain
         phases = {"build": self._timer() - started}
@@ -347,7 +348,7 @@ def score_placements(
             nics.add(node.topology.nic)
             if node.accelerator_count and free.whole_free(a.node) == node.accelerator_count:
                 opened.add(a.node)
-        total += gang.weight * (w.start + value)
+        total += gang.weight * (w.start + value) + gang.order_bonus
         if gang.prefers_one_domain:
             total -= w.extra_domain * (len(domains) - 1) + w.extra_nic * (len(nics) - 1)
     return total - w.open_node * len(opened)

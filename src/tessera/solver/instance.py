@@ -95,6 +95,8 @@ class GangSpec:
     capacity: dict[int, int] = field(default_factory=dict)
     #: why the gang cannot be placed at all (set before solving), or ""
     excluded: str = ""
+    #: small tie-break towards queue order (pending count - queue position)
+    order_bonus: int = 0
 
     @property
     def key(self) -> str:
@@ -215,7 +217,8 @@ def build_instance(
     monolithic: bool = False,
     max_pools: int = 400,
 ) -> PlacementInstance:
-    """Pools plus one :class:`GangSpec` per pending gang, with every pool it fits in.
+    """Pools plus one :class:`GangSpec` per pending gang (``pending`` in queue order:
+    earlier gangs win ties), with every pool it fits in.
 
     Domains are kept in the pool key unless that makes more than ``max_pools`` pools
     (then domain affinity is left to packing).  ``GangSpec.capacity`` holds every pool
@@ -248,6 +251,7 @@ def build_instance(
         spec = GangSpec(index, workload, u, min_units, max_units,
                         gang_weight(workload, prio[workload.priority], now_seconds, weights), unit_value)
         spec.excluded = _structural_problem(workload, u, min_units, max_units)
+        spec.order_bonus = len(pending) - index
         if not spec.excluded:
             # gangs with the same demand, types and spread see the same pools: compute once
             signature = (workload.demand, frozenset(allowed), workload.spread, u, max_units)

@@ -26,6 +26,11 @@ from tessera.solver.instance import PlacementInstance
 from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
 
 
+def _put(values: dict[int, tuple[cp_model.IntVar, int]], var: cp_model.IntVar, value: int) -> None:
+    # keyed by index: IntVar overloads == to build constraints, so it is a poor dict key
+    values[var.index] = (var, value)
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementSolution:
     outcome: SolveOutcome
@@ -45,8 +50,11 @@ class PlacementModel:
         self.opened: dict[int, cp_model.IntVar] = {}
         self.in_domain: dict[tuple[int, str], cp_model.IntVar] = {}
         self.on_nic: dict[tuple[int, str], cp_model.IntVar] = {}
-        self._penalties: list[cp_model.LinearExprT] = []
+        #: the objective as (coefficient, variable) pairs, to evaluate a hint without solving
+        self._objective: list[tuple[int, cp_model.IntVar]] = []
         self._pool = {p.index: p for p in instance.pools}
+        #: the objective value of the last hint (model units), or None
+        self.hint_objective: float | None = None
         self._add_variables()
         self._add_gang_all_or_nothing()
         self._add_single_type()
@@ -160,7 +168,8 @@ class PlacementModel:
                         self.model.add(self.units[g, p] <= gang.capacity[p] * flag)
                 used = sum(container[g, label] for label in groups)
                 self.model.add(used >= run)
-                self._penalties.append(charge * (used - run))
+                self._objective += [(-charge, container[g, label]) for label in groups]
+                self._objective.append((charge, run))
 
     def _add_fragmentation(self) -> None:
         """Charge every untouched node a pool's units open: pack onto used nodes first."""
@@ -179,27 +188,40 @@ class PlacementModel:
             self.opened[p] = opened
             used = sum(self.instance.gangs[g].unit_demand_milli * self.units[g, p] for g in gangs)
             self.model.add(node_milli * opened >= used)
-            self._penalties.append(w.open_node * opened)
+            self._objective.append((-w.open_node, opened))
 
     def _set_objective(self) -> None:
         w = self.instance.weights
-        terms: list[cp_model.LinearExprT] = []
         for g, run in self.run.items():
             gang = self.instance.gangs[g]
-            terms.append(gang.weight * w.start * run)
+            # + queue-order tie-break: among equal gangs the earlier one starts (FIFO)
+            self._objective.append((gang.weight * w.start + gang.order_bonus, run))
             for p in self._gang_pools(g):
                 value = gang.unit_value.get(self._pool[p].accelerator_type, 0)
-                terms.append(gang.weight * value * self.units[g, p])
-        self.model.maximize(cp_model.LinearExpr.sum(terms) - cp_model.LinearExpr.sum(self._penalties))
+                self._objective.append((gang.weight * value, self.units[g, p]))
+        coefficients = [c for c, _ in self._objective]
+        variables = [v for _, v in self._objective]
+        self.model.maximize(cp_model.LinearExpr.weighted_sum(variables, coefficients))
 
     # -- solving ---------------------------------------------------------------------
     def add_hint(self, units: Mapping[int, Mapping[int, int]]) -> int:
         """Hint a complete solution (e.g. the greedy plan); returns how many gangs it starts.
 
+        Also sets :attr:`hint_objective`, the objective value of the hint."""
+        hinted = self._hint_values(units)
+        for var, value in hinted.values():
+            self.model.add_hint(var, value)
+        self.hint_objective = sum(c * hinted[v.index][1] for c, v in self._objective if v.index in hinted)
+        return sum(1 for run in self.run.values() if hinted[run.index][1])
+
+    def _hint_values(self, units: Mapping[int, Mapping[int, int]]) -> dict[int, tuple[cp_model.IntVar, int]]:
+        """Values of every variable for the solution ``units`` (variable index -> (var, value)).
+
         Every variable is hinted (a complete hint lets CP-SAT start from it at once):
         gangs absent from ``units`` are hinted as not started, and a gang whose counts
         use pools that are not its candidates is dropped from the hint.
         """
+        values: dict[int, tuple[cp_model.IntVar, int]] = {}
         kept: dict[int, dict[int, int]] = {}
         for g, run in self.run.items():
             counts = dict(units.get(g, {}))
@@ -207,23 +229,23 @@ class PlacementModel:
                 counts = {}
             if counts:
                 kept[g] = counts
-            self.model.add_hint(run, 1 if counts else 0)
+            _put(values, run, 1 if counts else 0)
             for p in self._gang_pools(g):
-                self.model.add_hint(self.units[g, p], counts.get(p, 0))
+                _put(values, self.units[g, p], counts.get(p, 0))
         for (g, t), var in self.use_type.items():
-            self.model.add_hint(var, int(any(self._pool[p].accelerator_type == t for p in kept.get(g, {}))))
+            _put(values, var, int(any(self._pool[p].accelerator_type == t for p in kept.get(g, {}))))
         for (g, label), var in self.in_domain.items():
-            self.model.add_hint(var, int(any(self._pool[p].domain == label for p in kept.get(g, {}))))
+            _put(values, var, int(any(self._pool[p].domain == label for p in kept.get(g, {}))))
         for (g, label), var in self.on_nic.items():
-            self.model.add_hint(var, int(any(self._pool[p].nic == label for p in kept.get(g, {}))))
+            _put(values, var, int(any(self._pool[p].nic == label for p in kept.get(g, {}))))
         used: dict[int, int] = defaultdict(int)
         for g, counts in kept.items():
             for p, c in counts.items():
                 used[p] += c * self.instance.gangs[g].unit_demand_milli
         for p, var in self.opened.items():
             node_milli = max(1, self._pool[p].shape.accelerator_milli)
-            self.model.add_hint(var, min(self._pool[p].size, -(-used[p] // node_milli)))
-        return len(kept)
+            _put(values, var, min(self._pool[p].size, -(-used[p] // node_milli)))
+        return values
 
     def solve(self, limits: SolverLimits) -> PlacementSolution:
         solver, outcome = run_solver(self.model, limits)
