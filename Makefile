@@ -43,7 +43,7 @@ demo: venv tools
 	bash hack/demo.sh
 
 test: venv tools
-	$(PY) -m pytest
+	TESSERA_REQUIRE_CLUSTER=1 $(PY) -m pytest
 
 test-unit: venv
 	$(PY) -m pytest -m "not cluster"

@@ -33,13 +33,16 @@ link() { ln -sf "$2" "$BIN/$1"; }
 # --- Kubernetes: kube-apiserver and kubectl from k8s.io/kubernetes --------------------
 build_kube() {
   local out="$CACHE/kubernetes-$KUBE_VERSION"
-  if [[ -x "$out/kube-apiserver" && -x "$out/kubectl" ]]; then
+  local cmds=(kube-apiserver kubectl kube-controller-manager) missing=() c
+  for c in "${cmds[@]}"; do [[ -x "$out/$c" ]] || missing+=("$c"); done
+  if [[ ${#missing[@]} == 0 ]]; then
     log "kubernetes $KUBE_VERSION: cached"
   else
-    log "kubernetes $KUBE_VERSION: building kube-apiserver and kubectl (several minutes on 2 cores)"
+    log "kubernetes $KUBE_VERSION: building ${missing[*]} (several minutes each on 2 cores)"
     local mod; mod="$(mktemp -d)"
     local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
     local staging="v0.${KUBE_VERSION#v1.}"
+    mkdir -p "$out"
     (
       cd "$mod"
       go mod init tessera.local/kubetools >/dev/null 2>&1
@@ -52,16 +55,11 @@ build_kube() {
         grep -E '^\s*k8s\.io/[A-Za-z0-9._-]+ => \./staging/' "$gomod" \
           | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
       } >> go.mod
-      cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+      {
+        echo '//go:build tools'; echo; echo 'package tools'; echo; echo 'import ('
+        for c in "${cmds[@]}"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done
+        echo ')'
+      } > tools.go
       go mod tidy >/dev/null 2>&1 || go mod tidy
       local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
       local ld=""
@@ -69,15 +67,14 @@ GO
         ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
         ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date -X $pkg.gitCommit=tessera-$KUBE_VERSION"
       done
-      mkdir -p "$out.tmp"
-      go build -trimpath -ldflags "-s -w $ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-      go build -trimpath -ldflags "-s -w $ld" -o "$out.tmp/kubectl" k8s.io/kubernetes/cmd/kubectl
+      for c in "${missing[@]}"; do
+        go build -trimpath -ldflags "-s -w $ld" -o "$out/$c.tmp" "k8s.io/kubernetes/cmd/$c"
+        mv "$out/$c.tmp" "$out/$c"
+      done
     )
-    rm -rf "$mod" "$out"
-    mv "$out.tmp" "$out"
+    rm -rf "$mod"
   fi
-  link kube-apiserver "$out/kube-apiserver"
-  link kubectl "$out/kubectl"
+  for c in "${cmds[@]}"; do link "$c" "$out/$c"; done
 }
 
 # build_module NAME VERSION_DIR MODULE@VERSION PACKAGE...: build main packages through a
