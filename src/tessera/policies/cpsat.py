@@ -158,7 +158,7 @@ class CpSat:
         assert packed is not None
         stats["chosen"] = chosen_by
         placements, pack_failures = packed.placed, packed.failed
-        after = PoolView(build_pools(ledger, by_domain=False))
+        after = PoolView(lambda: build_pools(ledger, by_domain=False))
         phases["pack"] = self._timer() - mark
         mark = self._timer()
 

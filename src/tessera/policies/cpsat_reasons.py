@@ -9,20 +9,31 @@ Working on pools (identical nodes counted once) keeps this cheap on 10,000 nodes
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tessera.core import Spread
 from tessera.solver import GangSpec, Pool, replicas_fitting
 
 
 class PoolView:
-    """Free capacity summarised by pool, with a cache of "replicas per node" per demand."""
+    """Free capacity summarised by pool, with a cache of "replicas per node" per demand.
 
-    def __init__(self, pools: Sequence[Pool]) -> None:
-        self.pools = list(pools)
+    ``pools`` may be a callable: the pools are then built on first use (most decisions
+    on a roomy cluster never need the view after placement)."""
+
+    def __init__(self, pools: Sequence[Pool] | Callable[[], Sequence[Pool]]) -> None:
+        self._source = pools
+        self._pools: list[Pool] | None = None if callable(pools) else list(pools)
         self._cache: dict[object, int] = {}
         self._units: dict[object, dict[str | None, int]] = {}
         self._zones: dict[object, set[str]] = {}
+
+    @property
+    def pools(self) -> list[Pool]:
+        if self._pools is None:
+            assert callable(self._source)
+            self._pools = list(self._source())
+        return self._pools
 
     @staticmethod
     def _signature(gang: GangSpec) -> tuple[object, ...]:

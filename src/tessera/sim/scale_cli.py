@@ -1,8 +1,8 @@
 """``tessera sim scale``: decision latency of a policy on a synthetic cluster.
 
 Generates, from a seed, a heterogeneous cluster of N nodes (five accelerator types in
-racks, four zones, two NIC classes, about half the devices already busy with running
-work of low priority) and M pending gangs (single pods, multi-node gangs, elastic
+racks, four zones, two NIC classes; a third of the nodes idle, the others each running
+one low-priority job) and M pending gangs (single pods, multi-node gangs, elastic
 ranges, tensor-parallel groups, node- and zone-spread inference services, three
 priority levels), then times ``Engine.decide`` for each policy on ``--decisions``
 independent instances.  Writes one JSON record per (policy, N, M) with latency
@@ -56,8 +56,9 @@ class _FixedClock:
         return self.now_seconds
 
 
-def synthetic_cluster(n_nodes: int, rng: random.Random, busy_share: float = 0.5) -> tuple[list[Node], list[Allocation]]:
-    """Racks of one accelerator type; each node partly busy with one running job."""
+def synthetic_cluster(n_nodes: int, rng: random.Random, idle_share: float = 0.35) -> tuple[list[Node], list[Allocation]]:
+    """Racks of one accelerator type; ``idle_share`` of the nodes idle, each other node
+    running one job of 1 to all of its devices."""
     types = list(CLUSTER_MIX)
     shares = [CLUSTER_MIX[t][1] for t in types]
     nodes: list[Node] = []
@@ -72,7 +73,8 @@ def synthetic_cluster(n_nodes: int, rng: random.Random, busy_share: float = 0.5)
             name = f"node-{len(nodes):05d}"
             nodes.append(Node(name, accelerator_type, count, cpu_milli=128_000, memory_mib=1_000_000,
                               topology=Topology(zone=zone, domain=f"rack-{rack:04d}", nic=nic)))
-            busy = sum(1 for _ in range(count) if rng.random() < busy_share)
+            # a third of the nodes idle, the others run one job of 1..all devices
+            busy = 0 if rng.random() < idle_share else min(count, rng.choice([1, 2, 4, 4, 6, 8]))
             if busy:
                 job = Workload(f"running/{name}", WorkloadKind.TRAINING, ReplicaDemand(accelerators=busy),
                                priority=0, restart_cost_seconds=rng.choice([60.0, 300.0]))

@@ -226,9 +226,11 @@ def build_instance(
     nodes first); :func:`restrict_candidates` trims it before the model is built.
     """
     weights = weights or ObjectiveWeights()
-    pools = build_pools(ledger, by_domain=True, monolithic=monolithic)
-    by_domain = True
-    if not monolithic and len(pools) > max_pools:
+    # domains alone already exceeding the pool budget: skip the by-domain attempt
+    domains = {(n.accelerator_type, n.topology.zone, n.topology.domain) for n in ledger.nodes.values()}
+    by_domain = monolithic or len(domains) <= max_pools
+    pools = build_pools(ledger, by_domain=by_domain, monolithic=monolithic)
+    if not monolithic and by_domain and len(pools) > max_pools:
         pools = build_pools(ledger, by_domain=False)
         by_domain = False
     prio = priority_weights(pending, weights)
@@ -290,9 +292,14 @@ def _fitting_pools(
 def restrict_candidates(
     instance: PlacementInstance, hint: Mapping[int, Mapping[int, int]], pools_per_group: int
 ) -> None:
-    """Keep, per gang and accelerator type (and zone, for zone-spread gangs), the pools the
+    """Trim each gang's candidate pools before the model is built.
+
+    Per gang and accelerator type (and zone, for zone-spread gangs) keep the pools the
     hint uses, the ``pools_per_group`` best-fit pools, and the ``pools_per_group`` pools
-    with most room left after the hint (where an improvement can go).  ``0`` keeps all.
+    with most room left after the hint (where an improvement can go).  A gang the hint
+    already puts on its fastest type keeps only that type when the type is *uncontested*
+    (no gang that would gain from the type is short of room there): CP-SAT could not
+    improve its type, only its pools.  ``pools_per_group=0`` keeps everything.
     """
     if pools_per_group <= 0:
         return
@@ -302,18 +309,47 @@ def restrict_candidates(
         for p, units in counts.items():
             used[p] += units * instance.gangs[g].unit_demand_milli
     left = {p.index: p.size * p.shape.accelerator_milli - used[p.index] for p in instance.pools}
+    left_by_type: dict[str | None, int] = defaultdict(int)
+    for pool in instance.pools:
+        left_by_type[pool.accelerator_type] += max(0, left[pool.index])
+    hinted_type = {g: pools[next(iter(c))].accelerator_type for g, c in hint.items() if c}
+    contested: set[str | None] = set()
     for gang in instance.gangs:
         if not gang.capacity:
             continue
+        current = gang.unit_value.get(hinted_type[gang.index], 0) if gang.index in hinted_type else 0
+        need = gang.min_units * gang.unit_demand_milli
+        for t, value in gang.unit_value.items():
+            if value > current and need > left_by_type[t]:
+                contested.add(t)
+    shortlist: dict[tuple[object, ...], list[tuple[str | None, set[int]]]] = {}
+    for gang in instance.gangs:
+        if not gang.capacity:
+            continue
+        w = gang.workload
+        # gangs with equal demand, types and spread have equal candidate lists: shortlist once
+        signature = (w.demand, w.allowed_types, w.spread, gang.unit_replicas, gang.max_units)
+        short = shortlist.get(signature)
+        if short is None:
+            groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+            for p in gang.capacity:  # already in best-fit order
+                pool = pools[p]
+                groups[(pool.accelerator_type or "", pool.zone if w.spread is Spread.ZONE else "")].append(p)
+            short = []
+            for members in groups.values():
+                chosen = set(members[:pools_per_group])
+                chosen.update(sorted(members, key=lambda q: (-left[q], q))[:pools_per_group])
+                short.append((pools[members[0]].accelerator_type, chosen))
+            shortlist[signature] = short
+        hinted = hinted_type.get(gang.index, "-")
+        only: str | bool | None = False
+        if (gang.index in hinted_type and not w.allow_mixed_types and hinted not in contested
+                and gang.unit_value.get(hinted, 0) >= max(gang.unit_value.values())):
+            only = hinted
         keep = set(hint.get(gang.index, {}))
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for p in gang.capacity:  # already in best-fit order
-            pool = pools[p]
-            groups[(pool.accelerator_type or "", pool.zone if gang.workload.spread is Spread.ZONE else "")].append(p)
-        for members in groups.values():
-            keep.update(members[:pools_per_group])
-            roomy = sorted(members, key=lambda q: (-left[q], q))
-            keep.update(roomy[:pools_per_group])
+        for accelerator_type, chosen in short:
+            if only is False or accelerator_type == only:
+                keep.update(chosen)
         gang.capacity = {p: c for p, c in gang.capacity.items() if p in keep}
 
 

@@ -209,8 +209,10 @@ class PlacementModel:
 
         Also sets :attr:`hint_objective`, the objective value of the hint."""
         hinted = self._hint_values(units)
-        for var, value in hinted.values():
-            self.model.add_hint(var, value)
+        # straight into the proto: add_hint() per variable is slow on 30,000 variables
+        hint = self.model.proto.solution_hint
+        hint.vars.extend(list(hinted))
+        hint.values.extend([value for _, value in hinted.values()])
         self.hint_objective = sum(c * hinted[v.index][1] for c, v in self._objective if v.index in hinted)
         return sum(1 for run in self.run.values() if hinted[run.index][1])
 
