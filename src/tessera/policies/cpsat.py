@@ -74,6 +74,7 @@ class CpSat:
         weights: ObjectiveWeights | None = None,
         max_pools: int = 400,
         pools_per_group: int = 2,
+        max_unit_vars: int = 4_000,
         num_workers: int = 2,
         use_hint: bool = True,
         preemption: bool = True,
@@ -85,7 +86,8 @@ class CpSat:
     ) -> None:
         """``monolithic``: one pool per node (exact, slow; for comparison).  ``max_pools``:
         above this many pools, domains are dropped from the pool key.  ``pools_per_group``:
-        candidate pools per gang and accelerator type.  ``placement_budget_share``: part of
+        candidate pools per gang and accelerator type, applied only when the full model
+        would have more than ``max_unit_vars`` (gang, pool) variables.  ``placement_budget_share``: part of
         the time budget for the placement model, the rest for preemption models.
         ``timer`` measures latency and the budget left (never used by a deterministic
         decision)."""
@@ -93,6 +95,7 @@ class CpSat:
         self.weights = weights or ObjectiveWeights()
         self.max_pools = max_pools
         self.pools_per_group = pools_per_group
+        self.max_unit_vars = max_unit_vars
         self.num_workers = num_workers
         self.use_hint = use_hint
         self.preemption = preemption
@@ -116,7 +119,8 @@ class CpSat:
         )
         hint = greedy_units(instance)
         before = PoolView(instance.pools)
-        if not self.monolithic:
+        candidates = sum(len(g.capacity) for g in instance.gangs)
+        if not self.monolithic and candidates > self.max_unit_vars:
             restrict_candidates(instance, hint, self.pools_per_group)
         model = PlacementModel(instance)
         stats["hint_gangs"] = model.add_hint(hint) if self.use_hint else 0

@@ -7,7 +7,7 @@ ranges, tensor-parallel groups, node- and zone-spread inference services, three
 priority levels), then times ``Engine.decide`` for each policy on ``--decisions``
 independent instances.  Writes one JSON record per (policy, N, M) with latency
 percentiles in seconds (``p50_seconds``, ``p95_seconds``, ``p99_seconds``), solver status
-counts, objective, proven gap and plan quality (gangs started, accelerators allocated,
+counts, objective, proven gap, CPU seconds per decision, the machine's load average, and plan quality (gangs started, accelerators allocated,
 normalised throughput).
 """
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,6 +152,10 @@ def measure(
     policy = load_policy(policy_name, **(params or {}))
     now = 7_200.0
     latencies: list[float] = []
+    #: CPU seconds of this process (all threads) per decision: on a shared, loaded
+    #: machine this is closer than wall time to the latency on an idle one
+    cpu_seconds: list[float] = []
+    load_before = os.getloadavg()[0]
     statuses: Counter[str] = Counter()
     per_decision: list[dict[str, Any]] = []
     for i in range(decisions):
@@ -159,7 +165,9 @@ def measure(
         snapshot = ClusterSnapshot(nodes, allocations, now_seconds=now)
         engine = Engine(policy, _FixedClock(now), seed=seed, time_budget_seconds=time_budget_seconds,
                         deterministic=deterministic)
+        cpu_before = time.process_time()
         result = engine.decide(snapshot, pending)
+        cpu_seconds.append(time.process_time() - cpu_before)
         latencies.append(result.decision_seconds)
         stats = dict(result.stats)
         statuses[str(stats.get("status", "n/a"))] += 1
@@ -181,6 +189,8 @@ def measure(
         "p50_seconds": percentile(latencies, 50), "p95_seconds": percentile(latencies, 95),
         "p99_seconds": percentile(latencies, 99), "max_seconds": max(latencies),
         "mean_seconds": sum(latencies) / len(latencies),
+        "p50_cpu_seconds": percentile(cpu_seconds, 50), "p95_cpu_seconds": percentile(cpu_seconds, 95),
+        "load_average": (load_before + os.getloadavg()[0]) / 2, "cpus": os.cpu_count(),
         "status_counts": dict(statuses), "objective_mean": mean("objective"), "gap_mean": mean("gap"),
         "gap_max": max((float(r["gap"]) for r in per_decision if "gap" in r and r["gap"] == r["gap"]), default=float("nan")),
         "started_mean": mean("started"), "accelerators_mean": mean("accelerators"),
@@ -208,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
                          time_budget_seconds=args.time_budget, deterministic=args.deterministic)
         records.append(record)
         print(f"{name:>10}  nodes={args.nodes} pending={args.pending}  p50={record['p50_seconds']:.3f}s "
-              f"p95={record['p95_seconds']:.3f}s p99={record['p99_seconds']:.3f}s  started={record['started_mean']:.1f} "
+              f"p95={record['p95_seconds']:.3f}s p99={record['p99_seconds']:.3f}s (cpu p95 {record['p95_cpu_seconds']:.3f}s, "
+              f"load {record['load_average']:.1f})  started={record['started_mean']:.1f} "
               f"norm.throughput={record['normalised_throughput_mean']:.1f}  status={record['status_counts']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -237,7 +237,7 @@ def build_instance(
     present = sorted({p.accelerator_type or "" for p in pools})
     # best fit: fuller nodes first, nodes already in use before untouched ones
     ranked = sorted(pools, key=lambda p: (p.fresh, p.shape.accelerator_milli, -p.size, p.index))
-    fit_cache: dict[tuple[ReplicaDemand, NodeShape], int] = {}
+    fit_cache: dict[tuple[object, ...], list[tuple[str | None, int, int]]] = {}
     capacity_cache: dict[tuple[object, ...], dict[int, int]] = {}
     gangs: list[GangSpec] = []
     for index, workload in enumerate(pending):
@@ -267,26 +267,24 @@ def build_instance(
 
 def _fitting_pools(
     ranked: Sequence[Pool], workload: Workload, allowed: set[str | None], u: int, max_units: int,
-    fit_cache: dict[tuple[ReplicaDemand, NodeShape], int],
+    fit_cache: dict[tuple[object, ...], list[tuple[str | None, int, int]]],
 ) -> dict[int, int]:
-    demand = workload.demand
+    """Pool -> unit capacity over the pools of allowed types where one unit fits."""
     spread = workload.spread
-    out: dict[int, int] = {}
-    for pool in ranked:
-        if pool.accelerator_type not in allowed:
-            continue
-        key = (demand, pool.shape)
-        per_node = fit_cache.get(key)
-        if per_node is None:
-            per_node = fit_cache[key] = replicas_fitting(pool.shape, demand)
-        k = per_node // u
-        if k <= 0:
-            continue
-        if spread is Spread.NODE:
-            k = 1
-        cap = 1 if spread is Spread.ZONE else k * pool.size
-        out[pool.index] = min(cap, max_units)
-    return out
+    key = (workload.demand, spread, u, max_units)
+    fitting = fit_cache.get(key)
+    if fitting is None:  # every pool, any type: computed once per demand shape
+        fitting = []
+        for pool in ranked:
+            k = replicas_fitting(pool.shape, workload.demand) // u
+            if k <= 0:
+                continue
+            if spread is Spread.NODE:
+                k = 1
+            cap = 1 if spread is Spread.ZONE else k * pool.size
+            fitting.append((pool.accelerator_type, pool.index, min(cap, max_units)))
+        fit_cache[key] = fitting
+    return {index: cap for accelerator_type, index, cap in fitting if accelerator_type in allowed}
 
 
 def restrict_candidates(

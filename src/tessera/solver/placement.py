@@ -82,7 +82,7 @@ class PlacementModel:
         """A gang starts with at least ``min`` units and at most ``target``, or not at all."""
         for g, run in self.run.items():
             gang = self.instance.gangs[g]
-            total = sum(self.units[g, p] for p in self._gang_pools(g))
+            total = cp_model.LinearExpr.sum([self.units[g, p] for p in self._gang_pools(g)])
             self.model.add(total >= gang.min_units * run)
             self.model.add(total <= gang.max_units * run)
 
@@ -109,31 +109,26 @@ class PlacementModel:
         for (g, p) in self.units:
             users[p].append(g)
         for p, gangs in users.items():
-            pool = self._pool[p]
-            n = pool.size
-            whole, milli, cpu, mem = [], [], [], []
-            for g in gangs:
-                demand = self.instance.gangs[g].workload.demand
-                u = self.instance.gangs[g].unit_replicas
-                var = self.units[g, p]
-                if demand.accelerators:
-                    whole.append(demand.accelerators * u * var)
-                if demand.accelerator_milli:
-                    milli.append(demand.accelerator_milli * u * var)
-                if demand.cpu_milli:
-                    cpu.append(demand.cpu_milli * u * var)
-                if demand.memory_mib:
-                    mem.append(demand.memory_mib * u * var)
             if len(gangs) == 1:
                 continue  # the variable's bound (what fits on the pool's nodes) is exact
-            for terms, room in (
-                (whole, n * pool.shape.whole_devices),
-                (milli, n * pool.shape.accelerator_milli),
-                (cpu, n * pool.shape.cpu_milli),
-                (mem, n * pool.shape.memory_mib),
+            pool = self._pool[p]
+            n = pool.size
+            variables = [self.units[g, p] for g in gangs]
+            bounds = [self.units[g, p].proto.domain[-1] for g in gangs]
+            per_unit = [(self.instance.gangs[g].workload.demand, self.instance.gangs[g].unit_replicas) for g in gangs]
+            only_whole = all(d.accelerators for d, _ in per_unit)
+            for coefficients, room in (
+                ([d.accelerators * u for d, u in per_unit], n * pool.shape.whole_devices),
+                # whole-device gangs only: the milli row repeats the whole-device row
+                ([] if only_whole else [d.accelerator_milli * u for d, u in per_unit], n * pool.shape.accelerator_milli),
+                ([d.cpu_milli * u for d, u in per_unit], n * pool.shape.cpu_milli),
+                ([d.memory_mib * u for d, u in per_unit], n * pool.shape.memory_mib),
             ):
-                if len(terms) > 1:
-                    self.model.add(sum(terms) <= room)
+                if sum(1 for c in coefficients if c) < 2:
+                    continue
+                if sum(c * b for c, b in zip(coefficients, bounds, strict=True)) <= room:
+                    continue  # cannot bind
+                self.model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= room)
 
     def _add_zone_spread(self) -> None:
         """Zone-spread workloads (inference anti-affinity): at most one replica per zone."""
