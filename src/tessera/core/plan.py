@@ -129,11 +129,9 @@ def validate_plan(
     accepted_mig: list[Migration] = []
     accepted_pl: list[Placement] = []
     evicted: set[str] = set()
-    # replicas per running workload after this plan: key -> {replica: (node, devices)}
-    live = {
-        key: {rp.replica: (rp.node, rp.devices) for rp in a.replicas}
-        for key, a in snapshot.allocations.items()
-    }
+    # replicas per running workload after this plan: key -> {replica: (node, devices)},
+    # built on first use: a plan touches few of the running workloads (simulator hot path)
+    live = _LiveReplicas(snapshot.allocations)
 
     for pre in plan.preemptions:
         allocation = snapshot.allocations.get(pre.workload)
@@ -171,7 +169,7 @@ def validate_plan(
         if allocation is None or mig.workload in evicted:
             rejected.append(Rejection(mig, f"{mig.workload} is not running"))
             continue
-        if mig.replica not in live.get(mig.workload, {}) or (mig.workload, mig.replica) in moved:
+        if mig.replica not in live[mig.workload] or (mig.workload, mig.replica) in moved:
             rejected.append(Rejection(mig, f"{mig.workload} has no replica {mig.replica} to move"))
             continue
         workload = allocation.workload
@@ -255,6 +253,19 @@ def validate_plan(
         unplaced=plan.unplaced,
     )
     return ValidatedPlan(accepted, tuple(rejected), ledger)
+
+
+class _LiveReplicas(dict[str, dict[int, tuple[str, tuple[int, ...]]]]):
+    """Replicas of running workloads as the plan is applied, materialised per workload on first access."""
+
+    def __init__(self, allocations: Mapping[str, Allocation]) -> None:
+        super().__init__()
+        self._allocations = allocations
+
+    def __missing__(self, key: str) -> dict[int, tuple[str, tuple[int, ...]]]:
+        value = {rp.replica: (rp.node, rp.devices) for rp in self._allocations[key].replicas}
+        self[key] = value
+        return value
 
 
 def _check_resize(rs: Resize, allocation: Allocation | None, evicted: set[str]) -> str:

@@ -1,0 +1,374 @@
+"""Job-completion-time baselines: heterogeneity-agnostic FIFO and a Gavel-style LAS policy.
+
+``fifo`` starts jobs in submission order on any accelerator type with room (a seeded
+random choice: it ignores how fast a job runs on each type), never preempts, and lets a
+later job start when an earlier one does not fit (no head-of-line blocking unless
+``strict=True``).
+
+``gavel`` follows Gavel (Narayanan et al., OSDI'20) in spirit: scheduling rounds (6
+minutes by default); each round the jobs with the least attained service (LAS, in
+normalised effective accelerator-seconds: time x accelerators x throughput on the type
+/ best throughput) get the accelerators, with preemption; the chosen jobs are then
+assigned types so that jobs that gain most from a fast type get it (a regret-ordered
+greedy assignment over normalised throughput instead of Gavel's LP).  Between rounds it
+only fills free room, in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from tessera.core import (
+    MILLI_PER_DEVICE,
+    CapacityLedger,
+    ClusterSnapshot,
+    Placement,
+    Plan,
+    Preemption,
+    ReplicaAssignment,
+    Spread,
+    Workload,
+)
+from tessera.policy import Decision, PolicyContext
+
+_BY_TYPE_CACHE: list[tuple[Mapping[str, object], dict[str, list[str]]]] = []
+
+
+def _types_by_node(snapshot: ClusterSnapshot) -> dict[str, list[str]]:
+    """Usable node names per accelerator type, in name order (deterministic).
+
+    Cached on the identity of the snapshot's node map: a source that reuses an unchanged
+    map (the simulator) pays for the grouping once; a new map is a new computation.
+    """
+    nodes = snapshot.nodes
+    if _BY_TYPE_CACHE and _BY_TYPE_CACHE[0][0] is nodes:
+        return _BY_TYPE_CACHE[0][1]
+    out: dict[str, list[str]] = {}
+    for name in sorted(nodes):
+        node = nodes[name]
+        if node.usable and node.accelerator_type:
+            out.setdefault(node.accelerator_type, []).append(name)
+    _BY_TYPE_CACHE[:] = [(nodes, out)]
+    return out
+
+
+def _allowed(workload: Workload, present: Sequence[str]) -> list[str]:
+    return [t for t in present if workload.allows(t)]
+
+
+def _need_milli(workload: Workload, replicas: int) -> int:
+    return workload.demand.accelerator_milli * replicas
+
+
+def fill_type(
+    ledger: CapacityLedger,
+    workload: Workload,
+    node_names: Sequence[str],
+    replicas: int,
+) -> tuple[ReplicaAssignment, ...] | None:
+    """Reserve ``replicas`` replicas on the listed nodes (first fit, fullest-free first is not needed
+    for whole devices) or nothing."""
+    taken: list[ReplicaAssignment] = []
+    demand = workload.demand
+    one_per_node = workload.spread is Spread.NODE
+    used_zones: set[str] = set()
+    for name in node_names:
+        if workload.spread is Spread.ZONE and ledger.nodes[name].topology.zone in used_zones:
+            continue
+        while len(taken) < replicas and ledger.fits(name, demand):
+            taken.append(ReplicaAssignment(name, ledger.take(name, demand)))
+            used_zones.add(ledger.nodes[name].topology.zone)
+            if one_per_node or workload.spread is Spread.ZONE:
+                break
+        if len(taken) == replicas:
+            return tuple(taken)
+    for a in taken:
+        ledger.give_back(a.node, demand, a.devices)
+    return None
+
+
+def _fill_any(
+    ledger: CapacityLedger, workload: Workload, node_lists: Sequence[Sequence[str]], replicas: int
+) -> tuple[ReplicaAssignment, ...] | None:
+    """The first node list (type) that takes the gang, at the largest size in [gang_min, replicas]."""
+    for names in node_lists:
+        for count in range(replicas, workload.gang_min - 1, -1):
+            got = fill_type(ledger, workload, names, count)
+            if got is not None:
+                return got
+    return None
+
+
+class Fifo:
+    """Heterogeneity-agnostic FIFO: submission order, any accelerator type with room, no preemption."""
+
+    name: ClassVar[str] = "fifo"
+    version: ClassVar[str] = "1.0.0"
+    decides: ClassVar[frozenset[Decision]] = frozenset({Decision.PLACEMENT, Decision.ORDERING})
+
+    def __init__(self, strict: bool = False) -> None:
+        #: True: a job that does not fit blocks every later one (strict FIFO)
+        self.strict = strict
+
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        if not pending:
+            return Plan()
+        by_type = _types_by_node(snapshot)
+        free = snapshot.free
+        free_milli = {t: sum([sum(free(n).devices_milli) for n in names]) for t, names in by_type.items()}
+        present = sorted(by_type)
+        ledger: CapacityLedger | None = None
+        placements: list[Placement] = []
+        unplaced: dict[str, str] = {}
+        blocked_by = ""
+        for workload in sorted(pending, key=lambda w: (-w.priority, w.submitted_at_seconds, w.key)):
+            if blocked_by:
+                unplaced[workload.key] = f"strict FIFO: waiting behind {blocked_by}"
+                continue
+            replicas = workload.target_replicas
+            need = _need_milli(workload, workload.gang_min)
+            candidates = [t for t in _allowed(workload, present) if free_milli[t] >= need]
+            assignments = None
+            if candidates:
+                ledger = ledger or snapshot.ledger()
+                ctx.rng.shuffle(candidates)  # agnostic: any type with room is as good as another
+                for accelerator_type in candidates:
+                    for count in range(replicas, workload.gang_min - 1, -1):
+                        assignments = fill_type(ledger, workload, by_type[accelerator_type], count)
+                        if assignments is not None:
+                            break
+                    if assignments is not None:
+                        free_milli[accelerator_type] -= _need_milli(workload, len(assignments))
+                        break
+            if assignments is None:
+                unplaced[workload.key] = (
+                    f"queued: needs {workload.gang_min} x {workload.demand.accelerator_milli / MILLI_PER_DEVICE:g} "
+                    f"accelerators; free now: "
+                    + (", ".join(f"{t}={free_milli[t] / MILLI_PER_DEVICE:g}" for t in _allowed(workload, present)) or "none allowed")
+                )
+                if self.strict:
+                    blocked_by = workload.key
+                continue
+            placements.append(Placement(workload.key, assignments, reason="fifo"))
+        return Plan(placements=tuple(placements), unplaced=unplaced)
+
+
+def normalised_throughput(workload: Workload, accelerator_type: str) -> float:
+    """Throughput on the type relative to the workload's best type (1.0 without options)."""
+    if not workload.options:
+        return 1.0
+    best = max(o.throughput for o in workload.options)
+    return workload.throughput_on(accelerator_type) / best if best > 0 else 0.0
+
+
+class GavelLAS:
+    """Gavel-style heterogeneity-aware LAS: rounds, least attained effective service first, preemptive."""
+
+    name: ClassVar[str] = "gavel"
+    version: ClassVar[str] = "1.0.0"
+    decides: ClassVar[frozenset[Decision]] = frozenset(
+        {Decision.PLACEMENT, Decision.ORDERING, Decision.PREEMPTION}
+    )
+    #: the simulator aligns its rounds to this (the operator calls ``decide`` on its own cadence)
+    round_seconds: float = 360.0
+
+    def __init__(
+        self, round_seconds: float = 360.0, stickiness: float = 0.05, lease_rounds: float = 0.0, move_gain: float = 0.25
+    ) -> None:
+        self.round_seconds = round_seconds
+        #: a running job competes as if it had this many rounds less service (fewer, costly restarts)
+        self.lease_rounds = lease_rounds
+        #: a running job changes type only if its normalised throughput gains at least this much
+        self.move_gain = move_gain
+        self._running: frozenset[str] = frozenset()
+        #: bonus to a running job's current type, so it only moves for a real gain
+        self.stickiness = stickiness
+        # attained normalised accelerator-seconds per workload, from the snapshots seen
+        self._service: dict[str, float] = {}
+        self._last_now: float | None = None
+        self._last_round = -math.inf
+        # where the last round wanted a preempted (moving) job to go next
+        self._intended: dict[str, str] = {}
+
+    def attained_service(self, key: str) -> float:
+        return self._service.get(key, 0.0)
+
+    def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
+        last = self._last_now
+        self._last_now = now
+        if last is None or now <= last:
+            return
+        service = self._service
+        for key, alloc in snapshot.allocations.items():
+            if not alloc.replicas:
+                continue
+            since = max(last, alloc.started_at_seconds)
+            if now <= since:
+                continue
+            w = alloc.workload
+            norm = normalised_throughput(w, alloc.replicas[0].accelerator_type or "")
+            devices = len(alloc.replicas) * w.demand.accelerator_milli / MILLI_PER_DEVICE
+            service[key] = service.get(key, 0.0) + (now - since) * devices * norm
+
+    def _order_key(self, w: Workload) -> tuple[float, float, float, str]:
+        devices = max(1e-9, w.gang_min * w.demand.accelerator_milli / MILLI_PER_DEVICE)
+        attained = self._service.get(w.key, 0.0) / devices
+        if w.key in self._running:
+            attained -= self.lease_rounds * self.round_seconds
+        return (-w.priority, attained, w.submitted_at_seconds, w.key)
+
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        now = ctx.now_seconds
+        self._account(snapshot, now)
+        self._running = frozenset(snapshot.allocations)
+        if now >= self._last_round + self.round_seconds - 1e-9:
+            self._last_round = now
+            return self._round(snapshot, pending)
+        return self._fill(snapshot, pending, snapshot.ledger(), [], {})
+
+    def _round(self, snapshot: ClusterSnapshot, pending: Sequence[Workload]) -> Plan:
+        by_type = _types_by_node(snapshot)
+        present = sorted(by_type)
+        capacity = {t: sum(snapshot.nodes[n].accelerator_count for n in names) * MILLI_PER_DEVICE for t, names in by_type.items()}
+        running = {k: a for k, a in snapshot.allocations.items() if a.replicas}
+        current_type = {k: a.replicas[0].accelerator_type or "" for k, a in running.items()}
+        fixed = [k for k, a in running.items() if not a.workload.preemptible]
+        for k in fixed:
+            a = running[k]
+            capacity[current_type[k]] = capacity.get(current_type[k], 0) - _need_milli(a.workload, len(a.replicas))
+        movable = [a.workload for k, a in running.items() if a.workload.preemptible]
+        candidates = sorted([*movable, *pending], key=self._order_key)
+
+        # 1. selection by least attained service, against the total capacity
+        budget = sum(max(0, c) for c in capacity.values())
+        size: dict[str, int] = {}
+        selected: list[Workload] = []
+        for w in candidates:
+            n = len(running[w.key].replicas) if w.key in running else w.target_replicas
+            need = _need_milli(w, n)
+            if need <= budget and _allowed(w, present):
+                selected.append(w)
+                size[w.key] = n
+                budget -= need
+        # 2. types: jobs that lose most by not getting their best type choose first
+        def prefs(w: Workload) -> list[tuple[float, str]]:
+            scored = [
+                (normalised_throughput(w, t) + (self.stickiness if current_type.get(w.key) == t else 0.0), t)
+                for t in _allowed(w, present)
+            ]
+            return sorted(scored, key=lambda p: (-p[0], p[1]))
+
+        rank = {w.key: i for i, w in enumerate(selected)}
+        pref_of = {w.key: prefs(w) for w in selected}
+
+        def regret(w: Workload) -> tuple[float, int]:
+            p = pref_of[w.key]
+            return (-(p[0][0] - p[1][0]) if len(p) > 1 else -math.inf, rank[w.key])
+
+        left = dict(capacity)
+        assigned: dict[str, str] = {}
+        # running jobs keep their type (a move costs a restart) ...
+        for w in selected:
+            t = current_type.get(w.key)
+            if t is not None and left.get(t, 0) >= _need_milli(w, size[w.key]):
+                assigned[w.key] = t
+                left[t] -= _need_milli(w, size[w.key])
+        # ... newcomers take the rest, those losing most without their best type first ...
+        for w in sorted(selected, key=regret):
+            if w.key in assigned:
+                continue
+            need = _need_milli(w, size[w.key])
+            for _, t in pref_of[w.key]:
+                if left[t] >= need:
+                    assigned[w.key] = t
+                    left[t] -= need
+                    break
+        # ... and a running job moves up only for a clear gain
+        for w in sorted(selected, key=regret):
+            here = assigned.get(w.key)
+            if here is None or here != current_type.get(w.key):
+                continue
+            need = _need_milli(w, size[w.key])
+            for score, t in pref_of[w.key]:
+                if t != here and left[t] >= need and score >= normalised_throughput(w, here) + self.move_gain:
+                    left[here] += need
+                    left[t] -= need
+                    assigned[w.key] = t
+                    break
+
+        # 3. nodes: keep what stays, release what moves or stops, place the rest
+        ledger = snapshot.ledger()
+        preemptions: list[Preemption] = []
+        for k, a in running.items():
+            if not a.workload.preemptible:
+                continue
+            target = assigned.get(k)
+            if target == current_type[k]:
+                continue
+            for rp in a.replicas:
+                ledger.give_back(rp.node, a.workload.demand, rp.devices)
+            reason = "LAS round: moves to " + target if target else "LAS round: more attained service than waiting jobs"
+            preemptions.append(Preemption(k, reason))
+        self._intended = {}
+        to_place: list[Workload] = []
+        for w in selected:
+            if w.key in assigned and (w.key not in running or assigned[w.key] != current_type[w.key]):
+                to_place.append(w)
+        # bigger gangs first: they are the hardest to fit
+        to_place.sort(key=lambda w: (-_need_milli(w, size[w.key]), rank[w.key]))
+        placements: list[Placement] = []
+        unplaced: dict[str, str] = {}
+        for w in to_place:
+            types = [assigned[w.key]] + [t for _, t in pref_of[w.key] if t != assigned[w.key]]
+            got = _fill_any(ledger, w, [by_type[t] for t in types], size[w.key])
+            if got is None:
+                if w.key in running:
+                    # nowhere to go: keep it where it is
+                    preemptions = [p for p in preemptions if p.workload != w.key]
+                    for rp in running[w.key].replicas:
+                        ledger.take(rp.node, w.demand, rp.devices, strict=False)
+                else:
+                    unplaced[w.key] = "LAS round: selected, but no node of an allowed type has room for the gang"
+                continue
+            if w.key in running:
+                self._intended[w.key] = snapshot.nodes[got[0].node].accelerator_type or ""
+            else:
+                placements.append(Placement(w.key, got, reason=f"LAS round on {snapshot.nodes[got[0].node].accelerator_type}"))
+        # moving jobs are placed in the follow-up cycle; their room is kept free here by the ledger
+        for w in pending:
+            if w.key not in unplaced and all(p.workload != w.key for p in placements):
+                unplaced[w.key] = (
+                    f"LAS round: waiting; attained service {self._service.get(w.key, 0.0) / 3600.0:.2f} "
+                    "normalised accelerator-hours is more than the running jobs'"
+                )
+        return Plan(placements=tuple(placements), preemptions=tuple(preemptions), unplaced=unplaced)
+
+    def _fill(
+        self,
+        snapshot: ClusterSnapshot,
+        pending: Sequence[Workload],
+        ledger: CapacityLedger,
+        placements: list[Placement],
+        unplaced: dict[str, str],
+    ) -> Plan:
+        """Between rounds: start waiting jobs in free room, moving jobs first, no preemption."""
+        if not pending:
+            return Plan()
+        by_type = _types_by_node(snapshot)
+        present = sorted(by_type)
+        intended: Mapping[str, str] = self._intended
+        order = sorted(pending, key=lambda w: (w.key not in intended, *self._order_key(w)))
+        for w in order:
+            scored = sorted(
+                ((-normalised_throughput(w, t), t) for t in _allowed(w, present)),
+                key=lambda p: (p[1] != intended.get(w.key), p[0], p[1]),
+            )
+            got = _fill_any(ledger, w, [by_type[t] for _, t in scored], w.target_replicas)
+            if got is None:
+                unplaced[w.key] = "waiting for free accelerators (LAS order, next round may preempt)"
+            else:
+                self._intended.pop(w.key, None)
+                placements.append(Placement(w.key, got, reason="LAS fill"))
+        return Plan(placements=tuple(placements), unplaced=unplaced)

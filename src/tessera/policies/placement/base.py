@@ -1,0 +1,118 @@
+"""The common ``decide()`` of the vectorised placement policies."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from tessera.core import ClusterSnapshot, Placement, Plan, ReplicaAssignment, Workload, explain_unfit
+from tessera.policies.placement.arrays import (
+    IntArray,
+    PlacementArrays,
+    PodShape,
+    TargetWorkload,
+    choose_node,
+    node_order,
+)
+from tessera.policy import Decision, PolicyContext
+
+#: ctx.params key under which a caller may pass the :class:`TargetWorkload` (FGD uses it)
+TARGET_WORKLOAD_PARAM = "target_workload"
+#: ctx.params key: "ordered" (default) or "random" tie-breaking between equal scores
+TIE_BREAK_PARAM = "tie_break"
+#: ctx.params key: node names in tie-break order (first wins); default: a permutation drawn from ctx.rng
+NODE_ORDER_PARAM = "node_order"
+
+TieBreak = Literal["ordered", "random"]
+
+
+class PlacementPolicy:
+    """Base of the FGD-paper baselines: place pending pods one by one, in the order given.
+
+    Subclasses implement :meth:`score` (vectorised over nodes) and may override
+    :meth:`select_gpu` and :meth:`prepare`.  ``decide`` builds :class:`PlacementArrays` from
+    the snapshot and calls :func:`choose_node` for each replica, exactly as the FGD
+    protocol runner does on its incremental arrays.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1.0.0"
+    decides: ClassVar[frozenset[Decision]] = frozenset({Decision.PLACEMENT})
+    cacheable: bool = True
+
+    def prepare(self, arrays: PlacementArrays, target: TargetWorkload | None) -> None:
+        """Hook called once per cluster state before scoring."""
+
+    def score(
+        self, arrays: PlacementArrays, nodes: IntArray, shape: PodShape, rng: random.Random
+    ) -> tuple[IntArray, IntArray]:
+        raise NotImplementedError
+
+    def select_gpu(self, arrays: PlacementArrays, node: int, shape: PodShape, rng: random.Random) -> int:
+        """Best fit among devices: the fullest one with room for the share."""
+        return arrays.best_fit_gpu(node, shape)
+
+    def target_for(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> TargetWorkload:
+        """The target workload: ``ctx.params['target_workload']`` if given, else the shapes of
+        the running and pending workloads (one per replica)."""
+        given = ctx.params.get(TARGET_WORKLOAD_PARAM)
+        if isinstance(given, TargetWorkload):
+            return given
+        shapes: list[PodShape] = []
+        for allocation in snapshot.allocations.values():
+            shapes += [PodShape.of(allocation.workload)] * len(allocation.replicas)
+        for workload in pending:
+            shapes += [PodShape.of(workload)] * workload.target_replicas
+        return TargetWorkload.from_shapes(shapes)
+
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        arrays = PlacementArrays.from_snapshot(snapshot)
+        self.prepare(arrays, self.target_for(snapshot, pending, ctx))
+        node_rank = self.node_rank(arrays, ctx)
+        placements: list[Placement] = []
+        unplaced: dict[str, str] = {}
+        for workload in pending:
+            assignments = self._place_gang(arrays, workload, ctx.rng, node_rank)
+            if assignments is None:
+                unplaced[workload.key] = explain_unfit(snapshot.ledger(), workload) if workload.target_replicas > 1 \
+                    else "no node has room for it now"
+                continue
+            placements.append(Placement(workload.key, assignments, reason=self.name))
+        return Plan(placements=tuple(placements), unplaced=unplaced)
+
+    @staticmethod
+    def node_rank(arrays: PlacementArrays, ctx: PolicyContext) -> IntArray | None:
+        """The tie-break rank per node (lowest wins), or None for uniformly random ties."""
+        if ctx.params.get(TIE_BREAK_PARAM, "ordered") == "random":
+            return None
+        names = ctx.params.get(NODE_ORDER_PARAM)
+        if names is None:
+            return node_order(arrays.n_nodes, ctx.rng)
+        position = {name: i for i, name in enumerate(names)}
+        unknown = len(position)
+        return np.array([position.get(name, unknown) for name in arrays.names], dtype=np.int64)
+
+    def _place_gang(
+        self, arrays: PlacementArrays, workload: Workload, rng: random.Random, node_rank: IntArray | None
+    ) -> tuple[ReplicaAssignment, ...] | None:
+        shape = PodShape.of(workload)
+        taken: list[tuple[int, tuple[int, ...]]] = []
+        for _ in range(workload.target_replicas):
+            if taken and shape.gpu_count and not workload.allow_mixed_types:
+                # later replicas of a gang stay on the first replica's GPU model
+                first_type = arrays.type_names[int(arrays.type_idx[taken[0][0]])]
+                shape = PodShape(shape.cpu_milli, shape.memory_mib, shape.gpu_count, shape.gpu_milli, (first_type,))
+            choice = choose_node(arrays, shape, self, rng, node_rank=node_rank)
+            if choice is None:
+                break
+            arrays.place(choice.node, shape, choice.devices)
+            taken.append((choice.node, choice.devices))
+        if len(taken) < workload.gang_min:
+            for node, devices in taken:  # all or nothing: give the partial gang back
+                arrays.release(node, shape, devices)
+            return None
+        return tuple(ReplicaAssignment(arrays.names[node], devices) for node, devices in taken)
+

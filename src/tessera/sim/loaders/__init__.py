@@ -1,0 +1,1 @@
+"""Loaders for public trace formats (each module reads one format into Tessera's model)."""

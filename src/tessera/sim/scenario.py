@@ -1,0 +1,442 @@
+"""Scenario files: a cluster, a workload, optional failures and load, and the policies to compare.
+
+The YAML schema is validated with pydantic, so a typo names the field.  Paths may use
+``$TESSERA_DATA`` (the public traces folder) and are otherwise relative to the scenario
+file.  See ``sim/README.md`` for the format with examples.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tessera.core import Node, Spread, Topology
+from tessera.sim import generators
+from tessera.sim.loaders import azure_llm, gavel, philly, sia
+from tessera.sim.models import LoadSeries, NodeEvent, SimWorkload
+from tessera.sim.simulator import FailureProcess, SimConfig
+
+
+class ScenarioError(ValueError):
+    """A scenario file is invalid or names data that is not there."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeGroup(_Strict):
+    """``count`` identical nodes named ``<prefix>-<i>``."""
+
+    type: str | None = Field(description="accelerator type, e.g. H100 or Ascend910B; null for CPU-only")
+    count: int = Field(ge=1)
+    accelerators: int = Field(default=8, ge=0, description="accelerators per node")
+    prefix: str | None = None
+    zone: str = ""
+    domain: str = ""
+    cpu_milli: int = Field(default=96_000, ge=0)
+    memory_mib: int = Field(default=1_024_000, ge=0)
+
+
+class ClusterSpec(_Strict):
+    nodes: list[NodeGroup] | None = None
+    #: CSV with columns name, accelerator_type, accelerator_count[, zone, domain]
+    node_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClusterSpec:
+        if (self.nodes is None) == (self.node_file is None):
+            raise ValueError("give exactly one of 'nodes' (inline groups) or 'node_file'")
+        return self
+
+
+class GavelGenerator(_Strict):
+    generator: Literal["gavel"]
+    throughputs: str = "$TESSERA_DATA/gavel/simulation_throughputs.json"
+    jobs: int = Field(ge=1)
+    jobs_per_hour: float = Field(gt=0)
+    multi_gpu: bool = True
+    restart_cost_seconds: float = Field(default=30.0, ge=0)
+    #: only jobs with index in [start, end) count in JCT figures (Gavel measures a steady-state window)
+    measure_window: tuple[int, int] | None = None
+
+
+class PhillyGenerator(_Strict):
+    generator: Literal["philly"]
+    jobs: int = Field(ge=1)
+    jobs_per_hour: float = Field(gt=0)
+    median_duration_seconds: float = Field(default=1200.0, gt=0)
+    sigma: float = Field(default=2.2, ge=0)
+    restart_cost_seconds: float = Field(default=60.0, ge=0)
+    measure_window: tuple[int, int] | None = None
+
+
+class SyntheticGenerator(_Strict):
+    generator: Literal["synthetic"]
+    jobs: int = Field(ge=1)
+    jobs_per_hour: float = Field(gt=0)
+    #: model name -> accelerator type -> per-replica throughput
+    models: dict[str, dict[str, float]]
+    median_duration_seconds: float = Field(default=3600.0, gt=0)
+    sigma: float = Field(default=1.0, ge=0)
+    serial_fraction: float = Field(default=0.05, ge=0, le=1)
+    restart_cost_seconds: float = Field(default=60.0, ge=0)
+    elastic: bool = False
+    measure_window: tuple[int, int] | None = None
+
+
+class TraceWorkload(_Strict):
+    """A trace file in a supported format."""
+
+    trace: Literal["gavel", "philly", "sia"]
+    path: str
+    #: gavel: the throughput JSON; sia: the folder of per-application profiles
+    throughputs: str | None = None
+    profiles: str | None = None
+    #: philly: accelerator types jobs may use (empty: any)
+    accelerator_types: list[str] = []
+    #: keep only the first N jobs (0 = all)
+    limit: int = Field(default=0, ge=0)
+    restart_cost_seconds: float = Field(default=60.0, ge=0)
+    measure_window: tuple[int, int] | None = None
+
+
+TrainingSpec = Annotated[
+    GavelGenerator | PhillyGenerator | SyntheticGenerator | TraceWorkload, Field(union_mode="left_to_right")
+]
+
+
+class LoadSpec(_Strict):
+    kind: Literal["constant", "diurnal", "steps", "azure"]
+    rate: float | None = Field(default=None, ge=0, description="constant: requests/s")
+    base: float | None = Field(default=None, ge=0, description="diurnal: trough requests/s")
+    peak: float | None = Field(default=None, ge=0, description="diurnal: crest requests/s")
+    period_hours: float = Field(default=24.0, gt=0)
+    step_minutes: float = Field(default=10.0, gt=0)
+    phase_hours: float = 0.0
+    #: steps: [[time_seconds, requests/s], ...]
+    points: list[tuple[float, float]] | None = None
+    #: azure: the Azure LLM inference CSV, binned, scaled and repeated to the horizon
+    path: str | None = None
+    bin_seconds: float = Field(default=60.0, gt=0)
+    scale: float = Field(default=1.0, gt=0)
+
+
+class ServiceSpec(_Strict):
+    name: str
+    #: accelerator type -> requests/s one replica sustains
+    throughput: dict[str, float]
+    load: LoadSpec
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    desired_replicas: int | None = None
+    accelerators: int = Field(default=1, ge=1)
+    arrival_seconds: float = Field(default=0.0, ge=0)
+    priority: int = 10
+    spread: Literal["none", "node", "zone"] = "node"
+    cold_start_seconds: float = Field(default=120.0, ge=0)
+
+
+class WorkloadSpec(_Strict):
+    training: TrainingSpec | None = None
+    inference: list[ServiceSpec] = []
+
+
+class FailureEventSpec(_Strict):
+    time_seconds: float = Field(ge=0)
+    node: str
+    up: bool = False
+
+
+class FailureSpec(_Strict):
+    mtbf_hours: float | None = Field(default=None, gt=0)
+    mttr_hours: float | None = Field(default=None, gt=0)
+    node_prefixes: list[str] = []
+    events: list[FailureEventSpec] = []
+    #: how workloads react to losing replicas ("restart" is built in; extensions add more)
+    mode: str = "restart"
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> FailureSpec:
+        if (self.mtbf_hours is None) != (self.mttr_hours is None):
+            raise ValueError("give both mtbf_hours and mttr_hours for a failure process")
+        return self
+
+
+class SimSpec(_Strict):
+    horizon_hours: float | None = Field(default=None, gt=0)
+    round_seconds: float | None = Field(default=None, ge=0)
+    schedule_interval_seconds: float = Field(default=0.0, ge=0)
+    max_pending: int = Field(default=1000, ge=1)
+    checkpoint_interval_seconds: float = Field(default=1800.0, ge=0)
+    cycle_when_idle: bool = False
+
+
+class ScenarioSpec(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    seeds: list[int] | None = None
+    policies: list[str] = ["fifo", "gavel", "best-fit"]
+    #: constructor parameters per policy name
+    policy_params: dict[str, dict[str, Any]] = {}
+    cluster: ClusterSpec
+    workload: WorkloadSpec
+    failures: FailureSpec | None = None
+    sim: SimSpec = SimSpec()
+
+    @model_validator(mode="after")
+    def _needs_an_end(self) -> ScenarioSpec:
+        if self.workload.training is None and not self.workload.inference:
+            raise ValueError("workload: give 'training', 'inference' or both")
+        if self.workload.training is None and self.sim.horizon_hours is None:
+            raise ValueError("sim.horizon_hours is required when there are only inference services")
+        return self
+
+
+@dataclass
+class Scenario:
+    """A loaded scenario: everything a run needs."""
+
+    spec: ScenarioSpec
+    path: Path | None
+    nodes: list[Node]
+    node_events: list[NodeEvent] = field(default_factory=list)
+    failure_process: FailureProcess | None = None
+
+    def config(self, seed: int) -> SimConfig:
+        s = self.spec.sim
+        return SimConfig(
+            seed=seed,
+            horizon_seconds=s.horizon_hours * 3600.0 if s.horizon_hours else None,
+            round_seconds=s.round_seconds,
+            schedule_interval_seconds=s.schedule_interval_seconds,
+            max_pending=s.max_pending,
+            checkpoint_interval_seconds=s.checkpoint_interval_seconds,
+            cycle_when_idle=s.cycle_when_idle,
+        )
+
+    def workloads(self, seed: int) -> tuple[list[SimWorkload], frozenset[str] | None]:
+        """The workload for ``seed`` and the keys inside the measurement window (None: all)."""
+        return _workloads(self, seed)
+
+    def resolve(self, raw: str) -> Path:
+        return resolve_path(raw, self.path.parent if self.path else Path.cwd())
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TESSERA_DATA", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
+
+
+def resolve_path(raw: str, base: Path) -> Path:
+    """Expand ``$TESSERA_DATA`` (default ../shared/data beside the project) and relative paths."""
+    expanded = raw.replace("${TESSERA_DATA}", "$TESSERA_DATA").replace("$TESSERA_DATA", str(data_dir()))
+    path = Path(os.path.expandvars(os.path.expanduser(expanded)))
+    if not path.is_absolute():
+        path = base / path
+    if not path.exists():
+        hint = " (set TESSERA_DATA to the folder of the public traces)" if "TESSERA_DATA" in raw else ""
+        raise ScenarioError(f"{raw}: {path} does not exist{hint}")
+    return path
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; raises :class:`ScenarioError` naming the bad field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ScenarioError(f"cannot read scenario {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ScenarioError(f"{path}: not valid YAML: {err}") from err
+    return scenario_from_dict(raw, path)
+
+
+def scenario_from_dict(raw: Any, path: Path | None = None) -> Scenario:
+    where = str(path) if path else "scenario"
+    try:
+        spec = ScenarioSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ScenarioError(f"{where}: {problems}") from None
+    scenario = Scenario(spec, path, [])
+    scenario.nodes = _nodes(scenario)
+    names = {n.name for n in scenario.nodes}
+    if spec.failures is not None:
+        for event in spec.failures.events:
+            if event.node not in names:
+                raise ScenarioError(f"{where}: failures.events: node {event.node!r} is not in the cluster")
+        scenario.node_events = [NodeEvent(e.time_seconds, e.node, e.up) for e in spec.failures.events]
+        if spec.failures.mtbf_hours is not None and spec.failures.mttr_hours is not None:
+            scenario.failure_process = FailureProcess(
+                spec.failures.mtbf_hours * 3600.0, spec.failures.mttr_hours * 3600.0, tuple(spec.failures.node_prefixes)
+            )
+    return scenario
+
+
+def _nodes(scenario: Scenario) -> list[Node]:
+    spec = scenario.spec.cluster
+    out: list[Node] = []
+    if spec.nodes is not None:
+        for group in spec.nodes:
+            prefix = group.prefix or (group.type or "cpu").lower()
+            for i in range(group.count):
+                out.append(
+                    Node(
+                        name=f"{prefix}-{i}",
+                        accelerator_type=group.type if group.accelerators else None,
+                        accelerator_count=group.accelerators if group.type else 0,
+                        cpu_milli=group.cpu_milli,
+                        memory_mib=group.memory_mib,
+                        topology=Topology(zone=group.zone, domain=group.domain),
+                    )
+                )
+    else:
+        assert spec.node_file is not None
+        path = scenario.resolve(spec.node_file)
+        from tessera.sim.loaders import _csv
+
+        for line, row in _csv.rows(path, ("name", "accelerator_type", "accelerator_count")):
+            count = _csv.integer(path, line, row, "accelerator_count")
+            out.append(
+                Node(
+                    name=row["name"],
+                    accelerator_type=row["accelerator_type"] or None if count else None,
+                    accelerator_count=count,
+                    topology=Topology(zone=row.get("zone", ""), domain=row.get("domain", "")),
+                )
+            )
+    names = [n.name for n in out]
+    if len(set(names)) != len(names):
+        raise ScenarioError("cluster: node names repeat (give each group its own prefix)")
+    return out
+
+
+def _window(workloads: Sequence[SimWorkload], window: tuple[int, int] | None) -> frozenset[str] | None:
+    if window is None:
+        return None
+    start, end = window
+    return frozenset(w.key for w in workloads[start:end])
+
+
+def _load_series(scenario: Scenario, spec: LoadSpec, horizon_seconds: float) -> LoadSeries:
+    if spec.kind == "constant":
+        if spec.rate is None:
+            raise ScenarioError("load: kind 'constant' needs 'rate'")
+        return LoadSeries.constant(spec.rate)
+    if spec.kind == "diurnal":
+        if spec.base is None or spec.peak is None:
+            raise ScenarioError("load: kind 'diurnal' needs 'base' and 'peak'")
+        return generators.diurnal_load(
+            base_per_second=spec.base,
+            peak_per_second=spec.peak,
+            period_seconds=spec.period_hours * 3600.0,
+            horizon_seconds=horizon_seconds,
+            step_seconds=spec.step_minutes * 60.0,
+            phase_seconds=spec.phase_hours * 3600.0,
+        )
+    if spec.kind == "steps":
+        if not spec.points:
+            raise ScenarioError("load: kind 'steps' needs 'points' ([[time_seconds, rate], ...])")
+        return LoadSeries(tuple(p[0] for p in spec.points), tuple(p[1] for p in spec.points))
+    if spec.path is None:
+        raise ScenarioError("load: kind 'azure' needs 'path'")
+    one = azure_llm.request_rate(azure_llm.load(scenario.resolve(spec.path)), spec.bin_seconds, scale=spec.scale)
+    # repeat the trace's shape until the horizon (the public trace spans about an hour)
+    span = one.times_seconds[-1]
+    times: list[float] = []
+    rates: list[float] = []
+    offset = 0.0
+    while offset <= horizon_seconds and span > 0:
+        times += [offset + t for t in one.times_seconds[:-1]]
+        rates += list(one.rates_per_second[:-1])
+        offset += span
+    return LoadSeries(tuple(times) or (0.0,), tuple(rates) or (0.0,))
+
+
+def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozenset[str] | None]:
+    spec = scenario.spec.workload
+    out: list[SimWorkload] = []
+    window: frozenset[str] | None = None
+    training = spec.training
+    if isinstance(training, GavelGenerator):
+        table = gavel.load_throughputs(scenario.resolve(training.throughputs))
+        out = generators.gavel_jobs(
+            table, jobs=training.jobs, jobs_per_hour=training.jobs_per_hour, seed=seed,
+            multi_gpu=training.multi_gpu, restart_cost_seconds=training.restart_cost_seconds,
+        )
+        window = _window(out, training.measure_window)
+    elif isinstance(training, PhillyGenerator):
+        out = generators.philly_jobs(
+            jobs=training.jobs, jobs_per_hour=training.jobs_per_hour, seed=seed,
+            median_duration_seconds=training.median_duration_seconds, sigma=training.sigma,
+            restart_cost_seconds=training.restart_cost_seconds,
+        )
+        window = _window(out, training.measure_window)
+    elif isinstance(training, SyntheticGenerator):
+        out = generators.synthetic_training(
+            jobs=training.jobs, jobs_per_hour=training.jobs_per_hour, seed=seed, models=training.models,
+            median_duration_seconds=training.median_duration_seconds, sigma=training.sigma,
+            serial_fraction=training.serial_fraction, restart_cost_seconds=training.restart_cost_seconds,
+            elastic=training.elastic,
+        )
+        window = _window(out, training.measure_window)
+    elif isinstance(training, TraceWorkload):
+        path = scenario.resolve(training.path)
+        if training.trace == "gavel":
+            if training.throughputs is None:
+                raise ScenarioError("workload.training: a gavel trace needs 'throughputs' (the throughput JSON)")
+            out = gavel.trace_workloads(
+                gavel.load_trace(path), gavel.load_throughputs(scenario.resolve(training.throughputs)),
+                restart_cost_seconds=training.restart_cost_seconds,
+            )
+        elif training.trace == "philly":
+            out = philly.trace_workloads(
+                philly.load(path), accelerator_types=tuple(training.accelerator_types),
+                restart_cost_seconds=training.restart_cost_seconds,
+            )
+        else:
+            if training.profiles is None:
+                raise ScenarioError("workload.training: a sia workload needs 'profiles' (the traces/ folder)")
+            out = sia.workloads(path, scenario.resolve(training.profiles))
+        if training.limit:
+            out = out[: training.limit]
+        window = _window(out, training.measure_window)
+    horizon = (scenario.spec.sim.horizon_hours or 0.0) * 3600.0
+    if not horizon:
+        horizon = max((w.arrival_seconds for w in out), default=0.0) + 30 * 86400.0
+    for service in spec.inference:
+        out.append(
+            generators.inference_service(
+                service.name,
+                throughput=service.throughput,
+                load=_load_series(scenario, service.load, horizon),
+                min_replicas=service.min_replicas,
+                max_replicas=service.max_replicas,
+                desired_replicas=service.desired_replicas,
+                accelerators=service.accelerators,
+                arrival_seconds=service.arrival_seconds,
+                priority=service.priority,
+                spread=Spread(service.spread),
+                cold_start_seconds=service.cold_start_seconds,
+            )
+        )
+    return out, window
+
+
+def write_node_file(nodes: Sequence[Node], path: Path) -> None:
+    """Write a node list in the ``node_file`` format (for users who start from inline groups)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "accelerator_type", "accelerator_count", "zone", "domain"])
+        for n in nodes:
+            writer.writerow([n.name, n.accelerator_type or "", n.accelerator_count, n.topology.zone, n.topology.domain])
