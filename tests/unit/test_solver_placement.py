@@ -135,3 +135,22 @@ def test_exposes_solver_statistics_through_the_engine():
     assert stats["status"] == "OPTIMAL" and stats["gap"] == 0.0
     assert stats["chosen"] in ("cpsat", "greedy") and stats["pools"] == 1
     assert stats["decision_seconds"] >= 0 and stats["objective"] > 0
+
+
+def test_running_work_moves_to_a_faster_type_when_the_gain_beats_the_restart_cost():
+    job = gang("ns/run", 1, 8, [("V100", 1.0), ("H100", 3.0)])
+    snap = ClusterSnapshot([node("v1", "V100", 8), node("h1", "H100", 8)], [busy_on(job, "v1", "V100")])
+    (move,) = decide(snap, []).plan.migrations
+    assert move.workload == "ns/run" and move.to.node == "h1"
+    assert "faster H100" in move.reason and move.estimated_cost_seconds == job.restart_cost_seconds
+
+
+def test_no_move_when_the_restart_costs_more_than_the_gain():
+    job = gang("ns/run", 1, 8, [("V100", 1.0), ("H100", 1.1)])
+    job = type(job)(**{**{f: getattr(job, f) for f in job.__dataclass_fields__}, "restart_cost_seconds": 600.0})
+    snap = ClusterSnapshot([node("v1", "V100", 8), node("h1", "H100", 8)], [busy_on(job, "v1", "V100")])
+    assert not decide(snap, []).plan.migrations
+
+
+def busy_on(job, node_name, accelerator_type):
+    return Allocation(job, (ReplicaPlacement(0, node_name, accelerator_type, tuple(range(job.demand.accelerators))),))

@@ -13,7 +13,9 @@ One decision:
    (:class:`tessera.solver.PreemptionModel`): lower-priority elastic jobs shrink toward
    their minimum first, whole lower-priority gangs are evicted only if still needed, at
    least lost work;
-4. every gang left waiting gets a reason naming the constraint that binds.
+4. running single-replica work moves to faster types with free room when the gain
+   beats the restart penalty (:class:`tessera.solver.MoveModel`);
+5. every gang left waiting gets a reason naming the constraint that binds.
 
 Solver statistics of the last decision are in :attr:`CpSat.last_stats` (a plain dict the
 engine copies into ``CycleResult.stats``).
@@ -29,6 +31,7 @@ from typing import Any, ClassVar
 from tessera.core import (
     CapacityLedger,
     ClusterSnapshot,
+    Migration,
     Placement,
     Plan,
     Preemption,
@@ -41,6 +44,7 @@ from tessera.policies.gang import queue_order
 from tessera.policy import Decision, PolicyContext
 from tessera.solver import (
     GangSpec,
+    MoveModel,
     ObjectiveWeights,
     Packer,
     PlacementInstance,
@@ -53,6 +57,7 @@ from tessera.solver import (
     candidate_nodes,
     greedy_units,
     lost_work_seconds,
+    move_candidates,
     restrict_candidates,
     victims_on,
 )
@@ -82,6 +87,9 @@ class CpSat:
         preemption_max_nodes: int = 64,
         checkpoint_interval_seconds: float = 1_800.0,
         placement_budget_share: float = 0.75,
+        moves: bool = True,
+        move_horizon_seconds: float = 3_600.0,
+        max_moves: int = 16,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``monolithic``: one pool per node (exact, slow; for comparison).  ``max_pools``:
@@ -90,7 +98,9 @@ class CpSat:
         would have more than ``max_unit_vars`` (gang, pool) variables.  ``placement_budget_share``: part of
         the time budget for the placement model, the rest for preemption models.
         ``timer`` measures latency and the budget left (never used by a deterministic
-        decision)."""
+        decision).  ``moves``: move running single-replica work to faster types with free
+        room when the gain over ``move_horizon_seconds`` beats its restart cost (at most
+        ``max_moves`` per decision)."""
         self.monolithic = monolithic
         self.weights = weights or ObjectiveWeights()
         self.max_pools = max_pools
@@ -103,6 +113,9 @@ class CpSat:
         self.preemption_max_nodes = preemption_max_nodes
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
         self.placement_budget_share = placement_budget_share
+        self.moves = moves
+        self.move_horizon_seconds = move_horizon_seconds
+        self.max_moves = max_moves
         self._timer = timer
         #: statistics of the last decision (see docs/cpsat.md, "Statistics")
         self.last_stats: dict[str, Any] = {}
@@ -176,6 +189,12 @@ class CpSat:
                           plan_placements, preemptions, resizes, tried_preemption, stats, before)
         phases["preempt"] = self._timer() - mark
         mark = self._timer()
+        migrations: list[Migration] = []
+        if self.moves:
+            changed = {p.workload for p in preemptions} | {r.workload for r in resizes}
+            self._upgrade(snapshot, ledger, ctx, changed, migrations, stats)
+        phases["moves"] = self._timer() - mark
+        mark = self._timer()
 
         placed = {p.workload for p in plan_placements}
         unplaced = {}
@@ -185,11 +204,11 @@ class CpSat:
             unplaced[gang.key] = explain_waiting(gang, before, after, pack_failures.get(gang.key, ""),
                                                  tried_preemption.get(gang.key, ""))
         phases["explain"] = self._timer() - mark
-        stats.update(placed=len(placed), preempted=len(preemptions), shrunk=len(resizes),
+        stats.update(placed=len(placed), preempted=len(preemptions), shrunk=len(resizes), moved=len(migrations),
                      phase_seconds=phases, decision_seconds=self._timer() - started)
         self.last_stats = stats
         return Plan(placements=tuple(plan_placements), preemptions=tuple(preemptions),
-                    resizes=tuple(resizes), unplaced=unplaced)
+                    resizes=tuple(resizes), migrations=tuple(migrations), unplaced=unplaced)
 
     # ------------------------------------------------------------------------------
     def _limits(self, ctx: PolicyContext, seconds: float) -> SolverLimits:
@@ -265,6 +284,37 @@ class CpSat:
             plan_placements.append(Placement(gang.key, assignments,
                                              reason=f"{self.name}: after preempting lower-priority work"))
         stats["preemption_solves"] = solves
+
+    def _upgrade(
+        self, snapshot: ClusterSnapshot, ledger: CapacityLedger, ctx: PolicyContext, changed: set[str],
+        migrations: list[Migration], stats: dict[str, Any],
+    ) -> None:
+        """Move running single-replica work to faster types with free room (restart cost charged)."""
+        pools = build_pools(ledger, by_domain=False)
+        running = [a for k, a in sorted(snapshot.allocations.items())
+                   if k not in changed and a.nodes <= snapshot.nodes.keys()]
+        candidates = move_candidates(running, pools, horizon_seconds=self.move_horizon_seconds, weight_of={})
+        if not candidates:
+            return
+        budget = ctx.time_budget_seconds * (1 - self.placement_budget_share) / 2
+        choice = MoveModel(candidates, pools, self.max_moves).solve(self._limits(ctx, max(0.02, budget)))
+        stats["move_status"] = choice.outcome.status
+        by_index = {p.index: p for p in pools}
+        for key in sorted(choice.moves):
+            allocation = snapshot.allocations[key]
+            workload = allocation.workload
+            pool = by_index[choice.moves[key]]
+            target = next((n for n in pool.nodes if ledger.fits(n, workload.demand)), None)
+            if target is None:
+                continue  # aggregate room, but no single node: skip this move this round
+            devices = ledger.take(target, workload.demand)
+            source = allocation.replicas[0]
+            ledger.give_back(source.node, workload.demand, source.devices)
+            migrations.append(Migration(
+                key, source.replica, ReplicaAssignment(target, devices),
+                reason=f"moved from {source.accelerator_type} to faster {pool.accelerator_type}",
+                estimated_cost_seconds=workload.restart_cost_seconds,
+            ))
 
     def _victims(
         self, snapshot: ClusterSnapshot, beneficiary: Workload, gone: set[str],

@@ -21,6 +21,7 @@ from tessera.solver.instance import (
     unit_replicas,
 )
 from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
+from tessera.solver.moves import MoveCandidate, MoveChoice, MoveModel, move_candidates
 from tessera.solver.packing import Packer, PackResult, pool_counts
 from tessera.solver.placement import PlacementModel, PlacementSolution
 from tessera.solver.preemption import (
@@ -34,6 +35,9 @@ from tessera.solver.preemption import (
 
 __all__ = [
     "GangSpec",
+    "MoveCandidate",
+    "MoveChoice",
+    "MoveModel",
     "NodeShape",
     "ObjectiveWeights",
     "PackResult",
@@ -52,6 +56,7 @@ __all__ = [
     "candidate_nodes",
     "greedy_units",
     "lost_work_seconds",
+    "move_candidates",
     "pool_counts",
     "replicas_fitting",
     "restrict_candidates",

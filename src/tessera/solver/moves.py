@@ -1,0 +1,145 @@
+"""The CP-SAT move model: upgrade running work to faster accelerator types.
+
+Placement decides for pending gangs only; a job that started on a slow type when nothing
+faster was free would stay there.  After placement, this model moves running
+single-replica workloads into the free room left on faster types when the gain over a
+horizon beats the restart penalty (as Sia charges it):
+
+    gain = weight x [(thr_new - thr_old) x horizon - thr_new x restart_cost] / thr_best
+
+Variables: ``move[j, p]`` (bool: running workload ``j`` moves to pool ``p``).  Constraint
+families: one destination per workload, pool capacity of the free room.  Moves only go
+to strictly faster types, so they never oscillate.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from tessera.core import Allocation
+from tessera.solver.instance import Pool, replicas_fitting
+from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
+
+
+@dataclass(slots=True)
+class MoveCandidate:
+    allocation: Allocation
+    #: pool index -> integer gain of moving there (only positive gains are kept)
+    gains: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.allocation.key
+
+
+def move_candidates(
+    allocations: Sequence[Allocation],
+    pools: Sequence[Pool],
+    *,
+    horizon_seconds: float,
+    weight_of: dict[str, int],
+    scale: int = 1_000,
+) -> list[MoveCandidate]:
+    """Running single-replica workloads and the pools on faster types worth moving to."""
+    out = []
+    for allocation in allocations:
+        workload = allocation.workload
+        if len(allocation.replicas) != 1 or not workload.preemptible or not workload.options:
+            continue
+        here = allocation.replicas[0].accelerator_type
+        now_thr = workload.throughput_on(here)
+        best = max(o.throughput for o in workload.options) or 1.0
+        candidate = MoveCandidate(allocation)
+        for pool in pools:
+            t = pool.accelerator_type
+            if t == here or not workload.allows(t):
+                continue
+            new_thr = workload.throughput_on(t)
+            if new_thr <= now_thr:
+                continue
+            if replicas_fitting(pool.shape, workload.demand) < 1:
+                continue
+            gain = ((new_thr - now_thr) * horizon_seconds - new_thr * workload.restart_cost_seconds) / best
+            value = round(weight_of.get(workload.key, 1) * scale * gain / max(1.0, horizon_seconds))
+            if value > 0:
+                candidate.gains[pool.index] = value
+        if candidate.gains:
+            out.append(candidate)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class MoveChoice:
+    outcome: SolveOutcome
+    #: workload key -> destination pool index
+    moves: dict[str, int]
+
+
+class MoveModel:
+    """Which running workloads move to which pool of free room (see the module docstring)."""
+
+    def __init__(self, candidates: Sequence[MoveCandidate], pools: Sequence[Pool], max_moves: int) -> None:
+        self.candidates = list(candidates)
+        self.pools = {p.index: p for p in pools}
+        self.max_moves = max_moves
+        self.model = cp_model.CpModel()
+        self.move: dict[tuple[int, int], cp_model.IntVar] = {}
+        self._add_variables()
+        self._add_one_destination()
+        self._add_pool_capacity()
+        self._add_move_budget()
+        self._set_objective()
+
+    def _add_variables(self) -> None:
+        for j, candidate in enumerate(self.candidates):
+            for p in candidate.gains:
+                self.move[j, p] = self.model.new_bool_var(f"move[{j},{p}]")
+
+    def _add_one_destination(self) -> None:
+        by_job: dict[int, list[cp_model.IntVar]] = defaultdict(list)
+        for (j, _), var in self.move.items():
+            by_job[j].append(var)
+        for variables in by_job.values():
+            self.model.add_at_most_one(variables)
+
+    def _add_pool_capacity(self) -> None:
+        """Per pool: whole devices, accelerator milli, CPU, memory of its free room, and
+        per node what one node holds (a replica never spans nodes)."""
+        by_pool: dict[int, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
+        for (j, p), var in self.move.items():
+            by_pool[p].append((j, var))
+        for p, users in by_pool.items():
+            pool = self.pools[p]
+            n = pool.size
+            variables = [var for _, var in users]
+            demands = [self.candidates[j].allocation.workload.demand for j, _ in users]
+            for coefficients, room in (
+                ([d.accelerators for d in demands], n * pool.shape.whole_devices),
+                ([d.accelerator_milli for d in demands], n * pool.shape.accelerator_milli),
+                ([d.cpu_milli for d in demands], n * pool.shape.cpu_milli),
+                ([d.memory_mib for d in demands], n * pool.shape.memory_mib),
+            ):
+                if any(coefficients):
+                    self.model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= room)
+
+    def _add_move_budget(self) -> None:
+        """At most ``max_moves`` restarts per decision: moves cost the cluster churn."""
+        self.model.add(cp_model.LinearExpr.sum(list(self.move.values())) <= self.max_moves)
+
+    def _set_objective(self) -> None:
+        variables = list(self.move.values())
+        gains = [self.candidates[j].gains[p] for (j, p) in self.move]
+        self.model.maximize(cp_model.LinearExpr.weighted_sum(variables, gains))
+
+    def solve(self, limits: SolverLimits) -> MoveChoice:
+        solver, outcome = run_solver(self.model, limits)
+        moves: dict[str, int] = {}
+        if outcome.has_solution:
+            for (j, p), var in self.move.items():
+                if solver.boolean_value(var):
+                    moves[self.candidates[j].key] = p
+        return MoveChoice(outcome, moves)
