@@ -13,8 +13,9 @@ One decision:
    (:class:`tessera.solver.PreemptionModel`): lower-priority elastic jobs shrink toward
    their minimum first, whole lower-priority gangs are evicted only if still needed, at
    least lost work;
-4. running single-replica work moves to faster types with free room when the gain
-   beats the restart penalty (:class:`tessera.solver.MoveModel`);
+4. running work moves to faster types with free room when the gain beats the restart
+   penalty (:class:`tessera.solver.MoveModel`): a single replica by migration, a gang by
+   stopping it so that it restarts there in the follow-up decision;
 5. every gang left waiting gets a reason naming the constraint that binds.
 
 Solver statistics of the last decision are in :attr:`CpSat.last_stats` (a plain dict the
@@ -192,7 +193,7 @@ class CpSat:
         migrations: list[Migration] = []
         if self.moves:
             changed = {p.workload for p in preemptions} | {r.workload for r in resizes}
-            self._upgrade(snapshot, ledger, ctx, changed, migrations, stats)
+            self._upgrade(snapshot, ledger, ctx, changed, migrations, preemptions, stats)
         phases["moves"] = self._timer() - mark
         mark = self._timer()
 
@@ -287,9 +288,10 @@ class CpSat:
 
     def _upgrade(
         self, snapshot: ClusterSnapshot, ledger: CapacityLedger, ctx: PolicyContext, changed: set[str],
-        migrations: list[Migration], stats: dict[str, Any],
+        migrations: list[Migration], preemptions: list[Preemption], stats: dict[str, Any],
     ) -> None:
-        """Move running single-replica work to faster types with free room (restart cost charged)."""
+        """Move running work to faster types with free room (restart cost charged):
+        single replicas by migration, gangs by a stop and restart in the follow-up decision."""
         pools = build_pools(ledger, by_domain=False)
         running = [a for k, a in sorted(snapshot.allocations.items())
                    if k not in changed and a.nodes <= snapshot.nodes.keys()]
@@ -304,17 +306,37 @@ class CpSat:
             allocation = snapshot.allocations[key]
             workload = allocation.workload
             pool = by_index[choice.moves[key]]
-            target = next((n for n in pool.nodes if ledger.fits(n, workload.demand)), None)
-            if target is None:
-                continue  # aggregate room, but no single node: skip this move this round
-            devices = ledger.take(target, workload.demand)
-            source = allocation.replicas[0]
-            ledger.give_back(source.node, workload.demand, source.devices)
-            migrations.append(Migration(
-                key, source.replica, ReplicaAssignment(target, devices),
-                reason=f"moved from {source.accelerator_type} to faster {pool.accelerator_type}",
-                estimated_cost_seconds=workload.restart_cost_seconds,
-            ))
+            # reserve the destination now so later moves in this decision see it taken
+            taken: list[ReplicaAssignment] = []
+            for _ in allocation.replicas:
+                target = next((n for n in pool.nodes if ledger.fits(n, workload.demand)), None)
+                if target is None:
+                    break
+                taken.append(ReplicaAssignment(target, ledger.take(target, workload.demand)))
+            if len(taken) < len(allocation.replicas):
+                for a in taken:
+                    ledger.give_back(a.node, workload.demand, a.devices)
+                continue  # aggregate room, but not on the nodes: skip this move this round
+            source_type = allocation.replicas[0].accelerator_type
+            if len(allocation.replicas) == 1:
+                source = allocation.replicas[0]
+                ledger.give_back(source.node, workload.demand, source.devices)
+                migrations.append(Migration(
+                    key, source.replica, taken[0],
+                    reason=f"moved from {source_type} to faster {pool.accelerator_type}",
+                    estimated_cost_seconds=workload.restart_cost_seconds,
+                ))
+            else:
+                # a gang cannot change type replica by replica (one type per gang): it is
+                # stopped here and, with the room reserved above left free, restarts on the
+                # faster type in the follow-up decision
+                for a in taken:
+                    ledger.give_back(a.node, workload.demand, a.devices)
+                for rp in allocation.replicas:
+                    ledger.give_back(rp.node, workload.demand, rp.devices)
+                preemptions.append(Preemption(
+                    key, reason=(f"moving from {source_type} to faster {pool.accelerator_type}: "
+                                 "restarts there next (gain beats the restart cost)")))
 
     def _victims(
         self, snapshot: ClusterSnapshot, beneficiary: Workload, gone: set[str],

@@ -2,8 +2,8 @@
 
 Placement decides for pending gangs only; a job that started on a slow type when nothing
 faster was free would stay there.  After placement, this model moves running
-single-replica workloads into the free room left on faster types when the gain over a
-horizon beats the restart penalty (as Sia charges it):
+workloads (all replicas on one type) into the free room left on faster types when the
+gain over a horizon beats the restart penalty (as Sia charges it):
 
     gain = weight x [(thr_new - thr_old) x horizon - thr_new x restart_cost] / thr_best
 
@@ -48,7 +48,8 @@ def move_candidates(
     out = []
     for allocation in allocations:
         workload = allocation.workload
-        if len(allocation.replicas) != 1 or not workload.preemptible or not workload.options:
+        types = {rp.accelerator_type for rp in allocation.replicas}
+        if not allocation.replicas or len(types) != 1 or not workload.preemptible or not workload.options:
             continue
         here = allocation.replicas[0].accelerator_type
         now_thr = workload.throughput_on(here)
@@ -61,7 +62,7 @@ def move_candidates(
             new_thr = workload.throughput_on(t)
             if new_thr <= now_thr:
                 continue
-            if replicas_fitting(pool.shape, workload.demand) < 1:
+            if replicas_fitting(pool.shape, workload.demand) * pool.size < len(allocation.replicas):
                 continue
             gain = ((new_thr - now_thr) * horizon_seconds - new_thr * workload.restart_cost_seconds) / best
             value = round(weight_of.get(workload.key, 1) * scale * gain / max(1.0, horizon_seconds))
@@ -116,12 +117,13 @@ class MoveModel:
             pool = self.pools[p]
             n = pool.size
             variables = [var for _, var in users]
-            demands = [self.candidates[j].allocation.workload.demand for j, _ in users]
+            demands = [(self.candidates[j].allocation.workload.demand, len(self.candidates[j].allocation.replicas))
+                       for j, _ in users]
             for coefficients, room in (
-                ([d.accelerators for d in demands], n * pool.shape.whole_devices),
-                ([d.accelerator_milli for d in demands], n * pool.shape.accelerator_milli),
-                ([d.cpu_milli for d in demands], n * pool.shape.cpu_milli),
-                ([d.memory_mib for d in demands], n * pool.shape.memory_mib),
+                ([d.accelerators * r for d, r in demands], n * pool.shape.whole_devices),
+                ([d.accelerator_milli * r for d, r in demands], n * pool.shape.accelerator_milli),
+                ([d.cpu_milli * r for d, r in demands], n * pool.shape.cpu_milli),
+                ([d.memory_mib * r for d, r in demands], n * pool.shape.memory_mib),
             ):
                 if any(coefficients):
                     self.model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= room)
