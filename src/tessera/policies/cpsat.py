@@ -301,15 +301,18 @@ class CpSat:
         budget = ctx.time_budget_seconds * (1 - self.placement_budget_share) / 2
         choice = MoveModel(candidates, pools, self.max_moves).solve(self._limits(ctx, max(0.02, budget)))
         stats["move_status"] = choice.outcome.status
-        by_index = {p.index: p for p in pools}
+        nodes_of: dict[str, list[str]] = defaultdict(list)
+        for pool in sorted(pools, key=lambda q: (q.shape.accelerator_milli, q.index)):  # fullest first
+            if pool.accelerator_type:
+                nodes_of[pool.accelerator_type].extend(pool.nodes)
         for key in sorted(choice.moves):
             allocation = snapshot.allocations[key]
             workload = allocation.workload
-            pool = by_index[choice.moves[key]]
+            destination = choice.moves[key]
             # reserve the destination now so later moves in this decision see it taken
             taken: list[ReplicaAssignment] = []
             for _ in allocation.replicas:
-                target = next((n for n in pool.nodes if ledger.fits(n, workload.demand)), None)
+                target = next((n for n in nodes_of[destination] if ledger.fits(n, workload.demand)), None)
                 if target is None:
                     break
                 taken.append(ReplicaAssignment(target, ledger.take(target, workload.demand)))
@@ -323,7 +326,7 @@ class CpSat:
                 ledger.give_back(source.node, workload.demand, source.devices)
                 migrations.append(Migration(
                     key, source.replica, taken[0],
-                    reason=f"moved from {source_type} to faster {pool.accelerator_type}",
+                    reason=f"moved from {source_type} to faster {destination}",
                     estimated_cost_seconds=workload.restart_cost_seconds,
                 ))
             else:
@@ -335,7 +338,7 @@ class CpSat:
                 for rp in allocation.replicas:
                     ledger.give_back(rp.node, workload.demand, rp.devices)
                 preemptions.append(Preemption(
-                    key, reason=(f"moving from {source_type} to faster {pool.accelerator_type}: "
+                    key, reason=(f"moving from {source_type} to faster {destination}: "
                                  "restarts there next (gain beats the restart cost)")))
 
     def _victims(

@@ -7,8 +7,9 @@ gain over a horizon beats the restart penalty (as Sia charges it):
 
     gain = weight x [(thr_new - thr_old) x horizon - thr_new x restart_cost] / thr_best
 
-Variables: ``move[j, p]`` (bool: running workload ``j`` moves to pool ``p``).  Constraint
-families: one destination per workload, pool capacity of the free room.  Moves only go
+Variables: ``move[j, t]`` (bool: running workload ``j`` moves to accelerator type ``t``).
+Constraint families: one destination per workload, the free room of each type, a budget
+of moves per decision.  Moves only go
 to strictly faster types, so they never oscillate.
 """
 
@@ -28,8 +29,8 @@ from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
 @dataclass(slots=True)
 class MoveCandidate:
     allocation: Allocation
-    #: pool index -> integer gain of moving there (only positive gains are kept)
-    gains: dict[int, int] = field(default_factory=dict)
+    #: destination accelerator type -> integer gain of moving there (only positive gains)
+    gains: dict[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -55,19 +56,18 @@ def move_candidates(
         now_thr = workload.throughput_on(here)
         best = max(o.throughput for o in workload.options) or 1.0
         candidate = MoveCandidate(allocation)
+        room: dict[str, int] = defaultdict(int)
         for pool in pools:
-            t = pool.accelerator_type
-            if t == here or not workload.allows(t):
-                continue
+            if pool.accelerator_type and pool.accelerator_type != here and workload.allows(pool.accelerator_type):
+                room[pool.accelerator_type] += replicas_fitting(pool.shape, workload.demand) * pool.size
+        for t, fits in room.items():
             new_thr = workload.throughput_on(t)
-            if new_thr <= now_thr:
-                continue
-            if replicas_fitting(pool.shape, workload.demand) * pool.size < len(allocation.replicas):
+            if new_thr <= now_thr or fits < len(allocation.replicas):
                 continue
             gain = ((new_thr - now_thr) * horizon_seconds - new_thr * workload.restart_cost_seconds) / best
             value = round(weight_of.get(workload.key, 1) * scale * gain / max(1.0, horizon_seconds))
             if value > 0:
-                candidate.gains[pool.index] = value
+                candidate.gains[t] = value
         if candidate.gains:
             out.append(candidate)
     return out
@@ -76,29 +76,32 @@ def move_candidates(
 @dataclass(frozen=True, slots=True)
 class MoveChoice:
     outcome: SolveOutcome
-    #: workload key -> destination pool index
-    moves: dict[str, int]
+    #: workload key -> destination accelerator type
+    moves: dict[str, str]
 
 
 class MoveModel:
-    """Which running workloads move to which pool of free room (see the module docstring)."""
+    """Which running workloads move to which type's free room (see the module docstring)."""
 
     def __init__(self, candidates: Sequence[MoveCandidate], pools: Sequence[Pool], max_moves: int) -> None:
         self.candidates = list(candidates)
-        self.pools = {p.index: p for p in pools}
+        self.pools_of: dict[str, list[Pool]] = defaultdict(list)
+        for pool in pools:
+            if pool.accelerator_type:
+                self.pools_of[pool.accelerator_type].append(pool)
         self.max_moves = max_moves
         self.model = cp_model.CpModel()
-        self.move: dict[tuple[int, int], cp_model.IntVar] = {}
+        self.move: dict[tuple[int, str], cp_model.IntVar] = {}
         self._add_variables()
         self._add_one_destination()
-        self._add_pool_capacity()
+        self._add_type_capacity()
         self._add_move_budget()
         self._set_objective()
 
     def _add_variables(self) -> None:
         for j, candidate in enumerate(self.candidates):
-            for p in candidate.gains:
-                self.move[j, p] = self.model.new_bool_var(f"move[{j},{p}]")
+            for t in candidate.gains:
+                self.move[j, t] = self.model.new_bool_var(f"move[{j},{t}]")
 
     def _add_one_destination(self) -> None:
         by_job: dict[int, list[cp_model.IntVar]] = defaultdict(list)
@@ -107,23 +110,22 @@ class MoveModel:
         for variables in by_job.values():
             self.model.add_at_most_one(variables)
 
-    def _add_pool_capacity(self) -> None:
-        """Per pool: whole devices, accelerator milli, CPU, memory of its free room, and
-        per node what one node holds (a replica never spans nodes)."""
-        by_pool: dict[int, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
-        for (j, p), var in self.move.items():
-            by_pool[p].append((j, var))
-        for p, users in by_pool.items():
-            pool = self.pools[p]
-            n = pool.size
+    def _add_type_capacity(self) -> None:
+        """Per destination type: whole devices, accelerator milli, CPU and memory of its free
+        room (per-node fit is checked when the room is reserved)."""
+        by_type: dict[str, list[tuple[int, cp_model.IntVar]]] = defaultdict(list)
+        for (j, t), var in self.move.items():
+            by_type[t].append((j, var))
+        for t, users in by_type.items():
+            pools = self.pools_of[t]
             variables = [var for _, var in users]
             demands = [(self.candidates[j].allocation.workload.demand, len(self.candidates[j].allocation.replicas))
                        for j, _ in users]
             for coefficients, room in (
-                ([d.accelerators * r for d, r in demands], n * pool.shape.whole_devices),
-                ([d.accelerator_milli * r for d, r in demands], n * pool.shape.accelerator_milli),
-                ([d.cpu_milli * r for d, r in demands], n * pool.shape.cpu_milli),
-                ([d.memory_mib * r for d, r in demands], n * pool.shape.memory_mib),
+                ([d.accelerators * r for d, r in demands], sum(p.size * p.shape.whole_devices for p in pools)),
+                ([d.accelerator_milli * r for d, r in demands], sum(p.size * p.shape.accelerator_milli for p in pools)),
+                ([d.cpu_milli * r for d, r in demands], sum(p.size * p.shape.cpu_milli for p in pools)),
+                ([d.memory_mib * r for d, r in demands], sum(p.size * p.shape.memory_mib for p in pools)),
             ):
                 if any(coefficients):
                     self.model.add(cp_model.LinearExpr.weighted_sum(variables, coefficients) <= room)
@@ -134,14 +136,14 @@ class MoveModel:
 
     def _set_objective(self) -> None:
         variables = list(self.move.values())
-        gains = [self.candidates[j].gains[p] for (j, p) in self.move]
+        gains = [self.candidates[j].gains[t] for (j, t) in self.move]
         self.model.maximize(cp_model.LinearExpr.weighted_sum(variables, gains))
 
     def solve(self, limits: SolverLimits) -> MoveChoice:
         solver, outcome = run_solver(self.model, limits)
-        moves: dict[str, int] = {}
+        moves: dict[str, str] = {}
         if outcome.has_solution:
-            for (j, p), var in self.move.items():
+            for (j, t), var in self.move.items():
                 if solver.boolean_value(var):
-                    moves[self.candidates[j].key] = p
+                    moves[self.candidates[j].key] = t
         return MoveChoice(outcome, moves)
