@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from tessera.core import (
+    Allocation,
     CapacityLedger,
     ClusterSnapshot,
     Migration,
@@ -88,6 +89,7 @@ class CpSat:
         preemption_max_nodes: int = 64,
         checkpoint_interval_seconds: float = 1_800.0,
         placement_budget_share: float = 0.75,
+        las_after_seconds: float | None = None,
         moves: bool = True,
         move_horizon_seconds: float = 3_600.0,
         max_moves: int = 16,
@@ -101,7 +103,10 @@ class CpSat:
         ``timer`` measures latency and the budget left (never used by a deterministic
         decision).  ``moves``: move running single-replica work to faster types with free
         room when the gain over ``move_horizon_seconds`` beats its restart cost (at most
-        ``max_moves`` per decision)."""
+        ``max_moves`` per decision).  ``las_after_seconds``: when set, a waiting gang may also
+        preempt running work of its own priority that has run at least this long in one go
+        and has attained that much more service per accelerator (least attained service
+        first, as Gavel and Tiresias do); off by default."""
         self.monolithic = monolithic
         self.weights = weights or ObjectiveWeights()
         self.max_pools = max_pools
@@ -114,6 +119,10 @@ class CpSat:
         self.preemption_max_nodes = preemption_max_nodes
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
         self.placement_budget_share = placement_budget_share
+        self.las_after_seconds = las_after_seconds
+        #: attained service (accelerator-seconds) per workload, from the snapshots seen
+        self._service: dict[str, float] = {}
+        self._last_now: float | None = None
         self.moves = moves
         self.move_horizon_seconds = move_horizon_seconds
         self.max_moves = max_moves
@@ -124,6 +133,7 @@ class CpSat:
     # ------------------------------------------------------------------------------
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         started = self._timer()
+        self._account(snapshot, ctx.now_seconds)
         ordered = queue_order(pending)
         stats: dict[str, Any] = {"policy": self.name, "pending": len(ordered)}
 
@@ -212,6 +222,22 @@ class CpSat:
                     resizes=tuple(resizes), migrations=tuple(migrations), unplaced=unplaced)
 
     # ------------------------------------------------------------------------------
+    def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
+        """Add the service running work received since the last decision (for LAS)."""
+        last, self._last_now = self._last_now, now
+        if last is None or now <= last:
+            return
+        for key, allocation in snapshot.allocations.items():
+            since = max(last, allocation.started_at_seconds)
+            if now > since:
+                accelerators = len(allocation.replicas) * allocation.workload.demand.accelerator_milli / 1000
+                self._service[key] = self._service.get(key, 0.0) + (now - since) * accelerators
+
+    def attained_per_accelerator(self, workload: Workload, replicas: int | None = None) -> float:
+        """Attained service divided by the gang's accelerators (seconds of full-gang running)."""
+        accelerators = max(1e-9, (replicas or workload.gang_min) * workload.demand.accelerator_milli / 1000)
+        return self._service.get(workload.key, 0.0) / accelerators
+
     def _limits(self, ctx: PolicyContext, seconds: float) -> SolverLimits:
         return SolverLimits(time_limit_seconds=seconds, deterministic=ctx.deterministic, seed=ctx.seed,
                             num_workers=self.num_workers)
@@ -240,8 +266,11 @@ class CpSat:
         if not running:
             return
         lowest = min(a.workload.priority for a in running)
+        las = self.las_after_seconds is not None
         waiting = [instance.gangs[_index(instance, w.key)] for w in ordered
-                   if w.key not in placements and w.priority > lowest]
+                   if w.key not in placements and (w.priority > lowest or las)]
+        if las:  # least attained service first within a priority level
+            waiting.sort(key=lambda g: (-g.workload.priority, self.attained_per_accelerator(g.workload), g.index))
         gone: set[str] = set()
         removed: dict[str, set[int]] = defaultdict(set)
         solves = 0
@@ -254,7 +283,8 @@ class CpSat:
                 continue
             victims = self._victims(snapshot, gang.workload, gone, removed, ctx.now_seconds)
             if not victims:
-                tried[gang.key] = "no lower-priority preemptible work to make room"
+                tried[gang.key] = ("no lower-priority preemptible work to make room" if not las else
+                                   "no lower-priority or longer-served preemptible work to make room")
                 continue
             nodes = candidate_nodes(ledger, gang, victims, self.preemption_max_nodes)
             victims = victims_on(victims, nodes)
@@ -275,8 +305,13 @@ class CpSat:
             why = f"preempted by {gang.key} (priority {gang.workload.priority})"
             for key in choice.evict:
                 victim = snapshot.allocations[key].workload
-                preemptions.append(Preemption(key, reason=f"{why}; own priority {victim.priority}",
-                                              beneficiary=gang.key))
+                reason = f"{why}; own priority {victim.priority}"
+                if victim.priority == gang.workload.priority:
+                    reason = (f"preempted by {gang.key}: least attained service first "
+                              f"({self.attained_per_accelerator(gang.workload) / 3600:.2f} h vs "
+                              f"{self.attained_per_accelerator(victim, len(snapshot.allocations[key].replicas)) / 3600:.2f} h"
+                              " per accelerator)")
+                preemptions.append(Preemption(key, reason=reason, beneficiary=gang.key))
                 gone.add(key)
             for key, replicas in choice.remove.items():
                 resizes.append(Resize(key, remove=replicas,
@@ -341,6 +376,16 @@ class CpSat:
                     key, reason=(f"moving from {source_type} to faster {destination}: "
                                  "restarts there next (gain beats the restart cost)")))
 
+    def _las_victim(self, allocation: Allocation, beneficiary: Workload, now_seconds: float) -> bool:
+        """Equal priority: preemptible under LAS once it ran ``las_after_seconds`` in one go
+        and has attained that much more service per accelerator than the beneficiary."""
+        if self.las_after_seconds is None:
+            return False
+        if now_seconds - allocation.started_at_seconds < self.las_after_seconds:
+            return False
+        mine = self.attained_per_accelerator(allocation.workload, len(allocation.replicas))
+        return mine >= self.attained_per_accelerator(beneficiary) + self.las_after_seconds
+
     def _victims(
         self, snapshot: ClusterSnapshot, beneficiary: Workload, gone: set[str],
         removed: Mapping[str, set[int]], now_seconds: float,
@@ -349,7 +394,9 @@ class CpSat:
         for key in sorted(snapshot.allocations):
             allocation = snapshot.allocations[key]
             workload = allocation.workload
-            if key in gone or workload.priority >= beneficiary.priority or not workload.preemptible:
+            if key in gone or workload.priority > beneficiary.priority or not workload.preemptible:
+                continue
+            if workload.priority == beneficiary.priority and not self._las_victim(allocation, beneficiary, now_seconds):
                 continue
             if key in removed:
                 continue  # already shrunk this round: one change per workload per decision
