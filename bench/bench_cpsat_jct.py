@@ -21,12 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.common import write_results
 from tessera.sim.run_cli import run_scenario
-from tessera.sim.scenario import load_scenario, scenario_from_dict
+from tessera.sim.scenario import scenario_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SIA_SETS = ("saturn", "philly")
+#: cpsat's parameters in both settings: least-attained-service preemption among equal
+#: priorities after 10 minutes of running (the Gavel-style baseline preempts every round)
+CPSAT_PARAMS = {"las_after_seconds": 600.0}
 
 
 def sia_scenario(workload_set: str, index: int) -> dict[str, Any]:
@@ -36,6 +41,7 @@ def sia_scenario(workload_set: str, index: int) -> dict[str, Any]:
         "description": "Sia's 64-GPU cluster: 6x4 T4, 2x8 A100, 3x8 RTX 2080Ti",
         "seeds": [0],
         "policies": ["gavel", "cpsat"],
+        "policy_params": {"cpsat": CPSAT_PARAMS},
         "cluster": {"nodes": [
             {"type": "T4", "count": 6, "accelerators": 4, "prefix": "t4"},
             {"type": "A100", "count": 2, "accelerators": 8, "prefix": "a100"},
@@ -50,7 +56,10 @@ def sia_scenario(workload_set: str, index: int) -> dict[str, Any]:
 
 
 def gavel_runs(seeds: list[int]) -> list[dict[str, Any]]:
-    scenario = load_scenario(ROOT / "sim" / "scenarios" / "gavel-36x3.yaml")
+    path = ROOT / "sim" / "scenarios" / "gavel-36x3.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault("policy_params", {})["cpsat"] = CPSAT_PARAMS
+    scenario = scenario_from_dict(raw, path)
     rows = []
     for seed in seeds:
         records, _ = run_scenario(scenario, ["fifo", "gavel", "cpsat"], [seed])
@@ -105,7 +114,8 @@ def main(argv: list[str]) -> int:
     write_results(
         "cpsat_jct", rows, summary,
         command="python -m bench.bench_cpsat_jct " + " ".join(argv),
-        notes="Average JCT over the measured jobs of each run (Gavel: jobs 100-500 of 600). Per-case rows "
+        notes=f"cpsat parameters: {CPSAT_PARAMS}. "
+              "Average JCT over the measured jobs of each run (Gavel: jobs 100-500 of 600). Per-case rows "
               "are in the JSON; `mean` averages the per-case ratios.\n\n"
               + "\n".join(f"- {r['setting']} {r['case']}: " + ", ".join(
                   f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)) for r in rows),
