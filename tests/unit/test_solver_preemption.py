@@ -90,3 +90,19 @@ def test_free_room_is_used_before_preempting():
     result = decide(snap, [gang("ns/high", 1, 8, priority=9)])
     assert not result.plan.preemptions
     assert result.plan.placements[0].replicas[0].node == "a2"
+
+
+def test_least_attained_service_preempts_long_running_equal_priority_work_when_enabled():
+    long_job = gang("ns/long", 1, 8)
+    snap = ClusterSnapshot([node("a1")], [running(long_job, ("a1", ALL), started=0.0)], now_seconds=0.0)
+    later = snap.with_changes(now_seconds=7_200.0)
+    newcomer = gang("ns/new", 1, 8, submitted=7_000.0)
+    for las, expected in ((None, []), (600.0, ["ns/long"])):
+        engine = Engine(CpSat(las_after_seconds=las), Clock(0.0), time_budget_seconds=5.0, deterministic=True)
+        engine.decide(snap, [])  # the policy starts accounting service here
+        engine.clock.t = 7_200.0
+        result = engine.decide(later, [newcomer])
+        assert [p.workload for p in result.plan.preemptions] == expected
+        if las:
+            assert "least attained service first" in result.plan.preemptions[0].reason
+            assert [p.workload for p in result.plan.placements] == ["ns/new"]
