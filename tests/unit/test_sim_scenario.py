@@ -90,3 +90,25 @@ def test_plots_are_written(tmp_path: Path):
     path.write_text(yaml.safe_dump(raw))
     assert main(["sim", "run", "--scenario", str(path), "--policy", "fifo", "--plot", str(tmp_path / "plots"), "--no-progress"]) == 0
     assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["jct_cdf.png", "slo_attainment.png", "utilization.png"]
+
+
+@pytest.mark.data
+def test_services_from_public_traces(shared_data: Path):
+    raw = yaml.safe_load((SCENARIOS / "hetero-small.yaml").read_text())
+    raw["cluster"]["nodes"] = [{"type": "H100", "count": 1, "accelerators": 8}, {"type": "A100", "count": 1, "accelerators": 8}]
+    raw["workload"] = {"inference": [{
+        "name": "llm",
+        "splitwise": {"model": "llama2-70b", "prompt_size": 1500, "token_size": 30},
+        "max_replicas": 4,
+        "spread": "none",
+        "load": {"kind": "azure", "path": "$TESSERA_DATA/llm-inference/AzureLLMInferenceTrace_code.csv", "scale": 0.2},
+    }]}
+    raw["sim"] = {"horizon_hours": 2}
+    scenario = scenario_from_dict(raw)
+    (service,), _ = scenario.workloads(0)
+    throughput = {o.accelerator_type: o.throughput for o in service.workload.options}
+    assert throughput["H100"] > throughput["A100"] > 0
+    assert service.load is not None and max(service.load.rates_per_second) > 0
+    raw["workload"]["inference"][0]["throughput"] = {"H100": 1.0}
+    with pytest.raises(ScenarioError, match="exactly one of 'throughput'"):
+        scenario_from_dict(raw)

@@ -78,7 +78,7 @@ def test_node_failure_restarts_job_from_last_checkpoint_with_penalty():
               node_events=[NodeEvent(50.0, "n", False), NodeEvent(60.0, "n", True)])
     j = sim.jobs["j"]
     assert j.failures == 1 and j.restarts == 1
-    assert j.lost_work == pytest.approx(20.0)
+    assert j.lost_work == pytest.approx(20.0) and j.lost_seconds == pytest.approx(20.0)
     assert j.finish == pytest.approx(135.0)
     assert sim.node_failures == 1
 

@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from tessera.policy import PolicyLoadError, load_policy
+from tessera.policy import PolicyLoadError, available_policies, load_policy
 from tessera.sim.fgd import DEFAULT_MAX_DEMAND_PCT, DEFAULT_POPULARITY, RunResult, parse_seeds, run_protocol
 from tessera.sim.loaders.errors import TraceFormatError
 from tessera.sim.loaders.openb import OnError, OpenbNode, OpenbPod, load_openb_nodes, load_openb_pods
@@ -61,9 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip malformed CSV rows (counted and reported) instead of stopping at the first")
 
 
-def resolve_policy_name(name: str) -> str:
+def resolve_policy_name(name: str, registered: set[str]) -> str:
+    """A registered name as is; otherwise the FGD paper's name for a baseline (any case)."""
     key = name.strip()
-    return PAPER_NAMES.get(key.lower().replace("-", "").replace("_", ""), key) if key.lower() != "best-fit" else key
+    if key in registered:
+        return key
+    return PAPER_NAMES.get(key.lower().replace("-", "").replace("_", ""), key)
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,7 +90,8 @@ def _run_task(task: tuple[Path, Path, bool, str, int, float, int, str, float]) -
 def run(args: argparse.Namespace) -> int:
     try:
         seeds = parse_seeds(args.seeds)
-        policies = [resolve_policy_name(p) for p in args.policy.split(",") if p.strip()]
+        registered = {p.name for p in available_policies()}
+        policies = [resolve_policy_name(p, registered) for p in args.policy.split(",") if p.strip()]
         for name in policies:
             load_policy(name)  # fail before any long run
         if args.batch < 1 or args.workers < 1:

@@ -45,7 +45,6 @@ def summarize(sim: Simulator, *, measure_keys: frozenset[str] | None = None) -> 
     device_hours = {t: sim.busy_milli_seconds[t] / MILLI_PER_DEVICE / 3600.0 for t in sorted(sim.busy_milli_seconds)}
     decision = sim.decision_seconds
     makespan = max((j.finish for j in done if j.finish is not None), default=sim.end_seconds)
-    lost_work_seconds = sum(j.lost_work / j.rate for j in training if j.rate > 0)
     record: dict[str, Any] = {
         "policy": sim.policy.name,
         "seed": sim.config.seed,
@@ -72,7 +71,7 @@ def summarize(sim: Simulator, *, measure_keys: frozenset[str] | None = None) -> 
         "reshards": sim.reshards,
         "restarts": sum(j.restarts for j in sim.jobs.values()),
         "node_failures": sim.node_failures,
-        "lost_work_seconds_estimate": lost_work_seconds,
+        "lost_run_seconds": sum(j.lost_seconds for j in training),
         "cycles": sim.cycles,
         "rejected_actions": sim.rejected_actions,
         "policy_errors": list(sim.policy_errors),

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tessera.core import Node, Spread, Topology
 from tessera.sim import generators
-from tessera.sim.loaders import azure_llm, gavel, philly, sia
+from tessera.sim.loaders import azure_llm, gavel, philly, sia, splitwise
 from tessera.sim.models import LoadSeries, NodeEvent, SimWorkload
 from tessera.sim.simulator import FailureProcess, SimConfig
 
@@ -129,11 +129,31 @@ class LoadSpec(_Strict):
     scale: float = Field(default=1.0, gt=0)
 
 
+class SplitwiseSpec(_Strict):
+    """Per-replica requests/s from SplitwiseSim's measured perf model, per hardware type."""
+
+    path: str = "$TESSERA_DATA/llm-inference/splitwise/data/perf_model.csv"
+    model: str = "llama2-70b"
+    prompt_size: int = Field(default=1024, ge=1)
+    token_size: int = Field(default=128, ge=1)
+    tensor_parallel: int | None = None
+    #: SplitwiseSim hardware names to use (default: every one measured for the model)
+    hardware: list[str] = []
+
+
 class ServiceSpec(_Strict):
     name: str
-    #: accelerator type -> requests/s one replica sustains
-    throughput: dict[str, float]
+    #: accelerator type -> requests/s one replica sustains (or give ``splitwise``)
+    throughput: dict[str, float] = {}
+    splitwise: SplitwiseSpec | None = None
     load: LoadSpec
+
+    @model_validator(mode="after")
+    def _one_capacity_source(self) -> ServiceSpec:
+        if bool(self.throughput) == (self.splitwise is not None):
+            raise ValueError("give exactly one of 'throughput' (per type) or 'splitwise' (measured perf model)")
+        return self
+
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     desired_replicas: int | None = None
@@ -418,7 +438,7 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
         out.append(
             generators.inference_service(
                 service.name,
-                throughput=service.throughput,
+                throughput=service.throughput or _splitwise_throughput(scenario, service),
                 load=_load_series(scenario, service.load, horizon),
                 min_replicas=service.min_replicas,
                 max_replicas=service.max_replicas,
@@ -431,6 +451,24 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
             )
         )
     return out, window
+
+
+def _splitwise_throughput(scenario: Scenario, service: ServiceSpec) -> dict[str, float]:
+    sw = service.splitwise
+    assert sw is not None
+    rows = splitwise.load(scenario.resolve(sw.path))
+    hardware = sw.hardware or sorted({r.hardware for r in rows if r.model == sw.model})
+    if not hardware:
+        raise ScenarioError(f"inference.{service.name}.splitwise: no measurements for model {sw.model!r}")
+    try:
+        return {
+            splitwise.HARDWARE_TYPES.get(h, h): splitwise.replica_capacity(
+                rows, sw.model, h, prompt_size=sw.prompt_size, token_size=sw.token_size, tensor_parallel=sw.tensor_parallel
+            )
+            for h in hardware
+        }
+    except ValueError as err:
+        raise ScenarioError(f"inference.{service.name}.splitwise: {err}") from err
 
 
 def write_node_file(nodes: Sequence[Node], path: Path) -> None:

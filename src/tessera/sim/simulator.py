@@ -73,6 +73,7 @@ class SimJob:
         "key",
         "last_update",
         "load",
+        "lost_seconds",
         "lost_work",
         "migrations",
         "offered",
@@ -117,6 +118,8 @@ class SimJob:
         self.started_before = False
         self.preemptions = self.migrations = self.reshards = self.restarts = self.failures = 0
         self.lost_work = 0.0
+        #: run time whose progress was lost to failures (work lost / rate at the time)
+        self.lost_seconds = 0.0
         # inference accounting
         self.load = spec.load.at(self.arrival) if spec.load is not None else 0.0
         self.svc_last = self.arrival
@@ -444,6 +447,7 @@ class Simulator:
             lost = min(job.progress, job.rate * lost_seconds)
             job.progress -= lost
             job.lost_work += lost
+            job.lost_seconds += lost / job.rate if job.rate > 0 else 0.0
             job.failures += 1
         if job.is_service:
             self._svc_advance(job)

@@ -77,8 +77,7 @@ class PlacementPolicy:
         for workload in pending:
             assignments = self._place_gang(arrays, workload, ctx.rng, node_rank)
             if assignments is None:
-                unplaced[workload.key] = explain_unfit(snapshot.ledger(), workload) if workload.target_replicas > 1 \
-                    else "no node has room for it now"
+                unplaced[workload.key] = explain_unfit(snapshot.ledger(), workload)
                 continue
             placements.append(Placement(workload.key, assignments, reason=self.name))
         return Plan(placements=tuple(placements), unplaced=unplaced)

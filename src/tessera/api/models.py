@@ -1,0 +1,328 @@
+"""Pydantic models of Tessera's custom resources: the single source of their schemas.
+
+The CRDs in ``crds/`` are generated from these classes (:mod:`tessera.api.crdgen`), and
+the operator parses every object it watches into them, so what the API server accepts
+and what the operator understands cannot drift apart.
+
+Field names are the camelCase names users write in YAML; Python code uses the same
+names (``spec.acceleratorsPerReplica``) to keep the mapping obvious.  Cross-field rules
+are CEL expressions (``x-kubernetes-validations``) that the API server enforces; the
+same rules are checked again in :meth:`model_post_init`-style validators so the
+operator never acts on an object the server would have refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GROUP = "tessera.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# x-kubernetes-* keys are copied verbatim into the OpenAPI schema by the generator.
+_PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> Any:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class _Model(BaseModel):
+    # Unknown fields are an error in the operator too (the API server prunes or, with
+    # fieldValidation=Strict, rejects them before they get here).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Lenient(BaseModel):
+    """Status and metadata: tolerate fields a newer operator may have written."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+# --- shared pieces -------------------------------------------------------------------
+
+
+class ReplicaRange(_Model):
+    """Bounds on the number of replicas (pods)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.min <= self.max", "spec.replicas.min must be <= spec.replicas.max", ".min"),
+            ]
+        },
+    )
+
+    min: int = Field(1, ge=1, description="Fewest replicas the workload can run with (its gang size).")
+    max: int = Field(..., ge=1, description="Most replicas the workload can use.")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ReplicaRange:
+        if self.min > self.max:
+            raise ValueError("spec.replicas.min must be <= spec.replicas.max")
+        return self
+
+
+class InferenceReplicaRange(_Model):
+    """Bounds for an inference service's replica count (like an HPA's min/max)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.min <= self.max", "spec.replicaRange.min must be <= spec.replicaRange.max", ".min"),
+            ]
+        },
+    )
+
+    min: int = Field(1, ge=0, description="Fewest replicas that must run together for the service to start.")
+    max: int = Field(..., ge=1, description="Most replicas the service may scale to.")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> InferenceReplicaRange:
+        if self.min > self.max:
+            raise ValueError("spec.replicaRange.min must be <= spec.replicaRange.max")
+        return self
+
+
+class TemplateMetadata(_Model):
+    """Labels and annotations copied onto every pod."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to each pod.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to each pod.")
+
+
+class PodTemplate(_Model):
+    """The pod each replica runs, as in a Deployment's ``spec.template``.
+
+    Tessera adds the accelerator's extended resource (e.g. ``nvidia.com/gpu``) to the
+    first container's limits, sets ``schedulerName`` and binds the pod itself; any
+    ``nodeName``/``nodeSelector`` here is overridden by the placement.
+    """
+
+    metadata: TemplateMetadata = Field(
+        default_factory=TemplateMetadata,
+        description="Pod labels and annotations.",
+        json_schema_extra={"default": {}},
+    )
+    spec: dict[str, Any] = Field(
+        ...,
+        description="A core/v1 PodSpec (containers, volumes, ...). Validated by the API server when pods are created.",
+        json_schema_extra=_PRESERVE,
+    )
+
+
+class Condition(_Lenient):
+    """A Kubernetes API convention condition."""
+
+    type: str = Field(..., description="Condition type, e.g. Scheduled.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase reason, e.g. Unschedulable.")
+    message: str = Field("", description="Human-readable detail a user can act on.")
+    lastTransitionTime: str = Field("", description="RFC 3339 time the status last changed.")
+    observedGeneration: int = Field(0, description="metadata.generation this condition was computed for.")
+
+
+class ReplicaStatus(_Lenient):
+    """Where one replica runs."""
+
+    replica: int = Field(..., description="Replica index (0-based).")
+    pod: str = Field(..., description="Pod name.")
+    node: str = Field(..., description="Node the pod is bound to (or is being bound to).")
+    acceleratorType: str = Field("", description="Accelerator type of that node.")
+    generation: int = Field(0, description="placementGeneration of the decision that placed this replica.")
+
+
+Phase = Literal["Pending", "Binding", "Running", "Failed"]
+
+
+class WorkloadStatus(_Lenient):
+    """Observed state written by the operator."""
+
+    phase: Phase = Field("Pending", description="Pending, Binding, Running or Failed.")
+    observedGeneration: int = Field(0, description="metadata.generation the operator last acted on.")
+    placementGeneration: int = Field(
+        0, description="Increments each time the operator decides a new placement; pods carry it as a label."
+    )
+    replicas: int = Field(0, description="Replicas whose pods are bound to nodes.")
+    acceleratorType: str = Field("", description="Accelerator type(s) the replicas run on.")
+    placement: list[ReplicaStatus] = Field(default_factory=list, description="Pod -> node per replica.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Scheduled, NoMatchingAccelerator, ...",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    message: str = Field("", description="Last scheduling message.")
+
+
+# --- ElasticJob ----------------------------------------------------------------------
+
+
+class TrainingAcceleratorType(_Model):
+    """An accelerator type a training job may run on."""
+
+    name: str = Field(..., min_length=1, description="Accelerator type, e.g. H100, A100, Ascend910B.")
+    relativeThroughput: float | None = Field(
+        None, gt=0, description="Per-replica throughput on this type relative to the others (default 1)."
+    )
+
+
+class Parallelism(_Model):
+    """Model-parallel degrees. The data-parallel degree follows from the replica count."""
+
+    tensor: int = Field(1, ge=1, description="Tensor-parallel degree (within one replica).")
+    pipeline: int = Field(1, ge=1, description="Pipeline-parallel degree (stages).")
+
+
+class ElasticJobSpec(_Model):
+    """A training job: a gang of identical replicas that may grow and shrink in [min, max]."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.acceleratorsPerReplica % self.parallelism.tensor == 0",
+                    "spec.parallelism.tensor must divide spec.acceleratorsPerReplica "
+                    "(tensor parallelism stays inside one replica)",
+                    ".parallelism.tensor",
+                ),
+                _cel(
+                    "!has(self.globalBatchSize) || !has(self.microBatchSize)"
+                    " || self.globalBatchSize % self.microBatchSize == 0",
+                    "spec.globalBatchSize must be a multiple of spec.microBatchSize",
+                    ".globalBatchSize",
+                ),
+            ]
+        },
+    )
+
+    replicas: ReplicaRange = Field(..., description="Replica bounds; min replicas start together (gang).")
+    acceleratorsPerReplica: int = Field(1, ge=1, description="Whole accelerators each replica (pod) needs.")
+    acceleratorTypes: list[TrainingAcceleratorType] = Field(
+        ...,
+        min_length=1,
+        description="Allowed accelerator types; the job runs on one of them.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    allowMixedTypes: bool = Field(False, description="Allow replicas of one job on different accelerator types.")
+    parallelism: Parallelism = Field(
+        default_factory=lambda: Parallelism(),
+        description="Tensor and pipeline degrees.",
+        json_schema_extra={"default": {}},
+    )
+    globalBatchSize: int | None = Field(None, ge=1, description="Global batch size (samples per optimizer step).")
+    microBatchSize: int | None = Field(None, ge=1, description="Micro-batch size (samples per forward pass).")
+    priority: int = Field(0, description="Higher runs first.")
+    template: PodTemplate = Field(..., description="Pod template of one replica.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ElasticJobSpec:
+        if self.acceleratorsPerReplica % self.parallelism.tensor:
+            raise ValueError("spec.parallelism.tensor must divide spec.acceleratorsPerReplica")
+        if self.globalBatchSize and self.microBatchSize and self.globalBatchSize % self.microBatchSize:
+            raise ValueError("spec.globalBatchSize must be a multiple of spec.microBatchSize")
+        names = [t.name for t in self.acceleratorTypes]
+        if len(set(names)) != len(names):
+            raise ValueError("spec.acceleratorTypes lists a type twice")
+        return self
+
+
+class ElasticJob(_Lenient):
+    """``elasticjobs.tessera.dev``: an elastic, gang-scheduled training job."""
+
+    kind: ClassVar[str] = "ElasticJob"
+    plural: ClassVar[str] = "elasticjobs"
+    singular: ClassVar[str] = "elasticjob"
+    short_names: ClassVar[tuple[str, ...]] = ("ej", "ejob")
+
+    apiVersion: str = API_VERSION
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ElasticJobSpec
+    status: WorkloadStatus = Field(default_factory=lambda: WorkloadStatus())
+
+
+# --- InferenceService ----------------------------------------------------------------
+
+
+class InferenceAcceleratorType(_Model):
+    """An accelerator type an inference service may run on."""
+
+    name: str = Field(..., min_length=1, description="Accelerator type, e.g. A100, L4, Ascend910B.")
+    capacityPerReplica: float | None = Field(
+        None, gt=0, description="Requests/s one replica sustains on this type (relative; default 1)."
+    )
+
+
+class InferenceServiceSpec(_Model):
+    """A service of independent replicas; ``replicas`` is driven by ``kubectl scale`` or an HPA."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.replicaRange) || (self.replicas >= self.replicaRange.min"
+                    " && self.replicas <= self.replicaRange.max)",
+                    "spec.replicas must lie within [spec.replicaRange.min, spec.replicaRange.max]",
+                    ".replicas",
+                ),
+            ]
+        },
+    )
+
+    replicas: int = Field(1, ge=0, description="Desired replica count (the scale subresource).")
+    replicaRange: InferenceReplicaRange | None = Field(
+        None, description="Bounds on spec.replicas; min replicas must fit together before the service starts."
+    )
+    acceleratorsPerReplica: int = Field(1, ge=1, description="Whole accelerators each replica (pod) needs.")
+    acceleratorTypes: list[InferenceAcceleratorType] = Field(
+        ...,
+        min_length=1,
+        description="Allowed accelerator types with per-replica capacity.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    spread: Literal["Node", "None"] = Field("Node", description="Node: at most one replica per node.")
+    priority: int = Field(0, description="Higher runs first.")
+    template: PodTemplate = Field(..., description="Pod template of one replica.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> InferenceServiceSpec:
+        r = self.replicaRange
+        if r is not None and not r.min <= self.replicas <= r.max:
+            raise ValueError("spec.replicas must lie within [spec.replicaRange.min, spec.replicaRange.max]")
+        names = [t.name for t in self.acceleratorTypes]
+        if len(set(names)) != len(names):
+            raise ValueError("spec.acceleratorTypes lists a type twice")
+        return self
+
+
+class InferenceServiceStatus(WorkloadStatus):
+    """Status with the fields the scale subresource reads."""
+
+    selector: str = Field("", description="Label selector of the service's pods (for the scale subresource).")
+
+
+class InferenceService(_Lenient):
+    """``inferenceservices.tessera.dev`` (not KServe's ``inferenceservices.serving.kserve.io``)."""
+
+    kind: ClassVar[str] = "InferenceService"
+    plural: ClassVar[str] = "inferenceservices"
+    singular: ClassVar[str] = "inferenceservice"
+    short_names: ClassVar[tuple[str, ...]] = ("tisvc", "tis")
+
+    apiVersion: str = API_VERSION
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus = Field(default_factory=lambda: InferenceServiceStatus())
+
+
+WorkloadResource = ElasticJob | InferenceService
+RESOURCES: tuple[type[ElasticJob] | type[InferenceService], ...] = (ElasticJob, InferenceService)

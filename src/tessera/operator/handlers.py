@@ -1,0 +1,74 @@
+"""What the kopf handlers of both kinds share: validate, wake the scheduler, clean up pods.
+
+Handlers stay thin: they parse the object into its api model (a spec the model refuses
+is a PermanentError: retrying cannot fix it), wake the scheduling loop, and on deletion
+remove the workload's pods (the garbage collector may not run in every control plane).
+They are idempotent, so it is harmless that every operator replica runs them; only the
+Lease holder schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import BaseModel, ValidationError
+
+from tessera.api.models import GROUP
+from tessera.operator import labels as L
+from tessera.operator.kube import Kube, KubeError
+
+
+def validate(model: type[BaseModel], body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Raise kopf.PermanentError when ``body`` does not parse into ``model``."""
+    try:
+        model.model_validate(dict(body))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise kopf.PermanentError(f"invalid spec at {where}: {first.get('msg')}") from err
+
+
+def wake(memo: Any) -> None:
+    """Ask the scheduling loop for a cycle now rather than at its next tick."""
+    event = getattr(memo, "wake", None)
+    if isinstance(event, asyncio.Event):
+        event.set()
+
+
+async def delete_pods(memo: Any, namespace: str, uid: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Delete the workload's pods before the finalizer is released."""
+    kube: Kube = memo.kube
+    try:
+        count = await asyncio.to_thread(kube.delete_workload_pods, namespace, uid)
+    except KubeError as err:
+        raise kopf.TemporaryError(f"could not delete the pods: {err}", delay=5) from err
+    if count:
+        logger.info("deleted %d pod(s)", count)
+    wake(memo)
+
+
+@kopf.on.startup()
+def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf settings: watch timeouts, tessera.dev-prefixed finalizer and storage, quiet events."""
+    # the API server closes a watch after server_timeout; client_timeout catches dead TCP links
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = 30
+    settings.persistence.finalizer = L.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Tessera posts its own Events (placements, failures); kopf's per-handler ones are noise
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 4
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Credentials from the same kubeconfig (or service account) the scheduler uses."""
+    return kopf.login_via_client(**kwargs)

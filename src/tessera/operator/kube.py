@@ -1,0 +1,247 @@
+"""A small, blocking Kubernetes API facade (the official client, raw JSON in and out).
+
+Every call here blocks; the scheduler runs them in a worker thread, never on kopf's
+event loop.  Responses are read with ``_preload_content=False`` and parsed as JSON so
+the rest of the operator sees the same camelCase objects ``kubectl get -o json`` shows
+(and so ``create_namespaced_pod_binding`` does not trip over the client's known
+response-deserialisation bug, kubernetes-client/python#825).
+
+API verbs used (the Helm chart's ClusterRole mirrors this list; see docs/operator.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from tessera.api.models import GROUP, VERSION, ElasticJob, InferenceService
+from tessera.operator import labels as L
+
+log = logging.getLogger("tessera.operator")
+
+PLURALS = {ElasticJob.kind: ElasticJob.plural, InferenceService.kind: InferenceService.plural}
+
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when unknown)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json(response: Any) -> Any:
+    data = response.data if hasattr(response, "data") else response
+    return json.loads(data) if data else {}
+
+
+def _error(err: ApiException, what: str) -> KubeError:
+    detail = ""
+    try:
+        detail = json.loads(err.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        detail = str(err.body or "")
+    return KubeError(f"{what}: {err.status} {err.reason}: {detail}".strip(), err.status or 0)
+
+
+@dataclass
+class Kube:
+    """Typed helpers over the generated client."""
+
+    api: client.ApiClient
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
+        """From ``kubeconfig`` (or $KUBECONFIG / ~/.kube/config), else the in-cluster service account."""
+        try:
+            configuration = client.Configuration()
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        except (config.ConfigException, FileNotFoundError, TypeError):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+        return cls(client.ApiClient(configuration))
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    # --- reads ---------------------------------------------------------------------
+
+    def list_nodes(self) -> list[dict[str, Any]]:  # nodes: list
+        try:
+            return list(_json(self.core.list_node(_preload_content=False))["items"])
+        except ApiException as err:
+            raise _error(err, "list nodes") from err
+
+    def list_pods(self) -> list[dict[str, Any]]:  # pods: list (all namespaces)
+        try:
+            response = self.core.list_pod_for_all_namespaces(
+                field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False
+            )
+        except ApiException as err:
+            raise _error(err, "list pods") from err
+        return list(_json(response)["items"])
+
+    def list_workloads(self) -> list[tuple[str, dict[str, Any]]]:  # elasticjobs, inferenceservices: list
+        out: list[tuple[str, dict[str, Any]]] = []
+        for kind, plural in PLURALS.items():
+            try:
+                response = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, _preload_content=False)
+            except ApiException as err:
+                raise _error(err, f"list {plural}.{GROUP}") from err
+            out.extend((kind, item) for item in _json(response)["items"])
+        return out
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:  # pods: get
+        try:
+            return dict(_json(self.core.read_namespaced_pod(name, namespace, _preload_content=False)))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _error(err, f"get pod {namespace}/{name}") from err
+
+    # --- writes --------------------------------------------------------------------
+
+    def create_pod(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:  # pods: create
+        """Create ``body``; on AlreadyExists return the existing pod and False."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = self.core.create_namespaced_pod(
+                namespace, cast(Any, body), field_manager=L.FIELD_MANAGER, _preload_content=False
+            )
+            return dict(_json(created)), True
+        except ApiException as err:
+            if err.status != 409:
+                raise _error(err, f"create pod {namespace}/{name}") from err
+        existing = self.read_pod(namespace, name)
+        if existing is None:
+            raise KubeError(f"create pod {namespace}/{name}: exists but vanished; retry", 409)
+        return existing, False
+
+    def bind_pod(self, namespace: str, name: str, node: str, pod_uid: str) -> None:  # pods/binding: create
+        """Bind through the Binding subresource. The API server refuses a second binding (409)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": pod_uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        try:
+            self.core.create_namespaced_pod_binding(name, namespace, cast(Any, body), _preload_content=False)
+        except ApiException as err:
+            raise _error(err, f"bind pod {namespace}/{name} to {node}") from err
+
+    def delete_pod(self, namespace: str, name: str, uid: str = "", grace_period_seconds: int | None = None) -> None:
+        """Delete one pod (pods: delete); a uid precondition never deletes a newer pod of that name."""
+        options: dict[str, Any] = {}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=cast(Any, options), _preload_content=False)
+        except ApiException as err:
+            if err.status in (404, 409):  # gone already, or replaced by a newer pod
+                return
+            raise _error(err, f"delete pod {namespace}/{name}") from err
+
+    def delete_workload_pods(self, namespace: str, uid: str) -> int:  # pods: list, delete
+        """Delete every pod of the workload with ``uid``; returns how many were still there."""
+        try:
+            response = self.core.list_namespaced_pod(namespace, label_selector=L.selector(uid), _preload_content=False)
+        except ApiException as err:
+            raise _error(err, f"list pods of {uid}") from err
+        pods = _json(response)["items"]
+        for pod in pods:
+            meta = pod["metadata"]
+            if not meta.get("deletionTimestamp"):
+                self.delete_pod(namespace, meta["name"], meta["uid"])
+        return len(pods)
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource (elasticjobs/status, inferenceservices/status: patch)."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status}, _preload_content=False
+            )
+        except ApiException as err:
+            raise _error(err, f"patch status of {kind} {namespace}/{name}") from err
+
+    def post_event(self, kind: str, raw: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the workload (events: create). Failures are logged, never raised."""
+        meta = raw["metadata"]
+        now = now_rfc3339()
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": kind,
+                "name": meta["name"],
+                "namespace": meta.get("namespace", "default"),
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": L.COMPONENT},
+            "reportingComponent": f"{GROUP}/operator",
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body), _preload_content=False)
+        except ApiException as err:
+            log.warning("could not post event %s on %s %s: %s", reason, kind, meta["name"], err.reason)
+
+    # --- leases (coordination.k8s.io) ------------------------------------------------
+
+    @property
+    def coordination(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self.api)
+
+    def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:  # leases: get
+        try:
+            return dict(_json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False)))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _error(err, f"get lease {namespace}/{name}") from err
+
+    def create_lease(self, namespace: str, body: dict[str, Any]) -> bool:  # leases: create
+        try:
+            self.coordination.create_namespaced_lease(namespace, cast(Any, body), _preload_content=False)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise _error(err, "create lease") from err
+
+    def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> bool:  # leases: update
+        """Replace with the resourceVersion in ``body``; False when someone else wrote it first."""
+        try:
+            self.coordination.replace_namespaced_lease(name, namespace, cast(Any, body), _preload_content=False)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise _error(err, "update lease") from err

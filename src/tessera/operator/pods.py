@@ -1,0 +1,79 @@
+"""The pod of one replica: the workload's template plus what Tessera adds."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from tessera.api.models import API_VERSION
+from tessera.operator import labels as L
+from tessera.operator.state import WorkloadView
+
+
+def build_pod(
+    view: WorkloadView,
+    replica: int,
+    node: str,
+    accelerator_type: str | None,
+    resource_name: str | None,
+    placement_generation: int,
+) -> dict[str, Any]:
+    """A v1 Pod for ``replica`` of ``view``, unbound, to be bound to ``node``.
+
+    Adds: deterministic name, labels linking it to the workload (uid, replica, placement
+    generation), an owner reference (so the garbage collector removes it with the
+    workload where one runs), ``schedulerName: tessera`` (no other scheduler touches
+    it), the accelerator's extended resource on the first container, and tolerations
+    for the usual accelerator taints.
+    """
+    assert view.model is not None and view.workload is not None
+    template = view.model.spec.template
+    spec: dict[str, Any] = copy.deepcopy(dict(template.spec))
+    spec.pop("nodeName", None)
+    spec["schedulerName"] = L.SCHEDULER_NAME
+    devices = view.workload.demand.accelerators
+    containers = spec.get("containers") or []
+    if resource_name and devices and containers:
+        resources = containers[0].setdefault("resources", {})
+        # extended resources: requests must equal limits
+        resources.setdefault("limits", {})[resource_name] = str(devices)
+        resources.setdefault("requests", {})[resource_name] = str(devices)
+    if resource_name:
+        tolerations = spec.setdefault("tolerations", [])
+        if not any(t.get("key") == resource_name for t in tolerations):
+            tolerations.append({"key": resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    pod_labels = {
+        **template.metadata.labels,
+        L.WORKLOAD: view.name,
+        L.WORKLOAD_KIND: view.kind,
+        L.WORKLOAD_UID: view.uid,
+        L.REPLICA: str(replica),
+        L.PLACEMENT_GENERATION: str(placement_generation),
+    }
+    annotations = {**template.metadata.annotations, L.TARGET_NODE: node}
+    if accelerator_type:
+        annotations[L.ACCELERATOR_TYPE] = accelerator_type
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": L.pod_name(view.name, replica),
+            "namespace": view.namespace,
+            "labels": pod_labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(view.kind, view.raw)],
+        },
+        "spec": spec,
+    }
+
+
+def owner_reference(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": raw["metadata"]["name"],
+        "uid": raw["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -1,0 +1,479 @@
+"""The single scheduling loop: list -> snapshot -> engine -> pods + Bindings -> status.
+
+One cycle (:meth:`Scheduler.run_cycle`) is plain blocking code; :meth:`Scheduler.loop`
+runs it in a worker thread, so neither the Kubernetes client nor a slow policy ever
+blocks kopf's event loop.  A cycle runs every ``interval_seconds`` or as soon as a
+handler signals a change.
+
+Order of writes for one placement (see docs/operator.md, "Crash points"):
+
+1. status: ``phase: Binding``, the placement (pod -> node) and a new placementGeneration;
+2. create every pod of the gang, unbound (deterministic names, so a replay gets
+   AlreadyExists instead of a second pod);
+3. bind each pod through the Binding subresource, skipping pods already bound there;
+4. status: ``phase: Running`` + Scheduled=True, and an Event.
+
+A failure in 2-3 deletes the gang's new pods and records BindFailed; a crash anywhere
+leaves enough in the cluster for :mod:`tessera.operator.state` to finish or undo it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.api.models import InferenceService, ReplicaStatus
+from tessera.core import Placement
+from tessera.engine import CycleResult, Engine
+from tessera.operator import labels as L
+from tessera.operator.kube import Kube, KubeError, now_rfc3339
+from tessera.operator.lease import LeaderElector
+from tessera.operator.metrics import OperatorMetrics
+from tessera.operator.pods import build_pod
+from tessera.operator.state import (
+    SCALE_UP_SUFFIX,
+    ClusterState,
+    PodView,
+    WorkloadView,
+    build_state,
+    free_replica_indices,
+    pod_view,
+)
+
+log = logging.getLogger("tessera.operator.scheduler")
+
+SCHEDULED = "Scheduled"
+
+
+class WallClock:
+    """The operator's Clock port: real time."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Conditions with ``type_`` set; lastTransitionTime changes only when status flips."""
+    out: list[dict[str, Any]] = []
+    previous = None
+    for c in conditions:
+        if c.get("type") == type_:
+            previous = c
+        else:
+            out.append(dict(c))
+    transition = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
+    out.append({
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition or now_rfc3339(),
+        "observedGeneration": generation,
+    })
+    return sorted(out, key=lambda c: c["type"])
+
+
+def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether a status patch would change anything (ignoring condition timestamps)."""
+    for key, value in wanted.items():
+        have = current.get(key)
+        if key == "conditions":
+            strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
+            have_strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in have or []]
+            if strip != have_strip:
+                return False
+        elif have != value:
+            return False
+    return True
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did (for logs and tests)."""
+
+    leader: bool = False
+    result: CycleResult | None = None
+    bound: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    deleted_pods: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    """Owns one engine and applies its decisions to the cluster."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        engine: Engine,
+        elector: LeaderElector,
+        metrics: OperatorMetrics,
+        *,
+        interval_seconds: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.engine = engine
+        self.elector = elector
+        self.metrics = metrics
+        self.interval_seconds = interval_seconds
+        self.clock = clock
+        self._warned_nodes: dict[str, tuple[str, ...]] = {}
+        self._binds = 0
+        #: fault injection for the crash tests: die (like SIGKILL) right after the N-th bind,
+        #: i.e. in the middle of a gang. 0 (the default) disables it.
+        self.crash_after_binds = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_BINDS", "0") or 0)
+        self._last_event: dict[tuple[str, str], str] = {}
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Run cycles until ``stop`` is set. Errors are logged and retried next cycle."""
+        while not stop.is_set():
+            wake.clear()
+            try:
+                report = await asyncio.to_thread(self.run_cycle)
+                for error in report.errors:
+                    log.warning("%s", error)
+            except Exception:  # the loop must survive any one bad cycle
+                log.exception("scheduling cycle failed; retrying")
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=self.interval_seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        await asyncio.to_thread(self.elector.release)
+
+    def run_cycle(self) -> CycleReport:
+        report = CycleReport()
+        started = time.perf_counter()
+        try:
+            report.leader = self.elector.acquire_or_renew()
+        except KubeError as err:
+            report.errors.append(f"lease: {err}")
+            report.leader = False
+        self.metrics.leader.set(1 if report.leader else 0)
+        if not report.leader:
+            return report
+        workloads = self.kube.list_workloads()
+        pods = self.kube.list_pods()
+        nodes = self.kube.list_nodes()
+        state = build_state(nodes, pods, workloads, self.clock())
+        self._warn_nodes(state)
+        self._repair(state, report)
+        result = self.engine.decide(state.snapshot, state.pending)
+        report.result = result
+        if result.error:
+            report.errors.append(result.error)
+        if not self.elector.ensure_leader():
+            report.errors.append("lost the scheduler lease during the decision; not applying it")
+            return report
+        for view in state.workloads.values():
+            if view.in_flight and not view.rollback_reason and view.to_bind:
+                self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
+        for placement in result.plan.placements:
+            self._place(state, placement, result, report)
+        self._write_waiting(state, result)
+        self._write_steady(state)
+        self.metrics.cycle_duration.observe(time.perf_counter() - started)
+        return report
+
+    # --- repairs before deciding -----------------------------------------------------
+
+    def _warn_nodes(self, state: ClusterState) -> None:
+        for name, warnings in state.node_warnings.items():
+            if self._warned_nodes.get(name) != warnings:
+                for w in warnings:
+                    log.warning("node %s: %s", name, w)
+        self._warned_nodes = dict(state.node_warnings)
+
+    def _repair(self, state: ClusterState, report: CycleReport) -> None:
+        for pod in state.orphans:
+            log.info("deleting orphaned pod %s/%s (its workload is gone)", pod.namespace, pod.name)
+            self._delete(pod, report)
+        for view in state.workloads.values():
+            if view.error:
+                self._write_status(view, {
+                    "phase": "Failed",
+                    "observedGeneration": view.generation,
+                    "message": view.error,
+                    "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "False",
+                                                "InvalidSpec", view.error, view.generation),
+                }, event=("Warning", "InvalidSpec", view.error))
+                continue
+            for pod in view.to_delete:
+                self._delete(pod, report)
+            for note in view.notes:
+                self._event(view, "Normal" if note.startswith("scaled") else "Warning",
+                            "ScaledDown" if note.startswith("scaled") else "ReplicaLost", note)
+            if view.rollback_reason:
+                self._rollback(view, view.rollback_reason, report)
+
+    def _delete(self, pod: PodView, report: CycleReport, grace_period_seconds: int | None = None) -> None:
+        try:
+            self.kube.delete_pod(pod.namespace, pod.name, pod.uid, grace_period_seconds)
+            report.deleted_pods += 1
+        except KubeError as err:
+            report.errors.append(str(err))
+
+    def _rollback(self, view: WorkloadView, reason: str, report: CycleReport) -> None:
+        """Undo a whole placement: delete every pod of the workload, back to Pending."""
+        log.warning("%s %s: rolling back its placement: %s", view.kind, view.key, reason)
+        for pod in view.pods:
+            self._delete(pod, report, grace_period_seconds=0)
+        view.placement.clear()
+        report.rolled_back.append(view.key)
+        self._write_status(view, {
+            "phase": "Pending",
+            "placement": [],
+            "replicas": 0,
+            "acceleratorType": "",
+            "message": reason,
+            "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "False",
+                                        "PlacementRolledBack", reason, view.generation),
+        }, event=("Warning", "PlacementRolledBack", reason))
+
+    # --- applying decisions -----------------------------------------------------------
+
+    def _place(self, state: ClusterState, placement: Placement, result: CycleResult, report: CycleReport) -> None:
+        owner = state.pending_owner.get(placement.workload)
+        view = state.workloads.get(owner or "")
+        if view is None or view.model is None:
+            report.errors.append(f"placement for unknown workload {placement.workload}")
+            return
+        scale_up = placement.workload.endswith(SCALE_UP_SUFFIX)
+        previous = list(view.placement.values()) if scale_up else []
+        generation = view.placement_generation + 1
+        indices = free_replica_indices([r.replica for r in previous], len(placement.replicas))
+        new = [
+            ReplicaStatus(
+                replica=index,
+                pod=L.pod_name(view.name, index),
+                node=assignment.node,
+                acceleratorType=state.nodes[assignment.node].node.accelerator_type or "",
+                generation=generation,
+            )
+            for index, assignment in zip(indices, placement.replicas, strict=True)
+        ]
+        full = sorted(previous + new, key=lambda r: r.replica)
+        message = f"binding {len(new)} replica(s): " + ", ".join(f"{r.pod} -> {r.node}" for r in new)
+        try:
+            self._write_status(view, {
+                "phase": "Binding",
+                "placementGeneration": generation,
+                "placement": [r.model_dump() for r in full],
+                "observedGeneration": view.generation,
+                "message": message,
+            }, force=True)
+        except KubeError as err:
+            report.errors.append(f"{view.key}: could not record the placement, not binding: {err}")
+            return
+        view.raw = {**view.raw, "status": {**view.status, "placementGeneration": generation, "phase": "Binding"}}
+        self._bind(state, view, full, new, previous=previous, report=report,
+                   why=f"policy {result.policy}")
+
+    def _bind(
+        self,
+        state: ClusterState,
+        view: WorkloadView,
+        full: list[ReplicaStatus],
+        replicas: list[ReplicaStatus],
+        *,
+        previous: list[ReplicaStatus] | None,
+        report: CycleReport,
+        why: str = "completing a placement recorded before a restart",
+    ) -> None:
+        """Create then bind ``replicas`` (all or nothing); ``full`` is the placement once done."""
+        created: list[tuple[ReplicaStatus, dict[str, Any]]] = []
+        try:
+            for r in replicas:
+                node = state.nodes.get(r.node)
+                if node is None:
+                    raise KubeError(f"node {r.node} no longer exists")
+                body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
+                                 r.generation or view.placement_generation)
+                pod, _fresh = self.kube.create_pod(body)
+                labels = pod["metadata"].get("labels") or {}
+                if labels.get(L.WORKLOAD_UID) != view.uid or labels.get(L.PLACEMENT_GENERATION) != str(
+                    r.generation or view.placement_generation
+                ):
+                    # a pod of that name from another decision (or workload) is still there
+                    stale = pod_view(pod)
+                    if stale.workload_uid == view.uid:
+                        self.kube.delete_pod(stale.namespace, stale.name, stale.uid, 0)
+                    raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+                created.append((r, pod))
+            for r, pod in created:
+                bound_to = (pod.get("spec") or {}).get("nodeName")
+                if bound_to == r.node:
+                    continue  # bound before a restart: never bind twice
+                if bound_to:
+                    raise KubeError(f"pod {r.pod} is bound to {bound_to}, not {r.node}")
+                if not self.elector.ensure_leader():
+                    raise KubeError("lost the scheduler lease while binding")
+                self.kube.bind_pod(view.namespace, r.pod, r.node, pod["metadata"]["uid"])
+                self.metrics.bound_pods.inc()
+                self._binds += 1
+                if self.crash_after_binds and self._binds >= self.crash_after_binds:
+                    log.error("fault injection: exiting after %d binds (TESSERA_FAULT_EXIT_AFTER_BINDS)", self._binds)
+                    os._exit(137)
+        except KubeError as err:
+            self._undo(view, replicas, previous, str(err), report)
+            return
+        report.bound.extend(f"{view.namespace}/{r.pod}" for r in replicas)
+        view.placement = {r.replica: r for r in full}
+        self.metrics.placements.labels(kind=view.kind, outcome="bound").inc()
+        types = sorted({r.acceleratorType for r in full if r.acceleratorType})
+        message = f"{len(replicas)} replica(s) bound ({why}): " + ", ".join(f"{r.pod} -> {r.node}" for r in replicas)
+        self._write_status(view, self._running_status(view, full, types, message),
+                           event=("Normal", "Scheduled", message), force=True)
+
+    def _undo(
+        self,
+        view: WorkloadView,
+        replicas: list[ReplicaStatus],
+        previous: list[ReplicaStatus] | None,
+        reason: str,
+        report: CycleReport,
+    ) -> None:
+        """A bind failed partway: delete what this decision created so nothing is half-bound."""
+        log.warning("%s %s: bind failed, undoing: %s", view.kind, view.key, reason)
+        self.metrics.placements.labels(kind=view.kind, outcome="failed").inc()
+        # a new decision removes only its own pods; an interrupted one (previous=None) all of them
+        names = {r.pod for r in replicas} if previous is not None else {p.name for p in view.pods} | {
+            r.pod for r in view.placement.values()}
+        for pod in list(view.pods):
+            if pod.name in names:
+                self._delete(pod, report, grace_period_seconds=0)
+        for pod_name in sorted(names):
+            try:
+                current = self.kube.read_pod(view.namespace, pod_name)
+                if current is not None and (current["metadata"].get("labels") or {}).get(L.WORKLOAD_UID) == view.uid:
+                    self.kube.delete_pod(view.namespace, pod_name, current["metadata"]["uid"], 0)
+            except KubeError as err:
+                report.errors.append(str(err))
+        report.rolled_back.append(view.key)
+        kept = previous or []
+        view.placement = {r.replica: r for r in kept}
+        status: dict[str, Any] = {
+            "phase": "Running" if kept else "Pending",
+            "placement": [r.model_dump() for r in kept],
+            "replicas": len(kept),
+            "message": f"bind failed, will retry: {reason}",
+            "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "True" if kept else "False",
+                                        "BindFailed", f"bind failed, will retry: {reason}", view.generation),
+        }
+        try:
+            self._write_status(view, status, event=("Warning", "BindFailed", reason), force=True)
+        except KubeError as err:
+            report.errors.append(str(err))
+
+    # --- status ---------------------------------------------------------------------
+
+    def _running_status(
+        self, view: WorkloadView, full: list[ReplicaStatus], types: list[str], message: str
+    ) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "phase": "Running",
+            "replicas": len(full),
+            "placement": [r.model_dump() for r in sorted(full, key=lambda r: r.replica)],
+            "acceleratorType": ",".join(types),
+            "observedGeneration": view.generation,
+            "message": message,
+            "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "True", "Placed",
+                                        message, view.generation),
+        }
+        if isinstance(view.model, InferenceService):
+            status["selector"] = L.selector(view.uid)
+        return status
+
+    def _write_waiting(self, state: ClusterState, result: CycleResult) -> None:
+        present = state.snapshot.accelerator_types()
+        for key, reason in result.waiting.items():
+            view = state.workloads.get(state.pending_owner.get(key, ""))
+            if view is None or view.workload is None:
+                continue
+            if key.endswith(SCALE_UP_SUFFIX):
+                # a running service that cannot grow: keep it Running, say why in a condition
+                conditions = set_condition(view.status.get("conditions") or [], "FullyScaled", "False",
+                                           "Unschedulable", reason, view.generation)
+                self._write_status(view, {"conditions": conditions, "message": reason},
+                                   event=("Warning", "ScaleUpBlocked", reason))
+                continue
+            allowed = set(view.workload.allowed_types)
+            no_type = bool(allowed) and not (allowed & present)
+            condition_reason = "NoMatchingAccelerator" if no_type else "Unschedulable"
+            status: dict[str, Any] = {
+                "phase": "Pending",
+                "replicas": 0,
+                "observedGeneration": view.generation,
+                "message": reason,
+                "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "False",
+                                            condition_reason, reason, view.generation),
+            }
+            if isinstance(view.model, InferenceService):
+                status["selector"] = L.selector(view.uid)
+            self._write_status(view, status, event=("Warning", condition_reason, reason))
+
+    def _write_steady(self, state: ClusterState) -> None:
+        """Running workloads not touched this cycle: keep status in line with the pods."""
+        for view in state.workloads.values():
+            if view.error or view.rollback_reason or view.in_flight or not view.placement:
+                if view.model is not None and isinstance(view.model, InferenceService) \
+                        and view.model.spec.replicas == 0 and not view.placement and not view.error:
+                    self._write_status(view, {
+                        "phase": "Pending", "replicas": 0, "placement": [], "selector": L.selector(view.uid),
+                        "observedGeneration": view.generation, "message": "scaled to zero",
+                        "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "False",
+                                                    "ScaledToZero", "spec.replicas is 0", view.generation),
+                    })
+                continue
+            if view.status.get("phase") == "Binding":
+                continue  # being bound this cycle; _bind writes the outcome
+            full = sorted(view.placement.values(), key=lambda r: r.replica)
+            types = sorted({r.acceleratorType for r in full if r.acceleratorType})
+            scheduled = next((c for c in view.status.get("conditions") or [] if c.get("type") == SCHEDULED), None)
+            if view.status.get("phase") == "Running" and scheduled and scheduled.get("status") == "True":
+                message = str(scheduled.get("message", ""))
+            else:
+                message = f"{len(full)} replica(s) running"
+            status = self._running_status(view, full, types, message)
+            if isinstance(view.model, InferenceService) and len(full) >= view.model.spec.replicas:
+                status["conditions"] = [c for c in status["conditions"] if c["type"] != "FullyScaled"]
+            self._write_status(view, status)
+
+    def _write_status(
+        self,
+        view: WorkloadView,
+        status: dict[str, Any],
+        *,
+        event: tuple[str, str, str] | None = None,
+        force: bool = False,
+    ) -> None:
+        if not force and _same(view.status, status):
+            return
+        self.kube.patch_status(view.kind, view.namespace, view.name, status)
+        view.raw = {**view.raw, "status": {**view.status, **{k: v for k, v in status.items() if v is not None}}}
+        if event:
+            self._event(view, *event)
+
+    def _event(self, view: WorkloadView, event_type: str, reason: str, message: str) -> None:
+        """Post an Event unless the same reason+message was the last one posted for it."""
+        key = (view.uid, reason)
+        if self._last_event.get(key) == message:
+            return
+        self._last_event[key] = message
+        self.kube.post_event(view.kind, dict(view.raw), event_type, reason, message)

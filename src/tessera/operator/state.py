@@ -1,0 +1,460 @@
+"""From listed Kubernetes objects (plain JSON dicts) to what one scheduling cycle needs.
+
+Pure: no API calls, so the crash-recovery rules are unit-tested without a cluster.
+Everything is derived from what is stored in the cluster -- the workloads' spec and
+``status.placement`` and the pods' labels and ``spec.nodeName`` -- so an operator that
+restarts (or a second replica that takes over the Lease) rebuilds the same view.
+
+Per workload (not being deleted), with ``placement = status.placement``:
+
+* no placement                 -> pending: the policy may place it; leftover pods are stale.
+* phase Binding (in flight)    -> the decision was recorded but pods may be missing or
+  unbound: it is *completed* (create/bind the rest on the recorded nodes) when those
+  nodes still have room, else *rolled back* (all its pods deleted, placement cleared).
+* phase Running                -> an allocation made of the bound pods.  Lost replicas
+  (pod deleted, node gone) are dropped while the gang keeps at least ``min``; below
+  ``min`` the whole gang is rolled back and placed again.
+* InferenceService             -> scaled down by deleting the highest replica indices,
+  scaled up by asking the policy for the missing replicas as a separate pending unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from tessera.api.convert import elasticjob_workload, inferenceservice_workload, pod_spec_requests
+from tessera.api.discovery import VENDOR_RESOURCES, Discovery, discover
+from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus
+from tessera.api.quantity import to_int, to_mib, to_milli
+from tessera.core import (
+    Allocation,
+    CapacityError,
+    CapacityLedger,
+    ClusterSnapshot,
+    Node,
+    ReplicaDemand,
+    ReplicaPlacement,
+    Topology,
+    Workload,
+    WorkloadKind,
+)
+from tessera.operator import labels as L
+
+#: taints Tessera's pods tolerate (it adds the tolerations itself); any other
+#: NoSchedule/NoExecute taint makes a node unschedulable for Tessera
+TOLERATED_TAINT_KEYS = frozenset(VENDOR_RESOURCES) | {"kwok.x-k8s.io/node"}
+#: taints that mirror the Ready condition / spec.unschedulable, which are read directly
+#: (a control plane without the node lifecycle controller never removes them)
+CONDITION_TAINT_KEYS = frozenset({
+    "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable", "node.kubernetes.io/unschedulable",
+})
+SCALE_UP_SUFFIX = "+scale-up"
+
+KINDS = {"ElasticJob": ElasticJob, "InferenceService": InferenceService}
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    name: str
+    namespace: str
+    uid: str
+    node_name: str
+    workload_uid: str
+    replica: int
+    generation: int
+    terminating: bool
+    phase: str
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def pod_view(raw: Mapping[str, Any]) -> PodView:
+    meta = raw.get("metadata", {})
+    labels = meta.get("labels") or {}
+
+    def as_int(value: Any) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return -1
+
+    return PodView(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
+        node_name=(raw.get("spec") or {}).get("nodeName") or "",
+        workload_uid=labels.get(L.WORKLOAD_UID, ""),
+        replica=as_int(labels.get(L.REPLICA)),
+        generation=as_int(labels.get(L.PLACEMENT_GENERATION)),
+        terminating=bool(meta.get("deletionTimestamp")),
+        phase=(raw.get("status") or {}).get("phase", ""),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node: Node
+    discovery: Discovery
+
+
+def node_view(raw: Mapping[str, Any]) -> NodeView:
+    """A core Node from a v1 Node, with the discovery result (type, count, warnings)."""
+    meta = raw.get("metadata", {})
+    spec = raw.get("spec") or {}
+    status = raw.get("status") or {}
+    labels = meta.get("labels") or {}
+    allocatable = status.get("allocatable") or {}
+    found = discover(labels, allocatable, status.get("capacity") or {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    blocking = [
+        t for t in spec.get("taints") or []
+        if t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") not in TOLERATED_TAINT_KEYS | CONDITION_TAINT_KEYS
+    ]
+
+    def quantity(name: str, convert: Any) -> int:
+        try:
+            return int(convert(allocatable[name])) if name in allocatable else 0
+        except ValueError:
+            return 0
+
+    node = Node(
+        name=meta.get("name", ""),
+        accelerator_type=found.accelerator_type if found.count else None,
+        accelerator_count=found.count if found.accelerator_type else 0,
+        cpu_milli=quantity("cpu", to_milli),
+        memory_mib=quantity("memory", to_mib),
+        topology=Topology(
+            zone=labels.get("topology.kubernetes.io/zone", ""),
+            domain=labels.get("tessera.dev/domain", ""),
+            nic=labels.get("tessera.dev/nic", ""),
+        ),
+        labels=dict(labels),
+        ready=ready,
+        schedulable=not spec.get("unschedulable") and not blocking,
+    )
+    return NodeView(node, found)
+
+
+@dataclass
+class WorkloadView:
+    """One ElasticJob or InferenceService and what the cluster says about it."""
+
+    kind: str
+    raw: Mapping[str, Any]
+    model: ElasticJob | InferenceService | None
+    error: str
+    workload: Workload | None
+    pods: list[PodView] = field(default_factory=list)
+    #: replica -> where it runs after this view's reconciliation
+    placement: dict[int, ReplicaStatus] = field(default_factory=dict)
+    #: True when the recorded placement is still being bound (phase Binding)
+    in_flight: bool = False
+    rollback_reason: str = ""
+    #: replicas to create and/or bind this cycle (in-flight completion)
+    to_bind: list[ReplicaStatus] = field(default_factory=list)
+    #: pods of this workload to delete (stale generation, scaled down, ...)
+    to_delete: list[PodView] = field(default_factory=list)
+    #: human-readable notes for Events (replica lost, scaled down)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.raw["metadata"].get("namespace", "default"))
+
+    @property
+    def uid(self) -> str:
+        return str(self.raw["metadata"]["uid"])
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def generation(self) -> int:
+        return int(self.raw["metadata"].get("generation", 0))
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.raw.get("status") or {}
+
+    @property
+    def placement_generation(self) -> int:
+        return int(self.status.get("placementGeneration", 0) or 0)
+
+    @property
+    def bound_replicas(self) -> int:
+        bound = {p.replica for p in self.pods if p.node_name and not p.terminating}
+        return len([r for r in self.placement if r in bound])
+
+
+@dataclass
+class ClusterState:
+    """The input of one cycle: the snapshot, what is pending, and repairs to carry out."""
+
+    snapshot: ClusterSnapshot
+    pending: list[Workload]
+    workloads: dict[str, WorkloadView]
+    nodes: dict[str, NodeView]
+    #: pending key -> workload key (scale-up units map to their service)
+    pending_owner: dict[str, str]
+    #: pods whose workload no longer exists (the garbage collector may not run)
+    orphans: list[PodView]
+    node_warnings: dict[str, tuple[str, ...]]
+
+
+def _timestamp(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
+    """Parse one object; a spec the models refuse is reported, not raised."""
+    meta = raw.get("metadata", {})
+    key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+    submitted = _timestamp(meta.get("creationTimestamp"))
+    try:
+        model = cast(ElasticJob | InferenceService, KINDS[kind].model_validate(raw))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return WorkloadView(kind, raw, None, f"invalid {kind} ({where}): {first.get('msg')}", None)
+    try:
+        if isinstance(model, ElasticJob):
+            workload = elasticjob_workload(key, model.spec, submitted)
+        else:
+            workload = inferenceservice_workload(key, model.spec, submitted)
+    except ValueError as err:
+        return WorkloadView(kind, raw, model, f"invalid {kind}: {err}", None)
+    return WorkloadView(kind, raw, model, "", workload)
+
+
+def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> ReplicaDemand:
+    """What a pod Tessera did not place takes from its node."""
+    spec = pod.get("spec") or {}
+    cpu, mem = pod_spec_requests(spec)
+    devices = 0
+    if resource_name:
+        for container in spec.get("containers") or []:
+            resources = container.get("resources") or {}
+            value = (resources.get("limits") or {}).get(resource_name) or (resources.get("requests") or {}).get(
+                resource_name
+            )
+            if value is not None:
+                with contextlib.suppress(ValueError):
+                    devices += to_int(value)
+    return ReplicaDemand(accelerators=max(0, devices), cpu_milli=cpu, memory_mib=mem)
+
+
+def build_state(
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    workloads: Iterable[tuple[str, Mapping[str, Any]]],
+    now_seconds: float,
+) -> ClusterState:
+    """Reconcile listed objects into a :class:`ClusterState` (see the module docstring)."""
+    node_views = {v.node.name: v for v in (node_view(n) for n in nodes)}
+    views: dict[str, WorkloadView] = {}
+    by_uid: dict[str, WorkloadView] = {}
+    for kind, raw in workloads:
+        if raw.get("metadata", {}).get("deletionTimestamp"):
+            continue  # the delete handler removes its pods; they still hold capacity until gone
+        view = workload_view(kind, raw)
+        views[view.key] = view
+        by_uid[view.uid] = view
+
+    pod_views = [pod_view(p) for p in pods]
+    external: list[PodView] = []
+    orphans: list[PodView] = []
+    for pod in pod_views:
+        if pod.finished:
+            continue
+        owner = by_uid.get(pod.workload_uid) if pod.workload_uid else None
+        if owner is not None and not pod.terminating:
+            owner.pods.append(pod)
+        elif pod.node_name:
+            external.append(pod)  # not ours, terminating, or orphaned: holds capacity while bound
+        if pod.workload_uid and owner is None and not pod.terminating:
+            orphans.append(pod)  # its workload is gone (or being deleted)
+
+    # capacity held by pods Tessera does not manage (or no longer manages)
+    allocations: list[Allocation] = []
+    for pod in external:
+        nv = node_views.get(pod.node_name)
+        demand = external_demand(pod.raw, nv.discovery.resource_name if nv else None)
+        workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD, demand=demand,
+                            preemptible=False)
+        accel = nv.node.accelerator_type if nv else None
+        allocations.append(Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),)))
+
+    pending: list[Workload] = []
+    pending_owner: dict[str, str] = {}
+    in_flight: list[WorkloadView] = []
+    for view in views.values():
+        if view.workload is None:
+            continue
+        _reconcile(view)
+        if view.rollback_reason:
+            continue
+        if view.in_flight:
+            in_flight.append(view)
+            continue
+        if view.placement:
+            allocations.append(_allocation(view, node_views))
+            extra = _scale_up(view)
+            if extra is not None:
+                pending.append(extra)
+                pending_owner[extra.key] = view.key
+        elif view.workload is not None and _wants_replicas(view):
+            pending.append(view.workload)
+            pending_owner[view.workload.key] = view.key
+
+    # in-flight decisions keep their nodes only if those still have room
+    base = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
+    ledger = base.ledger()
+    for view in sorted(in_flight, key=lambda v: v.key):
+        reason = _reserve(ledger, view, node_views)
+        if reason:
+            view.rollback_reason = reason
+            view.to_bind = []
+        else:
+            allocations.append(_allocation(view, node_views))
+
+    snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
+    warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
+    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings)
+
+
+def _wants_replicas(view: WorkloadView) -> bool:
+    if isinstance(view.model, InferenceService):
+        return view.model.spec.replicas > 0
+    return True
+
+
+def _reconcile(view: WorkloadView) -> None:
+    """Compare the recorded placement with the pods; fill in the view's repair lists."""
+    recorded = [ReplicaStatus.model_validate(r) for r in view.status.get("placement") or []]
+    generation = view.placement_generation
+    phase = view.status.get("phase", "Pending")
+    pods_by_replica: dict[int, PodView] = {}
+    decided = {r.replica: (r.generation or generation) for r in recorded}
+    for pod in view.pods:
+        if decided.get(pod.replica) != pod.generation or pod.replica in pods_by_replica:
+            view.to_delete.append(pod)  # stale: from an older decision or a rolled-back gang
+        else:
+            pods_by_replica[pod.replica] = pod
+    if not recorded:
+        return
+    workload = view.workload
+    assert workload is not None
+    if phase == "Binding":
+        view.in_flight = True
+        for r in recorded:
+            found = pods_by_replica.get(r.replica)
+            if found is not None and found.node_name and found.node_name != r.node:
+                view.rollback_reason = f"pod {found.name} is bound to {found.node_name}, not {r.node} as decided"
+                return
+            view.placement[r.replica] = r
+            if found is None or not found.node_name:
+                view.to_bind.append(r)
+        return
+    # Running: the allocation is what is actually bound
+    lost = []
+    for r in recorded:
+        current = pods_by_replica.get(r.replica)
+        if current is not None and current.node_name:
+            view.placement[r.replica] = r.model_copy(update={"node": current.node_name})
+        else:
+            lost.append(r)
+            if current is not None:
+                view.to_delete.append(current)  # unbound pod of a running gang: not ours to bind now
+    if lost:
+        names = ", ".join(f"{r.pod} on {r.node}" for r in lost)
+        if len(view.placement) < workload.gang_min:
+            view.rollback_reason = (
+                f"lost replica(s) {names}: {len(view.placement)} left, below the minimum of {workload.gang_min}"
+            )
+            return
+        view.notes.append(f"lost replica(s) {names}; {len(view.placement)} still running")
+    if isinstance(view.model, InferenceService):
+        desired = view.model.spec.replicas
+        extra = sorted(view.placement)[desired:] if len(view.placement) > desired else []
+        for replica in extra:
+            placed = view.placement.pop(replica)
+            view.to_delete.extend(p for p in view.pods if p.replica == replica)
+            view.notes.append(f"scaled down: removed {placed.pod} from {placed.node}")
+
+
+def _scale_up(view: WorkloadView) -> Workload | None:
+    """The missing replicas of a running InferenceService, as one pending unit."""
+    if not isinstance(view.model, InferenceService) or view.workload is None:
+        return None
+    missing = view.model.spec.replicas - len(view.placement)
+    if missing <= 0:
+        return None
+    unit = inferenceservice_workload(
+        view.key + SCALE_UP_SUFFIX, view.model.spec, view.workload.submitted_at_seconds,
+        replicas=missing, min_replicas=1,
+    )
+    return unit
+
+
+def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView]) -> Allocation:
+    assert view.workload is not None
+    replicas = tuple(
+        ReplicaPlacement(r.replica, r.node, nodes[r.node].node.accelerator_type if r.node in nodes else None)
+        for r in sorted(view.placement.values(), key=lambda r: r.replica)
+    )
+    return Allocation(view.workload, replicas)
+
+
+def _reserve(ledger: CapacityLedger, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
+    """Take room for an in-flight decision's replicas; all or nothing."""
+    assert view.workload is not None
+    taken: list[tuple[str, tuple[int, ...]]] = []
+    for r in sorted(view.placement.values(), key=lambda r: r.replica):
+        node = nodes.get(r.node)
+        reason = ""
+        if node is None:
+            reason = f"node {r.node} no longer exists"
+        elif not node.node.usable:
+            reason = f"node {r.node} is no longer ready or schedulable"
+        else:
+            try:
+                taken.append((r.node, ledger.take(r.node, view.workload.demand)))
+            except CapacityError as err:
+                reason = f"no room left for {r.pod}: {err}"
+        if reason:
+            for name, devices in taken:
+                ledger.give_back(name, view.workload.demand, devices)
+            return reason
+    return ""
+
+
+def free_replica_indices(used: Sequence[int], count: int) -> list[int]:
+    """The ``count`` lowest replica indices not in ``used``."""
+    taken = set(used)
+    out: list[int] = []
+    i = 0
+    while len(out) < count:
+        if i not in taken:
+            out.append(i)
+        i += 1
+    return out

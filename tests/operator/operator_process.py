@@ -1,0 +1,66 @@
+"""Run ``tessera operator`` as a real subprocess against the test cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class OperatorProcess:
+    """One operator process; logs go to ``log_path``."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(self.kubeconfig),
+             "--metrics-port", "0", "--interval-seconds", "0.5", "--lease-duration-seconds", "3",
+             "--log-level", "INFO", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, the Lease stays held until it expires."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                return code
+            time.sleep(0.1)
+        raise AssertionError(f"operator did not exit within {timeout}s:\n{self.log()[-3000:]}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
