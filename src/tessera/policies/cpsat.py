@@ -134,6 +134,10 @@ class CpSat:
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         started = self._timer()
         self._account(snapshot, ctx.now_seconds)
+        if len(self._service) > 2 * (len(snapshot.allocations) + len(pending)) + 64:
+            # forget finished workloads (a long-running operator would otherwise grow this forever)
+            live = snapshot.allocations.keys() | {w.key for w in pending}
+            self._service = {k: v for k, v in self._service.items() if k in live}
         ordered = queue_order(pending)
         stats: dict[str, Any] = {"policy": self.name, "pending": len(ordered)}
 
