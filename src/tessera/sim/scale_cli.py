@@ -172,7 +172,8 @@ def measure(
         stats = dict(result.stats)
         statuses[str(stats.get("status", "n/a"))] += 1
         row: dict[str, Any] = {"decision": i, "seconds": result.decision_seconds, **quality(result, pending)}
-        for key in ("objective", "best_bound", "gap", "chosen", "pools", "unit_vars", "solve_seconds"):
+        for key in ("objective", "best_bound", "gap", "hint_objective", "chosen", "pools", "unit_vars",
+                    "solve_seconds", "deterministic_time"):
             if key in stats:
                 row[key] = stats[key]
         if result.error:
@@ -192,11 +193,18 @@ def measure(
         "p50_cpu_seconds": percentile(cpu_seconds, 50), "p95_cpu_seconds": percentile(cpu_seconds, 95),
         "load_average": (load_before + os.getloadavg()[0]) / 2, "cpus": os.cpu_count(),
         "status_counts": dict(statuses), "objective_mean": mean("objective"), "gap_mean": mean("gap"),
+        "objective_over_hint_mean": _mean([r["objective"] / r["hint_objective"] for r in per_decision
+                                           if r.get("hint_objective") and r.get("objective") == r.get("objective")
+                                           and "objective" in r]),
         "gap_max": max((float(r["gap"]) for r in per_decision if "gap" in r and r["gap"] == r["gap"]), default=float("nan")),
         "started_mean": mean("started"), "accelerators_mean": mean("accelerators"),
         "normalised_throughput_mean": mean("normalised_throughput"), "rejected_total": sum(r["rejected"] for r in per_decision),
         "per_decision": per_decision,
     }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

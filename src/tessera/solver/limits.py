@@ -13,15 +13,18 @@ class SolverLimits:
 
     Deterministic mode (the simulator) uses one worker and ``max_deterministic_time``
     (CP-SAT work units, roughly seconds on one core), so the same instance and seed give
-    the same answer on any machine; the wall-clock limit is then only a safety net.
+    the same answer on any machine; the wall-clock limit is then only a safety net
+    (``deterministic_safety_factor`` x the budget, at least 120 s).
     """
 
     time_limit_seconds: float = 1.0
     deterministic: bool = False
     seed: int = 0
     num_workers: int = 2
-    #: wall-clock safety net in deterministic mode (x the deterministic budget)
-    deterministic_safety_factor: float = 20.0
+    #: wall-clock safety net in deterministic mode (x the deterministic budget, at least
+    #: 120 s): only a hung solve should reach it, since hitting it ends the determinism (a
+    #: loaded machine once stretched 0.2 deterministic seconds to 15 wall seconds)
+    deterministic_safety_factor: float = 200.0
     log: bool = False
     #: lighter presolve (one pass, no symmetry or probing): a scheduling decision is
     #: latency-bound and the hinted model is easy, so presolve was most of the time
@@ -38,7 +41,7 @@ class SolverLimits:
         if self.deterministic:
             params.num_workers = 1
             params.max_deterministic_time = max(0.01, self.time_limit_seconds)
-            params.max_time_in_seconds = max(1.0, self.time_limit_seconds * self.deterministic_safety_factor)
+            params.max_time_in_seconds = max(120.0, self.time_limit_seconds * self.deterministic_safety_factor)
         else:
             params.num_workers = max(1, self.num_workers)
             params.max_time_in_seconds = max(0.01, self.time_limit_seconds)
