@@ -5,7 +5,8 @@ indices on a scratch :class:`~tessera.core.CapacityLedger`.  Inside a pool, node
 used this round are filled first (best fit: the fullest that still fits), then untouched
 nodes in (domain, name) order, so a gang's replicas land next to each other.  Pool
 capacity is an aggregate, so a rare unit may not fit its pool (mixed demands on a node);
-it is then *repaired* into another candidate pool of the same type, an elastic gang keeps
+it is then *repaired* into another pool of the same type (its candidates first, then any
+other), an elastic gang keeps
 what fits down to its minimum, and otherwise the gang is dropped whole with a reason.
 """
 
@@ -160,7 +161,11 @@ class Packer:
     ) -> int:
         zone_spread = gang.workload.spread is Spread.ZONE
         zones = {self.ledger.nodes[a.node].topology.zone for a in assignments}
-        for p in gang.capacity:
+        # the gang's candidate pools first, then every other pool of an allowed type (a unit
+        # that fits somewhere is never dropped because the aggregate plan was optimistic)
+        others = [q.index for q in self.instance.pools
+                  if q.index not in gang.capacity and gang.workload.allows(q.accelerator_type)]
+        for p in [*gang.capacity, *others]:
             if short == 0:
                 break
             pool = self._pools[p]
