@@ -474,6 +474,9 @@ def score_placements(
         for a in replicas:
             node = free.nodes[a.node]
             value += gang.unit_value.get(node.accelerator_type, 0) / gang.unit_replicas
+            if node.accelerator_count:
+                fullness = 1.0 - free.free(a.node).accelerator_milli / (node.accelerator_count * 1000)
+                total += w.best_fit * fullness / gang.unit_replicas
             domains.add(node.topology.domain)
             nics.add(node.topology.nic)
             if node.accelerator_count and free.whole_free(a.node) == node.accelerator_count:

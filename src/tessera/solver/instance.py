@@ -73,6 +73,13 @@ class Pool:
         return len(self.nodes)
 
     @property
+    def fullness(self) -> float:
+        """Share of the nodes' accelerators (CPU for CPU-only nodes) already in use, 0..1."""
+        if self.device_count:
+            return 1.0 - self.shape.accelerator_milli / (self.device_count * 1000)
+        return 0.0
+
+    @property
     def fresh(self) -> bool:
         """Every node is untouched: starting work here opens a new node."""
         return self.device_count > 0 and self.shape.whole_devices == self.device_count
@@ -123,6 +130,9 @@ class ObjectiveWeights:
     throughput: int = 10_000
     #: charge per node opened in a pool of untouched nodes (fragmentation of fresh nodes)
     open_node: int = 150
+    #: value per unit x how full its pool's nodes already are (0..1): best fit, so that
+    #: equal plans prefer fuller nodes and leave whole nodes free
+    best_fit: int = 100
     #: charge per extra network domain a gang spans
     extra_domain: int = 400
     #: charge per extra NIC class a gang spans (heterogeneous NICs slow all-reduce)

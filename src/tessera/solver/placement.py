@@ -193,7 +193,8 @@ class PlacementModel:
             self._objective.append((gang.weight * w.start + gang.order_bonus, run))
             for p in self._gang_pools(g):
                 value = gang.unit_value.get(self._pool[p].accelerator_type, 0)
-                self._objective.append((gang.weight * value, self.units[g, p]))
+                fit = round(w.best_fit * self._pool[p].fullness)
+                self._objective.append((gang.weight * value + fit, self.units[g, p]))
         coefficients = [c for c, _ in self._objective]
         variables = [v for _, v in self._objective]
         self.model.maximize(cp_model.LinearExpr.weighted_sum(variables, coefficients))
