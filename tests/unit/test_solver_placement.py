@@ -154,3 +154,9 @@ def test_no_move_when_the_restart_costs_more_than_the_gain():
 
 def busy_on(job, node_name, accelerator_type):
     return Allocation(job, (ReplicaPlacement(0, node_name, accelerator_type, tuple(range(job.demand.accelerators))),))
+
+
+def test_best_fit_prefers_the_fuller_of_two_used_nodes():
+    snap = ClusterSnapshot([node("light", "A100", 8), node("heavy", "A100", 8)],
+                           [busy("ns/x", "light", "A100", range(2)), busy("ns/y", "heavy", "A100", range(6))])
+    assert placed(decide(snap, [gang("ns/a", 1, 1)])) == {"ns/a": ["heavy"]}
