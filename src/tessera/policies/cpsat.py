@@ -60,6 +60,7 @@ from tessera.solver import (
     greedy_units,
     lost_work_seconds,
     move_candidates,
+    node_fullness,
     restrict_candidates,
     victims_on,
 )
@@ -474,9 +475,10 @@ def score_placements(
         for a in replicas:
             node = free.nodes[a.node]
             value += gang.unit_value.get(node.accelerator_type, 0) / gang.unit_replicas
-            if node.accelerator_count:
-                fullness = 1.0 - free.free(a.node).accelerator_milli / (node.accelerator_count * 1000)
-                total += w.best_fit * fullness / gang.unit_replicas
+            node_free = free.free(a.node)
+            fullness = node_fullness(node.accelerator_count, node_free.accelerator_milli, node.cpu_milli,
+                                     node_free.cpu_milli)
+            total += w.best_fit * fullness / gang.unit_replicas
             domains.add(node.topology.domain)
             nics.add(node.topology.nic)
             if node.accelerator_count and free.whole_free(a.node) == node.accelerator_count:

@@ -39,6 +39,16 @@ class NodeShape:
         return sum(self.devices_milli)
 
 
+def node_fullness(device_count: int, free_accelerator_milli: int, cpu_capacity_milli: int, free_cpu_milli: int) -> float:
+    """Mean share of accelerators and CPU in use on a node (dimensions it has), 0..1."""
+    shares = []
+    if device_count:
+        shares.append(1.0 - free_accelerator_milli / (device_count * 1000))
+    if cpu_capacity_milli:
+        shares.append(1.0 - free_cpu_milli / cpu_capacity_milli)
+    return sum(shares) / len(shares) if shares else 0.0
+
+
 def replicas_fitting(shape: NodeShape, demand: ReplicaDemand) -> int:
     """How many replicas of ``demand`` fit on one node of ``shape`` (exact per dimension)."""
     counts = []
@@ -67,6 +77,8 @@ class Pool:
     #: device count of each node (total, not free)
     device_count: int
     nodes: list[str] = field(default_factory=list)
+    #: CPU of each node (total, not free), for fullness
+    cpu_capacity_milli: int = 0
 
     @property
     def size(self) -> int:
@@ -74,10 +86,10 @@ class Pool:
 
     @property
     def fullness(self) -> float:
-        """Share of the nodes' accelerators (CPU for CPU-only nodes) already in use, 0..1."""
-        if self.device_count:
-            return 1.0 - self.shape.accelerator_milli / (self.device_count * 1000)
-        return 0.0
+        """How used the pool's nodes are, 0..1: the mean of the accelerator and the CPU share
+        in use (a node out of CPU strands its free accelerators, as FGD's traces show)."""
+        return node_fullness(self.device_count, self.shape.accelerator_milli, self.cpu_capacity_milli,
+                             self.shape.cpu_milli)
 
     @property
     def fresh(self) -> bool:
@@ -189,13 +201,14 @@ def build_pools(
         shape = shape_of(ledger, name)
         topo = node.topology
         domain = topo.domain if by_domain else ""
-        key: tuple[object, ...] = (node.accelerator_type or "", topo.zone, domain, topo.nic, node.accelerator_count, shape)
+        key: tuple[object, ...] = (node.accelerator_type or "", topo.zone, domain, topo.nic, node.accelerator_count,
+                                   node.cpu_milli, shape)
         if monolithic:
             key = (name,)
         pool = groups.get(key)
         if pool is None:
             pool = Pool(len(groups), node.accelerator_type, topo.zone, topo.domain if (by_domain or monolithic) else "",
-                        topo.nic, shape, node.accelerator_count)
+                        topo.nic, shape, node.accelerator_count, cpu_capacity_milli=node.cpu_milli)
             groups[key] = pool
         pool.nodes.append(name)
     return list(groups.values())
