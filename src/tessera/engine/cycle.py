@@ -95,6 +95,10 @@ class Engine:
             proposed = Plan()
             error = f"policy {self.policy.name} failed: {type(err).__name__}: {err}"
         elapsed = self._timer() - started
+        # a policy may expose statistics of its last decision (solver status, objective,
+        # gap, ...) as a ``last_stats`` mapping; they travel with the cycle to the metrics
+        raw_stats = getattr(self.policy, "last_stats", None)
+        stats = dict(raw_stats) if isinstance(raw_stats, Mapping) and not error else {}
         validated = validate_plan(snapshot, pending, proposed)
         waiting = self._waiting(pending, proposed, validated.accepted, validated.rejected, validated.ledger, error)
         result = CycleResult(
@@ -107,16 +111,16 @@ class Engine:
             decision_seconds=elapsed,
             cycle=self._cycles,
             error=error,
-            stats=self._policy_stats(),
+            stats=MappingProxyType({**stats, **self._artifact()}),
         )
         self.metrics.record_cycle(result)
         return result
 
-    def _policy_stats(self) -> Mapping[str, Any]:
+    def _artifact(self) -> dict[str, str]:
         # a policy backed by a trained artifact (weights) names it, so status and metrics show
         # which model decided; policies without one report nothing extra
         artifact = getattr(self.policy, "artifact", None)
-        return MappingProxyType({"policy_artifact": str(artifact)} if artifact else {})
+        return {"policy_artifact": str(artifact)} if artifact else {}
 
     def run_cycle(self, source: ClusterSource, actuator: Actuator) -> CycleResult:
         result = self.decide(source.snapshot(), source.pending())

@@ -1,0 +1,69 @@
+"""CP-SAT models (OR-Tools) as classes with named variable containers and one ``_add_*``
+method per constraint family.  Imports only :mod:`tessera.core` and ``ortools``.
+
+* :class:`PlacementModel` — which pending gangs start, on which type, in which node pools;
+* :class:`PreemptionModel` — which lower-priority work shrinks or is evicted for one gang;
+* :func:`build_instance` / :class:`Packer` — the pool decomposition around them.
+"""
+
+from tessera.solver.hint import greedy_units
+from tessera.solver.instance import (
+    GangSpec,
+    NodeShape,
+    ObjectiveWeights,
+    PlacementInstance,
+    Pool,
+    build_instance,
+    build_pools,
+    node_fullness,
+    replicas_fitting,
+    restrict_candidates,
+    shape_of,
+    unit_replicas,
+)
+from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
+from tessera.solver.moves import MoveCandidate, MoveChoice, MoveModel, move_candidates
+from tessera.solver.packing import Packer, PackResult, pool_counts
+from tessera.solver.placement import PlacementModel, PlacementSolution
+from tessera.solver.preemption import (
+    PreemptionChoice,
+    PreemptionModel,
+    VictimSpec,
+    candidate_nodes,
+    lost_work_seconds,
+    victims_on,
+)
+
+__all__ = [
+    "GangSpec",
+    "MoveCandidate",
+    "MoveChoice",
+    "MoveModel",
+    "NodeShape",
+    "ObjectiveWeights",
+    "PackResult",
+    "Packer",
+    "PlacementInstance",
+    "PlacementModel",
+    "PlacementSolution",
+    "Pool",
+    "PreemptionChoice",
+    "PreemptionModel",
+    "SolveOutcome",
+    "SolverLimits",
+    "VictimSpec",
+    "build_instance",
+    "build_pools",
+    "candidate_nodes",
+    "greedy_units",
+    "lost_work_seconds",
+    "move_candidates",
+    "node_fullness",
+    "pool_counts",
+    "replicas_fitting",
+    "restrict_candidates",
+    "run_solver",
+    "shape_of",
+    "unit_replicas",
+    "victims_on",
+]

@@ -1,0 +1,492 @@
+"""The default decision-maker: a CP-SAT placement model with preemption and elastic shrink.
+
+One decision:
+
+1. nodes are aggregated into pools and the pool-level model
+   (:class:`tessera.solver.PlacementModel`) chooses which gangs start, on which
+   accelerator type and in which pools, maximising priority-weighted normalised throughput
+   minus fragmentation and cross-domain charges; a pool-level best-fit plan
+   (:func:`tessera.solver.greedy_units`) is the solution hint and the fallback;
+2. the pool-level answer is packed onto nodes; the better of it and the greedy plan
+   (scored with the same objective) is kept, so CP-SAT is never worse than its hint;
+3. gangs still waiting that outrank running work get a victim-selection model each
+   (:class:`tessera.solver.PreemptionModel`): lower-priority elastic jobs shrink toward
+   their minimum first, whole lower-priority gangs are evicted only if still needed, at
+   least lost work;
+4. running work moves to faster types with free room when the gain beats the restart
+   penalty (:class:`tessera.solver.MoveModel`): a single replica by migration, a gang by
+   stopping it so that it restarts there in the follow-up decision;
+5. every gang left waiting gets a reason naming the constraint that binds.
+
+Solver statistics of the last decision are in :attr:`CpSat.last_stats` (a plain dict the
+engine copies into ``CycleResult.stats``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from tessera.core import (
+    Allocation,
+    CapacityLedger,
+    ClusterSnapshot,
+    Migration,
+    Placement,
+    Plan,
+    Preemption,
+    ReplicaAssignment,
+    Resize,
+    Workload,
+)
+from tessera.policies.cpsat_reasons import PoolView, explain_waiting
+from tessera.policies.gang import queue_order
+from tessera.policy import Decision, PolicyContext
+from tessera.solver import (
+    GangSpec,
+    MoveModel,
+    ObjectiveWeights,
+    Packer,
+    PlacementInstance,
+    PlacementModel,
+    PreemptionModel,
+    SolverLimits,
+    VictimSpec,
+    build_instance,
+    build_pools,
+    candidate_nodes,
+    greedy_units,
+    lost_work_seconds,
+    move_candidates,
+    node_fullness,
+    restrict_candidates,
+    victims_on,
+)
+
+
+class CpSat:
+    """CP-SAT placement: fastest accelerator type per gang, gang-aware, topology-aware, with preemption."""
+
+    name: ClassVar[str] = "cpsat"
+    version: ClassVar[str] = "1.0.0"
+    decides: ClassVar[frozenset[Decision]] = frozenset(
+        {Decision.PLACEMENT, Decision.ORDERING, Decision.PREEMPTION, Decision.RESIZING}
+    )
+
+    def __init__(
+        self,
+        *,
+        monolithic: bool = False,
+        weights: ObjectiveWeights | None = None,
+        max_pools: int = 400,
+        pools_per_group: int = 2,
+        max_unit_vars: int = 4_000,
+        num_workers: int = 2,
+        use_hint: bool = True,
+        preemption: bool = True,
+        max_preemptors: int = 4,
+        preemption_max_nodes: int = 64,
+        checkpoint_interval_seconds: float = 1_800.0,
+        placement_budget_share: float = 0.75,
+        las_after_seconds: float | None = None,
+        moves: bool = True,
+        move_horizon_seconds: float = 3_600.0,
+        max_moves: int = 16,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``monolithic``: one pool per node (exact, slow; for comparison).  ``max_pools``:
+        above this many pools, domains are dropped from the pool key.  ``pools_per_group``:
+        candidate pools per gang and accelerator type, applied only when the full model
+        would have more than ``max_unit_vars`` (gang, pool) variables.  ``placement_budget_share``: part of
+        the time budget for the placement model, the rest for preemption models.
+        ``timer`` measures latency and the budget left (never used by a deterministic
+        decision).  ``moves``: move running single-replica work to faster types with free
+        room when the gain over ``move_horizon_seconds`` beats its restart cost (at most
+        ``max_moves`` per decision).  ``las_after_seconds``: when set, a waiting gang may also
+        preempt running work of its own priority that has run at least this long in one go
+        and has attained that much more service per accelerator (least attained service
+        first, as Gavel and Tiresias do); off by default."""
+        self.monolithic = monolithic
+        self.weights = weights or ObjectiveWeights()
+        self.max_pools = max_pools
+        self.pools_per_group = pools_per_group
+        self.max_unit_vars = max_unit_vars
+        self.num_workers = num_workers
+        self.use_hint = use_hint
+        self.preemption = preemption
+        self.max_preemptors = max_preemptors
+        self.preemption_max_nodes = preemption_max_nodes
+        self.checkpoint_interval_seconds = checkpoint_interval_seconds
+        self.placement_budget_share = placement_budget_share
+        self.las_after_seconds = las_after_seconds
+        #: attained service (accelerator-seconds) per workload, from the snapshots seen
+        self._service: dict[str, float] = {}
+        self._last_now: float | None = None
+        self.moves = moves
+        self.move_horizon_seconds = move_horizon_seconds
+        self.max_moves = max_moves
+        self._timer = timer
+        #: statistics of the last decision (see docs/cpsat.md, "Statistics")
+        self.last_stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        started = self._timer()
+        self._account(snapshot, ctx.now_seconds)
+        if len(self._service) > 2 * (len(snapshot.allocations) + len(pending)) + 64:
+            # forget finished workloads (a long-running operator would otherwise grow this forever)
+            live = snapshot.allocations.keys() | {w.key for w in pending}
+            self._service = {k: v for k, v in self._service.items() if k in live}
+        ordered = queue_order(pending)
+        stats: dict[str, Any] = {"policy": self.name, "pending": len(ordered)}
+
+        instance = build_instance(
+            snapshot.ledger(), ordered, now_seconds=ctx.now_seconds, weights=self.weights,
+            monolithic=self.monolithic, max_pools=self.max_pools,
+        )
+        hint = greedy_units(instance)
+        before = PoolView(instance.pools)
+        candidates = sum(len(g.capacity) for g in instance.gangs)
+        if not self.monolithic and candidates > self.max_unit_vars:
+            restrict_candidates(instance, hint, self.pools_per_group)
+        model = PlacementModel(instance)
+        stats["hint_gangs"] = model.add_hint(hint) if self.use_hint else 0
+        stats["hint_objective"] = model.hint_objective
+        stats.update(model.size)
+        stats["pools_by_domain"] = instance.pools_by_domain
+        phases = {"build": self._timer() - started}
+
+        budget = ctx.time_budget_seconds * self.placement_budget_share
+        if not ctx.deterministic:
+            budget = max(0.05, budget - (self._timer() - started))
+        mark = self._timer()
+        solution = model.solve(self._limits(ctx, budget))
+        phases["solve"] = self._timer() - mark
+        mark = self._timer()
+        outcome = solution.outcome
+        stats.update(status=outcome.status, objective=outcome.objective, best_bound=outcome.best_bound,
+                     gap=outcome.gap, solve_seconds=outcome.wall_seconds,
+                     deterministic_time=outcome.deterministic_time)
+        if outcome.error:
+            stats["error"] = outcome.error
+
+        # pack the CP-SAT answer; the greedy hint is packed too when CP-SAT has nothing or
+        # its packing needed repairs, and the better plan (same objective) is kept
+        chosen_by, packed, ledger = "greedy", None, snapshot.ledger()
+        if outcome.has_solution:
+            packed = Packer(ledger, instance).pack(solution.units)
+            chosen_by = "cpsat"
+            stats.update(cpsat_score=score_placements(instance, snapshot.ledger(), packed.placed),
+                         repaired_units=packed.repaired_units, shrunk_at_packing=packed.shrunk_gangs,
+                         pack_failures=len(packed.failed))
+        if packed is None or packed.failed or packed.shrunk_gangs:
+            greedy_ledger = snapshot.ledger()
+            greedy = Packer(greedy_ledger, instance).pack(hint)
+            greedy_score = score_placements(instance, snapshot.ledger(), greedy.placed)
+            stats["greedy_score"] = greedy_score
+            if packed is None or greedy_score > stats["cpsat_score"]:
+                chosen_by, packed, ledger = "greedy", greedy, greedy_ledger
+        assert packed is not None
+        stats["chosen"] = chosen_by
+        placements, pack_failures = packed.placed, packed.failed
+        after = PoolView(lambda: build_pools(ledger, by_domain=False))
+        phases["pack"] = self._timer() - mark
+        mark = self._timer()
+
+        plan_placements = [Placement(key, placements[key], reason=f"{self.name}: {chosen_by}")
+                           for key in (w.key for w in ordered) if key in placements]
+        preemptions: list[Preemption] = []
+        resizes: list[Resize] = []
+        tried_preemption: dict[str, str] = {}
+        if self.preemption:
+            self._preempt(snapshot, instance, ordered, placements, ledger, ctx, started,
+                          plan_placements, preemptions, resizes, tried_preemption, stats, before)
+        phases["preempt"] = self._timer() - mark
+        mark = self._timer()
+        migrations: list[Migration] = []
+        if self.moves:
+            changed = {p.workload for p in preemptions} | {r.workload for r in resizes}
+            self._upgrade(snapshot, ledger, ctx, changed, migrations, preemptions, stats)
+        phases["moves"] = self._timer() - mark
+        mark = self._timer()
+
+        placed = {p.workload for p in plan_placements}
+        unplaced = {}
+        for gang in instance.gangs:
+            if gang.key in placed:
+                continue
+            unplaced[gang.key] = explain_waiting(gang, before, after, pack_failures.get(gang.key, ""),
+                                                 tried_preemption.get(gang.key, ""))
+        phases["explain"] = self._timer() - mark
+        stats.update(placed=len(placed), preempted=len(preemptions), shrunk=len(resizes), moved=len(migrations),
+                     phase_seconds=phases, decision_seconds=self._timer() - started)
+        self.last_stats = stats
+        return Plan(placements=tuple(plan_placements), preemptions=tuple(preemptions),
+                    resizes=tuple(resizes), migrations=tuple(migrations), unplaced=unplaced)
+
+    # ------------------------------------------------------------------------------
+    def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
+        """Add the service running work received since the last decision (for LAS)."""
+        last, self._last_now = self._last_now, now
+        if last is None or now <= last:
+            return
+        for key, allocation in snapshot.allocations.items():
+            since = max(last, allocation.started_at_seconds)
+            if now > since:
+                accelerators = len(allocation.replicas) * allocation.workload.demand.accelerator_milli / 1000
+                self._service[key] = self._service.get(key, 0.0) + (now - since) * accelerators
+
+    def attained_per_accelerator(self, workload: Workload, replicas: int | None = None) -> float:
+        """Attained service divided by the gang's accelerators (seconds of full-gang running)."""
+        accelerators = max(1e-9, (replicas or workload.gang_min) * workload.demand.accelerator_milli / 1000)
+        return self._service.get(workload.key, 0.0) / accelerators
+
+    def _limits(self, ctx: PolicyContext, seconds: float) -> SolverLimits:
+        return SolverLimits(time_limit_seconds=seconds, deterministic=ctx.deterministic, seed=ctx.seed,
+                            num_workers=self.num_workers)
+
+    def _preempt(
+        self,
+        snapshot: ClusterSnapshot,
+        instance: PlacementInstance,
+        ordered: Sequence[Workload],
+        placements: Mapping[str, tuple[ReplicaAssignment, ...]],
+        ledger: CapacityLedger,
+        ctx: PolicyContext,
+        started: float,
+        plan_placements: list[Placement],
+        preemptions: list[Preemption],
+        resizes: list[Resize],
+        tried: dict[str, str],
+        stats: dict[str, Any],
+        before: PoolView,
+    ) -> None:
+        """Victim selection, one model per waiting gang, highest priority first.
+
+        Only gangs that would not fit in the free capacity even on their own are
+        considered: preemption is the last resort, not a way to win a tie."""
+        running = [a for a in snapshot.allocations.values() if a.nodes <= snapshot.nodes.keys()]
+        if not running:
+            return
+        lowest = min(a.workload.priority for a in running)
+        las = self.las_after_seconds is not None
+        waiting = [instance.gangs[_index(instance, w.key)] for w in ordered
+                   if w.key not in placements and (w.priority > lowest or las)]
+        if las:  # least attained service first within a priority level
+            waiting.sort(key=lambda g: (-g.workload.priority, self.attained_per_accelerator(g.workload), g.index))
+        gone: set[str] = set()
+        removed: dict[str, set[int]] = defaultdict(set)
+        solves = 0
+        share = ctx.time_budget_seconds * (1 - self.placement_budget_share)
+        for gang in waiting:
+            if gang.excluded or before.fits_alone(gang):
+                continue
+            if solves >= self.max_preemptors:
+                tried[gang.key] = f"not considered for preemption this round (at most {self.max_preemptors} per decision)"
+                continue
+            victims = self._victims(snapshot, gang.workload, gone, removed, ctx.now_seconds)
+            if not victims:
+                tried[gang.key] = ("no lower-priority preemptible work to make room" if not las else
+                                   "no lower-priority or longer-served preemptible work to make room")
+                continue
+            nodes = candidate_nodes(ledger, gang, victims, self.preemption_max_nodes)
+            victims = victims_on(victims, nodes)
+            budget = share / max(1, min(len(waiting), self.max_preemptors))
+            if not ctx.deterministic:
+                budget = max(0.02, min(budget, ctx.time_budget_seconds - (self._timer() - started)))
+            choice = PreemptionModel(ledger, gang, victims, nodes).solve(self._limits(ctx, budget))
+            solves += 1
+            if not choice.outcome.has_solution:
+                tried[gang.key] = ("preempting every lower-priority workload would still not make room"
+                                   if choice.outcome.status == "INFEASIBLE"
+                                   else f"victim selection found no answer in time ({choice.outcome.status})")
+                continue
+            assignments = _apply_preemption(snapshot, ledger, gang, choice.evict, choice.remove, choice.units)
+            if assignments is None:
+                tried[gang.key] = "the chosen victims did not leave room on the nodes (packing failed)"
+                continue
+            why = f"preempted by {gang.key} (priority {gang.workload.priority})"
+            for key in choice.evict:
+                victim = snapshot.allocations[key].workload
+                reason = f"{why}; own priority {victim.priority}"
+                if victim.priority == gang.workload.priority:
+                    reason = (f"preempted by {gang.key}: least attained service first "
+                              f"({self.attained_per_accelerator(gang.workload) / 3600:.2f} h vs "
+                              f"{self.attained_per_accelerator(victim, len(snapshot.allocations[key].replicas)) / 3600:.2f} h"
+                              " per accelerator)")
+                preemptions.append(Preemption(key, reason=reason, beneficiary=gang.key))
+                gone.add(key)
+            for key, replicas in choice.remove.items():
+                resizes.append(Resize(key, remove=replicas,
+                                      reason=f"shrunk toward its minimum for {gang.key} (priority {gang.workload.priority})"))
+                removed[key].update(replicas)
+            plan_placements.append(Placement(gang.key, assignments,
+                                             reason=f"{self.name}: after preempting lower-priority work"))
+        stats["preemption_solves"] = solves
+
+    def _upgrade(
+        self, snapshot: ClusterSnapshot, ledger: CapacityLedger, ctx: PolicyContext, changed: set[str],
+        migrations: list[Migration], preemptions: list[Preemption], stats: dict[str, Any],
+    ) -> None:
+        """Move running work to faster types with free room (restart cost charged):
+        single replicas by migration, gangs by a stop and restart in the follow-up decision."""
+        pools = build_pools(ledger, by_domain=False)
+        running = [a for k, a in sorted(snapshot.allocations.items())
+                   if k not in changed and a.nodes <= snapshot.nodes.keys()]
+        candidates = move_candidates(running, pools, horizon_seconds=self.move_horizon_seconds, weight_of={})
+        if not candidates:
+            return
+        budget = ctx.time_budget_seconds * (1 - self.placement_budget_share) / 2
+        choice = MoveModel(candidates, pools, self.max_moves).solve(self._limits(ctx, max(0.02, budget)))
+        stats["move_status"] = choice.outcome.status
+        nodes_of: dict[str, list[str]] = defaultdict(list)
+        for pool in sorted(pools, key=lambda q: (q.shape.accelerator_milli, q.index)):  # fullest first
+            if pool.accelerator_type:
+                nodes_of[pool.accelerator_type].extend(pool.nodes)
+        for key in sorted(choice.moves):
+            allocation = snapshot.allocations[key]
+            workload = allocation.workload
+            destination = choice.moves[key]
+            # reserve the destination now so later moves in this decision see it taken
+            taken: list[ReplicaAssignment] = []
+            for _ in allocation.replicas:
+                target = next((n for n in nodes_of[destination] if ledger.fits(n, workload.demand)), None)
+                if target is None:
+                    break
+                taken.append(ReplicaAssignment(target, ledger.take(target, workload.demand)))
+            if len(taken) < len(allocation.replicas):
+                for a in taken:
+                    ledger.give_back(a.node, workload.demand, a.devices)
+                continue  # aggregate room, but not on the nodes: skip this move this round
+            source_type = allocation.replicas[0].accelerator_type
+            if len(allocation.replicas) == 1:
+                source = allocation.replicas[0]
+                ledger.give_back(source.node, workload.demand, source.devices)
+                migrations.append(Migration(
+                    key, source.replica, taken[0],
+                    reason=f"moved from {source_type} to faster {destination}",
+                    estimated_cost_seconds=workload.restart_cost_seconds,
+                ))
+            else:
+                # a gang cannot change type replica by replica (one type per gang): it is
+                # stopped here and, with the room reserved above left free, restarts on the
+                # faster type in the follow-up decision
+                for a in taken:
+                    ledger.give_back(a.node, workload.demand, a.devices)
+                for rp in allocation.replicas:
+                    ledger.give_back(rp.node, workload.demand, rp.devices)
+                preemptions.append(Preemption(
+                    key, reason=(f"moving from {source_type} to faster {destination}: "
+                                 "restarts there next (gain beats the restart cost)")))
+
+    def _las_victim(self, allocation: Allocation, beneficiary: Workload, now_seconds: float) -> bool:
+        """Equal priority: preemptible under LAS once it ran ``las_after_seconds`` in one go
+        and has attained that much more service per accelerator than the beneficiary."""
+        if self.las_after_seconds is None:
+            return False
+        if now_seconds - allocation.started_at_seconds < self.las_after_seconds:
+            return False
+        mine = self.attained_per_accelerator(allocation.workload, len(allocation.replicas))
+        return mine >= self.attained_per_accelerator(beneficiary) + self.las_after_seconds
+
+    def _victims(
+        self, snapshot: ClusterSnapshot, beneficiary: Workload, gone: set[str],
+        removed: Mapping[str, set[int]], now_seconds: float,
+    ) -> list[VictimSpec]:
+        out = []
+        for key in sorted(snapshot.allocations):
+            allocation = snapshot.allocations[key]
+            workload = allocation.workload
+            if key in gone or workload.priority > beneficiary.priority or not workload.preemptible:
+                continue
+            if workload.priority == beneficiary.priority and not self._las_victim(allocation, beneficiary, now_seconds):
+                continue
+            if key in removed:
+                continue  # already shrunk this round: one change per workload per decision
+            accelerators = max(1, workload.demand.accelerator_milli // 1000)
+            extra = len(allocation.replicas) - max(1, workload.gang_min)
+            # shrink the newest replicas first: they carry the least state
+            removable = tuple(sorted((rp.replica for rp in allocation.replicas), reverse=True)[:max(0, extra)])
+            out.append(VictimSpec(
+                allocation=allocation,
+                evict_cost=round(lost_work_seconds(allocation, now_seconds, self.checkpoint_interval_seconds)),
+                removable=removable,
+                shrink_fixed_cost=round(workload.restart_cost_seconds * accelerators * len(allocation.replicas)),
+                shrink_replica_cost=accelerators,
+            ))
+        return out
+
+
+def _index(instance: PlacementInstance, key: str) -> int:
+    for gang in instance.gangs:
+        if gang.key == key:
+            return gang.index
+    raise KeyError(key)
+
+
+def _apply_preemption(
+    snapshot: ClusterSnapshot,
+    ledger: CapacityLedger,
+    gang: GangSpec,
+    evict: Sequence[str],
+    remove: Mapping[str, Sequence[int]],
+    units: Mapping[str, int],
+) -> tuple[ReplicaAssignment, ...] | None:
+    """Free the victims on ``ledger`` and put the beneficiary's units where the model said,
+    or undo everything and return None."""
+    released = []
+    for key in evict:
+        allocation = snapshot.allocations[key]
+        released += [(allocation.workload.demand, rp) for rp in allocation.replicas]
+    for key, indices in remove.items():
+        allocation = snapshot.allocations[key]
+        released += [(allocation.workload.demand, rp) for rp in allocation.replicas if rp.replica in indices]
+    for demand, rp in released:
+        ledger.give_back(rp.node, demand, rp.devices)
+    demand = gang.workload.demand
+    taken: list[ReplicaAssignment] = []
+    try:
+        for node in sorted(units):
+            for _ in range(units[node] * gang.unit_replicas):
+                taken.append(ReplicaAssignment(node, ledger.take(node, demand)))
+    except Exception:  # CapacityError: aggregate room but not per device; undo
+        for a in taken:
+            ledger.give_back(a.node, demand, a.devices)
+        for d, rp in released:
+            ledger.take(rp.node, d, rp.devices, strict=False)
+        return None
+    return tuple(taken)
+
+
+def score_placements(
+    instance: PlacementInstance, free: CapacityLedger, placements: Mapping[str, Sequence[ReplicaAssignment]]
+) -> float:
+    """The placement model's objective evaluated on a node-level plan (to compare plans)."""
+    w = instance.weights
+    by_key = {g.key: g for g in instance.gangs}
+    opened: set[str] = set()
+    total = 0.0
+    for key, replicas in placements.items():
+        gang = by_key[key]
+        value = 0.0
+        domains, nics = set(), set()
+        for a in replicas:
+            node = free.nodes[a.node]
+            value += gang.unit_value.get(node.accelerator_type, 0) / gang.unit_replicas
+            node_free = free.free(a.node)
+            fullness = node_fullness(node.accelerator_count, node_free.accelerator_milli, node.cpu_milli,
+                                     node_free.cpu_milli)
+            total += w.best_fit * fullness / gang.unit_replicas
+            domains.add(node.topology.domain)
+            nics.add(node.topology.nic)
+            if node.accelerator_count and free.whole_free(a.node) == node.accelerator_count:
+                opened.add(a.node)
+        total += gang.weight * (w.start + value) + gang.order_bonus
+        if gang.prefers_one_domain:
+            total -= w.extra_domain * (len(domains) - 1) + w.extra_nic * (len(nics) - 1)
+    return total - w.open_node * len(opened)
+
+
+__all__ = ["CpSat", "score_placements"]
