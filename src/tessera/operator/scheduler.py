@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.api.models import InferenceService, ReplicaStatus
-from tessera.core import Allocation, Placement, ReplicaPlacement, Spread, Workload
+from tessera.core import Allocation, Placement, Plan, ReplicaPlacement, Spread, Workload, validate_plan
 from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L
 from tessera.operator.kube import Kube, KubeError, now_rfc3339
@@ -97,6 +97,26 @@ def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
         elif have != value:
             return False
     return True
+
+
+def executable_placements(result: CycleResult, pending: Sequence[Workload]) -> tuple[tuple[Placement, ...], dict[str, str]]:
+    """The placements this operator can carry out on their own, and why the others wait.
+
+    The operator binds new gangs but does not yet evict, resize or move running work.
+    A placement that only fits because of a preemption, resize or migration in the same
+    plan would over-commit its nodes, so the plan's placements are validated again
+    without those actions; the ones refused keep waiting with a reason.
+    """
+    plan = result.plan
+    if not (plan.preemptions or plan.resizes or plan.migrations):
+        return plan.placements, {}
+    alone = validate_plan(result.snapshot, pending, Plan(placements=plan.placements))
+    waiting = {
+        r.action.workload: f"needs room that {result.policy} would free by preempting, resizing or moving "
+        "running work, which this operator version does not carry out yet"
+        for r in alone.rejected
+    }
+    return alone.accepted.placements, waiting
 
 
 @dataclass
@@ -177,8 +197,10 @@ class Scheduler:
         self._warn_nodes(state)
         self._repair(state, report)
         scale_ups = [w for w in state.pending if w.key.endswith(SCALE_UP_SUFFIX)]
-        result = self.engine.decide(state.snapshot, [w for w in state.pending if w not in scale_ups])
+        pending = [w for w in state.pending if w not in scale_ups]
+        result = self.engine.decide(state.snapshot, pending)
         report.result = result
+        placements, deferred = executable_placements(result, pending)
         if result.error:
             report.errors.append(result.error)
         if not self.elector.ensure_leader():
@@ -187,9 +209,9 @@ class Scheduler:
         for view in state.workloads.values():
             if view.in_flight and not view.rollback_reason and view.to_bind:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
-        for placement in result.plan.placements:
+        for placement in placements:
             self._place(state, placement, result, report)
-        waiting = dict(result.waiting)
+        waiting = {**result.waiting, **deferred}
         waiting.update(self._scale_up(state, scale_ups, result, report))
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the
         # cycle started with (scale-up decisions see modified snapshots)
@@ -212,7 +234,7 @@ class Scheduler:
             return {}
         pending_by_key = {w.key: w for w in state.pending}
         allocations = list(state.snapshot.allocations.values())
-        for placement in first.plan.placements:
+        for placement in executable_placements(first, list(pending_by_key.values()))[0]:
             workload = pending_by_key[placement.workload]
             allocations.append(Allocation(workload, tuple(
                 ReplicaPlacement(i, a.node, state.nodes[a.node].node.accelerator_type, a.devices)
@@ -225,10 +247,11 @@ class Scheduler:
                      for v in state.nodes.values()]
             snapshot = state.snapshot.with_changes(nodes=nodes, allocations=allocations)
             result = self.engine.decide(snapshot, [unit])
-            waiting.update(result.waiting)
+            placements, deferred = executable_placements(result, [unit])
+            waiting.update({**result.waiting, **deferred})
             if not self.elector.ensure_leader():
                 break
-            for placement in result.plan.placements:
+            for placement in placements:
                 self._place(state, placement, result, report)
                 allocations.append(Allocation(unit, tuple(
                     ReplicaPlacement(i, a.node, state.nodes[a.node].node.accelerator_type, a.devices)
