@@ -25,7 +25,6 @@ KNOWN_FAILURES = {
     "gpu-packing": _SPREAD,
     "random": _SPREAD,
     "resource-best-fit": _SPREAD,
-    "gavel": "nondeterministic plans for the same seed and a KeyError('') on a rerun (simcore branch)",
 }
 
 REGISTERED = [

@@ -97,3 +97,19 @@ def test_gavel_keeps_a_running_job_on_its_type_unless_the_gain_is_clear():
     job2 = gang("k", 1, types=[("V100", 3.0), ("P100", 1.0)])
     plan = GavelLAS().decide(snapshot(cluster, running(job2, "p-0", "P100", 1), now=0.0), [], ctx(0.0))
     assert [p.reason for p in plan.preemptions] == ["LAS round: moves to V100"]
+
+
+def test_gavel_round_leaves_cpu_only_work_alone():
+    # a running pod without accelerators has no type to win or lose; it once raised KeyError('')
+    from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
+    from tessera.policy import PolicyContext, load_policy
+    from tessera.testing import gang, node
+
+    cpu_pod = gang("ns/cpu", 1, 0, cpu_milli=1000)
+    snap = ClusterSnapshot(
+        [node("h1", "H100", 8), node("c1", None, 0)],
+        [Allocation(cpu_pod, (ReplicaPlacement(0, "c1", None),))],
+    )
+    plan = load_policy("gavel").decide(snap, [gang("ns/j", 1, 8, ["H100"])], PolicyContext())
+    assert not plan.preemptions
+    assert [p.workload for p in plan.placements] == ["ns/j"]

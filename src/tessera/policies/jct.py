@@ -255,11 +255,13 @@ class GavelLAS:
         capacity = {t: sum(snapshot.nodes[n].accelerator_count for n in names) * MILLI_PER_DEVICE for t, names in by_type.items()}
         running = {k: a for k, a in snapshot.allocations.items() if a.replicas}
         current_type = {k: a.replicas[0].accelerator_type or "" for k, a in running.items()}
-        fixed = [k for k, a in running.items() if not a.workload.preemptible]
+        # work without accelerators (CPU-only pods) has no type to win or lose: it stays put
+        fixed = {k for k, a in running.items() if not a.workload.preemptible or not a.workload.demand.needs_accelerator}
         for k in fixed:
             a = running[k]
-            capacity[current_type[k]] = capacity.get(current_type[k], 0) - _need_milli(a.workload, len(a.replicas))
-        movable = [a.workload for k, a in running.items() if a.workload.preemptible]
+            if current_type[k]:
+                capacity[current_type[k]] = capacity.get(current_type[k], 0) - _need_milli(a.workload, len(a.replicas))
+        movable = [running[k].workload for k in running if k not in fixed]
         candidates = sorted([*movable, *pending], key=self._order_key)
 
         # 1. selection by least attained service, against the total capacity
@@ -323,7 +325,7 @@ class GavelLAS:
         ledger = snapshot.ledger()
         preemptions: list[Preemption] = []
         for k, a in running.items():
-            if not a.workload.preemptible:
+            if k in fixed:
                 continue
             target = assigned.get(k)
             if target == current_type[k]:

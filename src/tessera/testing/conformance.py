@@ -188,8 +188,8 @@ def check_policy(
 ) -> ConformanceReport:
     """Run the conformance checks on the policy ``factory()`` builds; never raises for a policy bug.
 
-    ``factory`` is called once per determinism comparison so the second run starts from a fresh
-    instance.  A decision may take up to ``time_budget_seconds * (1 + budget_tolerance) +
+    ``factory`` is called for every scenario and again for every determinism comparison, so
+    each decision starts from a fresh instance.  A decision may take up to ``time_budget_seconds * (1 + budget_tolerance) +
     budget_slack_seconds`` of wall time (the slack covers interpreter warm-up on shared CI).
     """
     wanted = list(checks)
@@ -216,7 +216,10 @@ def check_policy(
     plans: dict[int, Plan] = {}
     if "valid-plan" in wanted or "determinism" in wanted:
         for sc in scenarios:
-            plan, findings, _ = _run(policy, sc, _context(sc, budget_seconds=time_budget_seconds, deterministic=True))
+            # a fresh instance per scenario: the scenarios are unrelated clusters, and a policy
+            # with memory across decisions (rounds, attained service) must not carry one
+            # cluster's history into another's decision
+            plan, findings, _ = _run(factory(), sc, _context(sc, budget_seconds=time_budget_seconds, deterministic=True))
             if "valid-plan" in wanted:
                 report.findings += findings
                 if plan is not None:
