@@ -15,17 +15,9 @@ from tessera.policy import Decision, PolicyContext, available_policies, load_pol
 from tessera.testing import PolicyConformance, check_policy, random_scenario
 from tessera.testing.conformance import ConformanceError
 
-#: conformance failures found in other modules' policies, reported to their owners. strict=True:
-#: the test fails as soon as one is fixed, so the entry is removed rather than forgotten.
-_SPREAD = "ignores Spread.NODE/ZONE: the engine rejects its inference placements (FGD-paper baselines, fgd branch)"
-KNOWN_FAILURES = {
-    "dot-product": _SPREAD,
-    "fgd": _SPREAD,
-    "gpu-clustering": _SPREAD,
-    "gpu-packing": _SPREAD,
-    "random": _SPREAD,
-    "resource-best-fit": _SPREAD,
-}
+#: conformance failures found in policies, reported to their owners. strict=True: the test
+#: fails as soon as one is fixed, so the entry is removed rather than forgotten.
+KNOWN_FAILURES: dict[str, str] = {}
 
 REGISTERED = [
     pytest.param(p.name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[p.name], strict=True))

@@ -318,13 +318,18 @@ def choose_node(
     rng: random.Random,
     cache: ScoreCache | None = None,
     node_rank: IntArray | None = None,
+    excluded: np.ndarray | None = None,
 ) -> Choice | None:
     """Score the feasible nodes and keep the best; None if nothing fits.
 
     Ties go to the node with the lowest ``node_rank`` when one is given (a fixed order of the
-    nodes, see :func:`node_order`), else to a uniformly random node.
+    nodes, see :func:`node_order`), else to a uniformly random node.  ``excluded`` (a boolean
+    mask over nodes) rules nodes out, e.g. those a spread-out workload already uses.
     """
-    candidates = np.flatnonzero(arrays.feasible(shape))
+    feasible = arrays.feasible(shape)
+    if excluded is not None:
+        feasible = feasible & ~excluded
+    candidates = np.flatnonzero(feasible)
     if candidates.size == 0:
         return None
     if cache is not None and scorer.cacheable:

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from tessera.core import ClusterSnapshot, Placement, Plan, ReplicaAssignment, Workload, explain_unfit
+from tessera.core import ClusterSnapshot, Placement, Plan, ReplicaAssignment, Spread, Workload, explain_unfit
 from tessera.policies.placement.arrays import (
     IntArray,
     PlacementArrays,
@@ -74,8 +74,9 @@ class PlacementPolicy:
         node_rank = self.node_rank(arrays, ctx)
         placements: list[Placement] = []
         unplaced: dict[str, str] = {}
+        zones = np.array([snapshot.nodes[name].topology.zone for name in arrays.names])
         for workload in pending:
-            assignments = self._place_gang(arrays, workload, ctx.rng, node_rank)
+            assignments = self._place_gang(arrays, workload, ctx.rng, node_rank, zones)
             if assignments is None:
                 unplaced[workload.key] = explain_unfit(snapshot.ledger(), workload)
                 continue
@@ -95,20 +96,32 @@ class PlacementPolicy:
         return np.array([position.get(name, unknown) for name in arrays.names], dtype=np.int64)
 
     def _place_gang(
-        self, arrays: PlacementArrays, workload: Workload, rng: random.Random, node_rank: IntArray | None
+        self,
+        arrays: PlacementArrays,
+        workload: Workload,
+        rng: random.Random,
+        node_rank: IntArray | None,
+        zones: np.ndarray | None = None,
     ) -> tuple[ReplicaAssignment, ...] | None:
         shape = PodShape.of(workload)
         taken: list[tuple[int, tuple[int, ...]]] = []
+        # replicas that must spread rule out the nodes (or zones) earlier replicas took
+        excluded = np.zeros(arrays.n_nodes, dtype=bool) if workload.spread is not Spread.NONE else None
         for _ in range(workload.target_replicas):
             if taken and shape.gpu_count and not workload.allow_mixed_types:
                 # later replicas of a gang stay on the first replica's GPU model
                 first_type = arrays.type_names[int(arrays.type_idx[taken[0][0]])]
                 shape = PodShape(shape.cpu_milli, shape.memory_mib, shape.gpu_count, shape.gpu_milli, (first_type,))
-            choice = choose_node(arrays, shape, self, rng, node_rank=node_rank)
+            choice = choose_node(arrays, shape, self, rng, node_rank=node_rank, excluded=excluded)
             if choice is None:
                 break
             arrays.place(choice.node, shape, choice.devices)
             taken.append((choice.node, choice.devices))
+            if excluded is not None:
+                if workload.spread is Spread.ZONE and zones is not None:
+                    excluded |= zones == zones[choice.node]
+                else:
+                    excluded[choice.node] = True
         if len(taken) < workload.gang_min:
             for node, devices in taken:  # all or nothing: give the partial gang back
                 arrays.release(node, shape, devices)
