@@ -248,6 +248,22 @@ class NodeFree:
     def accelerator_milli(self) -> int:
         return sum(self.devices_milli)
 
+    def replicas_fitting(self, demand: ReplicaDemand) -> int | None:
+        """How many replicas of ``demand`` fit in this free capacity, exact per dimension.
+
+        ``None`` when the demand asks for nothing (it fits without bound).
+        """
+        counts = []
+        if demand.accelerators:
+            counts.append(self.whole_devices // demand.accelerators)
+        elif demand.shared_milli:
+            counts.append(sum(d // demand.shared_milli for d in self.devices_milli))
+        if demand.cpu_milli:
+            counts.append(self.cpu_milli // demand.cpu_milli)
+        if demand.memory_mib:
+            counts.append(self.memory_mib // demand.memory_mib)
+        return max(0, min(counts)) if counts else None
+
 
 class ClusterSnapshot:
     """An immutable view of the cluster at one instant, built once per scheduling cycle.

@@ -389,15 +389,6 @@ def explain_unfit(ledger: CapacityLedger, workload: Workload) -> str:
 
 
 def _replicas_fitting(ledger: CapacityLedger, node: str, demand: ReplicaDemand, one_per_node: bool) -> int:
-    free = ledger.free(node)
-    counts = []
-    if demand.accelerators:
-        counts.append(free.whole_devices // demand.accelerators)
-    elif demand.shared_milli:
-        counts.append(sum(d // demand.shared_milli for d in free.devices_milli))
-    if demand.cpu_milli:
-        counts.append(free.cpu_milli // demand.cpu_milli)
-    if demand.memory_mib:
-        counts.append(free.memory_mib // demand.memory_mib)
-    n = max(0, min(counts)) if counts else 1_000_000
+    n = ledger.free(node).replicas_fitting(demand)
+    n = 1_000_000 if n is None else n
     return min(n, 1) if one_per_node else n

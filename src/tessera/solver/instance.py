@@ -19,24 +19,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tessera.core import MILLI_PER_DEVICE, CapacityLedger, ReplicaDemand, Spread, Workload, WorkloadKind
+from tessera.core import (
+    CapacityLedger,
+    NodeFree,
+    ReplicaDemand,
+    Spread,
+    Workload,
+    WorkloadKind,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class NodeShape:
-    """Free capacity of one node, with device order forgotten (devices are interchangeable)."""
-
-    devices_milli: tuple[int, ...]
-    cpu_milli: int
-    memory_mib: int
-
-    @property
-    def whole_devices(self) -> int:
-        return sum(1 for d in self.devices_milli if d == MILLI_PER_DEVICE)
-
-    @property
-    def accelerator_milli(self) -> int:
-        return sum(self.devices_milli)
+#: free capacity of one node with device order forgotten (devices sorted, fullest last):
+#: identical shapes pool together
+NodeShape = NodeFree
 
 
 def node_fullness(device_count: int, free_accelerator_milli: int, cpu_capacity_milli: int, free_cpu_milli: int) -> float:
@@ -51,17 +45,9 @@ def node_fullness(device_count: int, free_accelerator_milli: int, cpu_capacity_m
 
 def replicas_fitting(shape: NodeShape, demand: ReplicaDemand) -> int:
     """How many replicas of ``demand`` fit on one node of ``shape`` (exact per dimension)."""
-    counts = []
-    if demand.accelerators:
-        counts.append(shape.whole_devices // demand.accelerators)
-    elif demand.shared_milli:
-        counts.append(sum(d // demand.shared_milli for d in shape.devices_milli))
-    if demand.cpu_milli:
-        counts.append(shape.cpu_milli // demand.cpu_milli)
-    if demand.memory_mib:
-        counts.append(shape.memory_mib // demand.memory_mib)
+    count = shape.replicas_fitting(demand)
     # a demand of nothing fits without bound; cap it so the model stays finite
-    return max(0, min(counts)) if counts else 1_000
+    return 1_000 if count is None else count
 
 
 @dataclass(slots=True)
