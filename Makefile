@@ -7,7 +7,7 @@ BIN := .local-cluster/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TESSERA_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help venv tools prometheus cluster-up cluster-down crds demo test test-unit test-cluster bench lint train clean helm-lint kind-up kind-down
+.PHONY: help venv tools prometheus cluster-up cluster-down crds demo test test-unit bench lint train clean helm-lint kind-up kind-down
 
 help:
 	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
