@@ -106,3 +106,15 @@ def test_cli_lists_good_policies_and_exits_nonzero_with_the_reason(tmp_path: Pat
     done = subprocess.run([sys.executable, "-m", "tessera.cli", "policies", "list", "--json"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 1 and '"errors"' in done.stdout and "CUDA 13" in done.stdout
+
+
+def test_policies_list_names_every_built_in_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import distribution
+
+    from tessera.cli import main as tessera_main
+
+    declared = {ep.name for ep in distribution("tessera").entry_points if ep.group == "tessera.policies"}
+    assert {"best-fit", "cpsat", "fgd", "fifo", "gavel", "learned", "elastic", "rebalance-cost-aware"} <= declared
+    assert tessera_main(["policies", "list"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    assert declared <= listed
