@@ -62,6 +62,7 @@ from tessera.solver import (
     move_candidates,
     node_fullness,
     restrict_candidates,
+    units_from_placements,
     victims_on,
 )
 
@@ -133,7 +134,21 @@ class CpSat:
 
     # ------------------------------------------------------------------------------
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
-        started = self._timer()
+        return self.decide_seeded(snapshot, pending, ctx, None)
+
+    def decide_seeded(
+        self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext, seed: Plan | None,
+        *, seed_label: str = "seed", started: float | None = None,
+    ) -> Plan:
+        """:meth:`decide`, with another policy's plan (``seed``) in the greedy plan's place.
+
+        The seed's placements become the placement model's hint (mapped onto pools by
+        :func:`tessera.solver.units_from_placements`, completed by best fit) and the fallback: it is kept as it
+        is, and reported as ``chosen: seed_label``, when CP-SAT finds nothing in time or
+        its packed plan scores lower.  Only placements are taken from the seed.
+        ``started``: when the caller's own work (e.g. producing the seed) counts against
+        the budget, the timer reading at which the decision began."""
+        started = self._timer() if started is None else started
         self._account(snapshot, ctx.now_seconds)
         if len(self._service) > 2 * (len(snapshot.allocations) + len(pending)) + 64:
             # forget finished workloads (a long-running operator would otherwise grow this forever)
@@ -146,7 +161,10 @@ class CpSat:
             snapshot.ledger(), ordered, now_seconds=ctx.now_seconds, weights=self.weights,
             monolithic=self.monolithic, max_pools=self.max_pools,
         )
-        hint = greedy_units(instance)
+        keys = {w.key for w in ordered}
+        seed_placements = {p.workload: p.replicas for p in seed.placements if p.workload in keys} if seed is not None else {}
+        # a seed's gangs that do not map onto the model's variables are completed by best fit
+        hint = greedy_units(instance, units_from_placements(instance, seed_placements) if seed is not None else None)
         before = PoolView(instance.pools)
         candidates = sum(len(g.capacity) for g in instance.gangs)
         if not self.monolithic and candidates > self.max_unit_vars:
@@ -173,7 +191,8 @@ class CpSat:
             stats["error"] = outcome.error
 
         # pack the CP-SAT answer; the greedy hint is packed too when CP-SAT has nothing or
-        # its packing needed repairs, and the better plan (same objective) is kept
+        # its packing needed repairs, and the better plan (same objective) is kept.  A seed
+        # plan is already node-level: it is scored as it is and kept when it is better.
         chosen_by, packed, ledger = "greedy", None, snapshot.ledger()
         if outcome.has_solution:
             packed = Packer(ledger, instance).pack(solution.units)
@@ -181,16 +200,33 @@ class CpSat:
             stats.update(cpsat_score=score_placements(instance, snapshot.ledger(), packed.placed),
                          repaired_units=packed.repaired_units, shrunk_at_packing=packed.shrunk_gangs,
                          pack_failures=len(packed.failed))
-        if packed is None or packed.failed or packed.shrunk_gangs:
-            greedy_ledger = snapshot.ledger()
-            greedy = Packer(greedy_ledger, instance).pack(hint)
-            greedy_score = score_placements(instance, snapshot.ledger(), greedy.placed)
-            stats["greedy_score"] = greedy_score
-            if packed is None or greedy_score > stats["cpsat_score"]:
-                chosen_by, packed, ledger = "greedy", greedy, greedy_ledger
-        assert packed is not None
+        placements: Mapping[str, tuple[ReplicaAssignment, ...]]
+        pack_failures: Mapping[str, str]
+        if seed is not None:
+            seed_score = score_placements(instance, snapshot.ledger(), seed_placements)
+            stats["seed_score"] = seed_score
+            if packed is None or seed_score > stats["cpsat_score"]:
+                chosen_by, ledger = seed_label, snapshot.ledger()
+                demand = {w.key: w.demand for w in ordered}
+                for key, replicas in seed_placements.items():
+                    for a in replicas:
+                        ledger.take(a.node, demand[key], a.devices)
+                placements, pack_failures = seed_placements, {}
+            else:
+                placements, pack_failures = packed.placed, packed.failed
+        else:
+            if packed is None or packed.failed or packed.shrunk_gangs:
+                greedy_ledger = snapshot.ledger()
+                greedy = Packer(greedy_ledger, instance).pack(hint)
+                greedy_score = score_placements(instance, snapshot.ledger(), greedy.placed)
+                stats["greedy_score"] = greedy_score
+                if packed is None or greedy_score > stats["cpsat_score"]:
+                    chosen_by, packed, ledger = "greedy", greedy, greedy_ledger
+            assert packed is not None
+            placements, pack_failures = packed.placed, packed.failed
         stats["chosen"] = chosen_by
-        placements, pack_failures = packed.placed, packed.failed
+        # the kept plan's score under the model's objective (comparable across policies)
+        stats["score"] = stats[{"cpsat": "cpsat_score", "greedy": "greedy_score"}.get(chosen_by, "seed_score")]
         after = PoolView(lambda: build_pools(ledger, by_domain=False))
         phases["pack"] = self._timer() - mark
         mark = self._timer()

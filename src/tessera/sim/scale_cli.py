@@ -172,7 +172,7 @@ def measure(
         stats = dict(result.stats)
         statuses[str(stats.get("status", "n/a"))] += 1
         row: dict[str, Any] = {"decision": i, "seconds": result.decision_seconds, **quality(result, pending)}
-        for key in ("objective", "best_bound", "gap", "hint_objective", "chosen", "pools", "unit_vars",
+        for key in ("objective", "best_bound", "gap", "hint_objective", "chosen", "score", "seed_score", "pools", "unit_vars",
                     "solve_seconds", "deterministic_time"):
             if key in stats:
                 row[key] = stats[key]

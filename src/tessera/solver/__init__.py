@@ -6,7 +6,7 @@ method per constraint family.  Imports only :mod:`tessera.core` and ``ortools``.
 * :func:`build_instance` / :class:`Packer` — the pool decomposition around them.
 """
 
-from tessera.solver.hint import greedy_units
+from tessera.solver.hint import greedy_units, units_from_placements
 from tessera.solver.instance import (
     GangSpec,
     NodeShape,
@@ -65,5 +65,6 @@ __all__ = [
     "run_solver",
     "shape_of",
     "unit_replicas",
+    "units_from_placements",
     "victims_on",
 ]

@@ -10,13 +10,20 @@ receives a feasible complete hint.  Working on pools rather than nodes keeps it 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
-from tessera.core import Spread
+from tessera.core import ReplicaAssignment, Spread
 from tessera.solver.instance import GangSpec, PlacementInstance
 
 
-def greedy_units(instance: PlacementInstance) -> dict[int, dict[int, int]]:
-    """Gang index -> {pool index: units} of the pool-level best-fit plan."""
+def greedy_units(
+    instance: PlacementInstance, fixed: Mapping[int, Mapping[int, int]] | None = None
+) -> dict[int, dict[int, int]]:
+    """Gang index -> {pool index: units} of the pool-level best-fit plan.
+
+    ``fixed``: gangs already placed (e.g. another policy's plan); they are kept as they
+    are, their room is taken first, and best fit completes the plan with the others."""
+    fixed = fixed or {}
     pools = {p.index: p for p in instance.pools}
     room: dict[int, list[int]] = {
         p.index: [p.size * p.shape.whole_devices, p.size * p.shape.accelerator_milli,
@@ -25,7 +32,13 @@ def greedy_units(instance: PlacementInstance) -> dict[int, dict[int, int]]:
     }
     out: dict[int, dict[int, int]] = {}
     for gang in instance.gangs:
-        if gang.excluded or not gang.capacity:
+        if gang.index in fixed:
+            need = _unit_need(gang)
+            for p, units in fixed[gang.index].items():
+                room[p] = [have - per * units for have, per in zip(room[p], need, strict=True)]
+            out[gang.index] = dict(fixed[gang.index])
+    for gang in instance.gangs:
+        if gang.excluded or not gang.capacity or gang.index in out:
             continue
         need = _unit_need(gang)
         groups: dict[str | None, list[int]] = defaultdict(list)
@@ -65,3 +78,34 @@ def _unit_need(gang: GangSpec) -> list[int]:
     demand = gang.workload.demand
     u = gang.unit_replicas
     return [demand.accelerators * u, demand.accelerator_milli * u, demand.cpu_milli * u, demand.memory_mib * u]
+
+
+def units_from_placements(
+    instance: PlacementInstance, placements: Mapping[str, Sequence[ReplicaAssignment]]
+) -> dict[int, dict[int, int]]:
+    """A node-level plan (e.g. a learned policy's) as pool-level units, to hint CP-SAT with.
+
+    Each replica counts in the pool of its node.  A gang is left out of the hint when its
+    plan does not fit the model's variables: a node outside the instance's pools, a pool
+    count that is not whole units, a pool that is not one of the gang's candidates, or more
+    units in a pool than its variable allows.  Gangs left out are hinted as not started.
+    """
+    pool_of = {node: p.index for p in instance.pools for node in p.nodes}
+    by_key = {g.key: g for g in instance.gangs}
+    out: dict[int, dict[int, int]] = {}
+    for key, replicas in placements.items():
+        gang = by_key.get(key)
+        if gang is None or gang.excluded or not replicas:
+            continue
+        counts: dict[int, int] = defaultdict(int)
+        if any(a.node not in pool_of for a in replicas):
+            continue
+        for a in replicas:
+            counts[pool_of[a.node]] += 1
+        units = {p: c // gang.unit_replicas for p, c in counts.items()}
+        whole = all(c % gang.unit_replicas == 0 for c in counts.values())
+        fits = all(p in gang.capacity and u <= min(gang.capacity[p], gang.max_units) for p, u in units.items())
+        total = sum(units.values())
+        if whole and fits and gang.min_units <= total <= gang.max_units:
+            out[gang.index] = units
+    return out
