@@ -211,6 +211,9 @@ class Scheduler:
         #: fault injection for the crash tests: die (like SIGKILL) right after the N-th bind,
         #: i.e. in the middle of a gang. 0 (the default) disables it.
         self.crash_after_binds = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_BINDS", "0") or 0)
+        #: same, right after recording the N-th eviction and before deleting any of its pods
+        self.crash_after_evictions = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS", "0") or 0)
+        self._evictions = 0
         self._last_event: dict[tuple[str, str], str] = {}
 
     # --- the loop ------------------------------------------------------------------
@@ -407,6 +410,11 @@ class Scheduler:
         except KubeError as err:  # nothing recorded: nothing deleted; the next cycle decides again
             report.errors.append(f"{view.key}: could not record the preemption, not evicting: {err}")
             return ""
+        self._evictions += 1
+        if self.crash_after_evictions and self._evictions >= self.crash_after_evictions:
+            log.error("fault injection: exiting after recording %d evictions "
+                      "(TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS)", self._evictions)
+            os._exit(137)
         view.placement.clear()
         view.in_flight = False
         view.to_bind = []
