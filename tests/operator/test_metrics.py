@@ -25,6 +25,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tessera.operator.main import DEFAULT_POLICY
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
 from chart_helpers import CHART, ROOT, documented_metrics
 
@@ -152,7 +154,7 @@ def test_metric_values_describe_the_cycle(scheduled: tuple[Any, int, int]) -> No
     assert value(families, "tessera_pending_gangs") == 0
     assert families["tessera_scheduling_cycle_duration_seconds"].samples
     policy_samples = [s for s in families["tessera_decision_latency_seconds"].samples if s.name.endswith("_count")]
-    assert policy_samples and policy_samples[0].labels["policy"] == "best-fit" and policy_samples[0].value >= 1
+    assert policy_samples and policy_samples[0].labels["policy"] == DEFAULT_POLICY and policy_samples[0].value >= 1
 
 
 def test_the_probe_endpoint_the_chart_uses_answers(scheduled: tuple[Any, int, int]) -> None:

@@ -182,3 +182,43 @@ def test_conditions_keep_their_transition_time_until_the_status_flips():
     assert _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": set_condition(
         first, "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)})
     assert not _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": again})
+
+
+def gpu_pod(workload: str, replica: int, node_name: str, **extra: Any) -> dict:
+    raw = pod(workload, replica, node_name, **extra)
+    raw["spec"]["containers"] = [{"name": "c", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "8"}}}]
+    return raw
+
+
+def test_a_half_done_eviction_is_finished_and_its_pods_hold_their_room_until_gone():
+    # crash point: the victim's status says preempted (no placement), its pods are still bound
+    preempted = {"phase": "Pending", "placementGeneration": 1, "placement": [],
+                 "conditions": [{"type": "Preempted", "status": "True", "reason": "Preempted",
+                                 "message": "preempted by ns/high (priority 10)"}]}
+    pods = [gpu_pod("low", 0, "n0"), gpu_pod("low", 1, "n1")]
+    state = build_state(NODES, pods, [job("low", status=preempted), job("high", replicas=(1, 1))], 0)
+    low = state.workloads["ns/low"]
+    assert sorted(p.name for p in low.to_delete) == ["low-0", "low-1"]  # the eviction is finished
+    assert not low.placement and {w.key for w in state.pending} == {"ns/low", "ns/high"}
+    free = state.snapshot.ledger()
+    assert not free.fits("n0", state.pending[0].demand) and not free.fits("n1", state.pending[0].demand)
+    assert free.fits("n2", state.pending[0].demand)  # only really free room is offered
+    assert sorted(p.name for p in state.leaving) == ["low-0", "low-1"]  # no new eviction meanwhile
+
+    # graceful deletion under way: terminating pods still hold their nodes and block evictions
+    terminating = [gpu_pod("low", 0, "n0", deletionTimestamp="2026-01-01T00:00:00Z")]
+    state = build_state(NODES, terminating, [job("low", status=preempted)], 0)
+    assert not state.workloads["ns/low"].to_delete and [p.name for p in state.leaving] == ["low-0"]
+    assert not state.snapshot.ledger().fits("n0", state.pending[0].demand)
+
+    # once the pods are gone the room is free and nothing is leaving
+    state = build_state(NODES, [], [job("low", status=preempted)], 0)
+    assert not state.leaving and state.snapshot.ledger().fits("n0", state.pending[0].demand)
+
+
+def test_pods_leaving_a_node_that_is_not_ready_do_not_block_evictions():
+    down = node("n0")
+    down["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    stuck = [gpu_pod("low", 0, "n0", deletionTimestamp="2026-01-01T00:00:00Z")]
+    state = build_state([down, node("n1")], stuck, [job("low")], 0)
+    assert not state.leaving  # a dead node's kubelet may never confirm; it must not stall preemption

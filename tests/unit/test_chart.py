@@ -16,7 +16,7 @@ NON_DEFAULT: dict[str, Any] = {
     "image": {"repository": "registry.example.com/tessera", "digest": "sha256:" + "ab" * 32},
     "imagePullSecrets": [{"name": "pull"}],
     "serviceAccount": {"create": True, "name": "tessera-sa", "annotations": {"iam.example.com/role": "r"}},
-    "policy": {"name": "cpsat", "timeBudgetSeconds": 0.5, "seed": 7},
+    "policy": {"name": "best-fit", "timeBudgetSeconds": 0.5, "seed": 7},
     "scheduling": {"intervalSeconds": 5},
     "leaderElection": {"leaseDurationSeconds": 30},
     "logLevel": "DEBUG",
@@ -81,7 +81,7 @@ def test_default_operator_arguments_carry_the_policy_configuration() -> None:
     assert c["image"] == "tessera-operator:0.1.0"  # appVersion when no tag is given
     assert c["args"][0] == "operator"
     args = args_of(objects)
-    assert args["--policy"] == "best-fit"
+    assert args["--policy"] == "cpsat"
     assert float(args["--time-budget-seconds"]) == 1.0
     assert args["--seed"] == "0"
     assert float(args["--interval-seconds"]) == 2.0
@@ -110,7 +110,7 @@ def test_non_default_values_reach_the_objects() -> None:
     assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
     assert {"name": "TESSERA_EXTRA", "value": "1"} in c["env"]
     args = args_of(objects)
-    assert args["--policy"] == "cpsat" and float(args["--time-budget-seconds"]) == 0.5
+    assert args["--policy"] == "best-fit" and float(args["--time-budget-seconds"]) == 0.5
     assert args["--seed"] == "7" and float(args["--interval-seconds"]) == 5
     assert args["--lease-duration-seconds"] == "30" and args["--lease-name"] == "sched-scheduler"
     assert args["--metrics-port"] == "9100" and args["--log-level"] == "DEBUG"
@@ -268,10 +268,10 @@ def test_rendered_arguments_are_accepted_by_the_operator_cli(values: dict[str, A
     args = container(render(values))["args"]
     assert args[0] == "operator"
     parsed = parser.parse_args([a.replace("$(POD_NAME)", "pod-0") for a in args[1:]])
-    expected = {**{"policy": "best-fit", "time_budget_seconds": 1.0, "seed": 0, "interval_seconds": 2.0,
+    expected = {**{"policy": "cpsat", "time_budget_seconds": 1.0, "seed": 0, "interval_seconds": 2.0,
                    "metrics_port": 9090, "lease_name": "tessera-scheduler", "lease_duration_seconds": 15,
                    "liveness": "http://0.0.0.0:8080/healthz", "identity": "pod-0"},
-                **({"policy": "cpsat", "time_budget_seconds": 0.5, "seed": 7, "interval_seconds": 5.0,
+                **({"policy": "best-fit", "time_budget_seconds": 0.5, "seed": 7, "interval_seconds": 5.0,
                     "metrics_port": 9100, "lease_name": "sched-scheduler", "lease_duration_seconds": 30,
                     "liveness": "http://0.0.0.0:8081/healthz", "context": "prod"} if values else {})}
     for key, value in expected.items():

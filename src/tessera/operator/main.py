@@ -23,7 +23,7 @@ from tessera.policy import PolicyLoadError, load_policy
 
 log = logging.getLogger("tessera.operator")
 
-DEFAULT_POLICY = "best-fit"
+DEFAULT_POLICY = "cpsat"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -102,7 +102,7 @@ class OperatorMetrics:
             ["kind", "outcome"], registry=r,
         )
         self.preemptions = Counter(
-            "tessera_preemptions_total", "Running workloads the policy evicted (accepted preemptions).",
+            "tessera_preemptions_total", "Running workloads evicted by a preemption (carried out, not just proposed).",
             ["policy"], registry=r,
         )
         self.reshards = Counter(
@@ -163,7 +163,8 @@ class OperatorMetrics:
         if isinstance(status, str) and status:
             self.solver_status.labels(policy=policy, status=status).inc()
         plan = result.plan
-        self.preemptions.labels(policy=policy).inc(len(plan.preemptions))
+        # tessera_preemptions_total counts evictions the scheduler carried out (it increments
+        # it), not what a plan proposed: a proposal may wait or be dropped
         self.migrations.labels(policy=policy).inc(len(plan.migrations))
         for resize in plan.resizes:
             direction = "grow" if len(resize.add) > len(resize.remove) else "shrink"

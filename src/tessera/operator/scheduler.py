@@ -28,7 +28,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.api.models import InferenceService, ReplicaStatus
-from tessera.core import Allocation, Placement, Plan, ReplicaPlacement, Spread, Workload, validate_plan
+from tessera.core import (
+    Allocation,
+    Placement,
+    Plan,
+    Preemption,
+    ReplicaPlacement,
+    Spread,
+    Workload,
+    validate_plan,
+)
 from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L
 from tessera.operator.kube import Kube, KubeError, now_rfc3339
@@ -48,6 +57,9 @@ from tessera.operator.state import (
 log = logging.getLogger("tessera.operator.scheduler")
 
 SCHEDULED = "Scheduled"
+#: condition type and reason of a workload evicted by a preemption; the condition stays
+#: True while it waits to be placed again (then False, reason Rescheduled)
+PREEMPTED = "Preempted"
 
 
 class WallClock:
@@ -85,6 +97,11 @@ def set_condition(
     return sorted(out, key=lambda c: c["type"])
 
 
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    """The condition of ``type_`` in a status, or an empty mapping."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
 def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     """Whether a status patch would change anything (ignoring condition timestamps)."""
     for key, value in wanted.items():
@@ -99,24 +116,62 @@ def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return True
 
 
-def executable_placements(result: CycleResult, pending: Sequence[Workload]) -> tuple[tuple[Placement, ...], dict[str, str]]:
-    """The placements this operator can carry out on their own, and why the others wait.
+@dataclass(frozen=True)
+class Executable:
+    """What the operator carries out of one decision, and why the rest waits."""
 
-    The operator binds new gangs but does not yet evict, resize or move running work.
-    A placement that only fits because of a preemption, resize or migration in the same
-    plan would over-commit its nodes, so the plan's placements are validated again
-    without those actions; the ones refused keep waiting with a reason.
+    #: placements that fit in room that is free now
+    placements: tuple[Placement, ...]
+    #: evictions to carry out this cycle (their beneficiaries are placed in a later cycle)
+    preemptions: tuple[Preemption, ...] = ()
+    #: pending key -> why it waits although the plan placed it
+    waiting: dict[str, str] = field(default_factory=dict)
+
+
+def executable_placements(
+    result: CycleResult, pending: Sequence[Workload], *, leaving_pods: int = 0, evict: bool = True
+) -> Executable:
+    """Split a validated plan into what this operator does now and what waits.
+
+    Placements are bound only into room that is free *now*: a placement that fits only
+    because the same plan evicts, resizes or moves running work waits, since the victims'
+    pods still hold their nodes until they are gone.  Preemptions are carried out when
+    they are enough to make room for their beneficiary (resizes and migrations are not
+    carried out yet, so a beneficiary that also needs those keeps waiting and nothing is
+    evicted for it); the beneficiary is placed by a later cycle once the snapshot shows
+    the victims' pods gone.  Preemptions without a beneficiary (a gang stopped to move to
+    a faster type, a release after a failure) are carried out as they are.  While
+    ``leaving_pods`` of earlier evictions or repairs are still going, no new eviction
+    starts: their room does not look free yet, so the policy would evict more work for
+    the same beneficiary.  ``evict=False`` (scale-up decisions) never evicts.
     """
     plan = result.plan
     if not (plan.preemptions or plan.resizes or plan.migrations):
-        return plan.placements, {}
+        return Executable(plan.placements)
     alone = validate_plan(result.snapshot, pending, Plan(placements=plan.placements))
-    waiting = {
-        r.action.workload: f"needs room that {result.policy} would free by preempting, resizing or moving "
-        "running work, which this operator version does not carry out yet"
-        for r in alone.rejected
-    }
-    return alone.accepted.placements, waiting
+    fit_now = {p.workload for p in alone.accepted.placements}
+    with_evictions = validate_plan(result.snapshot, pending,
+                                   Plan(placements=plan.placements, preemptions=plan.preemptions))
+    freed_by_evictions = {p.workload for p in with_evictions.accepted.placements} - fit_now
+    preemptions: list[Preemption] = []
+    if evict and not leaving_pods:
+        for pre in with_evictions.accepted.preemptions:
+            if not pre.beneficiary or pre.beneficiary in freed_by_evictions:
+                preemptions.append(pre)
+    evicting_for = {p.beneficiary for p in preemptions if p.beneficiary}
+    waiting: dict[str, str] = {}
+    for rejection in alone.rejected:
+        key = rejection.action.workload
+        if key in evicting_for:
+            victims = ", ".join(p.workload for p in preemptions if p.beneficiary == key)
+            waiting[key] = f"preempting {victims} to make room; placed once their pods are gone"
+        elif key in freed_by_evictions and evict:
+            waiting[key] = (f"needs room that {result.policy} would free by preempting running work; waiting for "
+                            f"{leaving_pods} pod(s) being deleted to go before evicting more")
+        else:
+            waiting[key] = (f"needs room that {result.policy} would free by resizing or moving running work, "
+                            "which this operator version does not carry out yet")
+    return Executable(alone.accepted.placements, tuple(preemptions), waiting)
 
 
 @dataclass
@@ -127,6 +182,7 @@ class CycleReport:
     result: CycleResult | None = None
     bound: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
     deleted_pods: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -155,6 +211,9 @@ class Scheduler:
         #: fault injection for the crash tests: die (like SIGKILL) right after the N-th bind,
         #: i.e. in the middle of a gang. 0 (the default) disables it.
         self.crash_after_binds = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_BINDS", "0") or 0)
+        #: same, right after recording the N-th eviction and before deleting any of its pods
+        self.crash_after_evictions = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS", "0") or 0)
+        self._evictions = 0
         self._last_event: dict[tuple[str, str], str] = {}
 
     # --- the loop ------------------------------------------------------------------
@@ -200,18 +259,20 @@ class Scheduler:
         pending = [w for w in state.pending if w not in scale_ups]
         result = self.engine.decide(state.snapshot, pending)
         report.result = result
-        placements, deferred = executable_placements(result, pending)
+        executable = executable_placements(result, pending, leaving_pods=len(state.leaving))
         if result.error:
             report.errors.append(result.error)
         if not self.elector.ensure_leader():
             report.errors.append("lost the scheduler lease during the decision; not applying it")
             return report
+        evicted = {key for pre in executable.preemptions if (key := self._preempt(state, pre, result, report))}
         for view in state.workloads.values():
-            if view.in_flight and not view.rollback_reason and view.to_bind:
+            if view.in_flight and not view.rollback_reason and view.to_bind and view.key not in evicted:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
-        for placement in placements:
+        for placement in executable.placements:
             self._place(state, placement, result, report)
-        waiting = {**result.waiting, **deferred}
+        waiting = {**result.waiting, **executable.waiting}
+        scale_ups = [u for u in scale_ups if state.pending_owner[u.key] not in evicted]
         waiting.update(self._scale_up(state, scale_ups, result, report))
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the
         # cycle started with (scale-up decisions see modified snapshots)
@@ -234,7 +295,7 @@ class Scheduler:
             return {}
         pending_by_key = {w.key: w for w in state.pending}
         allocations = list(state.snapshot.allocations.values())
-        for placement in executable_placements(first, list(pending_by_key.values()))[0]:
+        for placement in executable_placements(first, list(pending_by_key.values()), evict=False).placements:
             workload = pending_by_key[placement.workload]
             allocations.append(Allocation(workload, tuple(
                 ReplicaPlacement(i, a.node, state.nodes[a.node].node.accelerator_type, a.devices)
@@ -247,11 +308,11 @@ class Scheduler:
                      for v in state.nodes.values()]
             snapshot = state.snapshot.with_changes(nodes=nodes, allocations=allocations)
             result = self.engine.decide(snapshot, [unit])
-            placements, deferred = executable_placements(result, [unit])
-            waiting.update({**result.waiting, **deferred})
+            executable = executable_placements(result, [unit], evict=False)
+            waiting.update({**result.waiting, **executable.waiting})
             if not self.elector.ensure_leader():
                 break
-            for placement in placements:
+            for placement in executable.placements:
                 self._place(state, placement, result, report)
                 allocations.append(Allocation(unit, tuple(
                     ReplicaPlacement(i, a.node, state.nodes[a.node].node.accelerator_type, a.devices)
@@ -315,6 +376,56 @@ class Scheduler:
         }, event=("Warning", "PlacementRolledBack", reason))
 
     # --- applying decisions -----------------------------------------------------------
+
+    def _preempt(self, state: ClusterState, preemption: Preemption, result: CycleResult, report: CycleReport) -> str:
+        """Evict a running workload whole; returns its key, or "" when nothing was done.
+
+        The decision is recorded first (status: no placement, phase Pending, Scheduled=False
+        and Preempted=True with the policy's reason), then every pod is deleted.  A crash
+        after the status write leaves pods that are no longer in the placement: the next
+        cycle sees them as stale, counts their room as taken and deletes them, so a
+        half-evicted gang never keeps running and nothing is bound beside it meanwhile.
+        """
+        view = state.workloads.get(preemption.workload)
+        if view is None or view.workload is None or not view.placement:
+            report.errors.append(f"preemption of {preemption.workload}: not a running Tessera workload")
+            return ""
+        reason = preemption.reason or f"preempted by {result.policy}"
+        log.info("%s %s: preempting (%s)", view.kind, view.key, reason)
+        conditions = set_condition(view.status.get("conditions") or [], SCHEDULED, "False", PREEMPTED, reason,
+                                   view.generation)
+        conditions = set_condition(conditions, PREEMPTED, "True", PREEMPTED, reason, view.generation)
+        status: dict[str, Any] = {
+            "phase": "Pending",
+            "startTime": None,
+            "placement": [],
+            "replicas": 0,
+            "acceleratorType": "",
+            "observedGeneration": view.generation,
+            "message": reason,
+            "conditions": conditions,
+        }
+        try:
+            self._write_status(view, status, force=True)
+        except KubeError as err:  # nothing recorded: nothing deleted; the next cycle decides again
+            report.errors.append(f"{view.key}: could not record the preemption, not evicting: {err}")
+            return ""
+        self._evictions += 1
+        if self.crash_after_evictions and self._evictions >= self.crash_after_evictions:
+            log.error("fault injection: exiting after recording %d evictions "
+                      "(TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS)", self._evictions)
+            os._exit(137)
+        view.placement.clear()
+        view.in_flight = False
+        view.to_bind = []
+        for pod in view.pods:
+            # graceful: the pod object goes once its containers stopped, and only then does
+            # the next cycle see the room free for the beneficiary
+            self._delete(pod, report)
+        self.metrics.preemptions.labels(policy=result.policy).inc()
+        report.preempted.append(view.key)
+        self._event(view, "Warning", PREEMPTED, reason)
+        return view.key
 
     def _place(self, state: ClusterState, placement: Placement, result: CycleResult, report: CycleReport) -> None:
         owner = state.pending_owner.get(placement.workload)
@@ -468,6 +579,10 @@ class Scheduler:
             "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "True", "Placed",
                                         message, view.generation),
         }
+        preempted = _condition(view.status, PREEMPTED)
+        if preempted.get("status") == "True":
+            status["conditions"] = set_condition(status["conditions"], PREEMPTED, "False", "Rescheduled",
+                                                 str(preempted.get("message", "")), view.generation)
         if isinstance(view.model, InferenceService):
             status["selector"] = L.selector(view.uid)
         return status
@@ -491,6 +606,11 @@ class Scheduler:
             allowed = set(view.workload.allowed_types)
             no_type = bool(allowed) and not (allowed & present)
             condition_reason = "NoMatchingAccelerator" if no_type else "Unschedulable"
+            preempted = _condition(view.status, PREEMPTED)
+            if not no_type and preempted.get("status") == "True":
+                # evicted and re-queued: say so until it runs again, with why it still waits
+                condition_reason = PREEMPTED
+                reason = f"{preempted.get('message', '')}; waiting to be placed again: {reason}"
             status: dict[str, Any] = {
                 "phase": "Pending",
                 "replicas": 0,

@@ -214,6 +214,11 @@ class ClusterState:
     #: pods whose workload no longer exists (the garbage collector may not run)
     orphans: list[PodView]
     node_warnings: dict[str, tuple[str, ...]]
+    #: Tessera pods on usable nodes that are on their way out (terminating, or deleted by
+    #: this cycle's repairs): their room is not free yet, so no new eviction is started
+    #: while they go (a preemption's room would otherwise look still taken and the policy
+    #: would evict more work for the same beneficiary)
+    leaving: list[PodView] = field(default_factory=list)
 
 
 def parse_timestamp(value: str | None) -> float:
@@ -284,6 +289,7 @@ def build_state(
     pod_views = [pod_view(p) for p in pods]
     external: list[PodView] = []
     orphans: list[PodView] = []
+    leaving: list[PodView] = []
     for pod in pod_views:
         if pod.finished:
             continue
@@ -292,26 +298,26 @@ def build_state(
             owner.pods.append(pod)
         elif pod.node_name:
             external.append(pod)  # not ours, terminating, or orphaned: holds capacity while bound
+            if pod.workload_uid:
+                leaving.append(pod)
         if pod.workload_uid and owner is None and not pod.terminating:
             orphans.append(pod)  # its workload is gone (or being deleted)
-
-    # capacity held by pods Tessera does not manage (or no longer manages)
-    allocations: list[Allocation] = []
-    for pod in external:
-        nv = node_views.get(pod.node_name)
-        demand = external_demand(pod.raw, nv.discovery.resource_name if nv else None)
-        workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD, demand=demand,
-                            preemptible=False)
-        accel = nv.node.accelerator_type if nv else None
-        allocations.append(Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),)))
 
     pending: list[Workload] = []
     pending_owner: dict[str, str] = {}
     in_flight: list[WorkloadView] = []
+    allocations: list[Allocation] = []
     for view in views.values():
         if view.workload is None:
             continue
         _reconcile(view)
+        # pods this cycle deletes (stale, scaled down, evicted, rolled back) still hold
+        # their room until they are gone: nothing is bound beside them meanwhile
+        going = view.pods if view.rollback_reason else view.to_delete
+        for pod in going:
+            if pod.node_name:
+                external.append(pod)
+                leaving.append(pod)
         if view.rollback_reason:
             continue
         if view.in_flight:
@@ -327,6 +333,9 @@ def build_state(
             pending.append(view.workload)
             pending_owner[view.workload.key] = view.key
 
+    # capacity held by pods Tessera does not manage (or no longer manages)
+    allocations.extend(_held(pod, node_views) for pod in external)
+
     # in-flight decisions keep their nodes only if those still have room
     base = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
     ledger = base.ledger()
@@ -335,12 +344,28 @@ def build_state(
         if reason:
             view.rollback_reason = reason
             view.to_bind = []
+            for pod in view.pods:  # deleted by the rollback; bound ones hold room until gone
+                if pod.node_name and pod not in view.to_delete:
+                    allocations.append(_held(pod, node_views))
+                    leaving.append(pod)
         else:
             allocations.append(_allocation(view, node_views))
 
     snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
     warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
-    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings)
+    usable = {name for name, v in node_views.items() if v.node.usable}
+    leaving = [p for p in leaving if p.node_name in usable]  # a dead node's pods may never go
+    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving)
+
+
+def _held(pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
+    """What a bound pod outside every live Tessera allocation takes from its node."""
+    nv = nodes.get(pod.node_name)
+    demand = external_demand(pod.raw, nv.discovery.resource_name if nv else None)
+    workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD, demand=demand,
+                        preemptible=False)
+    accel = nv.node.accelerator_type if nv else None
+    return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
 
 
 def _wants_replicas(view: WorkloadView) -> bool:
