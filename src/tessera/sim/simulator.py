@@ -753,13 +753,18 @@ class Simulator:
         job.paused_until = self.now_seconds + penalty
         self._set_rate(job)
 
-    def _remove_replicas(self, job: SimJob, remove: Sequence[int]) -> None:
+    def _bring_up_to_date(self, job: SimJob) -> Allocation:
+        """Account a running job's progress (and service load) up to now before its replicas change."""
         alloc = job.alloc
         assert alloc is not None
         self._advance(job)
         if job.is_service:
             self._svc_advance(job)
         self._account()
+        return alloc
+
+    def _remove_replicas(self, job: SimJob, remove: Sequence[int]) -> None:
+        alloc = self._bring_up_to_date(job)
         gone = set(remove)
         kept = []
         for rp in alloc.replicas:
@@ -774,24 +779,14 @@ class Simulator:
         self._allocs[job.key] = job.alloc
 
     def _add_replicas(self, job: SimJob, add: Sequence[ReplicaAssignment]) -> None:
-        alloc = job.alloc
-        assert alloc is not None
-        self._advance(job)
-        if job.is_service:
-            self._svc_advance(job)
-        self._account()
+        alloc = self._bring_up_to_date(job)
         next_index = max((rp.replica for rp in alloc.replicas), default=-1) + 1
         added = tuple(self._take(job, next_index + i, a) for i, a in enumerate(add))
         job.alloc = dataclasses.replace(alloc, workload=job.workload, replicas=alloc.replicas + added)
         self._allocs[job.key] = job.alloc
 
     def _migrate(self, job: SimJob, replica: int, to: ReplicaAssignment, estimate_seconds: float) -> None:
-        alloc = job.alloc
-        assert alloc is not None
-        self._advance(job)
-        if job.is_service:
-            self._svc_advance(job)
-        self._account()
+        alloc = self._bring_up_to_date(job)
         old = next(rp for rp in alloc.replicas if rp.replica == replica)
         new = self._take(job, replica, to)  # make before break
         self._give_back(job, old)
