@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_server import free_port, run_prometheus
 
 from tessera.operator.main import DEFAULT_POLICY
 
@@ -35,12 +35,6 @@ operator_process = pytest.importorskip(
 )
 
 EXAMPLE = ROOT / "examples" / "elasticjob-basic.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, Any]:
@@ -187,21 +181,10 @@ def test_exposition_passes_promtool_naming_lint(scheduled: tuple[Any, int, int])
 def prometheus(scheduled: tuple[Any, int, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus scraping the operator every second; yields its URL after 3 scrapes."""
     _cluster, port, _health = scheduled
-    binary = tool("prometheus")
     work = tmp_path_factory.mktemp("prometheus")
-    (work / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs: [{{job_name: tessera, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}]\n"
-    )
-    url = f"http://127.0.0.1:{free_port()}"
-    log = (work / "prometheus.log").open("w")
-    proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-                             f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with run_prometheus(tool("prometheus"), work, "tessera", f"127.0.0.1:{port}") as url:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, (work / "prometheus.log").read_text()[-2000:]
             try:
                 if float(promql(url, 'count_over_time(up{job="tessera"}[1m])')[0]["value"][1]) >= 3:
                     break
@@ -210,14 +193,6 @@ def prometheus(scheduled: tuple[Any, int, int], tmp_path_factory: pytest.TempPat
             assert time.monotonic() < deadline, "prometheus did not scrape the operator 3 times in 60s"
             time.sleep(0.5)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def promql(url: str, expr: str) -> list[dict[str, Any]]:
