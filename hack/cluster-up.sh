@@ -22,6 +22,16 @@ KUBECONFIG_PATH="$DIR/kubeconfig"
 log() { printf '[cluster-up] %s\n' "$*" >&2; }
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
+# openssl (certificates) and curl (etcd health) come from Debian on a bare machine
+missing_pkgs=()
+command -v openssl >/dev/null 2>&1 || missing_pkgs+=(openssl)
+command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl)
+if (( ${#missing_pkgs[@]} )); then
+  [[ "$(id -u)" == 0 ]] || { log "missing ${missing_pkgs[*]}: install them (apt-get install ${missing_pkgs[*]})"; exit 1; }
+  log "installing ${missing_pkgs[*]} from Debian"
+  apt-get update -qq && apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
+fi
+
 for b in etcd kube-apiserver kubectl kwok; do
   [[ -x "$BIN/$b" ]] || { log "missing $BIN/$b: run 'make tools' (hack/build-tools.sh) first"; exit 1; }
 done
