@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.common import write_results
 from tessera.sim.rebalance_sim import Experiment, run_experiment
@@ -41,8 +42,9 @@ def main(argv: list[str]) -> int:
             records.append({"mode": mode, "seed": seed, **{k: v for k, v in one.items() if k != "per_service_slo"}})
     modes = report["modes"]
     off, blind, aware = modes["off"], modes["cost-blind"], modes["cost-aware"]
-    summary = [
-        {
+
+    def row(mode: str, r: dict[str, Any]) -> dict[str, Any]:
+        return {
             "mode": mode,
             "slo_attainment": r["slo_attainment"],
             "slo_vs_off_points": 100 * (r["slo_attainment"] - off["slo_attainment"]),
@@ -53,26 +55,14 @@ def main(argv: list[str]) -> int:
             "refused_migrations": r["refused_migrations"],
             "mean_decision_seconds": r["mean_decision_seconds"],
         }
-        for mode, r in modes.items()
-    ]
+
+    summary = [row(mode, r) for mode, r in modes.items()]
     base_params = dict(experiment.policy_params.get("rebalance-cost-aware", {}))
     for threshold in args.thresholds:
         params = {**experiment.policy_params, "rebalance-cost-aware": {**base_params, "net_gain_threshold_seconds": threshold}}
         variant = Experiment(**{**{f: getattr(experiment, f) for f in experiment.__dataclass_fields__}, "policy_params": params})
         r = run_experiment(variant, modes=["rebalance-cost-aware"], seeds=seeds)["modes"]["cost-aware"]
-        summary.append(
-            {
-                "mode": f"cost-aware threshold={threshold:g}s",
-                "slo_attainment": r["slo_attainment"],
-                "slo_vs_off_points": 100 * (r["slo_attainment"] - off["slo_attainment"]),
-                "p99_latency_seconds": r["p99_latency_seconds"],
-                "mean_latency_seconds": r["mean_latency_seconds"],
-                "migrations": r["migrations"],
-                "migrations_vs_cost_blind": r["migrations"] / blind["migrations"] if blind["migrations"] else float("nan"),
-                "refused_migrations": r["refused_migrations"],
-                "mean_decision_seconds": r["mean_decision_seconds"],
-            }
-        )
+        summary.append(row(f"cost-aware threshold={threshold:g}s", r))
     seeds_text = " ".join(map(str, seeds))
     command = "python -m bench rebalance" + (f" --seeds {seeds_text}" if args.seeds else "")
     spread = statistics.pstdev(o["slo_attainment"] for o in aware["per_seed"]) if len(seeds) > 1 else 0.0
