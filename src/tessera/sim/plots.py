@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tessera.sim.report import Timeline
 from tessera.sim.simulator import DONE, Simulator
@@ -19,6 +20,13 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
+    def save(fig: Any, name: str) -> None:
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sim in sims:
         jct = sorted((j.finish - j.arrival) / 3600.0 for j in sim.jobs.values() if j.state == DONE and j.finish is not None)
@@ -30,11 +38,7 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
     ax.set_title("JCT CDF")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = out_dir / "jct_cdf.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    save(fig, "jct_cdf.png")
 
     types = sorted({t for sim in sims for t in sim.capacity_milli_seconds})
     if types and sims:
@@ -51,11 +55,7 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1)
         ax.set_title("Utilization per accelerator type")
         ax.legend()
-        path = out_dir / "utilization.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "utilization.png")
 
     timelines = [(sim, obs) for sim in sims for obs in sim.observers if isinstance(obs, Timeline) and obs.times]
     if timelines:
@@ -71,11 +71,7 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
             ax.set_title(f"{sim.policy.name} (seed {sim.config.seed}): allocation vs demand")
             ax.legend(fontsize=7, loc="upper right")
         axes[-1, 0].set_xlabel("simulated hours")
-        path = out_dir / "allocation_vs_demand.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "allocation_vs_demand.png")
         with_services = [(sim, tl) for sim, tl in timelines if tl.services]
         if with_services:
             fig, axes = plt.subplots(len(with_services), 1, figsize=(8, 3.2 * len(with_services)), squeeze=False, sharex=True)
@@ -89,11 +85,7 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
                 ax.set_title(f"{sim.policy.name} (seed {sim.config.seed}): inference load vs capacity")
                 ax.legend(fontsize=7, loc="upper right")
             axes[-1, 0].set_xlabel("simulated hours")
-            path = out_dir / "inference_load_vs_capacity.png"
-            fig.tight_layout()
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            save(fig, "inference_load_vs_capacity.png")
 
     services = [(sim, j) for sim in sims for j in sim.jobs.values() if j.is_service and j.offered > 0]
     if services:
@@ -104,9 +96,5 @@ def write_plots(sims: Sequence[Simulator], out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("served / offered requests")
         ax.set_title("Inference SLO attainment")
-        path = out_dir / "slo_attainment.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        save(fig, "slo_attainment.png")
     return written
