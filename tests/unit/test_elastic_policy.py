@@ -304,3 +304,37 @@ def test_property_random_snapshots_give_valid_exact_plans():
             if lost_replicas(snap, allocation):
                 assert allocation.key in {r.workload for r in plan.resizes} | {p.workload for p in plan.preemptions}
     assert acted > 100
+
+
+def test_inner_placement_is_trimmed_to_a_size_that_keeps_the_batch():
+    # best-fit alone would start the (2..4) job on all 3 free nodes; batch 64 needs dp | 64
+    w = job(replicas=(2, 4))
+    snap = ClusterSnapshot(nodes("n", 3), [], 1000.0)
+    assert len(BestFit().decide(snap, [w], PolicyContext(now_seconds=1000.0)).placements[0].replicas) == 3
+    (placement,) = decide(snap, [w]).placements
+    assert len(placement.replicas) == 2
+    assert "2 of 3 replicas keep the global batch exact" in placement.reason
+    # a size that divides the batch is left alone
+    (placement,) = decide(snap, [job(replicas=(2, 4), batch=96)]).placements
+    assert len(placement.replicas) == 3
+
+
+def test_inner_placement_without_any_plan_is_withdrawn():
+    w = job(replicas=(3, 3), batch=64)  # 3 replicas can never split 64 exactly
+    plan = decide(ClusterSnapshot(nodes("n", 3), [], 1000.0), [w])
+    assert not plan.placements
+    assert "no sharding plan" in plan.unplaced[w.key]
+
+
+def test_grow_before_placement_lets_a_shrunk_job_take_capacity_back():
+    w = job(replicas=(2, 4))
+    waiting = gang("default/next", 2, accelerators=8, types=["A100"])
+    snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1"])], 1000.0)
+    plan = decide(snap, [waiting], elastic_grow_before_placement="true")
+    (resize,) = plan.resizes
+    assert resize.workload == w.key and len(resize.add) == 2
+    assert not plan.placements  # nothing left for the pending job this cycle
+    # a pending job of higher priority is still served first
+    urgent = replace(waiting, priority=5)
+    plan = decide(snap, [urgent], elastic_grow_before_placement=True)
+    assert [p.workload for p in plan.placements] == [urgent.key] and not plan.resizes

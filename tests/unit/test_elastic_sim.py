@@ -118,3 +118,37 @@ def test_helios_scenario_builds_availability_events(shared_data: Path):
     events = scenario.node_events_for(0)
     assert sum(1 for e in events if not e.up) > 20
     assert {e.node for e in events} <= {n.name for n in scenario.nodes}
+
+
+def test_remaining_seconds_are_exposed_to_the_policy_when_asked():
+    seen: list[float] = []
+
+    class Probe(failures.Observer):
+        def on_cycle(self, sim: Simulator, result: object) -> None:
+            job = sim.jobs.get("j")
+            if job is not None and job.alloc is not None and "tessera.dev/remaining-seconds" in job.workload.attributes:
+                seen.append(float(job.workload.attributes["tessera.dev/remaining-seconds"]))
+
+    config = SimConfig(round_seconds=600.0, cycle_when_idle=True, expose_remaining_seconds=True)
+    Simulator(CLUSTER, [training()], load_policy("best-fit"), config, observers=[Probe()]).run()
+    # 4 replicas at 1.0/s: 10 000 s of work from t=0, cycles every 600 s see what is left then
+    assert seen[0] == pytest.approx(WORK / 4.0)
+    assert seen[1:4] == pytest.approx([WORK / 4.0 - 600.0 * k for k in (1, 2, 3)])
+    quiet = Simulator(CLUSTER, [training()], load_policy("best-fit"), SimConfig()).run()
+    assert "tessera.dev/remaining-seconds" not in quiet.jobs["j"].workload.attributes
+
+
+def test_scenario_elastic_settings_default_to_the_policy_defaults_and_reach_the_wrapper():
+    from tessera.policies.elastic import ElasticSettings, ElasticWrapper
+    from tessera.sim.scenario import scenario_from_dict
+
+    scenario = load_scenario(ROOT / "sim" / "scenarios" / "node-failures.yaml")
+    assert scenario.elastic_settings == ElasticSettings()
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "sim" / "scenarios" / "node-failures.yaml").read_text())
+    raw["failures"]["elastic"] = {"grow_before_placement": True, "hysteresis_seconds": 60}
+    settings = scenario_from_dict(raw).elastic_settings
+    assert settings.grow_before_placement and settings.hysteresis_seconds == 60.0
+    wrapped = failures.policy_for_mode("elastic", load_policy("best-fit"), settings)
+    assert isinstance(wrapped, ElasticWrapper) and wrapped.settings == settings

@@ -48,6 +48,7 @@ from tessera.core import (
     Allocation,
     CapacityLedger,
     ClusterSnapshot,
+    Placement,
     Plan,
     Preemption,
     ReplicaAssignment,
@@ -77,6 +78,9 @@ class ElasticSettings:
     min_gain_seconds: float = 0.0
     #: remaining run time assumed when a workload does not state it
     assumed_remaining_seconds: float = 3600.0
+    #: running jobs below their target grow before pending work of no higher priority is
+    #: placed (False: growth only takes what placement left)
+    grow_before_placement: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,7 @@ class ElasticWrapper:
             assumed_remaining_seconds=float(
                 p.get("elastic_assumed_remaining_seconds", s.assumed_remaining_seconds)
             ),
+            grow_before_placement=_flag(p.get("elastic_grow_before_placement", s.grow_before_placement)),
         )
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
@@ -170,12 +175,24 @@ class ElasticWrapper:
                 resizes.append(action)
             after[allocation.key] = new_allocation
 
-        # 2. placement by the inner policy on the state after step 1
+        # 1b. growth first (grow_before_placement): a job below its target takes free capacity
+        # back before pending work of no higher priority starts on it
+        if settings.grow_before_placement:
+            top_pending = max((w.priority for w in pending), default=None)
+            for allocation in sorted(snapshot.allocations.values(), key=lambda a: (-a.workload.priority, a.key)):
+                if allocation.key in after or (top_pending is not None and allocation.workload.priority < top_pending):
+                    continue
+                grow = self._grow(snapshot, ledger, allocation, ctx.now_seconds, settings)
+                if grow is not None:
+                    resizes.append(grow)
+                    after[allocation.key] = _applied(allocation, snapshot, grow.remove, grow.add, ctx.now_seconds)
+
+        # 2. placement by the inner policy on the state after steps 1 and 1b
         shadow = snapshot
         if after:
             kept = [after.get(a.key, a) for a in snapshot.allocations.values()]
             shadow = snapshot.with_changes(allocations=[a for a in kept if a is not None])
-        inner_plan = self.inner.decide(shadow, pending, ctx)
+        inner_plan = self._feasible_placements(shadow, pending, self.inner.decide(shadow, pending, ctx))
         touched = set(after)
         inner_touched = (
             {p.workload for p in inner_plan.preemptions}
@@ -210,6 +227,47 @@ class ElasticWrapper:
             migrations=tuple(m for m in inner_plan.migrations if m.workload not in touched),
             unplaced=inner_plan.unplaced,
         )
+
+    # -- step 2 -----------------------------------------------------------------------
+    @staticmethod
+    def _feasible_placements(snapshot: ClusterSnapshot, pending: Sequence[Workload], plan: Plan) -> Plan:
+        """Trim the inner policy's placements of sharded jobs to a replica count that keeps the batch exact.
+
+        A placement policy only knows ``[min, max]``: it may start a job on, say, 5 replicas
+        when the global batch splits over 4 or 6 only.  Such a job cannot run on all 5, so
+        the replicas the sharding plan does not use are dropped (their capacity stays free
+        for growth and later cycles); a placement no plan fits is withdrawn with the reason.
+        """
+        workloads = {w.key: w for w in pending}
+        placements: list[Placement] = []
+        unplaced = dict(plan.unplaced)
+        changed = False
+        for placement in plan.placements:
+            workload = workloads.get(placement.workload)
+            if workload is None or workload.kind is not WorkloadKind.TRAINING:
+                placements.append(placement)
+                continue
+            replicas = [(i, snapshot.nodes[a.node].accelerator_type) for i, a in enumerate(placement.replicas)]
+            sharding = sharding_for(workload, replicas)
+            if sharding is None or (not isinstance(sharding, str) and len(sharding.replicas_used) == len(replicas)):
+                placements.append(placement)  # no batch to keep, or every replica takes part
+                continue
+            changed = True
+            if isinstance(sharding, str):
+                unplaced[workload.key] = f"no sharding plan on the {len(replicas)} replica(s) free: {sharding}"
+                continue
+            used = set(sharding.replicas_used)
+            kept = tuple(a for i, a in enumerate(placement.replicas) if i in used)
+            placements.append(
+                replace(
+                    placement,
+                    replicas=kept,
+                    reason=f"{placement.reason}; {len(kept)} of {len(replicas)} replicas keep the global batch exact",
+                )
+            )
+        if not changed:
+            return plan
+        return replace(plan, placements=tuple(placements), unplaced=unplaced)
 
     # -- step 1 -----------------------------------------------------------------------
     def _recover(
@@ -377,6 +435,13 @@ class ElasticWrapper:
             if not workload.allow_mixed_types:
                 survivor_types = {snapshot.nodes[name].accelerator_type}
         return out
+
+
+def _flag(value: object) -> bool:
+    """A boolean parameter given as a bool or a string ("true"/"false")."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 def _applied(

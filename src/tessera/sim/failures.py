@@ -27,7 +27,7 @@ from dataclasses import replace as _replace
 from typing import TYPE_CHECKING, Any
 
 from tessera.core import WorkloadKind
-from tessera.policies.elastic import ElasticWrapper
+from tessera.policies.elastic import ElasticSettings, ElasticWrapper
 from tessera.policy import Policy
 from tessera.sim.simulator import Observer, RestartOnFailure, register_failure_mode
 
@@ -200,10 +200,10 @@ register_failure_mode("elastic", ElasticOnFailure)
 register_failure_mode("none", StallUntilRecovered)
 
 
-def policy_for_mode(mode: str, policy: Policy) -> Policy:
+def policy_for_mode(mode: str, policy: Policy, settings: ElasticSettings | None = None) -> Policy:
     """The policy a mode runs: ``elastic`` wraps it so it reshards; the others run it as is."""
     if mode == "elastic" and not isinstance(policy, ElasticWrapper):
-        return ElasticWrapper(policy)
+        return ElasticWrapper(policy, settings)
     return policy
 
 

@@ -62,7 +62,9 @@ def run_scenario(
     for seed, mode, name in ((s, m, n) for s in seeds for m in modes for n in policies):
         all_workloads, window = scenario.workloads(seed)
         workloads = failures.workloads_for_mode(mode, all_workloads, rigid_baselines=rigid)
-        policy = failures.policy_for_mode(mode, load_policy(name, **scenario.spec.policy_params.get(name, {})))
+        policy = failures.policy_for_mode(
+            mode, load_policy(name, **scenario.spec.policy_params.get(name, {})), scenario.elastic_settings
+        )
         bar = None
         callback = None
         if progress:

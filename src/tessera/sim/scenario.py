@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tessera.core import Node, Spread, Topology
+from tessera.policies.elastic import ElasticSettings
 from tessera.sim import generators
 from tessera.sim.loaders import azure_llm, gavel, philly, sia, splitwise
 from tessera.sim.models import LoadSeries, NodeEvent, SimWorkload
@@ -207,6 +208,15 @@ class AvailabilitySpec(_Strict):
     node_prefixes: list[str] = []
 
 
+class ElasticSettingsSpec(_Strict):
+    """The elastic wrapper's tunables (defaults: those of ``ElasticSettings``)."""
+
+    hysteresis_seconds: float = Field(default=300.0, ge=0)
+    min_gain_seconds: float = Field(default=0.0, ge=0)
+    assumed_remaining_seconds: float = Field(default=3600.0, ge=0)
+    grow_before_placement: bool = False
+
+
 class FailureSpec(_Strict):
     mtbf_hours: float | None = Field(default=None, gt=0)
     mttr_hours: float | None = Field(default=None, gt=0)
@@ -221,6 +231,8 @@ class FailureSpec(_Strict):
     #: per-node MTBF/MTTR failures drawn before the run from the run's seed (same for every mode)
     classes: list[FailureClassSpec] = []
     availability: AvailabilitySpec | None = None
+    #: settings of the elastic mode's policy wrapper (``tessera.policies.elastic.ElasticSettings``)
+    elastic: ElasticSettingsSpec = ElasticSettingsSpec()
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> FailureSpec:
@@ -236,6 +248,8 @@ class SimSpec(_Strict):
     max_pending: int = Field(default=1000, ge=1)
     checkpoint_interval_seconds: float = Field(default=1800.0, ge=0)
     cycle_when_idle: bool = False
+    #: tell policies each running job's time left (attribute tessera.dev/remaining-seconds)
+    expose_remaining_seconds: bool = False
 
 
 class ScenarioSpec(_Strict):
@@ -314,6 +328,12 @@ class Scenario:
             return ["restart"]
         return list(spec.modes) if spec.modes else [spec.mode]
 
+    @property
+    def elastic_settings(self) -> ElasticSettings:
+        """The elastic mode's wrapper settings (``failures.elastic``; defaults without it)."""
+        spec = self.spec.failures.elastic if self.spec.failures is not None else ElasticSettingsSpec()
+        return ElasticSettings(**spec.model_dump())
+
     def config(self, seed: int) -> SimConfig:
         s = self.spec.sim
         return SimConfig(
@@ -324,6 +344,7 @@ class Scenario:
             max_pending=s.max_pending,
             checkpoint_interval_seconds=s.checkpoint_interval_seconds,
             cycle_when_idle=s.cycle_when_idle,
+            expose_remaining_seconds=s.expose_remaining_seconds,
         )
 
     def workloads(self, seed: int) -> tuple[list[SimWorkload], frozenset[str] | None]:

@@ -54,6 +54,7 @@ from tessera.core import (
     Workload,
 )
 from tessera.engine import CycleResult, Engine
+from tessera.policies.elastic import REMAINING_SECONDS_ATTRIBUTE
 from tessera.policy import Policy
 from tessera.sim import events as ev
 from tessera.sim.models import NodeEvent, SimWorkload, sorted_by_arrival
@@ -214,6 +215,11 @@ class SimConfig:
     time_budget_seconds: float = 1.0
     #: also run a cycle when nothing is pending (rebalancing policies need this)
     cycle_when_idle: bool = False
+    #: before each cycle, state each running training job's time left at its current size in
+    #: the workload attribute ``tessera.dev/remaining-seconds`` (what an operator user may set
+    #: by hand; the elastic policy weighs growth against it).  Off by default: it touches
+    #: every running job each cycle.
+    expose_remaining_seconds: bool = False
 
 
 class _SimSnapshot(ClusterSnapshot):
@@ -645,6 +651,8 @@ class Simulator:
         self._stopped = True
 
     def _cycle(self) -> None:
+        if self.config.expose_remaining_seconds:
+            self._expose_remaining_seconds()
         result = self.engine.run_cycle(self, self)
         for obs in self.observers:
             obs.on_cycle(self, result)
@@ -658,6 +666,27 @@ class Simulator:
             self._followup_at = self.now_seconds
             self.queue.push(self.now_seconds, ev.SCHEDULE)
             self._cycle_at = self.now_seconds
+
+    def _expose_remaining_seconds(self) -> None:
+        """Write each running training job's remaining run time into its workload attributes.
+
+        Remaining = work left / current rate (plus any restart pause still ahead), i.e. the
+        time to finish at the current size.  A stalled job (rate 0) keeps its last value.
+        """
+        for job in self.running.values():
+            if job.work is None or job.rate <= 0.0 or job.alloc is None:
+                continue
+            self._advance(job)
+            pause = max(0.0, job.paused_until - self.now_seconds)
+            remaining = pause + max(0.0, job.work - job.progress) / job.rate
+            value = f"{remaining:.0f}"
+            if job.workload.attributes.get(REMAINING_SECONDS_ATTRIBUTE) == value:
+                continue
+            attrs = dict(job.workload.attributes)
+            attrs[REMAINING_SECONDS_ATTRIBUTE] = value
+            job.workload = dataclasses.replace(job.workload, attributes=MappingProxyType(attrs))
+            job.alloc = dataclasses.replace(job.alloc, workload=job.workload)
+            self._allocs[job.key] = job.alloc
 
     def _active(self) -> bool:
         """Can anything still change? (keeps self-rescheduling processes from running forever)."""
