@@ -10,7 +10,7 @@ ratios are paired.  A sweep over the per-node MTBF shows how the ratio depends o
 rate.
 
     nice -n 10 .venv/bin/python -m bench elastic
-    .venv/bin/python bench/bench_elastic.py --seeds 0 --no-sweep      # quick
+    nice -n 10 .venv/bin/python -m bench.bench_elastic --seeds 0 --no-sweep      # quick
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from typing import Any
 from bench.common import write_results
 from tessera.sim.run_cli import run_scenario
 from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
+from tessera.sim.simulator import DONE, Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("node-failures", "node-failures-helios")
-MODES = ("elastic", "restart", "none", "restart-any")
+MODES = ("elastic", "restart", "none", "restart-any", "elastic-growfirst")
+#: modes whose finished jobs define the common set for the paired JCT (``none`` finishes too few)
+JCT_MODES = ("elastic", "restart", "restart-any", "elastic-growfirst")
 SWEEP_MTBF_HOURS = (24.0, 48.0, 96.0, 192.0)
 
 
@@ -38,33 +41,78 @@ def _with_failures(scenario: Scenario, **changes: Any) -> Scenario:
     return dataclasses.replace(scenario, spec=scenario.spec.model_copy(update={"failures": failures}))
 
 
-def run_modes(scenario: Scenario, seeds: list[int], label: str) -> list[dict[str, Any]]:
-    """One record per (seed, mode), ``restart-any`` included."""
-    records, _ = run_scenario(scenario, ["best-fit"], seeds)
-    extra, _ = run_scenario(_with_failures(scenario, modes=["restart"], rigid_baselines=False), ["best-fit"], seeds)
-    for record in extra:
-        record["failure_mode"] = "restart-any"
-    out = []
-    for record in [*records, *extra]:
-        out.append(
-            {
-                "scenario": label,
-                "seed": record["seed"],
-                "mode": record["failure_mode"],
-                "goodput_acc_h": record["goodput"],
-                "goodput_fraction": record["goodput_fraction"],
-                "lost_work_acc_h": record["lost_work_accelerator_hours"],
-                "jobs_finished": record["jobs_finished"],
-                "avg_jct_h": record["avg_jct_seconds"] / 3600.0,
-                "p95_jct_h": record["p95_jct_seconds"] / 3600.0,
-                "avg_queue_h": record["avg_queueing_delay_seconds"] / 3600.0,
-                "reshards": record["reshards"],
-                "restarts": record["restarts"],
-                "node_failures": record["node_failures"],
-                "rejected_actions": record["rejected_actions"],
-            }
-        )
-    return out
+def _runs(scenario: Scenario, seeds: list[int], label: str | None = None) -> list[tuple[dict[str, Any], Simulator]]:
+    records, sims = run_scenario(scenario, ["best-fit"], seeds, keep_sims=True)
+    if label is not None:
+        for record in records:
+            record["failure_mode"] = label
+    return list(zip(records, sims, strict=True))
+
+
+def _row(label: str, record: dict[str, Any], sim: Simulator) -> dict[str, Any]:
+    jobs = [j for j in sim.jobs.values() if not j.is_service]
+    done = [j for j in jobs if j.state == DONE and j.finish is not None]
+    sizes = sorted({j.workload.max_replicas for j in jobs})
+    finished_by_size = "/".join(str(sum(1 for j in done if j.workload.max_replicas == n)) for n in sizes)
+    capacity_acc_h = record["goodput"] / record["goodput_fraction"] if record["goodput_fraction"] > 0 else 0.0
+    return {
+        "scenario": label,
+        "seed": record["seed"],
+        "mode": record["failure_mode"],
+        "goodput_acc_h": record["goodput"],
+        "goodput_fraction": record["goodput_fraction"],
+        "capacity_acc_h": capacity_acc_h,
+        "lost_work_acc_h": record["lost_work_accelerator_hours"],
+        "jobs_finished": record["jobs_finished"],
+        "finished_by_size": finished_by_size,
+        "sizes": "/".join(str(n) for n in sizes),
+        "avg_jct_h": record["avg_jct_seconds"] / 3600.0,
+        "p95_jct_h": record["p95_jct_seconds"] / 3600.0,
+        "avg_queue_h": record["avg_queueing_delay_seconds"] / 3600.0,
+        "reshards": record["reshards"],
+        "restarts": record["restarts"],
+        "node_failures": record["node_failures"],
+        "rejected_actions": record["rejected_actions"],
+        "_jct": {j.key: (j.finish - j.arrival) / 3600.0 for j in done if j.finish is not None},
+    }
+
+
+def _add_common_jct(rows: list[dict[str, Any]]) -> None:
+    """``avg_jct_common_h``: mean JCT over the jobs every mode of ``JCT_MODES`` finished (same seed).
+
+    The plain average is over each mode's own finished jobs, which differ: restart finishes
+    mostly the small jobs (the big rigid gangs starve), so its average looks short.
+    """
+    by_seed: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        by_seed.setdefault((row["scenario"], row["seed"]), []).append(row)
+    for group in by_seed.values():
+        sets = [set(r["_jct"]) for r in group if r["mode"] in JCT_MODES]
+        common = set.intersection(*sets) if sets else set()
+        for row in group:
+            jct = row.pop("_jct")
+            row["jobs_common"] = len(common)
+            row["avg_jct_common_h"] = (
+                statistics.fmean(jct[k] for k in common) if common and row["mode"] in JCT_MODES else None
+            )
+
+
+def run_modes(scenario: Scenario, seeds: list[int], label: str, *, variants: bool = True) -> list[dict[str, Any]]:
+    """One row per (seed, mode): the scenario's modes, plus ``restart-any`` and ``elastic-growfirst``."""
+    runs = _runs(scenario, seeds)
+    if variants:
+        runs += _runs(_with_failures(scenario, modes=["restart"], rigid_baselines=False), seeds, "restart-any")
+        assert scenario.spec.failures is not None
+        grow_first = scenario.spec.failures.elastic.model_copy(update={"grow_before_placement": True})
+        runs += _runs(_with_failures(scenario, modes=["elastic"], elastic=grow_first), seeds, "elastic-growfirst")
+    rows = [_row(label, record, sim) for record, sim in runs]
+    _add_common_jct(rows)
+    return rows
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
 
 
 def summarize_modes(rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
@@ -76,6 +124,9 @@ def summarize_modes(rows: list[dict[str, Any]], label: str) -> list[dict[str, An
         if not mine:
             continue
         ratios = [by[(s, "elastic")]["goodput_acc_h"] / by[(s, mode)]["goodput_acc_h"] for s in seeds]
+        # elastic's goodput cannot exceed the available accelerator-hours (linear scaling):
+        # capacity / goodput(mode) is the largest ratio any elastic policy could reach
+        bounds = [by[(s, mode)]["capacity_acc_h"] / by[(s, mode)]["goodput_acc_h"] for s in seeds]
         out.append(
             {
                 "scenario": label,
@@ -85,9 +136,13 @@ def summarize_modes(rows: list[dict[str, Any]], label: str) -> list[dict[str, An
                 "goodput_fraction": statistics.fmean(r["goodput_fraction"] for r in mine),
                 "elastic_over_this": statistics.fmean(ratios),
                 "elastic_over_this_min": min(ratios),
+                "ratio_bound": statistics.fmean(bounds),
                 "lost_work_acc_h": statistics.fmean(r["lost_work_acc_h"] for r in mine),
                 "jobs_finished": statistics.fmean(r["jobs_finished"] for r in mine),
+                "finished_by_size": " ".join(r["finished_by_size"] for r in mine),
                 "avg_jct_h": statistics.fmean(r["avg_jct_h"] for r in mine),
+                "avg_jct_common_h": _mean([r["avg_jct_common_h"] for r in mine]),
+                "jobs_common": statistics.fmean(r["jobs_common"] for r in mine),
                 "reshards": statistics.fmean(r["reshards"] for r in mine),
                 "restarts": statistics.fmean(r["restarts"] for r in mine),
             }
@@ -123,36 +178,29 @@ def main(argv: list[str]) -> int:
             label = f"node-failures mtbf={mtbf:g}h"
             klass = base.spec.failures.classes[0].model_copy(update={"mtbf_hours": mtbf})
             scenario = _with_failures(base, classes=[klass], modes=["elastic", "restart", "none"])
-            records, _ = run_scenario(scenario, ["best-fit"], seeds[:1])
-            sweep_rows = [
-                {"scenario": label, "seed": r["seed"], "mode": r["failure_mode"], "goodput_acc_h": r["goodput"],
-                 "goodput_fraction": r["goodput_fraction"], "lost_work_acc_h": r["lost_work_accelerator_hours"],
-                 "jobs_finished": r["jobs_finished"], "avg_jct_h": r["avg_jct_seconds"] / 3600.0,
-                 "reshards": r["reshards"], "restarts": r["restarts"]}
-                for r in records
-            ]
+            sweep_rows = run_modes(scenario, seeds[:1], label, variants=False)
             rows += sweep_rows
             summary += summarize_modes(sweep_rows, label)
             print(f"{label} (MTTR {mttr:g} h): done", flush=True)
     # control: the same workload without failures (how much is elastic scheduling alone)
     base = load_scenario(ROOT / "sim" / "scenarios" / "node-failures.yaml")
     control = _with_failures(base, classes=[], modes=["elastic", "restart"])
-    records, _ = run_scenario(control, ["best-fit"], seeds[:1])
-    control_rows = [
-        {"scenario": "node-failures without failures", "seed": r["seed"], "mode": r["failure_mode"],
-         "goodput_acc_h": r["goodput"], "goodput_fraction": r["goodput_fraction"],
-         "lost_work_acc_h": r["lost_work_accelerator_hours"], "jobs_finished": r["jobs_finished"],
-         "avg_jct_h": r["avg_jct_seconds"] / 3600.0, "reshards": r["reshards"], "restarts": r["restarts"]}
-        for r in records
-    ]
+    control_rows = run_modes(control, seeds[:1], "node-failures without failures", variants=False)
     rows += control_rows
     summary += summarize_modes(control_rows, "node-failures without failures")
     notes.append(
         "goodput = useful accelerator-hours (kept progress at linear scaling); elastic_over_this = "
-        "mean over seeds of goodput(elastic)/goodput(mode), paired by seed (same failures)."
+        "mean over seeds of goodput(elastic)/goodput(mode), paired by seed (same failures); ratio_bound = "
+        "mean of available accelerator-hours / goodput(mode): no elastic policy can beat that ratio. "
+        "finished_by_size: finished jobs per requested size (sizes 4/8 nodes), one group per seed. "
+        "avg_jct_common_h: JCT over the jobs that elastic, restart, restart-any and elastic-growfirst all "
+        "finished in that seed (jobs_common of them); avg_jct_h is over each mode's own finished jobs. "
+        "elastic-growfirst: elastic with failures.elastic.grow_before_placement (running jobs below target "
+        "grow before queued jobs start)."
     )
     columns = ["scenario", "mode", "seeds", "goodput_acc_h", "goodput_fraction", "elastic_over_this",
-               "elastic_over_this_min", "lost_work_acc_h", "jobs_finished", "avg_jct_h", "reshards", "restarts"]
+               "elastic_over_this_min", "ratio_bound", "lost_work_acc_h", "jobs_finished", "finished_by_size",
+               "avg_jct_h", "avg_jct_common_h", "jobs_common", "reshards", "restarts"]
     json_path, md_path = write_results(
         "elastic",
         rows,

@@ -12,7 +12,10 @@
    (checkpoint) stays with the workload.  Failure handling ignores hysteresis: the lost
    replicas are gone either way.
 2. **Placement.**  The inner policy decides for the pending workloads on a snapshot that
-   already reflects step 1, so it cannot hand out capacity twice.
+   already reflects step 1, so it cannot hand out capacity twice.  Its placements of jobs
+   with a global batch are trimmed to the replicas an exact sharding plan uses (a
+   placement policy only knows ``[min, max]`` and may pick, e.g., 5 replicas for a batch
+   that splits over 4 or 6 only); a placement no plan fits is withdrawn with the reason.
 3. **Growth.**  With what is still free, a running training workload below its target
    grows when (a) its replica set has been stable for ``hysteresis_seconds`` (read from
    ``Allocation.stable_since_seconds``, i.e. from cluster state, never from memory in this
@@ -20,6 +23,9 @@
    ``remaining x (1 - T_old / T_new) > restart_cost_seconds + min_gain_seconds`` where
    ``T`` is :func:`~tessera.core.sharding.plan_throughput` of the old and new plans.
    Pending workloads are served first: growth only takes what the inner policy left.
+   With ``grow_before_placement`` growth runs before step 2 instead, for running jobs
+   whose priority is at least that of every pending workload (shorter JCT for the jobs
+   already running, fewer jobs started at their minimum).
 
 The wrapper is stateless: everything it needs (node health, replicas, last resize time,
 remaining time) comes from the snapshot and the workloads, so a restarted operator or a
@@ -33,7 +39,7 @@ best-fit); ``ElasticWrapper(inner)`` composes with anything else.
 
 Parameters (``PolicyContext.params``, overriding the constructor):
 ``elastic_hysteresis_seconds``, ``elastic_min_gain_seconds``,
-``elastic_assumed_remaining_seconds``.  Per workload (``Workload.attributes``):
+``elastic_assumed_remaining_seconds``, ``elastic_grow_before_placement``.  Per workload (``Workload.attributes``):
 ``tessera.dev/remaining-seconds`` (estimated time left at the current size) and
 ``tessera.dev/allow-uneven-split`` ("true" lets identical ranks differ by one micro-batch).
 """
