@@ -338,3 +338,12 @@ def test_grow_before_placement_lets_a_shrunk_job_take_capacity_back():
     urgent = replace(waiting, priority=5)
     plan = decide(snap, [urgent], elastic_grow_before_placement=True)
     assert [p.workload for p in plan.placements] == [urgent.key] and not plan.resizes
+
+
+def test_a_job_on_a_count_without_a_plan_still_grows_to_one():
+    # placed on 3 replicas by some other policy; batch 64 has no dp=3 plan and min 3 leaves no
+    # smaller one, so the current rate is 0: growing to 4 is the only way to run exactly
+    w = job(replicas=(3, 4))
+    snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1", "n-2"])], 1000.0)
+    (resize,) = decide(snap).resizes
+    assert len(resize.add) == 1 and not resize.remove

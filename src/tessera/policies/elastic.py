@@ -332,9 +332,10 @@ class ElasticWrapper:
         if now_seconds - allocation.stable_since_seconds < settings.hysteresis_seconds:
             return None
         current = [(rp.replica, rp.accelerator_type) for rp in allocation.replicas]
+        # 0.0 when the current set has no exact plan (placed by another policy): any plan gains
         old_rate = replica_set_throughput(workload, current)
         choice = self._choose(snapshot, ledger, workload, list(allocation.replicas), room)
-        if choice is None or not choice.add or old_rate <= 0 or choice.throughput <= 0:
+        if choice is None or not choice.add or choice.throughput <= 0:
             return None
         remaining = float(
             workload.attributes.get(REMAINING_SECONDS_ATTRIBUTE, settings.assumed_remaining_seconds)
