@@ -152,3 +152,15 @@ def test_scenario_elastic_settings_default_to_the_policy_defaults_and_reach_the_
     assert settings.grow_before_placement and settings.hysteresis_seconds == 60.0
     wrapped = failures.policy_for_mode("elastic", load_policy("best-fit"), settings)
     assert isinstance(wrapped, ElasticWrapper) and wrapped.settings == settings
+
+
+@pytest.mark.parametrize("mode", ["none", "restart", "elastic"])
+def test_replicas_on_a_down_node_are_not_busy_time(mode: str):
+    sim = simulate(mode)
+    busy_seconds = sim.busy_milli_seconds["A100"] / 1000.0
+    capacity_seconds = sim.capacity_milli_seconds["A100"] / 1000.0
+    assert busy_seconds <= capacity_seconds + 1e-6
+    if mode == "none":  # holds all 4 replicas throughout; n-3 is down from 1000 s to 5000 s
+        finish = sim.jobs["j"].finish
+        assert finish is not None
+        assert busy_seconds == pytest.approx(4 * finish - 4000.0)

@@ -443,6 +443,16 @@ class Simulator:
             delta = node.accelerator_count * MILLI_PER_DEVICE * (1 if ready else -1)
             if node.schedulable:
                 self._cap_milli[node.accelerator_type] += delta
+            # replicas still held on a down node (the ``none`` mode keeps them) are not busy
+            # accelerator time: without this, utilization exceeds 1 while the node is down
+            held = sum(
+                job.workload.demand.accelerator_milli
+                for job in self._node_jobs.get(name, {})
+                if job.alloc is not None
+                for rp in job.alloc.replicas
+                if rp.node == name
+            )
+            self._busy_milli[node.accelerator_type] += held if ready else -held
         self._nodes[name] = dataclasses.replace(node, ready=ready)
         self._nodes_dirty = True
 
@@ -735,14 +745,14 @@ class Simulator:
         devices = self.ledger.take(assignment.node, job.workload.demand, assignment.devices)
         self._dirty_free.add(assignment.node)
         self._node_jobs[assignment.node][job] = None
-        if node.accelerator_type:
+        if node.accelerator_type and node.ready:
             self._busy_milli[node.accelerator_type] += job.workload.demand.accelerator_milli
         return ReplicaPlacement(index, assignment.node, node.accelerator_type, devices)
 
     def _give_back(self, job: SimJob, rp: ReplicaPlacement) -> None:
         self.ledger.give_back(rp.node, job.workload.demand, rp.devices)
         self._dirty_free.add(rp.node)
-        if rp.accelerator_type:
+        if rp.accelerator_type and self._nodes[rp.node].ready:  # a down node's share left busy already
             self._busy_milli[rp.accelerator_type] -= job.workload.demand.accelerator_milli
 
     def _unindex(self, job: SimJob, alloc: Allocation) -> None:
