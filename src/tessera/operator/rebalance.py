@@ -323,7 +323,11 @@ class Rebalancer:
                     and old_labels.get(L.REPLICA) == str(move.replica):
                 if not old["metadata"].get("deletionTimestamp"):  # a crash before the delete
                     self.kube.delete_pod(view.namespace, move.pod, old["metadata"]["uid"])
-                return  # still going
+                source = state.nodes.get((old.get("spec") or {}).get("nodeName") or "")
+                if source is not None and source.node.usable:
+                    return  # still going
+                # on a node that is gone or not ready the deletion may never be confirmed:
+                # the replica serves elsewhere already, so the move is done
             self._finish(view, move, now)
             return
         # Binding / WaitingReady: the old replica must still be part of the service

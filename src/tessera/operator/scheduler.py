@@ -312,7 +312,9 @@ class Scheduler:
         waiting: dict[str, str] = {}
         for unit in sorted(units, key=lambda w: (-w.priority, w.submitted_at_seconds, w.key)):
             view = state.workloads[state.pending_owner[unit.key]]
-            hosting = {r.node for r in view.placement.values()} if unit.spread is Spread.NODE else set()
+            # the targets of moves in flight count: their replicas land there
+            hosting = {r.node for r in view.placement.values()} | {p.node_name for p in view.incoming.values()} \
+                if unit.spread is Spread.NODE else set()
             nodes = [replace(v.node, schedulable=False) if v.node.name in hosting else v.node
                      for v in state.nodes.values()]
             snapshot = state.snapshot.with_changes(nodes=nodes, allocations=allocations)
