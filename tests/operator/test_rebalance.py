@@ -157,13 +157,15 @@ def setup(crds: Any, namespace: str, tmp_path: Path, exporter: Exporter, prometh
         nodes_a100 = nodes_with(crds, "A100")
 
         @staticmethod
-        def start(*params: str, env: dict[str, str] | None = None, metrics_port: int = 0) -> OperatorProcess:
+        def start(*params: str, env: dict[str, str] | None = None, metrics_port: int = 0,
+                  extra: tuple[str, ...] = ()) -> OperatorProcess:
             # best-fit places without preempting: cpsat would itself stop and restart the
             # service on the faster H100 (a move that is not make-before-break)
             args = ["--policy", "best-fit", "--metrics-port", str(metrics_port), "--rebalance-period-seconds", "1",
                     "--rebalance-policy", POLICY, "--load-prometheus-url", prometheus, "--load-query", QUERY]
             for p in params:
                 args += ["--rebalance-param", p]
+            args += extra
             # KUBECONFIG for kopf's own login, whatever ~/.kube/config holds on this machine
             env = {"KUBECONFIG": str(crds.kubeconfig), **(env or {})}
             proc = OperatorProcess(crds.kubeconfig, tmp_path / f"operator-{len(started)}.log", *args, env=env).start()
@@ -302,3 +304,41 @@ def test_a_restart_before_the_new_replica_is_bound_undoes_the_move(cluster, name
     assert [h["outcome"] for h in history[1:]] == ["Completed", "Completed"]
     events = cluster.get_json("events", "-n", namespace)["items"]
     assert any(e["reason"] == "MigrationAborted" for e in events)
+
+
+def test_a_new_replica_that_never_gets_ready_is_undone_and_the_old_one_keeps_serving(cluster, namespace, setup):
+    port = free_port()
+    setup.start("cooldown_seconds=2", metrics_port=port, extra=("--migration-ready-timeout-seconds", "3"))
+    start_on_a100(cluster, namespace, setup)
+    # pods created from now on are left alone by kwok: bound, never Running nor Ready
+    cluster.kubectl("patch", "inferenceservice", "chat", "-n", namespace, "--type", "merge", "-p",
+                    '{"spec": {"template": {"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}}}}')
+    with ReplicaWatcher(cluster, namespace) as watcher:
+        setup.open_h100()
+        aborted = cluster.wait_for(
+            lambda: [h for h in status_of(cluster, namespace).get("migrationHistory") or [] if h["outcome"] == "Aborted"],
+            timeout=60, what="a move undone")
+    assert "not Ready within 3s" in aborted[0]["reason"]
+    assert aborted[0]["observedSeconds"] >= 3
+    assert watcher.fewest_ready >= REPLICAS, watcher.worst
+    assert watcher.most_pods <= REPLICAS + 1
+    status = status_of(cluster, namespace)
+    assert not any(h["outcome"] == "Completed" for h in status["migrationHistory"])
+    assert {r["node"] for r in status["placement"]} <= set(setup.nodes_a100)  # nothing moved
+    cluster.wait_for(lambda: scrape(port, "tessera_migrations_aborted_total") >= 1, timeout=10, what="aborted counted")
+    assert scrape(port, "tessera_migrations_total", policy=POLICY, reason="rebalance") == 0
+    # kwok would never confirm the graceful deletion of the pods it leaves alone: new pods
+    # get the normal template again, and the left-alone ones go at once
+    cluster.kubectl("patch", "inferenceservice", "chat", "-n", namespace, "--type", "merge", "-p",
+                    '{"spec": {"template": {"metadata": {"annotations": null}}}}')
+
+    def none_left_alone() -> bool:
+        left = [p["metadata"]["name"] for p in pods_of(cluster, namespace)
+                if (p["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/status") == "custom"]
+        for name in left:
+            cluster.kubectl("delete", "pod", name, "-n", namespace, "--grace-period=0", "--force", check=False)
+        return not left
+
+    # twice in a row: a cycle that read the old template may still create one
+    cluster.wait_for(lambda: none_left_alone() and (time.sleep(2) is None) and none_left_alone(), timeout=30,
+                     what="left-alone pods removed")
