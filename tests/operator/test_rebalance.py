@@ -6,7 +6,9 @@ the H100 nodes are cordoned; then the H100 nodes open up. Its load (6 requests/s
 replica) overloads an A100 replica (capacity 1) but not an H100 one (capacity 4), so the
 cost-aware rebalancer moves the replicas, one at a time (maxUnavailable 1), make-before-
 break. A watcher polls the pods throughout: the service never has fewer Ready replicas
-than spec.replicas and never more than spec.replicas + maxUnavailable pods.
+than spec.replicas and never more than spec.replicas + maxUnavailable pods. Further tests:
+an operator killed mid-move (after binding the new pod / after recording the move), a new
+replica that never gets Ready, and the cooldown after a move surviving a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +138,20 @@ class ReplicaWatcher:
         self._thread.join(timeout=30)
 
 
+def rfc3339(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def scrape(port: int, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    deadline = time.monotonic() + 15  # a freshly started operator may not serve yet
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -342,3 +357,40 @@ def test_a_new_replica_that_never_gets_ready_is_undone_and_the_old_one_keeps_ser
     # twice in a row: a cycle that read the old template may still create one
     cluster.wait_for(lambda: none_left_alone() and (time.sleep(2) is None) and none_left_alone(), timeout=30,
                      what="left-alone pods removed")
+
+
+def test_the_cooldown_after_a_move_survives_a_restart(cluster, namespace, setup, exporter):
+    first = setup.start("cooldown_seconds=2")
+    start_on_a100(cluster, namespace, setup)
+    placed = time.monotonic()
+    time.sleep(20)  # the placement's startTime lies well before the moves' landing times
+    setup.open_h100()
+    settled_on_h100(cluster, namespace, setup)
+    landed = time.monotonic()
+    first.stop()
+    # now the H100 replicas run hot and A100 would serve the load: moving back pays off
+    exporter.rps.labels(namespace, "chat").set(20.0)
+    cluster.kubectl("patch", "inferenceservice", "chat", "-n", namespace, "--type", "merge", "-p",
+                    '{"spec": {"acceleratorTypes": [{"name": "A100", "capacityPerReplica": 16},'
+                    ' {"name": "H100", "capacityPerReplica": 4}]}}')
+    cooldown = 20
+    # a restarted operator reads the landing times from status.migrationHistory: both
+    # replicas stay until `cooldown` after they landed, although the placement is older
+    assert time.monotonic() - placed > cooldown + 5
+    port = free_port()
+    setup.start(f"cooldown_seconds={cooldown}", metrics_port=port)
+    cluster.wait_for(lambda: scrape(port, "tessera_decision_latency_seconds_count", policy=POLICY) >= 3,
+                     timeout=30, what="three rebalancing rounds")
+    pinned = status_of(cluster, namespace)
+    assert time.monotonic() - landed < cooldown, "too slow to check the cooldown"
+    assert len(pinned["migrationHistory"]) == 2 and not pinned.get("migrations")
+    # once the cooldown has passed they move back
+    moved_back = cluster.wait_for(
+        lambda: [h for h in status_of(cluster, namespace).get("migrationHistory") or []
+                 if h["outcome"] == "Completed" and h["toNode"] in setup.nodes_a100],
+        timeout=60, interval=0.5, what="a move back to A100")
+    back = moved_back[0]
+    assert back["fromNode"] in setup.nodes_h100
+    # it left no earlier than `cooldown` after it landed (RFC 3339 times, whole seconds)
+    [arrival] = [h for h in pinned["migrationHistory"] if h["newReplica"] == back["replica"]]
+    assert rfc3339(back["startTime"]) - rfc3339(arrival["completionTime"]) >= cooldown - 1
