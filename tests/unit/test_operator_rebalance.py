@@ -3,12 +3,16 @@ tessera.operator.state: moves in flight in status, cooldown from status, which m
 
 from __future__ import annotations
 
+import random
 from types import MappingProxyType
 from typing import Any
+
+import pytest
 
 from tessera.core import Migration, Plan, ReplicaAssignment
 from tessera.engine import CycleResult
 from tessera.operator import labels as L
+from tessera.operator.main import rebalance_params
 from tessera.operator.rebalance import (
     landing_times,
     next_replica_index,
@@ -16,6 +20,9 @@ from tessera.operator.rebalance import (
     select_moves,
 )
 from tessera.operator.state import ClusterState, build_state
+from tessera.policies.rebalance import config_from_params
+from tessera.policy import PolicyContext
+from tessera.solver.rebalance import RebalanceConfig
 
 TEMPLATE = {"spec": {"containers": [{"name": "c", "image": "i"}]}}
 
@@ -193,3 +200,13 @@ def test_a_fresh_replica_index_avoids_moves_and_terminating_pods():
             pod("s", 3, "h1", terminating=True)]
     state = build_state(NODES, pods, [service("s", 2, status)], 0)
     assert next_replica_index(state.workloads["ns/s"], state) == 4
+
+
+def test_rebalance_params_become_policy_parameters_and_reach_the_config():
+    params = rebalance_params(["cooldown_seconds=60", " budget_moves = 2"])
+    assert params == {"rebalance.cooldown_seconds": "60", "rebalance.budget_moves": "2"}
+    ctx = PolicyContext(now_seconds=0.0, rng=random.Random(0), time_budget_seconds=1.0, params=params)
+    config = config_from_params(RebalanceConfig(), params, ctx)
+    assert config.cooldown_seconds == 60.0 and config.budget_moves == 2
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        rebalance_params(["cooldown_seconds"])
