@@ -173,11 +173,15 @@ if [[ -x "$BIN/kube-controller-manager" && -z "${TESSERA_NO_CONTROLLER_MANAGER:-
 fi
 
 log "starting kwok (fake kubelets for nodes annotated kwok.x-k8s.io/node=fake)"
+# node Leases are kwok's heartbeat: without them it writes node status only on changes, so
+# the node lifecycle controller sees no heartbeat for 40 s, marks every node NotReady and
+# every pod not Ready (a flap about once a minute) until kwok patches the status back
 start kwok "$BIN/kwok" --kubeconfig "$KUBECONFIG_PATH" \
   --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
   --cidr=10.0.0.1/16 --node-ip=10.0.0.1 \
+  --node-lease-duration-seconds 40 \
   --server-address "127.0.0.1:0"
 
 # pods need the "default" ServiceAccount; without the controller manager, create it ourselves

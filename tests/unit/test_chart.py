@@ -18,6 +18,11 @@ NON_DEFAULT: dict[str, Any] = {
     "serviceAccount": {"create": True, "name": "tessera-sa", "annotations": {"iam.example.com/role": "r"}},
     "policy": {"name": "best-fit", "timeBudgetSeconds": 0.5, "seed": 7},
     "scheduling": {"intervalSeconds": 5},
+    "rebalancing": {"periodSeconds": 60, "policy": "rebalance-cost-blind", "params": {"cooldown_seconds": 900},
+                    "readyTimeoutSeconds": 120,
+                    "load": {"prometheusUrl": "http://prometheus.monitoring:9090",
+                             "query": 'sum by (namespace, svc) (rate(requests_total{job="vllm"}[2m]))',
+                             "keyLabels": ["namespace", "svc"]}},
     "leaderElection": {"leaseDurationSeconds": 30},
     "logLevel": "DEBUG",
     "metrics": {
@@ -116,6 +121,11 @@ def test_non_default_values_reach_the_objects() -> None:
     assert args["--metrics-port"] == "9100" and args["--log-level"] == "DEBUG"
     assert args["--liveness"] == "http://0.0.0.0:8081/healthz"
     assert c["args"][-1] == "--context=prod"
+    assert float(args["--rebalance-period-seconds"]) == 60 and args["--rebalance-policy"] == "rebalance-cost-blind"
+    assert args["--rebalance-param"] == "cooldown_seconds=900" and float(args["--migration-ready-timeout-seconds"]) == 120
+    assert args["--load-prometheus-url"] == "http://prometheus.monitoring:9090"
+    assert args["--load-query"] == 'sum by (namespace, svc) (rate(requests_total{job="vllm"}[2m]))'
+    assert args["--load-key-labels"] == "namespace,svc"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 9100, "health": 8081}
     sa = one(objects, "ServiceAccount")
@@ -273,6 +283,8 @@ def test_rendered_arguments_are_accepted_by_the_operator_cli(values: dict[str, A
                    "liveness": "http://0.0.0.0:8080/healthz", "identity": "pod-0"},
                 **({"policy": "best-fit", "time_budget_seconds": 0.5, "seed": 7, "interval_seconds": 5.0,
                     "metrics_port": 9100, "lease_name": "sched-scheduler", "lease_duration_seconds": 30,
-                    "liveness": "http://0.0.0.0:8081/healthz", "context": "prod"} if values else {})}
+                    "liveness": "http://0.0.0.0:8081/healthz", "context": "prod", "rebalance_period_seconds": 60.0,
+                    "rebalance_param": ["cooldown_seconds=900"], "load_key_labels": "namespace,svc"} if values else
+                   {"rebalance_period_seconds": 0.0, "load_prometheus_url": ""})}
     for key, value in expected.items():
         assert getattr(parsed, key) == value, key

@@ -307,10 +307,60 @@ class InferenceServiceSpec(_Model):
         return self
 
 
+MigrationStage = Literal["Binding", "WaitingReady", "Releasing"]
+
+
+class MigrationStatus(_Lenient):
+    """One replica move in flight, recorded before any pod is touched (make-before-break).
+
+    ``Binding``: the new replica's pod is being created and bound on ``toNode``;
+    ``WaitingReady``: it is bound, the old replica serves until it is Ready;
+    ``Releasing``: the new replica is in ``placement``, the old pod is being deleted.
+    """
+
+    replica: int = Field(..., description="Replica index that moves (its pod is deleted once the new one is Ready).")
+    pod: str = Field(..., description="Pod of the moving replica.")
+    fromNode: str = Field(..., description="Node the replica leaves.")
+    toNode: str = Field(..., description="Node the replica moves to.")
+    newReplica: int = Field(..., description="Fresh replica index of the new pod on toNode.")
+    newPod: str = Field(..., description="Pod of the new replica.")
+    generation: int = Field(0, description="placementGeneration label of the new pod.")
+    stage: MigrationStage = Field("Binding", description="Binding, WaitingReady or Releasing.")
+    startTime: str = Field("", description="RFC 3339 time the move was recorded.")
+    estimatedCostSeconds: float = Field(0.0, description="The policy's estimate, in replica-seconds of lost service.")
+    policy: str = Field("", description="Policy that decided the move.")
+    reason: str = Field("", description="Why: rebalance (load) or defrag (room for a waiting gang).")
+    message: str = Field("", description="The policy's explanation.")
+
+
+class MigrationRecord(_Lenient):
+    """A finished (or abandoned) move, kept in a short history."""
+
+    replica: int = Field(..., description="Replica index that moved away.")
+    newReplica: int = Field(..., description="Replica index that replaced it.")
+    fromNode: str = Field(..., description="Node left.")
+    toNode: str = Field(..., description="Node moved to.")
+    startTime: str = Field("", description="RFC 3339 time the move was recorded.")
+    completionTime: str = Field("", description="RFC 3339 time the old replica was gone (or the move was undone).")
+    outcome: Literal["Completed", "Aborted"] = Field("Completed", description="Completed or Aborted (undone).")
+    estimatedCostSeconds: float = Field(0.0, description="The policy's estimate, in replica-seconds of lost service.")
+    observedSeconds: float = Field(0.0, description="From recording the move to the old replica gone.")
+    reason: str = Field("", description="rebalance or defrag; for Aborted moves, why they were undone.")
+
+
 class InferenceServiceStatus(WorkloadStatus):
     """Status with the fields the scale subresource reads."""
 
     selector: str = Field("", description="Label selector of the service's pods (for the scale subresource).")
+    migrations: list[MigrationStatus] = Field(
+        default_factory=list, description="Replica moves in flight (rebalancing), in the order they started."
+    )
+    migrationHistory: list[MigrationRecord] = Field(
+        default_factory=list, description="The last finished or undone moves, oldest first (bounded)."
+    )
+    lastMigrationTime: str | None = Field(
+        None, description="RFC 3339 time the last move finished; with the history it drives the rebalancing cooldown."
+    )
 
 
 class InferenceService(_Lenient):

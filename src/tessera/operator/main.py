@@ -17,13 +17,16 @@ import kopf
 from tessera.engine import Engine
 from tessera.operator.kube import Kube
 from tessera.operator.lease import LeaderElector
+from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
 from tessera.operator.metrics import OperatorMetrics
+from tessera.operator.rebalance import Rebalancer
 from tessera.operator.scheduler import Scheduler, WallClock
 from tessera.policy import PolicyLoadError, load_policy
 
 log = logging.getLogger("tessera.operator")
 
 DEFAULT_POLICY = "cpsat"
+DEFAULT_REBALANCE_POLICY = "rebalance-cost-aware"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +49,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's health probe here, e.g. http://0.0.0.0:8080/healthz (the chart's probes)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    rebalancing = parser.add_argument_group("rebalancing (docs/rebalancing.md)")
+    rebalancing.add_argument(
+        "--rebalance-period-seconds", type=float,
+        default=float(os.environ.get("TESSERA_REBALANCE_PERIOD_SECONDS", "0") or 0),
+        help="run a rebalancing round this often; 0 (the default) turns rebalancing off "
+             "(default: $TESSERA_REBALANCE_PERIOD_SECONDS or 0)")
+    rebalancing.add_argument("--rebalance-policy", default=DEFAULT_REBALANCE_POLICY,
+                             help="rebalancing policy by name (rebalance-cost-aware, rebalance-cost-blind, defrag, ...)")
+    rebalancing.add_argument("--rebalance-param", action="append", default=[], metavar="NAME=VALUE",
+                             help="a rebalance setting, e.g. cooldown_seconds=600 (repeatable; passed as rebalance.NAME)")
+    rebalancing.add_argument("--migration-ready-timeout-seconds", type=float, default=300.0,
+                             help="undo a move whose new replica is not Ready within this")
+    rebalancing.add_argument("--load-prometheus-url", default=os.environ.get("TESSERA_LOAD_PROMETHEUS_URL", ""),
+                             help="Prometheus base URL to read service load from; without it no load-driven moves "
+                                  "(default: $TESSERA_LOAD_PROMETHEUS_URL)")
+    rebalancing.add_argument("--load-query", default=DEFAULT_QUERY,
+                             help="PromQL instant query giving requests/s per service")
+    rebalancing.add_argument("--load-key-labels", default="namespace,service",
+                             help="labels of the query's result forming the workload key namespace/name")
+
+
+def rebalance_params(pairs: list[str]) -> dict[str, str]:
+    """``["cooldown_seconds=60"]`` -> ``{"rebalance.cooldown_seconds": "60"}``."""
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--rebalance-param expects NAME=VALUE, got {pair!r}")
+        params[f"rebalance.{name.strip()}"] = value.strip()
+    return params
+
+
+def build_rebalancer(args: argparse.Namespace, kube: Kube, metrics: OperatorMetrics,
+                     elector: LeaderElector) -> Rebalancer:
+    """The move executor, with a rebalancing engine when a period is set."""
+    engine = None
+    load_source = None
+    if args.rebalance_period_seconds > 0:
+        policy = load_policy(args.rebalance_policy)
+        engine = Engine(policy, WallClock(), seed=args.seed, time_budget_seconds=args.time_budget_seconds,
+                        params=rebalance_params(args.rebalance_param), metrics=metrics)
+        if args.load_prometheus_url:
+            labels = tuple(label.strip() for label in args.load_key_labels.split(",") if label.strip())
+            load_source = PrometheusLoadSource(args.load_prometheus_url, args.load_query, key_labels=labels)
+        log.info("rebalancing every %.0fs with %s; load from %s", args.rebalance_period_seconds, policy.name,
+                 args.load_prometheus_url or "nowhere (no load-driven moves)")
+    return Rebalancer(kube, metrics, elector, engine=engine, load_source=load_source,
+                      period_seconds=args.rebalance_period_seconds,
+                      ready_timeout_seconds=args.migration_ready_timeout_seconds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +118,13 @@ def run(args: argparse.Namespace) -> int:
                     metrics=metrics)
     elector = LeaderElector(kube, args.lease_namespace, args.lease_name, args.identity,
                             args.lease_duration_seconds)
-    scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds)
+    try:
+        rebalancer = build_rebalancer(args, kube, metrics, elector)
+    except (PolicyLoadError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
+                          rebalancer=rebalancer)
     log.info("tessera operator starting: policy %s %s, identity %s", policy.name, policy.version, args.identity)
     asyncio.run(_serve(scheduler, kube, args.liveness))
     return 0

@@ -19,6 +19,7 @@ from tessera.core import ClusterSnapshot, Migration, Placement, Preemption, Resi
 from tessera.engine import CycleResult
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_MIGRATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 #: node labels that name a node pool, most specific first (ours, then the common providers')
 NODE_POOL_LABELS = (
@@ -110,8 +111,25 @@ class OperatorMetrics:
             ["policy", "direction"], registry=r,
         )
         self.migrations = Counter(
-            "tessera_migrations_total", "Running replicas moved to another node (accepted migrations).",
-            ["policy"], registry=r,
+            "tessera_migrations_total",
+            "Replica moves carried out to the end (new replica Ready, old one gone), by deciding policy and "
+            "reason (rebalance: load; defrag: room for a waiting gang).",
+            ["policy", "reason"], registry=r,
+        )
+        self.migrations_aborted = Counter(
+            "tessera_migrations_aborted_total",
+            "Replica moves undone before cut-over (new pod not bound or not Ready in time, placement changed).",
+            registry=r,
+        )
+        self.migration_estimated_cost = Histogram(
+            "tessera_migration_estimated_cost_seconds",
+            "The policy's estimated cost of each completed move, in replica-seconds of lost service.",
+            buckets=_MIGRATION_BUCKETS, registry=r,
+        )
+        self.migration_observed = Histogram(
+            "tessera_migration_observed_seconds",
+            "Observed duration of each completed move: from recording it to the old replica gone.",
+            buckets=_MIGRATION_BUCKETS, registry=r,
         )
         self.pending = Gauge(
             "tessera_pending_workloads", "Workloads (or scale-up units) waiting for capacity after the last cycle.",
@@ -151,8 +169,10 @@ class OperatorMetrics:
         policy = result.policy
         self.decision_latency.labels(policy=policy).observe(result.decision_seconds)
         # children exist from the first cycle on, so rate() sees a 0 before the first event
-        for counter in (self.preemptions, self.migrations, self.policy_errors):
+        for counter in (self.preemptions, self.policy_errors):
             counter.labels(policy=policy)
+        for reason in ("rebalance", "defrag"):
+            self.migrations.labels(policy=policy, reason=reason)
         for direction in ("grow", "shrink"):
             self.reshards.labels(policy=policy, direction=direction)
         for action in _ACTIONS.values():
@@ -163,9 +183,9 @@ class OperatorMetrics:
         if isinstance(status, str) and status:
             self.solver_status.labels(policy=policy, status=status).inc()
         plan = result.plan
-        # tessera_preemptions_total counts evictions the scheduler carried out (it increments
-        # it), not what a plan proposed: a proposal may wait or be dropped
-        self.migrations.labels(policy=policy).inc(len(plan.migrations))
+        # tessera_preemptions_total and tessera_migrations_total count what the operator
+        # carried out (the scheduler and the rebalancer increment them), not what a plan
+        # proposed: a proposal may wait or be dropped
         for resize in plan.resizes:
             direction = "grow" if len(resize.add) > len(resize.remove) else "shrink"
             self.reshards.labels(policy=policy, direction=direction).inc()

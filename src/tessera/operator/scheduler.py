@@ -44,6 +44,7 @@ from tessera.operator.kube import Kube, KubeError, now_rfc3339
 from tessera.operator.lease import LeaderElector
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.pods import build_pod
+from tessera.operator.rebalance import Rebalancer
 from tessera.operator.state import (
     SCALE_UP_SUFFIX,
     ClusterState,
@@ -199,6 +200,7 @@ class Scheduler:
         *,
         interval_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        rebalancer: Rebalancer | None = None,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -215,6 +217,9 @@ class Scheduler:
         self.crash_after_evictions = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS", "0") or 0)
         self._evictions = 0
         self._last_event: dict[tuple[str, str], str] = {}
+        #: carries out replica moves (always: moves recorded before a restart must finish)
+        #: and runs rebalancing rounds when configured (tessera.operator.rebalance)
+        self.rebalancer = rebalancer or Rebalancer(kube, metrics, elector, clock=clock)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -255,6 +260,7 @@ class Scheduler:
         state = build_state(nodes, pods, workloads, self.clock())
         self._warn_nodes(state)
         self._repair(state, report)
+        self.rebalancer.advance(state, report.errors)
         scale_ups = [w for w in state.pending if w.key.endswith(SCALE_UP_SUFFIX)]
         pending = [w for w in state.pending if w not in scale_ups]
         result = self.engine.decide(state.snapshot, pending)
@@ -274,6 +280,9 @@ class Scheduler:
         waiting = {**result.waiting, **executable.waiting}
         scale_ups = [u for u in scale_ups if state.pending_owner[u.key] not in evicted]
         waiting.update(self._scale_up(state, scale_ups, result, report))
+        if not (report.bound or report.preempted or report.rolled_back or state.leaving):
+            # only on a settled cycle: the snapshot still describes the cluster
+            self.rebalancer.round(state, pending, report.errors)
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the
         # cycle started with (scale-up decisions see modified snapshots)
         self.metrics.record_cluster(state.snapshot, state.pending, waiting)
@@ -303,7 +312,9 @@ class Scheduler:
         waiting: dict[str, str] = {}
         for unit in sorted(units, key=lambda w: (-w.priority, w.submitted_at_seconds, w.key)):
             view = state.workloads[state.pending_owner[unit.key]]
-            hosting = {r.node for r in view.placement.values()} if unit.spread is Spread.NODE else set()
+            # the targets of moves in flight count: their replicas land there
+            hosting = {r.node for r in view.placement.values()} | {p.node_name for p in view.incoming.values()} \
+                if unit.spread is Spread.NODE else set()
             nodes = [replace(v.node, schedulable=False) if v.node.name in hosting else v.node
                      for v in state.nodes.values()]
             snapshot = state.snapshot.with_changes(nodes=nodes, allocations=allocations)
@@ -436,7 +447,8 @@ class Scheduler:
         scale_up = placement.workload.endswith(SCALE_UP_SUFFIX)
         previous = list(view.placement.values()) if scale_up else []
         generation = view.placement_generation + 1
-        indices = free_replica_indices([r.replica for r in previous], len(placement.replicas))
+        # indices of moves in flight are taken too (their pods exist, outside the placement)
+        indices = free_replica_indices([r.replica for r in previous] + list(view.incoming), len(placement.replicas))
         new = [
             ReplicaStatus(
                 replica=index,

@@ -166,6 +166,9 @@ class WorkloadView:
     to_delete: list[PodView] = field(default_factory=list)
     #: human-readable notes for Events (replica lost, scaled down)
     notes: list[str] = field(default_factory=list)
+    #: replica -> pod of a move in flight (status.migrations) not yet in the placement:
+    #: kept (not stale), holding its node; tessera.operator.rebalance drives it
+    incoming: dict[int, PodView] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -311,6 +314,8 @@ def build_state(
         if view.workload is None:
             continue
         _reconcile(view)
+        # the new pods of moves in flight hold their target nodes (make-before-break)
+        external.extend(pod for pod in view.incoming.values() if pod.node_name)
         # pods this cycle deletes (stale, scaled down, evicted, rolled back) still hold
         # their room until they are gone: nothing is bound beside them meanwhile
         going = view.pods if view.rollback_reason else view.to_delete
@@ -381,8 +386,12 @@ def _reconcile(view: WorkloadView) -> None:
     phase = view.status.get("phase", "Pending")
     pods_by_replica: dict[int, PodView] = {}
     decided = {r.replica: (r.generation or generation) for r in recorded}
+    moving = migration_targets(view.status)
     for pod in view.pods:
-        if decided.get(pod.replica) != pod.generation or pod.replica in pods_by_replica:
+        if pod.replica not in decided and moving.get(pod.replica) == pod.generation \
+                and pod.replica not in view.incoming:
+            view.incoming[pod.replica] = pod  # the new replica of a move in flight
+        elif decided.get(pod.replica) != pod.generation or pod.replica in pods_by_replica:
             view.to_delete.append(pod)  # stale: from an older decision or a rolled-back gang
         else:
             pods_by_replica[pod.replica] = pod
@@ -426,6 +435,17 @@ def _reconcile(view: WorkloadView) -> None:
             placed = view.placement.pop(replica)
             view.to_delete.extend(p for p in view.pods if p.replica == replica)
             view.notes.append(f"scaled down: removed {placed.pod} from {placed.node}")
+
+
+def migration_targets(status: Mapping[str, Any]) -> dict[int, int]:
+    """New replica -> its pod's placement generation, for moves in flight not yet in the
+    placement (``status.migrations`` in stage Binding or WaitingReady)."""
+    out: dict[int, int] = {}
+    for entry in status.get("migrations") or []:
+        if entry.get("stage") in ("Binding", "WaitingReady"):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out[int(entry["newReplica"])] = int(entry.get("generation") or 0)
+    return out
 
 
 def _scale_up(view: WorkloadView) -> Workload | None:
