@@ -69,6 +69,35 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Credentials from the same kubeconfig (or service account) the scheduler uses."""
-    return kopf.login_via_client(**kwargs)
+def login(memo: Any, settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Credentials from the very client configuration the scheduler uses.
+
+    kopf's own ``login_via_client`` tries the service account first and otherwise reads
+    the kubeconfig the kubernetes package resolved *at import time* (``$KUBECONFIG`` then,
+    else ``~/.kube/config``), ignoring ``--kubeconfig`` and ``--context``: the watches would
+    then talk to a different cluster (or fail) while the scheduler binds on the right one.
+    """
+    kube = getattr(memo, "kube", None)
+    if not isinstance(kube, Kube):
+        return kopf.login_via_client(settings=settings, **kwargs)
+    return connection_info(kube, trust_env=settings.networking.trust_env)
+
+
+def connection_info(kube: Kube, *, trust_env: bool = False) -> kopf.ConnectionInfo:
+    """kopf's ConnectionInfo for the server, CA, client certificate and token of ``kube``."""
+    cfg = kube.api.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        trust_env=trust_env,
+    )

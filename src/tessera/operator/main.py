@@ -108,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     except PolicyLoadError as err:
         log.error("%s", err)
         return 2
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
     kube = Kube.connect(args.kubeconfig, args.context)
     metrics = OperatorMetrics()
     metrics.instrument(kube.api)  # tessera_api_errors_total
