@@ -1,0 +1,82 @@
+"""The round model (one configuration per job, type capacity, tiers) and cpsat's round mode."""
+
+from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
+from tessera.policies.cpsat import CpSat
+from tessera.policy import PolicyContext
+from tessera.solver import RoundConfig, RoundJob, RoundModel, SolverLimits, config_value
+from tessera.testing import gang, node
+
+LIMITS = SolverLimits(time_limit_seconds=5.0, deterministic=True, seed=1)
+ONE_GPU = {"devices": 1}
+
+
+def job(key: str, *configs: tuple[str, int, int], tier: int = 0, current: tuple[str, int] | None = None) -> RoundJob:
+    return RoundJob(key, [RoundConfig(t, n, v) for t, n, v in configs], ONE_GPU, current=current, tier=tier)
+
+
+def test_one_configuration_per_job_within_type_capacity():
+    jobs = [job("a", ("fast", 4, 10), ("slow", 4, 6)), job("b", ("fast", 4, 8), ("slow", 4, 1))]
+    choice = RoundModel(jobs, {"fast": {"devices": 4}, "slow": {"devices": 4}}).solve(LIMITS)
+    # 10 + 1 < 8 + 6: the job that loses more on the slow type gets the fast one
+    assert choice.outcome.status == "OPTIMAL"
+    assert {k: c.accelerator_type for k, c in choice.chosen.items()} == {"a": "slow", "b": "fast"}
+
+
+def test_capacity_leaves_a_job_out_when_nothing_fits():
+    jobs = [job("a", ("fast", 3, 5)), job("b", ("fast", 2, 4))]
+    choice = RoundModel(jobs, {"fast": {"devices": 4}}).solve(LIMITS)
+    assert list(choice.chosen) == ["a"]
+
+
+def test_a_higher_tier_outranks_any_lower_tier_value():
+    jobs = [job("low", ("fast", 4, 1_000)), job("high", ("fast", 4, 1), tier=1)]
+    choice = RoundModel(jobs, {"fast": {"devices": 4}}).solve(LIMITS)
+    assert list(choice.chosen) == ["high"]
+
+
+def test_hint_objective_is_the_value_of_changing_nothing():
+    jobs = [job("a", ("fast", 4, 7), ("slow", 4, 2), current=("slow", 4))]
+    model = RoundModel(jobs, {"fast": {"devices": 4}, "slow": {"devices": 4}})
+    assert model.add_hint({"a": ("slow", 4)}) == 2
+    assert model.solve(LIMITS).chosen["a"].accelerator_type == "fast"
+
+
+def test_config_value_charges_restarts_and_rewards_keeping():
+    assert config_value(1.0, 0.5, 0.0) == 50_000
+    assert config_value(1.0, 0.5, 0.1) == 45_000
+    assert config_value(1.0, 0.5, -0.1) == 55_000
+    assert config_value(1.0, 0.0, 0.0) == 0
+
+
+def _running(workload, node_name: str, accelerator_type: str, n: int, started: float) -> Allocation:
+    return Allocation(workload, tuple(ReplicaPlacement(i, node_name, accelerator_type, (i,)) for i in range(n)), started)
+
+
+def test_round_mode_moves_a_job_to_the_fast_type_and_lets_the_newest_job_wait():
+    nodes = [node("fast-0", "A100", 4), node("slow-0", "T4", 4)]
+    types = [("A100", 6.0), ("T4", 1.0)]
+    old = gang("ns/old", 4, 1, types)
+    new = gang("ns/new", 4, 1, types, submitted=590.0)
+    policy = CpSat(round_seconds=60.0, service_scale_seconds=600.0)
+    ctx = PolicyContext(now_seconds=0.0, deterministic=True, time_budget_seconds=2.0)
+    # first decision: "old" starts on the fast type
+    plan = policy.decide(ClusterSnapshot(nodes), [old], ctx)
+    assert [(p.workload, p.replicas[0].node) for p in plan.placements] == [("ns/old", "fast-0")]
+    # ten minutes later "new" arrives: the round gives it the fast type (no service yet)
+    # and stops "old" (it has had 600 s at full speed), which then waits on the slow type
+    snap = ClusterSnapshot(nodes, [_running(old, "fast-0", "A100", 4, 0.0)], now_seconds=600.0)
+    ctx = PolicyContext(now_seconds=600.0, deterministic=True, time_budget_seconds=2.0)
+    plan = policy.decide(snap, [new], ctx)
+    assert [p.workload for p in plan.preemptions] == ["ns/old"]
+    assert "moves to T4" in plan.preemptions[0].reason
+    assert [(p.workload, p.replicas[0].node) for p in plan.placements] == [("ns/new", "fast-0")]
+    assert policy.last_stats["round"] and policy.last_stats["status"] == "OPTIMAL"
+    # the follow-up decision at the same instant places "old" on the room it was given
+    snap = ClusterSnapshot(nodes, [_running(new, "fast-0", "A100", 4, 600.0)], now_seconds=600.0)
+    plan = policy.decide(snap, [old], ctx)
+    assert [(p.workload, p.replicas[0].node) for p in plan.placements] == [("ns/old", "slow-0")]
+    assert policy.last_stats["round"] is False
+
+
+def test_round_mode_is_off_by_default():
+    assert CpSat().round_seconds == 0.0
