@@ -94,6 +94,18 @@ def test_sia_workload_and_profiles(shared_data: Path):
     assert first.work and first.work > 0
 
 
+@pytest.mark.data
+def test_sia_adaptive_jobs_range_from_one_replica_with_profiled_rates(shared_data: Path):
+    folder = shared_data / "sia-sosp23"
+    rigid, adaptive = (sia.workloads(folder / "workloads" / "philly" / "workload-1.csv", folder / "traces",
+                                     adaptive=a)[0] for a in (False, True))
+    assert (adaptive.workload.min_replicas, adaptive.workload.max_replicas) == (1, 6)
+    # the scheduler is told the same per-replica throughputs; the simulator knows every count
+    assert adaptive.workload.options == rigid.workload.options and adaptive.work == rigid.work
+    assert adaptive.model.rate("A100", 6) == rigid.model.rate("A100", 6)
+    assert 0 < adaptive.model.rate("A100", 1) < adaptive.model.rate("A100", 3) < adaptive.model.rate("A100", 6)
+
+
 def test_sia_malformed(tmp_path: Path):
     with pytest.raises(TraceFormatError) as err:
         sia.load_workload(write(tmp_path, "w.csv", "name,time,application,num_replicas,batch_size\nj,1,cifar10,0,64\n"))

@@ -2,6 +2,7 @@
 
 from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
 from tessera.policies.cpsat import CpSat
+from tessera.policies.cpsat_rounds import candidate_sizes
 from tessera.policy import PolicyContext
 from tessera.solver import RoundConfig, RoundJob, RoundModel, SolverLimits, config_value
 from tessera.testing import gang, node
@@ -68,7 +69,7 @@ def test_round_mode_moves_a_job_to_the_fast_type_and_lets_the_newest_job_wait():
     ctx = PolicyContext(now_seconds=600.0, deterministic=True, time_budget_seconds=2.0)
     plan = policy.decide(snap, [new], ctx)
     assert [p.workload for p in plan.preemptions] == ["ns/old"]
-    assert "moves to T4" in plan.preemptions[0].reason
+    assert "restarts as 4 x T4" in plan.preemptions[0].reason
     assert [(p.workload, p.replicas[0].node) for p in plan.placements] == [("ns/new", "fast-0")]
     assert policy.last_stats["round"] and policy.last_stats["status"] == "OPTIMAL"
     # the follow-up decision at the same instant places "old" on the room it was given
@@ -80,3 +81,28 @@ def test_round_mode_moves_a_job_to_the_fast_type_and_lets_the_newest_job_wait():
 
 def test_round_mode_is_off_by_default():
     assert CpSat().round_seconds == 0.0
+
+
+def test_elastic_jobs_may_start_at_halvings_of_their_target():
+    assert candidate_sizes(gang("ns/e", (1, 12), 1)) == [12, 6, 3, 1]
+    assert candidate_sizes(gang("ns/e", (4, 8), 1)) == [8, 4]
+    assert candidate_sizes(gang("ns/r", 6, 1)) == [6]
+
+
+def test_round_mode_shrinks_an_elastic_job_to_start_a_new_one_and_reports_solves():
+    nodes = [node("fast-0", "A100", 8)]
+    elastic = gang("ns/elastic", (1, 8), 1, [("A100", 1.0)])
+    policy = CpSat(round_seconds=60.0)
+    ctx = PolicyContext(now_seconds=1_200.0, deterministic=True, time_budget_seconds=2.0)
+    snap = ClusterSnapshot(nodes, [_running(elastic, "fast-0", "A100", 8, 0.0)], now_seconds=1_200.0)
+    plan = policy.decide(snap, [gang("ns/new", 4, 1, [("A100", 1.0)], submitted=1_190.0)], ctx)
+    # 1 200 s of service: weight 1/3; 8 replicas kept are worth 1/3 x 1.1, 4 replicas of a
+    # new job (weight 1, at its target) plus 4 of the elastic one 1 + 1/6 x 0.9
+    assert [p.workload for p in plan.preemptions] == ["ns/elastic"]
+    assert "restarts as 4 x A100" in plan.preemptions[0].reason
+    assert [(p.workload, len(p.replicas)) for p in plan.placements] == [("ns/new", 4)]
+    follow = ClusterSnapshot(nodes, [_running(gang("ns/new", 4, 1, [("A100", 1.0)]), "fast-0", "A100", 4, 1_200.0)],
+                             now_seconds=1_200.0)
+    plan = policy.decide(follow, [elastic], ctx)
+    assert [(p.workload, len(p.replicas)) for p in plan.placements] == [("ns/elastic", 4)]
+    assert policy.round_solves == {"solves": 2, "optimal": 2, "max_gap": 0.0, "no_solution": 0}

@@ -160,6 +160,15 @@ class CpSat:
             return plan
         return self.decide_seeded(snapshot, pending, ctx, None)
 
+    @property
+    def round_solves(self) -> dict[str, float]:
+        """Round mode: solves so far, how many proved optimal, the largest gap proved, how many
+        found nothing (empty outside round mode)."""
+        r = self._rounds
+        if r is None:
+            return {}
+        return {"solves": r.solves, "optimal": r.optimal, "max_gap": r.max_gap, "no_solution": r.no_solution}
+
     def decide_seeded(
         self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext, seed: Plan | None,
         *, seed_label: str = "seed", started: float | None = None,

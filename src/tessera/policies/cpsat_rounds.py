@@ -69,6 +69,19 @@ def movable(allocation: Allocation, snapshot: ClusterSnapshot) -> bool:
             and len(types) == 1 and None not in types and allocation.nodes <= snapshot.nodes.keys())
 
 
+def candidate_sizes(workload: Workload) -> list[int]:
+    """Replica counts a waiting job may start with: its target, and for an elastic job also
+    halvings of it down to its minimum (enough choice to fit a crowded round without a
+    variable per count)."""
+    sizes = {workload.target_replicas}
+    n = workload.target_replicas
+    while n // 2 >= workload.gang_min:
+        n //= 2
+        sizes.add(n)
+    sizes.add(workload.gang_min)
+    return sorted(sizes, reverse=True)
+
+
 class RoundPlanner:
     """State and decisions of CP-SAT's round mode (one per policy instance)."""
 
@@ -92,6 +105,12 @@ class RoundPlanner:
         self._last_round = -math.inf
         #: type and size the last round chose for jobs it stopped to move (placed next)
         self._intended: dict[str, tuple[str, int]] = {}
+        #: over every solve so far: how many, how many proved optimal, the largest relative
+        #: gap proved, and how many found no solution (benchmarks report these)
+        self.solves = 0
+        self.optimal = 0
+        self.max_gap = 0.0
+        self.no_solution = 0
 
     # ------------------------------------------------------------------------------
     def attained_seconds(self, key: str) -> float:
@@ -145,7 +164,7 @@ class RoundPlanner:
             jobs.append(self._job(allocation.workload, allocation, nodes_of, tier_of))
         eligible = [w for w in pending if w.demand.needs_accelerator and any(w.allows(t) for t in nodes_of)]
         for workload in eligible:
-            job = self._job(workload, None, nodes_of, tier_of)
+            job = self._job(workload, None, nodes_of, tier_of, intended.get(workload.key))
             if workload.key in intended:
                 # a job the last round stopped to move: its reserved room is its own
                 job.tier = len(priorities)
@@ -156,6 +175,13 @@ class RoundPlanner:
         budget = ctx.time_budget_seconds
         choice = model.solve(self._limits(ctx, budget))
         outcome = choice.outcome
+        self.solves += 1
+        if outcome.status == "OPTIMAL":
+            self.optimal += 1
+        elif outcome.has_solution:
+            self.max_gap = max(self.max_gap, outcome.gap)
+        else:
+            self.no_solution += 1
         stats.update(round=is_round, round_jobs=len(jobs), status=outcome.status, objective=outcome.objective,
                      best_bound=outcome.best_bound, gap=outcome.gap, hint_objective=hint_objective,
                      solve_seconds=outcome.wall_seconds, deterministic_time=outcome.deterministic_time)
@@ -177,28 +203,32 @@ class RoundPlanner:
         return capacity
 
     def _job(self, workload: Workload, allocation: Allocation | None, nodes_of: Mapping[str, Sequence[str]],
-             tier_of: Mapping[int, int]) -> RoundJob:
+             tier_of: Mapping[int, int], intended: tuple[str, int] | None = None) -> RoundJob:
+        """The job's configurations: every allowed type at its current size (running) or at
+        the sizes :func:`candidate_sizes` offers (waiting); only the intended one for a job
+        the last round stopped to move."""
         weight = self.weight(workload.key)
         configs = []
         here: tuple[str, int] | None = None
         if allocation is not None:
             here = (allocation.replicas[0].accelerator_type or "", len(allocation.replicas))
-            sizes = [here[1]]
+            sizes = sorted({here[1], *candidate_sizes(workload)}, reverse=True)
+            options = [(t, n) for t in sorted(nodes_of) if workload.allows(t) for n in sizes]
+        elif intended is not None:
+            options = [intended] if intended[0] in nodes_of else []
         else:
-            sizes = sorted({workload.target_replicas, workload.gang_min}, reverse=True)
+            sizes = candidate_sizes(workload)
+            options = [(t, n) for t in sorted(nodes_of) if workload.allows(t) for n in sizes]
         share = workload.restart_cost_seconds / max(1e-9, self.restart_horizon_seconds)
-        for accelerator_type in sorted(nodes_of):
-            if not workload.allows(accelerator_type):
-                continue
-            for replicas in sizes:
-                speedup = _speedup(workload, accelerator_type, replicas)
-                if here == (accelerator_type, replicas):
-                    # keeping it avoids the restart that stopping it now would cost later
-                    value = config_value(weight, speedup, -share)
-                else:
-                    value = config_value(weight, speedup, share if here is not None else 0.0)
-                if value > 0 or here == (accelerator_type, replicas):
-                    configs.append(RoundConfig(accelerator_type, replicas, value))
+        for accelerator_type, replicas in options:
+            speedup = _speedup(workload, accelerator_type, replicas)
+            if here == (accelerator_type, replicas):
+                # keeping it avoids the restart that stopping it now would cost later
+                value = config_value(weight, speedup, -share)
+            else:
+                value = config_value(weight, speedup, share if here is not None else 0.0)
+            if value > 0 or here == (accelerator_type, replicas):
+                configs.append(RoundConfig(accelerator_type, replicas, value))
         return RoundJob(workload.key, configs, _per_replica(workload), current=here,
                         tier=tier_of.get(workload.priority, 0))
 
@@ -217,7 +247,8 @@ class RoundPlanner:
                 for rp in allocation.replicas:
                     ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
             else:
-                stopping[key] = (f"round: moves to {config.accelerator_type} (worth its restart)" if config
+                stopping[key] = (f"round: restarts as {config.replicas} x {config.accelerator_type} "
+                                 "(worth its restart)" if config
                                  else f"round: waits for jobs with less attained service "
                                       f"({self.attained_seconds(key) / 3600:.2f} h at best speed)")
         # then the rest, biggest first (hardest to fit); waiting jobs the last round moved first
@@ -259,4 +290,4 @@ class RoundPlanner:
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions), unplaced=unplaced)
 
 
-__all__ = ["RoundPlanner", "movable"]
+__all__ = ["RoundPlanner", "candidate_sizes", "movable"]

@@ -128,21 +128,28 @@ def load_profile(folder: str | Path) -> SiaProfile:
     return SiaProfile(folder.name, MappingProxyType(throughput), MappingProxyType(samples), tuple(skipped))
 
 
-def job_workload(job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: float = 30.0) -> SimWorkload:
-    """A rigid Sia job: ``num_replicas`` single-GPU replicas on any profiled type."""
+def job_workload(
+    job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: float = 30.0, adaptive: bool = False
+) -> SimWorkload:
+    """A Sia job: ``num_replicas`` single-GPU replicas on any profiled type (rigid), or,
+    ``adaptive``, any count from 1 to ``num_replicas`` (the simulator's rate for each count
+    comes from the profile; the workload's per-replica throughputs are those at
+    ``num_replicas``, all a scheduler is told)."""
     types = sorted({t for t, _ in profile.throughput})
     table = {}
     options = []
+    counts = range(1, job.num_replicas + 1) if adaptive else (job.num_replicas,)
     for t in types:
         rate = profile.rate(t, job.num_replicas)
         if rate:
-            table[(t, job.num_replicas)] = rate
             options.append(AcceleratorOption(t, rate / job.num_replicas))
+            for n in counts:
+                table[(t, n)] = profile.rate(t, n) or 0.0
     workload = Workload(
         key=job.name,
         kind=WorkloadKind.TRAINING,
         demand=ReplicaDemand(accelerators=1),
-        min_replicas=job.num_replicas,
+        min_replicas=1 if adaptive else job.num_replicas,
         max_replicas=job.num_replicas,
         options=tuple(options),
         submitted_at_seconds=job.submit_seconds,
@@ -156,7 +163,7 @@ def job_workload(job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: floa
     )
 
 
-def workloads(workload_csv: str | Path, profiles_dir: str | Path) -> list[SimWorkload]:
+def workloads(workload_csv: str | Path, profiles_dir: str | Path, *, adaptive: bool = False) -> list[SimWorkload]:
     """Every job of a Sia workload file, with its application's profile from ``profiles_dir``."""
     jobs = load_workload(workload_csv)
     profiles: dict[str, SiaProfile] = {}
@@ -164,5 +171,5 @@ def workloads(workload_csv: str | Path, profiles_dir: str | Path) -> list[SimWor
     for job in jobs:
         if job.application not in profiles:
             profiles[job.application] = load_profile(Path(profiles_dir) / job.application)
-        out.append(job_workload(job, profiles[job.application]))
+        out.append(job_workload(job, profiles[job.application], adaptive=adaptive))
     return out
