@@ -100,8 +100,11 @@ def test_sia_adaptive_jobs_range_from_one_replica_with_profiled_rates(shared_dat
     rigid, adaptive = (sia.workloads(folder / "workloads" / "philly" / "workload-1.csv", folder / "traces",
                                      adaptive=a)[0] for a in (False, True))
     assert (adaptive.workload.min_replicas, adaptive.workload.max_replicas) == (1, 6)
-    # the scheduler is told the same per-replica throughputs; the simulator knows every count
-    assert adaptive.workload.options == rigid.workload.options and adaptive.work == rigid.work
+    # same per-replica throughputs at the trace's count; the adaptive job also lists every count
+    assert [(o.accelerator_type, o.throughput) for o in adaptive.workload.options] == [
+        (o.accelerator_type, o.throughput) for o in rigid.workload.options]
+    assert adaptive.work == rigid.work and all(not o.gang_throughput for o in rigid.workload.options)
+    assert adaptive.workload.gang_throughput_on("A100", 3) == adaptive.model.rate("A100", 3)
     assert adaptive.model.rate("A100", 6) == rigid.model.rate("A100", 6)
     assert 0 < adaptive.model.rate("A100", 1) < adaptive.model.rate("A100", 3) < adaptive.model.rate("A100", 6)
 

@@ -83,9 +83,9 @@ def test_round_mode_is_off_by_default():
     assert CpSat().round_seconds == 0.0
 
 
-def test_elastic_jobs_may_start_at_halvings_of_their_target():
-    assert candidate_sizes(gang("ns/e", (1, 12), 1)) == [12, 6, 3, 1]
-    assert candidate_sizes(gang("ns/e", (4, 8), 1)) == [8, 4]
+def test_elastic_jobs_may_run_at_halvings_of_their_target_and_powers_of_two():
+    assert candidate_sizes(gang("ns/e", (1, 12), 1)) == [12, 8, 6, 4, 3, 2, 1]
+    assert candidate_sizes(gang("ns/e", (3, 8), 1)) == [8, 4, 3]
     assert candidate_sizes(gang("ns/r", 6, 1)) == [6]
 
 

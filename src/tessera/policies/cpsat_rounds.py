@@ -49,16 +49,19 @@ def _per_replica(workload: Workload) -> dict[str, int]:
 
 
 def _best_throughput(workload: Workload) -> float:
-    return max((o.throughput for o in workload.options), default=0.0)
+    """The gang's best throughput at up to its target size on any allowed type."""
+    n = workload.target_replicas
+    return max((max(workload.gang_throughput_on(o.accelerator_type, k) for k in {n, *dict(o.gang_throughput)} if k <= n)
+                for o in workload.options), default=0.0)
 
 
 def _speedup(workload: Workload, accelerator_type: str, replicas: int) -> float:
-    """Throughput of ``replicas`` replicas on the type over the best type at the target size
-    (linear in replicas: per-replica throughputs are all a workload spec carries)."""
+    """Gang throughput on the type at ``replicas`` over the best the job can get (measured
+    per count when the workload lists it, else per-replica throughput x replicas)."""
     best = _best_throughput(workload)
     if best <= 0:
         return 1.0
-    return workload.throughput_on(accelerator_type) * replicas / (best * workload.target_replicas)
+    return workload.gang_throughput_on(accelerator_type, replicas) / best
 
 
 def movable(allocation: Allocation, snapshot: ClusterSnapshot) -> bool:
@@ -70,15 +73,19 @@ def movable(allocation: Allocation, snapshot: ClusterSnapshot) -> bool:
 
 
 def candidate_sizes(workload: Workload) -> list[int]:
-    """Replica counts a waiting job may start with: its target, and for an elastic job also
-    halvings of it down to its minimum (enough choice to fit a crowded round without a
-    variable per count)."""
-    sizes = {workload.target_replicas}
+    """Replica counts an elastic job may run with: its target, halvings of it and powers of
+    two down to its minimum (enough choice to fit a crowded round and to follow a
+    sub-linear scaling curve without a variable per count)."""
+    sizes = {workload.target_replicas, workload.gang_min}
     n = workload.target_replicas
     while n // 2 >= workload.gang_min:
         n //= 2
         sizes.add(n)
-    sizes.add(workload.gang_min)
+    power = 1
+    while power < workload.target_replicas:
+        if power >= workload.gang_min:
+            sizes.add(power)
+        power *= 2
     return sorted(sizes, reverse=True)
 
 

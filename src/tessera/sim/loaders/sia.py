@@ -132,9 +132,8 @@ def job_workload(
     job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: float = 30.0, adaptive: bool = False
 ) -> SimWorkload:
     """A Sia job: ``num_replicas`` single-GPU replicas on any profiled type (rigid), or,
-    ``adaptive``, any count from 1 to ``num_replicas`` (the simulator's rate for each count
-    comes from the profile; the workload's per-replica throughputs are those at
-    ``num_replicas``, all a scheduler is told)."""
+    ``adaptive``, any count from 1 to ``num_replicas``, with the profile's throughput at
+    every count in the workload's options (``gang_throughput``) and the simulator's table."""
     types = sorted({t for t, _ in profile.throughput})
     table = {}
     options = []
@@ -142,9 +141,12 @@ def job_workload(
     for t in types:
         rate = profile.rate(t, job.num_replicas)
         if rate:
-            options.append(AcceleratorOption(t, rate / job.num_replicas))
             for n in counts:
                 table[(t, n)] = profile.rate(t, n) or 0.0
+            # an adaptive job's scheduler also gets the profile at every count (as Sia
+            # profiles each job per type and count); a rigid job's only at its own count
+            measured = tuple((n, table[(t, n)]) for n in counts) if adaptive else ()
+            options.append(AcceleratorOption(t, rate / job.num_replicas, measured))
     workload = Workload(
         key=job.name,
         kind=WorkloadKind.TRAINING,
