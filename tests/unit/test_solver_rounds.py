@@ -1,8 +1,16 @@
 """The round model (one configuration per job, type capacity, tiers) and cpsat's round mode."""
 
-from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
+from tessera.core import (
+    AcceleratorOption,
+    Allocation,
+    ClusterSnapshot,
+    ReplicaDemand,
+    ReplicaPlacement,
+    Workload,
+    WorkloadKind,
+)
 from tessera.policies.cpsat import CpSat
-from tessera.policies.cpsat_rounds import candidate_sizes
+from tessera.policies.cpsat_rounds import _speedup, candidate_sizes
 from tessera.policy import PolicyContext
 from tessera.solver import RoundConfig, RoundJob, RoundModel, SolverLimits, config_value
 from tessera.testing import gang, node
@@ -106,3 +114,13 @@ def test_round_mode_shrinks_an_elastic_job_to_start_a_new_one_and_reports_solves
     plan = policy.decide(follow, [elastic], ctx)
     assert [(p.workload, len(p.replicas)) for p in plan.placements] == [("ns/elastic", 4)]
     assert policy.round_solves == {"solves": 2, "optimal": 2, "max_gap": 0.0, "no_solution": 0}
+
+
+def test_gang_throughput_is_measured_per_count_or_linear():
+    w = Workload("ns/y", WorkloadKind.TRAINING, ReplicaDemand(accelerators=1), min_replicas=1, max_replicas=4,
+                 options=(AcceleratorOption("A100", 43.75, ((1, 81.0), (2, 162.0), (4, 175.0))),
+                          AcceleratorOption("T4", 8.0)))
+    assert w.gang_throughput_on("A100", 2) == 162.0 and w.gang_throughput_on("A100", 3) == 3 * 43.75
+    assert w.gang_throughput_on("T4", 4) == 32.0
+    # round mode: 2 A100 replicas are almost as good as 4 for this job
+    assert _speedup(w, "A100", 4) == 1.0 and round(_speedup(w, "A100", 2), 3) == round(162 / 175, 3)
