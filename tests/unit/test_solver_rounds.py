@@ -95,6 +95,8 @@ def test_elastic_jobs_may_run_at_halvings_of_their_target_and_powers_of_two():
     assert candidate_sizes(gang("ns/e", (1, 12), 1)) == [12, 8, 6, 4, 3, 2, 1]
     assert candidate_sizes(gang("ns/e", (3, 8), 1)) == [8, 4, 3]
     assert candidate_sizes(gang("ns/r", 6, 1)) == [6]
+    # an elastic job that may grow past its target is also offered bigger sizes
+    assert candidate_sizes(gang("ns/g", (1, 12), 1, desired=6)) == [12, 8, 6, 4, 3, 2, 1]
 
 
 def test_round_mode_shrinks_an_elastic_job_to_start_a_new_one_and_reports_solves():

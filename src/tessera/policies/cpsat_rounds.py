@@ -73,16 +73,16 @@ def movable(allocation: Allocation, snapshot: ClusterSnapshot) -> bool:
 
 
 def candidate_sizes(workload: Workload) -> list[int]:
-    """Replica counts an elastic job may run with: its target, halvings of it and powers of
-    two down to its minimum (enough choice to fit a crowded round and to follow a
-    sub-linear scaling curve without a variable per count)."""
-    sizes = {workload.target_replicas, workload.gang_min}
+    """Replica counts an elastic job may run with: its target, its maximum, halvings of the
+    target and powers of two from its minimum to its maximum (enough choice to fit a crowded
+    round, follow a sub-linear scaling curve and use idle room, without a variable per count)."""
+    sizes = {workload.target_replicas, workload.gang_min, workload.max_replicas}
     n = workload.target_replicas
     while n // 2 >= workload.gang_min:
         n //= 2
         sizes.add(n)
     power = 1
-    while power < workload.target_replicas:
+    while power < workload.max_replicas:
         if power >= workload.gang_min:
             sizes.add(power)
         power *= 2
