@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tessera.sim.run_cli import run_scenario
 from tessera.sim.scenario import scenario_from_dict
 
@@ -23,10 +25,11 @@ WALL = {"wall_seconds", "cpu_seconds", "events_per_second", "events_per_cpu_seco
         "decision_p50_ms", "decision_p95_ms", "decision_p99_ms"}
 
 
-def test_cpsat_simulation_is_reproducible():
+@pytest.mark.parametrize("params", [{}, {"round_seconds": 60.0}], ids=["events", "round-mode"])
+def test_cpsat_simulation_is_reproducible(params):
     runs = []
     for _ in range(2):
-        records, _ = run_scenario(scenario_from_dict(SCENARIO), ["cpsat"], [7])
+        records, _ = run_scenario(scenario_from_dict({**SCENARIO, "policy_params": {"cpsat": params}}), ["cpsat"], [7])
         (record,) = records
         runs.append({k: v for k, v in record.items() if k not in WALL})
     # compared as JSON so that NaN (no inference services: no SLO) equals NaN

@@ -94,6 +94,26 @@ def test_sia_workload_and_profiles(shared_data: Path):
     assert first.work and first.work > 0
 
 
+@pytest.mark.data
+def test_sia_adaptive_jobs_range_from_one_replica_with_profiled_rates(shared_data: Path):
+    folder = shared_data / "sia-sosp23"
+    rigid, adaptive = (sia.workloads(folder / "workloads" / "philly" / "workload-1.csv", folder / "traces",
+                                     adaptive=a)[0] for a in (False, True))
+    w = adaptive.workload
+    assert (w.min_replicas, w.target_replicas, w.max_replicas) == (1, 6, 12)
+    # same per-replica throughputs at the trace's count; the adaptive job also lists every count
+    assert [(o.accelerator_type, o.throughput) for o in adaptive.workload.options] == [
+        (o.accelerator_type, o.throughput) for o in rigid.workload.options]
+    assert adaptive.work == rigid.work and all(not o.gang_throughput for o in rigid.workload.options)
+    assert adaptive.workload.gang_throughput_on("A100", 3) == adaptive.model.rate("A100", 3)
+    assert adaptive.model.rate("A100", 6) == rigid.model.rate("A100", 6)
+    assert 0 < adaptive.model.rate("A100", 1) < adaptive.model.rate("A100", 3) < adaptive.model.rate("A100", 6)
+    # A100 is profiled up to 16 replicas; no speedup is assumed past the largest profiled count
+    slow = sia.job_workload(sia.SiaJob("j", 0.0, "cifar10", 12, 2048), sia.load_profile(folder / "traces" / "cifar10"),
+                            adaptive=True, max_factor=2.0)
+    assert slow.model.rate("A100", 24) == slow.model.rate("A100", 16) > slow.model.rate("A100", 12)
+
+
 def test_sia_malformed(tmp_path: Path):
     with pytest.raises(TraceFormatError) as err:
         sia.load_workload(write(tmp_path, "w.csv", "name,time,application,num_replicas,batch_size\nj,1,cifar10,0,64\n"))

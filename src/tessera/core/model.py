@@ -108,10 +108,14 @@ class AcceleratorOption:
 
     Throughput is relative (any unit, but one unit per workload): samples/s of one
     training replica, or requests/s one inference replica sustains.
+    ``gang_throughput``: measured throughput of the whole gang at given replica counts
+    ((replicas, throughput) pairs, same unit), for elastic jobs that scale sub-linearly
+    (Sia's per-count profiles); other counts scale ``throughput`` linearly.
     """
 
     accelerator_type: str
     throughput: float = 1.0
+    gang_throughput: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,15 @@ class Workload:
             if option.accelerator_type == accelerator_type:
                 return option.throughput
         return 1.0
+
+    def gang_throughput_on(self, accelerator_type: str | None, replicas: int) -> float:
+        """Whole-gang throughput of ``replicas`` replicas on the type: measured when the
+        option lists that count, else per-replica throughput x replicas."""
+        for option in self.options:
+            if option.accelerator_type == accelerator_type:
+                measured = dict(option.gang_throughput).get(replicas)
+                return measured if measured is not None else option.throughput * replicas
+        return 1.0 * replicas
 
     @property
     def allowed_types(self) -> tuple[str, ...]:

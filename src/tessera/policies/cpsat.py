@@ -42,6 +42,7 @@ from tessera.core import (
     Workload,
 )
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
+from tessera.policies.cpsat_rounds import RoundPlanner
 from tessera.policies.gang import queue_order
 from tessera.policy import Decision, PolicyContext
 from tessera.solver import (
@@ -95,6 +96,10 @@ class CpSat:
         moves: bool = True,
         move_horizon_seconds: float = 3_600.0,
         max_moves: int = 16,
+        round_seconds: float = 0.0,
+        service_scale_seconds: float = 600.0,
+        restart_horizon_seconds: float = 300.0,
+        min_run_seconds: float = 0.0,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``monolithic``: one pool per node (exact, slow; for comparison).  ``max_pools``:
@@ -108,7 +113,13 @@ class CpSat:
         ``max_moves`` per decision).  ``las_after_seconds``: when set, a waiting gang may also
         preempt running work of its own priority that has run at least this long in one go
         and has attained that much more service per accelerator (least attained service
-        first, as Gavel and Tiresias do); off by default."""
+        first, as Gavel and Tiresias do); off by default.  ``round_seconds`` > 0: round mode
+        (:mod:`tessera.policies.cpsat_rounds`): every round re-decides every running and
+        waiting job's type with :class:`tessera.solver.RoundModel`, weighting jobs by least
+        attained service (``service_scale_seconds``) and charging restarts over
+        ``restart_horizon_seconds``, never moving a job that (re)started less than
+        ``min_run_seconds`` ago; the simulator aligns its rounds to it.  Off (0) by
+        default: decisions on arrivals and completions only."""
         self.monolithic = monolithic
         self.weights = weights or ObjectiveWeights()
         self.max_pools = max_pools
@@ -129,12 +140,34 @@ class CpSat:
         self.move_horizon_seconds = move_horizon_seconds
         self.max_moves = max_moves
         self._timer = timer
+        #: the simulator calls a policy with ``round_seconds`` > 0 every round
+        self.round_seconds = round_seconds
+        self._rounds = RoundPlanner(
+            round_seconds=round_seconds, service_scale_seconds=service_scale_seconds,
+            restart_horizon_seconds=restart_horizon_seconds, min_run_seconds=min_run_seconds, limits=self._limits,
+        ) if round_seconds > 0 else None
         #: statistics of the last decision (see docs/cpsat.md, "Statistics")
         self.last_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        if self._rounds is not None:
+            started = self._timer()
+            stats: dict[str, Any] = {"policy": self.name, "pending": len(pending), "mode": "rounds"}
+            plan = self._rounds.decide(snapshot, pending, ctx, stats)
+            stats["decision_seconds"] = self._timer() - started
+            self.last_stats = stats
+            return plan
         return self.decide_seeded(snapshot, pending, ctx, None)
+
+    @property
+    def round_solves(self) -> dict[str, float]:
+        """Round mode: solves so far, how many proved optimal, the largest gap proved, how many
+        found nothing (empty outside round mode)."""
+        r = self._rounds
+        if r is None:
+            return {}
+        return {"solves": r.solves, "optimal": r.optimal, "max_gap": r.max_gap, "no_solution": r.no_solution}
 
     def decide_seeded(
         self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext, seed: Plan | None,

@@ -116,6 +116,11 @@ class TraceWorkload(_Strict):
     limit: int = Field(default=0, ge=0)
     restart_cost_seconds: float = Field(default=60.0, ge=0)
     measure_window: tuple[int, int] | None = None
+    #: sia: jobs adaptive in replica count (1 to adaptive_max_factor x the trace's
+    #: num_replicas, as Sia schedules them) instead of rigid at num_replicas (as
+    #: non-adaptive schedulers run them)
+    adaptive: bool = False
+    adaptive_max_factor: float = Field(default=2.0, ge=1)
 
 
 TrainingSpec = Annotated[
@@ -551,7 +556,8 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
         else:
             if training.profiles is None:
                 raise ScenarioError("workload.training: a sia workload needs 'profiles' (the traces/ folder)")
-            out = sia.workloads(path, scenario.resolve(training.profiles))
+            out = sia.workloads(path, scenario.resolve(training.profiles), adaptive=training.adaptive,
+                                max_factor=training.adaptive_max_factor)
         if training.limit:
             out = out[: training.limit]
         window = _window(out, training.measure_window)

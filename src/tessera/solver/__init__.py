@@ -3,6 +3,7 @@ method per constraint family.  Imports only :mod:`tessera.core` and ``ortools``.
 
 * :class:`PlacementModel` — which pending gangs start, on which type, in which node pools;
 * :class:`PreemptionModel` — which lower-priority work shrinks or is evicted for one gang;
+* :class:`RoundModel` — every job's (type, replica count) for the next round (round mode);
 * :func:`build_instance` / :class:`Packer` — the pool decomposition around them.
 """
 
@@ -33,6 +34,7 @@ from tessera.solver.preemption import (
     lost_work_seconds,
     victims_on,
 )
+from tessera.solver.rounds import RoundChoice, RoundConfig, RoundJob, RoundModel, config_value
 
 __all__ = [
     "GangSpec",
@@ -49,12 +51,17 @@ __all__ = [
     "Pool",
     "PreemptionChoice",
     "PreemptionModel",
+    "RoundChoice",
+    "RoundConfig",
+    "RoundJob",
+    "RoundModel",
     "SolveOutcome",
     "SolverLimits",
     "VictimSpec",
     "build_instance",
     "build_pools",
     "candidate_nodes",
+    "config_value",
     "greedy_units",
     "lost_work_seconds",
     "move_candidates",

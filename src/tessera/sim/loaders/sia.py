@@ -128,22 +128,40 @@ def load_profile(folder: str | Path) -> SiaProfile:
     return SiaProfile(folder.name, MappingProxyType(throughput), MappingProxyType(samples), tuple(skipped))
 
 
-def job_workload(job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: float = 30.0) -> SimWorkload:
-    """A rigid Sia job: ``num_replicas`` single-GPU replicas on any profiled type."""
+def job_workload(
+    job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: float = 30.0, adaptive: bool = False,
+    max_factor: float = 2.0,
+) -> SimWorkload:
+    """A Sia job: ``num_replicas`` single-GPU replicas on any profiled type (rigid), or,
+    ``adaptive``, any count from 1 to ``max_factor x num_replicas`` (desired: ``num_replicas``),
+    with the profile's throughput at every count in the workload's options
+    (``gang_throughput``) and the simulator's table.  Sia's jobs have no fixed GPU count (the
+    trace's count is what non-adaptive schedulers run); the cap keeps the model's choices
+    within what the profiles measured."""
     types = sorted({t for t, _ in profile.throughput})
     table = {}
     options = []
+    top = max(job.num_replicas, int(job.num_replicas * max_factor))
+    counts = range(1, top + 1) if adaptive else (job.num_replicas,)
     for t in types:
         rate = profile.rate(t, job.num_replicas)
         if rate:
-            table[(t, job.num_replicas)] = rate
-            options.append(AcceleratorOption(t, rate / job.num_replicas))
+            # no speedup assumed beyond the largest count profiled on the type (the
+            # profile's linear extrapolation would be optimistic there)
+            largest = max(max(n for (u, n) in profile.throughput if u == t), job.num_replicas)
+            for n in counts:
+                table[(t, n)] = profile.rate(t, min(n, largest)) or 0.0
+            # an adaptive job's scheduler also gets the profile at every count (as Sia
+            # profiles each job per type and count); a rigid job's only at its own count
+            measured = tuple((n, table[(t, n)]) for n in counts) if adaptive else ()
+            options.append(AcceleratorOption(t, rate / job.num_replicas, measured))
     workload = Workload(
         key=job.name,
         kind=WorkloadKind.TRAINING,
         demand=ReplicaDemand(accelerators=1),
-        min_replicas=job.num_replicas,
-        max_replicas=job.num_replicas,
+        min_replicas=1 if adaptive else job.num_replicas,
+        max_replicas=top if adaptive else job.num_replicas,
+        desired_replicas=job.num_replicas if adaptive else None,
         options=tuple(options),
         submitted_at_seconds=job.submit_seconds,
         restart_cost_seconds=restart_cost_seconds,
@@ -156,7 +174,9 @@ def job_workload(job: SiaJob, profile: SiaProfile, *, restart_cost_seconds: floa
     )
 
 
-def workloads(workload_csv: str | Path, profiles_dir: str | Path) -> list[SimWorkload]:
+def workloads(
+    workload_csv: str | Path, profiles_dir: str | Path, *, adaptive: bool = False, max_factor: float = 2.0
+) -> list[SimWorkload]:
     """Every job of a Sia workload file, with its application's profile from ``profiles_dir``."""
     jobs = load_workload(workload_csv)
     profiles: dict[str, SiaProfile] = {}
@@ -164,5 +184,5 @@ def workloads(workload_csv: str | Path, profiles_dir: str | Path) -> list[SimWor
     for job in jobs:
         if job.application not in profiles:
             profiles[job.application] = load_profile(Path(profiles_dir) / job.application)
-        out.append(job_workload(job, profiles[job.application]))
+        out.append(job_workload(job, profiles[job.application], adaptive=adaptive, max_factor=max_factor))
     return out
