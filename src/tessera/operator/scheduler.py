@@ -40,6 +40,7 @@ from tessera.core import (
 )
 from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L
+from tessera.operator.elastic import INSUFFICIENT, REQUEUED, ElasticActuator, ElasticSettings
 from tessera.operator.kube import Kube, KubeError, now_rfc3339
 from tessera.operator.lease import LeaderElector
 from tessera.operator.metrics import OperatorMetrics
@@ -199,6 +200,7 @@ class Scheduler:
         *,
         interval_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        elastic: ElasticSettings | None = None,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -215,6 +217,8 @@ class Scheduler:
         self.crash_after_evictions = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS", "0") or 0)
         self._evictions = 0
         self._last_event: dict[tuple[str, str], str] = {}
+        #: carries out the elastic policy's resizes and releases (see tessera.operator.elastic)
+        self.elastic = ElasticActuator(self, elastic or ElasticSettings.from_env())
 
     # --- the loop ------------------------------------------------------------------
 
@@ -232,7 +236,9 @@ class Scheduler:
                 log.exception("scheduling cycle failed; retrying")
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
             try:
-                await asyncio.wait(waiters, timeout=self.interval_seconds, return_when=asyncio.FIRST_COMPLETED)
+                # a node leaving its failure grace is a change no watch reports: wake for it
+                timeout = self.elastic.wait_seconds(self.clock(), self.interval_seconds)
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waiters:
                     w.cancel()
@@ -252,7 +258,9 @@ class Scheduler:
         workloads = self.kube.list_workloads()
         pods = self.kube.list_pods()
         nodes = self.kube.list_nodes()
-        state = build_state(nodes, pods, workloads, self.clock())
+        now = self.clock()
+        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled)
+        self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)
         scale_ups = [w for w in state.pending if w.key.endswith(SCALE_UP_SUFFIX)]
@@ -266,8 +274,10 @@ class Scheduler:
             report.errors.append("lost the scheduler lease during the decision; not applying it")
             return report
         evicted = {key for pre in executable.preemptions if (key := self._preempt(state, pre, result, report))}
+        self.elastic.resize_all(state, result, report, skip=evicted)
         for view in state.workloads.values():
-            if view.in_flight and not view.rollback_reason and view.to_bind and view.key not in evicted:
+            # an in-flight decision with nothing left to bind still needs its Running status
+            if view.in_flight and not view.rollback_reason and view.key not in evicted:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
         for placement in executable.placements:
             self._place(state, placement, result, report)
@@ -279,6 +289,7 @@ class Scheduler:
         self.metrics.record_cluster(state.snapshot, state.pending, waiting)
         blocked = self._write_waiting(state, waiting)
         self._write_steady(state, blocked)
+        self.elastic.settle(state)
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return report
 
@@ -386,6 +397,8 @@ class Scheduler:
         cycle sees them as stale, counts their room as taken and deletes them, so a
         half-evicted gang never keeps running and nothing is bound beside it meanwhile.
         """
+        if preemption.after_failure:
+            return self.elastic.requeue(state, preemption, result, report)
         view = state.workloads.get(preemption.workload)
         if view is None or view.workload is None or not view.placement:
             report.errors.append(f"preemption of {preemption.workload}: not a running Tessera workload")
@@ -478,12 +491,13 @@ class Scheduler:
         """Create then bind ``replicas`` (all or nothing); ``full`` is the placement once done."""
         created: list[tuple[ReplicaStatus, dict[str, Any]]] = []
         try:
+            plan = self.elastic.prepare(view, full)  # ElasticJobs: plan ConfigMap + Service first
             for r in replicas:
                 node = state.nodes.get(r.node)
                 if node is None:
                     raise KubeError(f"node {r.node} no longer exists")
                 body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
-                                 r.generation or view.placement_generation)
+                                 r.generation or view.placement_generation, plan=plan)
                 pod, _fresh = self.kube.create_pod(body)
                 labels = pod["metadata"].get("labels") or {}
                 if labels.get(L.WORKLOAD_UID) != view.uid or labels.get(L.PLACEMENT_GENERATION) != str(
@@ -579,10 +593,11 @@ class Scheduler:
             "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "True", "Placed",
                                         message, view.generation),
         }
-        preempted = _condition(view.status, PREEMPTED)
-        if preempted.get("status") == "True":
-            status["conditions"] = set_condition(status["conditions"], PREEMPTED, "False", "Rescheduled",
-                                                 str(preempted.get("message", "")), view.generation)
+        for released_type in (PREEMPTED, REQUEUED):  # evicted, or released below min after a failure
+            released = _condition(view.status, released_type)
+            if released.get("status") == "True":
+                status["conditions"] = set_condition(status["conditions"], released_type, "False", "Rescheduled",
+                                                     str(released.get("message", "")), view.generation)
         if isinstance(view.model, InferenceService):
             status["selector"] = L.selector(view.uid)
         return status
@@ -607,10 +622,14 @@ class Scheduler:
             no_type = bool(allowed) and not (allowed & present)
             condition_reason = "NoMatchingAccelerator" if no_type else "Unschedulable"
             preempted = _condition(view.status, PREEMPTED)
+            requeued = _condition(view.status, REQUEUED)
             if not no_type and preempted.get("status") == "True":
                 # evicted and re-queued: say so until it runs again, with why it still waits
                 condition_reason = PREEMPTED
                 reason = f"{preempted.get('message', '')}; waiting to be placed again: {reason}"
+            elif not no_type and requeued.get("status") == "True":
+                condition_reason = INSUFFICIENT  # released below min after a failure
+                reason = f"{requeued.get('message', '')}; waiting to be placed again: {reason}"
             status: dict[str, Any] = {
                 "phase": "Pending",
                 "replicas": 0,
