@@ -255,3 +255,34 @@ def test_operator_restart_in_the_middle_of_a_reshard(cluster, namespace, elastic
     assert sorted(p["metadata"]["name"] for p in pods) == sorted(r["pod"] for r in done["placement"])
     cluster.wait_for(lambda: status_of(cluster, "crash", namespace)["reshardHistory"][-1].get("runningAt"),
                      timeout=10, what="the reshard record closed after the restart")
+
+
+def test_a_failed_pod_is_replaced_and_a_cordon_counts_at_once(cluster, namespace, elastic):
+    elastic()
+    nodes = a100_nodes(cluster)
+    status = start_job(cluster, namespace, "podfail", 2, len(nodes))
+    first = generation(status)
+    failed = next(r for r in status["placement"] if r["replica"] == 1)
+    # the container died: kwok stops managing the pod and it turns Failed
+    cluster.kubectl("annotate", "pod", failed["pod"], "-n", namespace, "kwok.x-k8s.io/status=custom")
+    cluster.kubectl("patch", "pod", failed["pod"], "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"phase": "Failed", "reason": "Error"}}))
+    # replaced on the capacity the failed pod freed (its node is fine): same size, next plan
+    replaced = cluster.wait_for(
+        lambda: running_on(cluster, "podfail", namespace, len(nodes), min_generation=first + 1),
+        timeout=30, what="the failed replica replaced")
+    assert 1 not in {r["replica"] for r in replaced["placement"]}  # a fresh replica index, not the failed pod
+    assert failed["node"] in {r["node"] for r in replaced["placement"]}
+    cluster.wait_for(lambda: failed["pod"] not in {p["metadata"]["name"] for p in pods_of(cluster, namespace, "podfail")},
+                     timeout=20, what="the failed pod deleted")
+    # a cordon takes the node away too (at once: no timestamp, not a blip; timing in the unit tests)
+    victim = next(r["node"] for r in replaced["placement"] if r["replica"] == 2)
+    cluster.kubectl("cordon", victim)
+    try:
+        shrunk = cluster.wait_for(
+            lambda: running_on(cluster, "podfail", namespace, len(nodes) - 1, avoid={victim},
+                               min_generation=generation(replaced) + 1),
+            timeout=30, what="the job resharded off the cordoned node")
+        assert shrunk["reshardHistory"][-1]["toReplicas"] == len(nodes) - 1
+    finally:
+        cluster.kubectl("uncordon", victim)

@@ -35,6 +35,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tessera.api import elastic_contract as contract
@@ -52,7 +53,7 @@ from tessera.core import (
 from tessera.core.sharding import ShardingPlan, plan_sharding
 from tessera.engine import CycleResult
 from tessera.operator import labels as L
-from tessera.operator.kube import KubeError, now_rfc3339
+from tessera.operator.kube import KubeError
 from tessera.operator.state import (
     CONDITION_TAINT_KEYS,
     TOLERATED_TAINT_KEYS,
@@ -114,6 +115,23 @@ def node_failed_since(raw: Mapping[str, Any]) -> float | None:
             continue
         since.append(parse_timestamp(taint.get("timeAdded")))
     return min(since) if since else None
+
+
+def precise_rfc3339(seconds: float) -> str:
+    """RFC 3339 with milliseconds: the growth hysteresis is timed from it, whole seconds are too coarse."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def growth_deadlines(snapshot: ClusterSnapshot, hysteresis_seconds: float, now_seconds: float) -> list[float]:
+    """When running training jobs below their target may next grow (future times only)."""
+    out = []
+    for allocation in snapshot.allocations.values():
+        workload = allocation.workload
+        if workload.kind is WorkloadKind.TRAINING and len(allocation.replicas) < workload.target_replicas:
+            at = allocation.stable_since_seconds + hysteresis_seconds
+            if at > now_seconds:
+                out.append(at)
+    return out
 
 
 def grace_left(failed_since: float | None, now_seconds: float, grace_seconds: float) -> float:
@@ -260,8 +278,18 @@ class ElasticActuator:
         if not self.enabled:
             self.next_deadline = None
             return
-        _, self.next_deadline = apply_failure_grace(state, raw_nodes, now_seconds,
-                                                    self.settings.failure_grace_seconds)
+        _, grace_deadline = apply_failure_grace(state, raw_nodes, now_seconds, self.settings.failure_grace_seconds)
+        # a node leaving its grace and a job's growth hysteresis ending are changes no watch
+        # reports: the loop wakes for the earliest of them
+        deadlines = growth_deadlines(state.snapshot, self._hysteresis_seconds(), now_seconds)
+        if grace_deadline is not None:
+            deadlines.append(grace_deadline)
+        self.next_deadline = min(deadlines) if deadlines else None
+
+    def _hysteresis_seconds(self) -> float:
+        engine = self.scheduler.engine
+        default = getattr(getattr(engine.policy, "settings", None), "hysteresis_seconds", 300.0)
+        return float(engine.params.get("elastic_hysteresis_seconds", default))
 
     def wait_seconds(self, now_seconds: float, default: float) -> float:
         """How long the loop may sleep: until the next grace deadline at most."""
@@ -272,8 +300,17 @@ class ElasticActuator:
     # -- Resize ---------------------------------------------------------------------------
 
     def resize_all(self, state: ClusterState, result: CycleResult, report: CycleReport, skip: set[str]) -> set[str]:
-        """Carry out every accepted Resize of ``result``; returns the workloads resized."""
+        """Carry out the accepted releases after failures and Resizes; returns the workloads done.
+
+        A release after a failure does not wait for other evictions' pods to go (the
+        scheduler holds new evictions back while pods leave): the job's replicas are lost
+        either way, and holding it would leave a gang below its minimum running.
+        """
         done: set[str] = set()
+        for pre in result.plan.preemptions:
+            if pre.after_failure and pre.workload not in skip and self.requeue(state, pre, result, report):
+                done.add(pre.workload)
+                skip = skip | {pre.workload}
         for resize in result.plan.resizes:
             if resize.workload in skip:
                 continue
@@ -320,7 +357,7 @@ class ElasticActuator:
             "replicas": len(kept),
             "observedGeneration": view.generation,
             "message": message,
-            "lastResizeTime": now_rfc3339(),
+            "lastResizeTime": precise_rfc3339(now),
             "reshardHistory": history,
         }
         if plan is not None:
@@ -426,8 +463,8 @@ class ElasticActuator:
 
         s = self.scheduler
         view = state.workloads.get(preemption.workload)
-        if view is None or view.workload is None:
-            return ""
+        if view is None or view.workload is None or not (view.placement or view.lost):
+            return ""  # not running (or released already this cycle)
         now = s.clock()
         before = len(view.placement) + len(view.lost)
         reason = preemption.reason or "survivors below the minimum; released and requeued"
@@ -448,7 +485,7 @@ class ElasticActuator:
             "observedGeneration": view.generation,
             "message": reason,
             "conditions": conditions,
-            "lastResizeTime": now_rfc3339(),
+            "lastResizeTime": precise_rfc3339(now),
             "reshardHistory": contract.append_history(list(view.status.get("reshardHistory") or []), record),
         }
         try:

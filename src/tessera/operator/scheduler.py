@@ -646,7 +646,8 @@ class Scheduler:
     def _write_steady(self, state: ClusterState, blocked: set[str]) -> None:
         """Running workloads not touched this cycle: keep status in line with the pods."""
         for view in state.workloads.values():
-            if view.error or view.rollback_reason or view.in_flight or not view.placement:
+            # lost replicas await the elastic policy's reshard: keep them in status until then
+            if view.error or view.rollback_reason or view.in_flight or not view.placement or view.lost:
                 if view.model is not None and isinstance(view.model, InferenceService) \
                         and view.model.spec.replicas == 0 and not view.placement and not view.error:
                     self._write_status(view, {
