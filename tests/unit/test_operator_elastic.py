@@ -61,9 +61,11 @@ def test_failure_time_comes_from_the_node_object():
 
 
 def test_grace_left_counts_down_and_a_zero_grace_is_immediate():
-    assert grace_left(T0, T0 + 1, 5) == 4
-    assert grace_left(T0, T0 + 5, 5) == 0
-    assert grace_left(T0, T0 + 0.1, 0) == 0
+    # whole-second stamps: counted from the end of that second (never shorter than the grace)
+    assert grace_left(T0, T0 + 1, 5) == 5
+    assert grace_left(T0, T0 + 6, 5) == 0
+    assert grace_left(T0 + 0.25, T0 + 1.25, 5) == 4  # a precise stamp is taken as it is
+    assert grace_left(T0, T0 + 0.1, 0) == 0  # no grace: at once
     assert grace_left(None, T0, 5) == 0
 
 
@@ -85,7 +87,7 @@ def test_a_node_in_its_grace_keeps_its_replicas_but_takes_nothing_new():
     alloc = state.snapshot.allocations["ns/a"]
     assert lost_replicas(state.snapshot, alloc) == (0,)  # without the grace: lost at once
     in_grace, deadline = apply_failure_grace(state, nodes, T0 + 2, 5.0)
-    assert in_grace == {"n0"} and deadline == T0 + 5
+    assert in_grace == {"n0"} and deadline == T0 + 6
     alloc = state.snapshot.allocations["ns/a"]
     assert lost_replicas(state.snapshot, alloc) == ()  # a blip: nothing to reshard yet
     assert state.snapshot.free("n0").whole_devices == 0  # but its room is held

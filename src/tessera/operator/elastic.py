@@ -135,9 +135,15 @@ def growth_deadlines(snapshot: ClusterSnapshot, hysteresis_seconds: float, now_s
 
 
 def grace_left(failed_since: float | None, now_seconds: float, grace_seconds: float) -> float:
-    """Seconds until a failure that began at ``failed_since`` counts (0.0: it counts now)."""
-    if failed_since is None:
+    """Seconds until a failure that began at ``failed_since`` counts (0.0: it counts now).
+
+    API timestamps have whole seconds (the failure began up to 1 s after the stamp), so a
+    positive grace is counted from the end of that second: a blip is never cut short.
+    """
+    if failed_since is None or grace_seconds <= 0:
         return 0.0
+    if failed_since == int(failed_since):
+        failed_since += 1.0
     return max(0.0, failed_since + grace_seconds - now_seconds)
 
 
