@@ -250,11 +250,6 @@ def new_replica_indices(taken: Iterable[int], count: int) -> list[int]:
     return out
 
 
-def reshard_reason_label(resize: Resize) -> str:
-    """Low-cardinality reason for metrics: failure (lost replicas) or grow."""
-    return "grow" if resize.add and not resize.reason.startswith("lost") else "failure"
-
-
 # --- carrying decisions out -----------------------------------------------------------------
 
 
@@ -272,10 +267,13 @@ class ElasticActuator:
 
     @property
     def enabled(self) -> bool:
-        """Resizes are carried out only for a policy that decides them."""
-        from tessera.policy import Decision
+        """Whether the policy handles failures itself (``handles_failures``, the elastic policy).
 
-        return Decision.RESIZING in getattr(self.scheduler.engine.policy, "decides", frozenset())
+        Then lost replicas stay in the snapshot for it and the failure grace applies; other
+        policies keep the old rule (drop lost replicas, roll back below min).  Resizes are
+        carried out for any policy that decides them.
+        """
+        return bool(getattr(self.scheduler.engine.policy, "handles_failures", False))
 
     def observe(self, state: ClusterState, raw_nodes: Iterable[Mapping[str, Any]], now_seconds: float) -> None:
         """Apply the failure grace to this cycle's snapshot."""
@@ -320,9 +318,29 @@ class ElasticActuator:
         for resize in result.plan.resizes:
             if resize.workload in skip:
                 continue
+            if state.leaving and not resize.add and not self._removes_lost(state, resize):
+                # a shrink that makes room for other work waits while earlier evictions' pods
+                # go, as evictions do: their room does not look free yet, so the policy would
+                # shrink more for the same beneficiary
+                continue
             if self.resize(state, resize, result, report):
                 done.add(resize.workload)
         return done
+
+    @staticmethod
+    def _removes_lost(state: ClusterState, resize: Resize) -> bool:
+        """Whether ``resize`` removes a replica that is lost (failed node or pod)."""
+        view = state.workloads.get(resize.workload)
+        if view is None:
+            return False
+        for index in resize.remove:
+            if index in view.lost:
+                return True
+            r = view.placement.get(index)
+            node = state.snapshot.nodes.get(r.node) if r is not None else None
+            if r is not None and (node is None or not node.usable):
+                return True
+        return False
 
     def resize(self, state: ClusterState, resize: Resize, result: CycleResult, report: CycleReport) -> bool:
         s = self.scheduler
@@ -350,8 +368,9 @@ class ElasticActuator:
         full = sorted(kept + new, key=lambda r: r.replica)
         plan = plan_for(view, full)
         before = len(current)
-        grow = reshard_reason_label(resize) == "grow"
-        detected = now if grow else self._failure_time(state, view, removed, now)
+        label = "failure" if self._removes_lost(state, resize) else ("grow" if resize.add else "shrink")
+        grow = label == "grow"
+        detected = self._failure_time(state, view, removed, now) if label == "failure" else now
         record = contract.reshard_record(reason=resize.reason, from_replicas=before, to_replicas=len(full),
                                          generation=plan.generation if plan else 0, detected_at_seconds=detected)
         history = contract.append_history(list(view.status.get("reshardHistory") or []), record)
@@ -386,8 +405,8 @@ class ElasticActuator:
             return True  # the bind failed and was undone; the next cycle decides again
         self.finish(view, now_seconds=s.clock(), event_reason="GrewBack" if grow else "Resharded",
                     message=f"{before} -> {len(full)} replicas, plan generation "
-                            f"{plan.generation if plan else '-'}: {resize.reason}")
-        s.metrics.reshards_done.labels(reason="grow" if grow else "failure").inc()
+                            f"{plan.generation if plan else '-'}: {resize.reason}", reason=label)
+        s.metrics.reshards_done.labels(reason=label).inc()
         return True
 
     def _failure_time(self, state: ClusterState, view: WorkloadView, removed: set[int], now: float) -> float:
@@ -420,7 +439,8 @@ class ElasticActuator:
             except KubeError as err:
                 report.errors.append(str(err))
 
-    def finish(self, view: WorkloadView, *, now_seconds: float, event_reason: str = "", message: str = "") -> None:
+    def finish(self, view: WorkloadView, *, now_seconds: float, event_reason: str = "", message: str = "",
+               reason: str = "failure") -> None:
         """Close the newest reshard record (runningAt, recovery time) once every replica is bound."""
         history = [dict(h) for h in view.status.get("reshardHistory") or []]
         if not history or history[-1].get("runningAt") is not None:
@@ -433,7 +453,6 @@ class ElasticActuator:
         except KubeError as err:
             log.warning("%s: could not record the recovery time: %s", view.key, err)
             return
-        reason = "grow" if event_reason == "GrewBack" else "failure"
         self.scheduler.metrics.reshard_recovery.labels(reason=reason).observe(last["recoverySeconds"])
         if event_reason:
             self.scheduler._event(view, "Normal", event_reason,
