@@ -142,8 +142,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     missing = [b for b in ("etcd", "kube-apiserver", "kubectl", "kwok") if not (BIN / b).exists()]
     if missing:
-        print(f"bench_elastic_operator: missing {', '.join(missing)} in {BIN}; run 'make tools'")
-        return 2
+        # skipped, not failed: `make bench` on a machine without the cluster tools runs the rest
+        print(f"bench_elastic_operator SKIPPED: missing {', '.join(missing)} in {BIN}; run 'make tools'")
+        return 0
     with tempfile.TemporaryDirectory(prefix="tessera-bench-elastic-") as tmp:
         cluster = Cluster(Path(tmp))
         operator: subprocess.Popen[bytes] | None = None

@@ -201,3 +201,13 @@ def test_administrative_failures_skip_the_grace(cause: str):
                         keep_lost=True)
     assert apply_failure_grace(state, nodes, T0, 60.0) == (frozenset(), None)
     assert lost_replicas(state.snapshot, state.snapshot.allocations["ns/a"]) == (0,)
+
+
+def test_a_deleted_node_loses_its_replicas_at_once():
+    # the pod is still bound to a node object that is gone (no node lifecycle controller)
+    pods = [pod("a", 0, "n0"), pod("a", 1, "gone")]
+    state = build_state(NODES, pods, [running_job(["n0", "gone"])], T0, keep_lost=True)
+    assert apply_failure_grace(state, NODES, T0, 60.0) == (frozenset(), None)  # nothing to wait for
+    assert lost_replicas(state.snapshot, state.snapshot.allocations["ns/a"]) == (1,)
+    (resize,) = ElasticBestFit().decide(state.snapshot, [], PolicyContext(now_seconds=T0)).resizes
+    assert resize.remove == (1,) and resize.add
