@@ -139,10 +139,16 @@ def test_node_not_ready_shrinks_then_grows_back(cluster, namespace, elastic):
     first = generation(status)
     assert configmap_generation(cluster, "train", namespace) == first
     assert cluster.get_json("service", "train-headless", "-n", namespace)["spec"]["clusterIP"] == "None"
-    pod = pods_of(cluster, namespace, "train")[0]
-    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
-    assert env["WORLD_SIZE"] == str(8 * len(nodes)) and env["MASTER_ADDR"].startswith("train-0.train-headless.")
-    assert pod["spec"]["subdomain"] == "train-headless"
+    # every pod's env is the plan it was created under (a pod from before a growth keeps its
+    # env; the ConfigMap is the current truth); pods of the current plan say 4 replicas
+    for pod in pods_of(cluster, namespace, "train"):
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        document = json.loads(env["TESSERA_PLAN"])
+        assert env["WORLD_SIZE"] == str(document["world_size"]) and document["generation"] <= first
+        assert env["MASTER_ADDR"].startswith("train-0.train-headless.")
+        assert pod["spec"]["subdomain"] == "train-headless" and pod["spec"]["hostname"] == pod["metadata"]["name"]
+        if document["generation"] == first:
+            assert env["WORLD_SIZE"] == str(8 * len(nodes))
     victim = next(r["node"] for r in status["placement"] if r["replica"] == 1)
 
     # a blip shorter than the grace changes nothing
