@@ -360,10 +360,13 @@ def test_a_new_replica_that_never_gets_ready_is_undone_and_the_old_one_keeps_ser
 
 
 def test_the_cooldown_after_a_move_survives_a_restart(cluster, namespace, setup, exporter):
+    cooldown = 20
     first = setup.start("cooldown_seconds=2")
     start_on_a100(cluster, namespace, setup)
     placed = time.monotonic()
-    time.sleep(20)  # the placement's startTime lies well before the moves' landing times
+    # the placement's startTime lies more than `cooldown` before the restart below, so only
+    # the moves' landing times (status.migrationHistory) can keep the replicas in place
+    time.sleep(cooldown + 6)
     setup.open_h100()
     settled_on_h100(cluster, namespace, setup)
     landed = time.monotonic()
@@ -373,7 +376,6 @@ def test_the_cooldown_after_a_move_survives_a_restart(cluster, namespace, setup,
     cluster.kubectl("patch", "inferenceservice", "chat", "-n", namespace, "--type", "merge", "-p",
                     '{"spec": {"acceleratorTypes": [{"name": "A100", "capacityPerReplica": 16},'
                     ' {"name": "H100", "capacityPerReplica": 4}]}}')
-    cooldown = 20
     # a restarted operator reads the landing times from status.migrationHistory: both
     # replicas stay until `cooldown` after they landed, although the placement is older
     assert time.monotonic() - placed > cooldown + 5

@@ -254,11 +254,15 @@ def test_rbac_has_no_wildcards_secrets_or_escalation() -> None:
     rules = rendered_rules(render())
     for _scope, group, resource, verb, _name in rules:
         assert "*" not in (group, resource, verb)
-        assert resource not in {"secrets", "configmaps", "serviceaccounts/token", "pods/exec", "pods/attach",
+        assert resource not in {"secrets", "serviceaccounts/token", "pods/exec", "pods/attach",
                                 "roles", "clusterroles", "rolebindings", "clusterrolebindings"}
         assert verb not in {"escalate", "bind", "impersonate", "deletecollection"}
     node_verbs = {verb for _s, g, r, verb, _n in rules if (g, r) == ("", "nodes")}
     assert node_verbs == {"get", "list", "watch"}
+    # elastic plan delivery: ConfigMaps and Services are created/updated, never deleted or listed
+    configmap_verbs = {verb for _s, g, r, verb, _n in rules if (g, r) == ("", "configmaps")}
+    assert configmap_verbs == {"get", "create", "patch"}
+    assert {verb for _s, g, r, verb, _n in rules if (g, r) == ("", "services")} == {"create"}
 
 
 def test_rbac_can_be_left_to_the_user() -> None:

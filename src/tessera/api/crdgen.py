@@ -21,10 +21,10 @@ from tessera.api.models import (
     VERSION,
     ElasticJob,
     ElasticJobSpec,
+    ElasticJobStatus,
     InferenceService,
     InferenceServiceSpec,
     InferenceServiceStatus,
-    WorkloadStatus,
 )
 from tessera.api.schema import structural_schema
 
@@ -93,7 +93,7 @@ def crd_objects() -> dict[str, dict[str, Any]]:
     """filename -> CRD object for every Tessera kind."""
     ej_schema = _root_schema(
         structural_schema(ElasticJobSpec),
-        structural_schema(WorkloadStatus, defaults=False),
+        structural_schema(ElasticJobStatus, defaults=False),
         "ElasticJob: a gang-scheduled training job whose replica count may vary in [min, max].",
     )
     ej = _crd(

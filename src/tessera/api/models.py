@@ -238,6 +238,49 @@ class ElasticJobSpec(_Model):
         return self
 
 
+class PlanStatus(_Lenient):
+    """The sharding plan the job's replicas follow (also in the ``<job>-tessera-plan`` ConfigMap)."""
+
+    generation: int = Field(0, description="Plan generation; bumped on every reshard, pods read it to notice one.")
+    dp: int = Field(0, description="Data-parallel degree.")
+    tp: int = Field(1, description="Tensor-parallel degree.")
+    pp: int = Field(1, description="Pipeline-parallel degree.")
+    microBatch: int = Field(0, description="Samples per micro-batch.")
+    gradAccumSteps: int = Field(0, description="Micro-batches per optimiser step (largest over data-parallel ranks).")
+    globalBatchSize: int = Field(0, description="Samples per optimiser step (preserved across reshards).")
+    replicas: list[int] = Field(default_factory=list, description="Replica indices the plan runs on, in rank order.")
+    worldSize: int = Field(0, description="Processes of the plan (replicas x accelerators per replica).")
+    document: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The full plan document (per-rank micro-batches, as in the ConfigMap's plan.json).",
+        json_schema_extra=_PRESERVE,
+    )
+
+
+class ReshardRecord(_Lenient):
+    """One reshard of an elastic job: why, from/to replica counts and how long recovery took."""
+
+    reason: str = Field("", description="Why (lost replicas, growth, requeue below the minimum).")
+    fromReplicas: int = Field(0, description="Replicas before.")
+    toReplicas: int = Field(0, description="Replicas after (0: released and requeued).")
+    generation: int = Field(0, description="Plan generation after the reshard.")
+    detectedAt: float = Field(0.0, description="Unix seconds when the failure began (or the growth was decided).")
+    runningAt: float | None = Field(None, description="Unix seconds when every replica of the new plan was bound.")
+    recoverySeconds: float | None = Field(None, description="runningAt - detectedAt.")
+
+
+class ElasticJobStatus(WorkloadStatus):
+    """Status of an ElasticJob: the placement plus its current sharding plan and reshard history."""
+
+    plan: PlanStatus | None = Field(None, description="Current sharding plan (dp/tp/pp, micro-batch, accumulation).")
+    reshardHistory: list[ReshardRecord] = Field(
+        default_factory=list, description="Newest reshard events (bounded; oldest dropped first)."
+    )
+    lastResizeTime: str | None = Field(
+        None, description="RFC 3339 time of the last resize; growth waits the hysteresis after it."
+    )
+
+
 class ElasticJob(_Lenient):
     """``elasticjobs.tessera.dev``: an elastic, gang-scheduled training job."""
 
@@ -249,7 +292,7 @@ class ElasticJob(_Lenient):
     apiVersion: str = API_VERSION
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ElasticJobSpec
-    status: WorkloadStatus = Field(default_factory=lambda: WorkloadStatus())
+    status: ElasticJobStatus = Field(default_factory=lambda: ElasticJobStatus())
 
 
 # --- InferenceService ----------------------------------------------------------------

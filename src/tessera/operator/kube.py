@@ -213,6 +213,40 @@ class Kube:
         except ApiException as err:
             log.warning("could not post event %s on %s %s: %s", reason, kind, meta["name"], err.reason)
 
+    # --- elastic jobs: plan ConfigMap and headless Service --------------------------
+
+    def apply_configmap(self, body: dict[str, Any]) -> bool:  # configmaps: get, create, patch
+        """Create the ConfigMap ``body`` or bring an existing one's ``data`` in line; True when written."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_config_map(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
+                                                   _preload_content=False)
+            return True
+        except ApiException as err:
+            if err.status != 409:
+                raise _error(err, f"create configmap {namespace}/{name}") from err
+        try:
+            current = _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+            if current.get("data") == body.get("data"):
+                return False
+            self.core.patch_namespaced_config_map(name, namespace, {"data": body.get("data") or {}},
+                                                  field_manager=L.FIELD_MANAGER, _preload_content=False)
+            return True
+        except ApiException as err:
+            raise _error(err, f"update configmap {namespace}/{name}") from err
+
+    def ensure_service(self, body: dict[str, Any]) -> bool:  # services: create
+        """Create the Service ``body`` unless one of that name exists; True when created."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_service(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
+                                                _preload_content=False)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise _error(err, f"create service {namespace}/{name}") from err
+
     # --- leases (coordination.k8s.io) ------------------------------------------------
 
     @property

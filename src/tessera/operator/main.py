@@ -15,6 +15,7 @@ import socket
 import kopf
 
 from tessera.engine import Engine
+from tessera.operator.elastic import DEFAULT_FAILURE_GRACE_SECONDS, GRACE_ENV, ElasticSettings
 from tessera.operator.kube import Kube
 from tessera.operator.lease import LeaderElector
 from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
@@ -49,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's health probe here, e.g. http://0.0.0.0:8080/healthz (the chart's probes)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    parser.add_argument("--failure-grace-seconds", type=float,
+                        default=float(os.environ.get(GRACE_ENV) or DEFAULT_FAILURE_GRACE_SECONDS),
+                        help=f"elastic jobs: how long a node must stay NotReady/tainted before its replicas "
+                             f"are resharded away (default: ${GRACE_ENV} or {DEFAULT_FAILURE_GRACE_SECONDS:g})")
+    parser.add_argument("--policy-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a policy parameter (PolicyContext.params), e.g. elastic_hysteresis_seconds=300; "
+                             "repeatable; numbers are passed as floats")
     rebalancing = parser.add_argument_group("rebalancing (docs/rebalancing.md)")
     rebalancing.add_argument(
         "--rebalance-period-seconds", type=float,
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     metrics.instrument(kube.api)  # tessera_api_errors_total
     metrics.serve(args.metrics_port)
     engine = Engine(policy, WallClock(), seed=args.seed, time_budget_seconds=args.time_budget_seconds,
-                    metrics=metrics)
+                    metrics=metrics, params=policy_params(args.policy_param))
     elector = LeaderElector(kube, args.lease_namespace, args.lease_name, args.identity,
                             args.lease_duration_seconds)
     try:
@@ -122,15 +130,30 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
-                          rebalancer=rebalancer)
+                          rebalancer=rebalancer,
+                          elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
     log.info("tessera operator starting: policy %s %s, identity %s", policy.name, policy.version, args.identity)
     asyncio.run(_serve(scheduler, kube, args.liveness))
     return 0
 
 
+def policy_params(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings to a params dict (numbers as floats, the rest as strings)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--policy-param wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None) -> None:
     # importing the handler modules registers them with kopf's default registry
-    from tessera.operator import elasticjob, handlers, inferenceservice  # noqa: F401
+    from tessera.operator import elasticjob, handlers, inferenceservice, nodes  # noqa: F401
 
     stop = asyncio.Event()
     wake = asyncio.Event()

@@ -110,6 +110,19 @@ class OperatorMetrics:
             "tessera_reshards_total", "Elastic resizes of running jobs (accepted), by direction.",
             ["policy", "direction"], registry=r,
         )
+        self.reshards_done = Counter(
+            "tessera_reshards_carried_out_total",
+            "Elastic reshards the operator carried out, by reason: failure (shrink or replace lost replicas), "
+            "grow (back toward max), shrink (room for other work), requeue (survivors below min: released).",
+            ["reason"], registry=r,
+        )
+        self.reshard_recovery = Histogram(
+            "tessera_reshard_recovery_seconds",
+            "From a failure (node failed or pod lost; for grow: the decision) to every replica of the new plan bound.",
+            ["reason"], buckets=(0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300), registry=r,
+        )
+        for reason in ("failure", "grow", "shrink", "requeue"):  # 0 before the first event, for rate()
+            self.reshards_done.labels(reason=reason)
         self.migrations = Counter(
             "tessera_migrations_total",
             "Replica moves carried out to the end (new replica Ready, old one gone), by deciding policy and "

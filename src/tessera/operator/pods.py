@@ -6,7 +6,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from tessera.api import elastic_contract as contract
 from tessera.api.models import API_VERSION
+from tessera.core.sharding import ShardingPlan
 from tessera.operator import labels as L
 from tessera.operator.state import WorkloadView
 
@@ -18,6 +20,7 @@ def build_pod(
     accelerator_type: str | None,
     resource_name: str | None,
     placement_generation: int,
+    plan: ShardingPlan | None = None,
 ) -> dict[str, Any]:
     """A v1 Pod for ``replica`` of ``view``, unbound, to be bound to ``node``.
 
@@ -25,7 +28,9 @@ def build_pod(
     generation), an owner reference (so the garbage collector removes it with the
     workload where one runs), ``schedulerName: tessera`` (no other scheduler touches
     it), the accelerator's extended resource on the first container, and tolerations
-    for the usual accelerator taints.
+    for the usual accelerator taints.  With an elastic ``plan`` (ElasticJobs): the
+    torchrun/TESSERA_PLAN env of :func:`tessera.api.elastic_contract.pod_env`, hostname and
+    subdomain for the headless Service, and the plan ConfigMap mounted read-only.
     """
     assert view.model is not None and view.workload is not None
     template = view.model.spec.template
@@ -43,6 +48,8 @@ def build_pod(
         tolerations = spec.setdefault("tolerations", [])
         if not any(t.get("key") == resource_name for t in tolerations):
             tolerations.append({"key": resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    if plan is not None and replica in plan.replicas_used:
+        _add_plan(spec, view.name, view.namespace, plan, replica)
     pod_labels = {
         **template.metadata.labels,
         L.WORKLOAD: view.name,
@@ -77,3 +84,21 @@ def owner_reference(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def _add_plan(spec: dict[str, Any], job: str, namespace: str, plan: ShardingPlan, replica: int) -> None:
+    """Env, DNS identity and the mounted plan of one elastic replica (the pod contract)."""
+    spec["hostname"] = contract.pod_name(job, replica)
+    spec["subdomain"] = contract.headless_service_name(job)
+    env = contract.pod_env(job, namespace, plan, replica)
+    volume = "tessera-plan"
+    volumes = [v for v in spec.get("volumes") or [] if v.get("name") != volume]
+    volumes.append({"name": volume, "configMap": {"name": contract.configmap_name(job)}})
+    spec["volumes"] = volumes
+    for container in spec.get("containers") or []:
+        # Tessera's values win over same-named template env: the plan must be the truth
+        kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+        container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
+        mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != volume]
+        mounts.append({"name": volume, "mountPath": contract.PLAN_MOUNT_PATH, "readOnly": True})
+        container["volumeMounts"] = mounts

@@ -40,6 +40,7 @@ from tessera.core import (
 )
 from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L
+from tessera.operator.elastic import INSUFFICIENT, REQUEUED, ElasticActuator, ElasticSettings
 from tessera.operator.kube import Kube, KubeError, now_rfc3339
 from tessera.operator.lease import LeaderElector
 from tessera.operator.metrics import OperatorMetrics
@@ -201,6 +202,7 @@ class Scheduler:
         interval_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
         rebalancer: Rebalancer | None = None,
+        elastic: ElasticSettings | None = None,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -220,6 +222,8 @@ class Scheduler:
         #: carries out replica moves (always: moves recorded before a restart must finish)
         #: and runs rebalancing rounds when configured (tessera.operator.rebalance)
         self.rebalancer = rebalancer or Rebalancer(kube, metrics, elector, clock=clock)
+        #: carries out the elastic policy's resizes and releases (see tessera.operator.elastic)
+        self.elastic = ElasticActuator(self, elastic or ElasticSettings.from_env())
 
     # --- the loop ------------------------------------------------------------------
 
@@ -237,7 +241,9 @@ class Scheduler:
                 log.exception("scheduling cycle failed; retrying")
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
             try:
-                await asyncio.wait(waiters, timeout=self.interval_seconds, return_when=asyncio.FIRST_COMPLETED)
+                # a node leaving its failure grace is a change no watch reports: wake for it
+                timeout = self.elastic.wait_seconds(self.clock(), self.interval_seconds)
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waiters:
                     w.cancel()
@@ -257,7 +263,9 @@ class Scheduler:
         workloads = self.kube.list_workloads()
         pods = self.kube.list_pods()
         nodes = self.kube.list_nodes()
-        state = build_state(nodes, pods, workloads, self.clock())
+        now = self.clock()
+        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled)
+        self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)
         self.rebalancer.advance(state, report.errors)
@@ -272,15 +280,17 @@ class Scheduler:
             report.errors.append("lost the scheduler lease during the decision; not applying it")
             return report
         evicted = {key for pre in executable.preemptions if (key := self._preempt(state, pre, result, report))}
+        self.elastic.resize_all(state, result, report, skip=evicted)
         for view in state.workloads.values():
-            if view.in_flight and not view.rollback_reason and view.to_bind and view.key not in evicted:
+            # an in-flight decision with nothing left to bind still needs its Running status
+            if view.in_flight and not view.rollback_reason and view.key not in evicted:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
         for placement in executable.placements:
             self._place(state, placement, result, report)
         waiting = {**result.waiting, **executable.waiting}
         scale_ups = [u for u in scale_ups if state.pending_owner[u.key] not in evicted]
         waiting.update(self._scale_up(state, scale_ups, result, report))
-        if not (report.bound or report.preempted or report.rolled_back or state.leaving):
+        if not (report.bound or report.preempted or report.rolled_back or report.deleted_pods or state.leaving):
             # only on a settled cycle: the snapshot still describes the cluster
             self.rebalancer.round(state, pending, report.errors)
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the
@@ -288,6 +298,7 @@ class Scheduler:
         self.metrics.record_cluster(state.snapshot, state.pending, waiting)
         blocked = self._write_waiting(state, waiting)
         self._write_steady(state, blocked)
+        self.elastic.settle(state)
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return report
 
@@ -397,6 +408,8 @@ class Scheduler:
         cycle sees them as stale, counts their room as taken and deletes them, so a
         half-evicted gang never keeps running and nothing is bound beside it meanwhile.
         """
+        if preemption.after_failure:
+            return self.elastic.requeue(state, preemption, result, report)
         view = state.workloads.get(preemption.workload)
         if view is None or view.workload is None or not view.placement:
             report.errors.append(f"preemption of {preemption.workload}: not a running Tessera workload")
@@ -490,12 +503,13 @@ class Scheduler:
         """Create then bind ``replicas`` (all or nothing); ``full`` is the placement once done."""
         created: list[tuple[ReplicaStatus, dict[str, Any]]] = []
         try:
+            plan = self.elastic.prepare(view, full)  # ElasticJobs: plan ConfigMap + Service first
             for r in replicas:
                 node = state.nodes.get(r.node)
                 if node is None:
                     raise KubeError(f"node {r.node} no longer exists")
                 body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
-                                 r.generation or view.placement_generation)
+                                 r.generation or view.placement_generation, plan=plan)
                 pod, _fresh = self.kube.create_pod(body)
                 labels = pod["metadata"].get("labels") or {}
                 if labels.get(L.WORKLOAD_UID) != view.uid or labels.get(L.PLACEMENT_GENERATION) != str(
@@ -591,10 +605,11 @@ class Scheduler:
             "conditions": set_condition(view.status.get("conditions") or [], SCHEDULED, "True", "Placed",
                                         message, view.generation),
         }
-        preempted = _condition(view.status, PREEMPTED)
-        if preempted.get("status") == "True":
-            status["conditions"] = set_condition(status["conditions"], PREEMPTED, "False", "Rescheduled",
-                                                 str(preempted.get("message", "")), view.generation)
+        for released_type in (PREEMPTED, REQUEUED):  # evicted, or released below min after a failure
+            released = _condition(view.status, released_type)
+            if released.get("status") == "True":
+                status["conditions"] = set_condition(status["conditions"], released_type, "False", "Rescheduled",
+                                                     str(released.get("message", "")), view.generation)
         if isinstance(view.model, InferenceService):
             status["selector"] = L.selector(view.uid)
         return status
@@ -619,10 +634,14 @@ class Scheduler:
             no_type = bool(allowed) and not (allowed & present)
             condition_reason = "NoMatchingAccelerator" if no_type else "Unschedulable"
             preempted = _condition(view.status, PREEMPTED)
+            requeued = _condition(view.status, REQUEUED)
             if not no_type and preempted.get("status") == "True":
                 # evicted and re-queued: say so until it runs again, with why it still waits
                 condition_reason = PREEMPTED
                 reason = f"{preempted.get('message', '')}; waiting to be placed again: {reason}"
+            elif not no_type and requeued.get("status") == "True":
+                condition_reason = INSUFFICIENT  # released below min after a failure
+                reason = f"{requeued.get('message', '')}; waiting to be placed again: {reason}"
             status: dict[str, Any] = {
                 "phase": "Pending",
                 "replicas": 0,
@@ -639,7 +658,8 @@ class Scheduler:
     def _write_steady(self, state: ClusterState, blocked: set[str]) -> None:
         """Running workloads not touched this cycle: keep status in line with the pods."""
         for view in state.workloads.values():
-            if view.error or view.rollback_reason or view.in_flight or not view.placement:
+            # lost replicas await the elastic policy's reshard: keep them in status until then
+            if view.error or view.rollback_reason or view.in_flight or not view.placement or view.lost:
                 if view.model is not None and isinstance(view.model, InferenceService) \
                         and view.model.spec.replicas == 0 and not view.placement and not view.error:
                     self._write_status(view, {

@@ -55,6 +55,8 @@ CONDITION_TAINT_KEYS = frozenset({
     "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable", "node.kubernetes.io/unschedulable",
 })
 SCALE_UP_SUFFIX = "+scale-up"
+#: node name given to an ElasticJob's lost replicas in the snapshot (no node has it)
+LOST_NODE_PREFIX = "(lost) "
 
 KINDS = {"ElasticJob": ElasticJob, "InferenceService": InferenceService}
 
@@ -169,6 +171,9 @@ class WorkloadView:
     #: replica -> pod of a move in flight (status.migrations) not yet in the placement:
     #: kept (not stale), holding its node; tessera.operator.rebalance drives it
     incoming: dict[int, PodView] = field(default_factory=dict)
+    #: replicas whose pod failed or vanished, kept (``keep_lost``) for the elastic policy to
+    #: reshard around instead of being dropped here (see tessera.operator.elastic)
+    lost: dict[int, ReplicaStatus] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -277,8 +282,14 @@ def build_state(
     pods: Iterable[Mapping[str, Any]],
     workloads: Iterable[tuple[str, Mapping[str, Any]]],
     now_seconds: float,
+    keep_lost: bool = False,
 ) -> ClusterState:
-    """Reconcile listed objects into a :class:`ClusterState` (see the module docstring)."""
+    """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
+
+    ``keep_lost`` (an elastic policy runs): an ElasticJob's lost replicas stay in its
+    allocation on a node that does not exist (:data:`LOST_NODE_PREFIX`), so the policy
+    sees them lost and reshards, instead of being dropped or rolling the gang back here.
+    """
     node_views = {v.node.name: v for v in (node_view(n) for n in nodes)}
     views: dict[str, WorkloadView] = {}
     by_uid: dict[str, WorkloadView] = {}
@@ -313,7 +324,7 @@ def build_state(
     for view in views.values():
         if view.workload is None:
             continue
-        _reconcile(view)
+        _reconcile(view, keep_lost)
         # the new pods of moves in flight hold their target nodes (make-before-break)
         external.extend(pod for pod in view.incoming.values() if pod.node_name)
         # pods this cycle deletes (stale, scaled down, evicted, rolled back) still hold
@@ -328,7 +339,7 @@ def build_state(
         if view.in_flight:
             in_flight.append(view)
             continue
-        if view.placement:
+        if view.placement or view.lost:
             allocations.append(_allocation(view, node_views))
             extra = _scale_up(view)
             if extra is not None:
@@ -379,7 +390,7 @@ def _wants_replicas(view: WorkloadView) -> bool:
     return True
 
 
-def _reconcile(view: WorkloadView) -> None:
+def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
     """Compare the recorded placement with the pods; fill in the view's repair lists."""
     recorded = [ReplicaStatus.model_validate(r) for r in view.status.get("placement") or []]
     generation = view.placement_generation
@@ -422,6 +433,10 @@ def _reconcile(view: WorkloadView) -> None:
                 view.to_delete.append(current)  # unbound pod of a running gang: not ours to bind now
     if lost:
         names = ", ".join(f"{r.pod} on {r.node}" for r in lost)
+        if keep_lost and isinstance(view.model, ElasticJob):
+            view.lost = {r.replica: r for r in lost}
+            view.notes.append(f"lost replica(s) {names}; {len(view.placement)} still running")
+            return
         if len(view.placement) < workload.gang_min:
             view.rollback_reason = (
                 f"lost replica(s) {names}: {len(view.placement)} left, below the minimum of {workload.gang_min}"
@@ -467,9 +482,16 @@ def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView]) -> Allocation
     replicas = tuple(
         ReplicaPlacement(r.replica, r.node, nodes[r.node].node.accelerator_type if r.node in nodes else None)
         for r in sorted(view.placement.values(), key=lambda r: r.replica)
+    ) + tuple(  # on no node: the policy sees them lost
+        ReplicaPlacement(r.replica, LOST_NODE_PREFIX + r.node, r.acceleratorType or None)
+        for r in sorted(view.lost.values(), key=lambda r: r.replica)
     )
-    # policies that account attained service (Gavel) read when the gang started
-    return Allocation(view.workload, replicas, started_at_seconds=parse_timestamp(view.status.get("startTime")))
+    # policies that account attained service (Gavel) read when the gang started; the
+    # elastic policy's growth hysteresis reads the last resize (kept in status)
+    resized = parse_timestamp(view.status.get("lastResizeTime"))
+    return Allocation(view.workload, tuple(sorted(replicas, key=lambda r: r.replica)),
+                      started_at_seconds=parse_timestamp(view.status.get("startTime")),
+                      resized_at_seconds=resized or None)
 
 
 def _reserve(ledger: CapacityLedger, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:

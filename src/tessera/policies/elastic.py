@@ -145,6 +145,9 @@ class ElasticWrapper:
     decides: ClassVar[frozenset[Decision]] = frozenset(
         {Decision.PLACEMENT, Decision.ORDERING, Decision.RESIZING, Decision.PREEMPTION}
     )
+    #: tells the operator this policy reshards around lost replicas itself (it then keeps
+    #: them in the snapshot and applies its failure grace instead of dropping them)
+    handles_failures: ClassVar[bool] = True
 
     def __init__(self, inner: Policy | None = None, settings: ElasticSettings | None = None) -> None:
         self.inner: Policy = inner if inner is not None else BestFit()
