@@ -277,7 +277,6 @@ class LearnedJct:
         migrations: list[Migration] = []
         preemptions: list[Preemption] = []
         if self._moves_possible and any(v >= 1.0 for v in free.values()):
-            ledger = ledger or snapshot.ledger()
             self._upgrade(snapshot, ledger, present, by_type, total, free, node_free, pressure, now,
                           migrations, preemptions)
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions),
@@ -297,7 +296,7 @@ class LearnedJct:
         return None
 
     def _upgrade(
-        self, snapshot: ClusterSnapshot, ledger: CapacityLedger, present: Sequence[str],
+        self, snapshot: ClusterSnapshot, ledger: CapacityLedger | None, present: Sequence[str],
         by_type: Mapping[str, list[str]], total: Mapping[str, float], free: dict[str, float],
         node_free: dict[str, int], pressure: Mapping[str, float], now: float,
         migrations: list[Migration], preemptions: list[Preemption],
@@ -310,14 +309,15 @@ class LearnedJct:
         w_move, offset = self._move_w, self._move_offset
         candidates = []
         with_room = [t for t in present if free[t] >= 1.0]
-        for key in sorted(snapshot.allocations):
-            allocation = snapshot.allocations[key]
+        most_room = max((free[t] for t in with_room), default=0.0)
+        # any iteration order: the candidates are sorted by (score, key) below
+        for key, allocation in snapshot.allocations.items():
             if not allocation.replicas or not allocation.workload.preemptible:
                 continue
             source = allocation.replicas[0].accelerator_type
             job = self._statics(allocation.workload, present)
-            if source is None or source not in job.rates:
-                continue
+            if source is None or source == job.fastest or source not in job.rates or job.gang_gpus > most_room:
+                continue  # already on its fastest type, or no type has room for the gang
             homogeneous: bool | None = None
             for target in with_room:
                 rate = job.rates.get(target, 0.0)
@@ -338,6 +338,7 @@ class LearnedJct:
             if free[target] + 1e-9 < need or any(m.workload == key for m in migrations) or any(
                     p.workload == key for p in preemptions):
                 continue
+            ledger = ledger or snapshot.ledger()
             taken = self._fill(ledger, workload, by_type[target], node_free)
             if taken is None or len(taken) < len(allocation.replicas):
                 if taken is not None:
