@@ -57,6 +57,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--popsize", type=int, default=6)
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--cma-seed", type=int, default=7)
+    parser.add_argument("--tag", default="", help="suffix of the results' name (a second budget next to the default)")
     args = parser.parse_args(list(argv))
     data = default_data_dir()
     if not (data / "openb_node_list_all_node.csv").is_file():
@@ -117,7 +118,7 @@ def _write(args: argparse.Namespace, argv: Sequence[str], records: list[dict[str
         f"train_gain_subsampled: best training objective minus the FGD-equivalent start, points of allocation on "
         f"the subsampled training episodes. Weights per fold are in the JSON."
     )
-    write_results("learned_generalization", records, summary,
+    write_results("learned_generalization" + (f"_{args.tag}" if args.tag else ""), records, summary,
                   command="python -m bench.bench_learned_generalization " + " ".join(argv), notes=notes,
                   columns=["holdout", "learned_pct", "fgd_pct", "learned_minus_fgd", "min_seed_delta",
                            "train_gain_subsampled", "train_seconds"])
