@@ -7,7 +7,7 @@ BIN := .local-cluster/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TESSERA_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help venv tools prometheus cluster-up cluster-down crds demo test test-unit bench lint train clean helm-lint kind-up kind-down
+.PHONY: help venv tools prometheus cluster-up cluster-down crds demo test test-unit bench lint train train-jct clean helm-lint kind-up kind-down
 
 help:
 	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
@@ -64,6 +64,10 @@ lint: venv
 
 train: venv
 	$(PY) -m tessera.policies.learned.train
+
+# the learned JCT dispatcher (policies/learned/gavel-jct-v1), trained in the simulator on Gavel's setting
+train-jct: venv
+	$(PY) -m tessera.sim.train_jct
 
 clean:
 	rm -rf $(VENV) .local-cluster build *.egg-info

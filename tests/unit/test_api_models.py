@@ -151,3 +151,24 @@ def test_examples_parse_into_the_models():
                 continue
             model = {"ElasticJob": ElasticJob, "InferenceService": InferenceService}[doc["kind"]]
             model.model_validate(doc)
+
+
+def test_elasticjob_deadline_is_optional_rfc3339_and_reaches_the_workload():
+    assert elasticjob_workload("ns/j", ElasticJobSpec.model_validate(ej_spec())).deadline_seconds is None
+    for text, epoch_seconds in [("2026-11-23T18:00:00Z", 1795456800.0),
+                                ("2026-11-23T19:30:00.5+01:30", 1795456800.5)]:
+        spec = ElasticJobSpec.model_validate(ej_spec(deadline=text))
+        assert spec.deadline == text
+        # the same clock as submitted_at_seconds (creationTimestamp): seconds since the epoch
+        assert elasticjob_workload("ns/j", spec).deadline_seconds == epoch_seconds
+    # the CRD declares the format, so the API server refuses a bad deadline before the operator sees it
+    crd = crd_objects()["tessera.dev_elasticjobs.yaml"]["spec"]["versions"][0]
+    field = crd["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["deadline"]
+    assert field["type"] == "string" and field["format"] == "date-time"
+
+
+@pytest.mark.parametrize("bad", ["tomorrow", "2026-11-23", "2026-11-23T18:00:00", "2026-13-01T00:00:00Z",
+                                 "1795456800"])
+def test_elasticjob_bad_deadline_is_rejected_naming_the_field(bad):
+    with pytest.raises(ValidationError, match=r"spec\.deadline must be an RFC 3339 time"):
+        ElasticJobSpec.model_validate(ej_spec(deadline=bad))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tessera.api.models import ElasticJobSpec, InferenceServiceSpec, PodTemplate
+from tessera.api.models import ElasticJobSpec, InferenceServiceSpec, PodTemplate, rfc3339_seconds
 from tessera.api.quantity import to_mib, to_milli
 from tessera.core import AcceleratorOption, ReplicaDemand, Spread, Workload, WorkloadKind
 
@@ -62,6 +62,8 @@ def elasticjob_workload(
         global_batch_size=spec.globalBatchSize,
         micro_batch_size=spec.microBatchSize,
         submitted_at_seconds=submitted_at_seconds,
+        # epoch seconds, the operator's clock (submitted_at_seconds is creationTimestamp the same way)
+        deadline_seconds=rfc3339_seconds(spec.deadline) if spec.deadline is not None else None,
     )
 
 

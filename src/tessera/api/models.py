@@ -13,9 +13,11 @@ operator never acts on an object the server would have refused.
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GROUP = "tessera.dev"
 VERSION = "v1alpha1"
@@ -23,6 +25,23 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 # x-kubernetes-* keys are copied verbatim into the OpenAPI schema by the generator.
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def rfc3339_seconds(value: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time; ``ValueError`` naming ``spec.deadline`` otherwise.
+
+    RFC 3339 needs a time zone (``Z`` or ``+02:00``): a bare local time would mean a
+    different instant on every machine.
+    """
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(f"spec.deadline must be an RFC 3339 time such as 2026-11-23T18:00:00Z (got {value!r})")
+    try:
+        return datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
+    except ValueError as err:  # e.g. month 13
+        raise ValueError(f"spec.deadline must be an RFC 3339 time ({err}; got {value!r})") from err
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> Any:
@@ -224,7 +243,22 @@ class ElasticJobSpec(_Model):
     globalBatchSize: int | None = Field(None, ge=1, description="Global batch size (samples per optimizer step).")
     microBatchSize: int | None = Field(None, ge=1, description="Micro-batch size (samples per forward pass).")
     priority: int = Field(0, description="Higher runs first.")
+    deadline: str | None = Field(
+        None,
+        description="Optional RFC 3339 time (e.g. 2026-11-23T18:00:00Z) by which the job should finish. "
+        "Deadline-aware policies (edd, mdd, learned) order waiting jobs by it; a missed deadline "
+        "does not stop the job.",
+        json_schema_extra={"format": "date-time"},
+    )
     template: PodTemplate = Field(..., description="Pod template of one replica.")
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_is_rfc3339(cls, value: str | None) -> str | None:
+        # the API server checks `format: date-time`; this is the same check for the operator
+        if value is not None:
+            rfc3339_seconds(value)
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ElasticJobSpec:

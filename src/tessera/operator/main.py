@@ -22,7 +22,7 @@ from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.rebalance import Rebalancer
 from tessera.operator.scheduler import Scheduler, WallClock
-from tessera.policy import PolicyLoadError, load_policy
+from tessera.policy import Policy, PolicyLoadError, load_policy
 
 log = logging.getLogger("tessera.operator")
 
@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
                         help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--policy", default=DEFAULT_POLICY, help="placement policy by name (see `tessera policies list`)")
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help="placement policy by name (see `tessera policies list`); `hybrid`: CP-SAT seeded by the "
+                             "learned dispatcher, whose plan is used when the solver's budget runs out")
     parser.add_argument("--interval-seconds", type=float, default=2.0,
                         help="longest pause between scheduling cycles (changes wake it earlier)")
     parser.add_argument("--time-budget-seconds", type=float, default=1.0, help="time a policy may take per decision")
@@ -120,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     metrics.instrument(kube.api)  # tessera_api_errors_total
     metrics.serve(args.metrics_port)
-    engine = Engine(policy, WallClock(), seed=args.seed, time_budget_seconds=args.time_budget_seconds,
-                    metrics=metrics, params=policy_params(args.policy_param))
+    engine = build_engine(policy, args, metrics)
     elector = LeaderElector(kube, args.lease_namespace, args.lease_name, args.identity,
                             args.lease_duration_seconds)
     try:
@@ -149,6 +150,18 @@ def policy_params(pairs: list[str]) -> dict[str, object]:
         except ValueError:
             out[key.strip()] = value
     return out
+
+
+def build_engine(policy: Policy, args: argparse.Namespace, metrics: OperatorMetrics) -> Engine:
+    """The operator's engine: wall-clock decisions within ``--time-budget-seconds``.
+
+    What happens when the budget runs out is the policy's: ``cpsat`` keeps its best-fit plan,
+    ``hybrid`` the learned dispatcher's plan (its hint), and the engine reports the learned
+    artifact (``policy_artifact`` in the cycle stats, ``tessera_policy_artifact_info``) and
+    which plan was kept (``tessera_plan_source_total``).
+    """
+    return Engine(policy, WallClock(), seed=args.seed, time_budget_seconds=args.time_budget_seconds,
+                  metrics=metrics, params=policy_params(getattr(args, "policy_param", None) or []))
 
 
 async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None) -> None:

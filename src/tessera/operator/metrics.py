@@ -89,6 +89,14 @@ class OperatorMetrics:
             "tessera_solver_status_total", "Solver outcomes of policies that run a solver (CP-SAT status name).",
             ["policy", "status"], registry=r,
         )
+        self.policy_artifact = Gauge(
+            "tessera_policy_artifact_info", "1 for the trained artifact (name@version) the policy decides with.",
+            ["policy", "artifact"], registry=r,
+        )
+        self.plan_source = Counter(
+            "tessera_plan_source_total", "Decisions by the plan a solver policy kept: cpsat, greedy or learned.",
+            ["policy", "source"], registry=r,
+        )
         self.policy_errors = Counter(
             "tessera_policy_errors_total", "Cycles in which the policy raised (nothing was applied).",
             ["policy"], registry=r,
@@ -195,6 +203,13 @@ class OperatorMetrics:
         status = result.stats.get("status")
         if isinstance(status, str) and status:
             self.solver_status.labels(policy=policy, status=status).inc()
+        # which trained model decided (learned, hybrid): the engine puts it in every cycle's stats
+        artifact = result.stats.get("policy_artifact")
+        if isinstance(artifact, str) and artifact:
+            self.policy_artifact.labels(policy=policy, artifact=artifact).set(1)
+        chosen = result.stats.get("chosen")  # cpsat/hybrid: "learned" = the fallback plan was used
+        if isinstance(chosen, str) and chosen:
+            self.plan_source.labels(policy=policy, source=chosen).inc()
         plan = result.plan
         # tessera_preemptions_total and tessera_migrations_total count what the operator
         # carried out (the scheduler and the rebalancer increment them), not what a plan

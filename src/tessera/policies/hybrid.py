@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from tessera.core import ClusterSnapshot, Plan, Workload
 from tessera.policies.cpsat import CpSat
 from tessera.policies.learned.policy import LearnedPolicy
-from tessera.policy import PolicyContext
+from tessera.policy import Policy, PolicyContext, load_policy
 
 
 class Hybrid(CpSat):
@@ -33,12 +33,25 @@ class Hybrid(CpSat):
     name: ClassVar[str] = "hybrid"
     version: ClassVar[str] = "1.0.0"
 
-    def __init__(self, weights: str | Path | None = None, *, learned: LearnedPolicy | None = None,
-                 **cpsat_options: Any) -> None:
+    def __init__(self, weights: str | Path | None = None, *, learned: Policy | None = None,
+                 seed_policy: str | None = None, **cpsat_options: Any) -> None:
         """``weights``: the learned artifact (see :class:`LearnedPolicy`); ``learned``: a
-        ready learned policy instead.  Other keyword arguments go to :class:`CpSat`."""
+        ready learned policy instead; ``seed_policy``: another installed policy by name
+        whose plan seeds the solver (e.g. ``learned-jct``; ``weights`` then goes to it).
+        Other keyword arguments go to :class:`CpSat`."""
         super().__init__(**cpsat_options)
-        self.learned = learned if learned is not None else LearnedPolicy(weights)
+        if learned is not None:
+            self.learned: Policy = learned
+        elif seed_policy is not None:
+            self.learned = load_policy(seed_policy, **({"weights": weights} if weights is not None else {}))
+        else:
+            self.learned = LearnedPolicy(weights)
+
+    @property
+    def artifact(self) -> str:
+        """The seeding policy's trained artifact (``name@version``): the engine reports it as
+        ``policy_artifact`` in cycle stats, status and metrics, since its plan is the fallback."""
+        return str(getattr(self.learned, "artifact", "") or self.learned.name)
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         # the learned policy's time counts against the budget (wall-clock mode); with
@@ -48,7 +61,7 @@ class Hybrid(CpSat):
         seed = self.learned.decide(snapshot, pending, ctx)
         learned_seconds = self._timer() - started
         plan = self.decide_seeded(snapshot, pending, ctx, seed, seed_label="learned", started=started)
-        self.last_stats.update(learned_seconds=learned_seconds, learned_artifact=self.learned.artifact,
+        self.last_stats.update(learned_seconds=learned_seconds, learned_artifact=self.artifact,
                                learned_placed=len(seed.placements))
         return plan
 

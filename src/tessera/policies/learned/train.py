@@ -162,12 +162,17 @@ def load_placement_only(folder: Path) -> LearnedModel:
     return LearnedModel(str(data["name"]), str(data["version"]), placement, ordering, meta)
 
 
-def train_placement(args: argparse.Namespace, cma: Any) -> LearnedModel:
-    """CMA-ES on the FGD protocol objective; returns a model with the default (EDD-like) ordering."""
+def placement_search(
+    train: Sequence[Episode], cma: Any, *, generations: int, popsize: int, sigma: float, cma_seed: int,
+    desc: str = "CMA-ES",
+) -> tuple[LinearScorer, LinearScorer, list[float], list[dict[str, float]]]:
+    """CMA-ES over the placement weights on ``train``, from the FGD-equivalent weights.
+
+    Returns (best scorer, FGD-equivalent scorer, the latter's scores on ``train``, history).
+    Shared by ``make train`` and the leave-one-out benchmark (``bench/bench_learned_generalization.py``).
+    """
     from tqdm import tqdm
 
-    train = make_episodes(args.data, TRAIN_WORKLOADS, args.train_seeds, args.keep_every)
-    test = make_episodes(args.data, TEST_WORKLOADS, args.test_seeds, args.keep_every)
     mean, scale = feature_scale(train)
     x0 = fgd_equivalent_weights() * scale  # the same ranking as FGD, in standardised units
 
@@ -175,12 +180,12 @@ def train_placement(args: argparse.Namespace, cma: Any) -> LearnedModel:
         return LinearScorer(PLACEMENT_FEATURES, np.asarray(x, dtype=np.float64), mean, scale)
 
     baseline_train = evaluate(scorer(x0), train)
-    es = cma.CMAEvolutionStrategy(list(x0), args.sigma, {
-        "seed": args.cma_seed, "popsize": args.popsize, "maxiter": args.generations, "verbose": -9,
+    es = cma.CMAEvolutionStrategy(list(x0), sigma, {
+        "seed": cma_seed, "popsize": popsize, "maxiter": generations, "verbose": -9,
     })
     best_x, best_value = np.asarray(x0), float(np.mean(baseline_train))
     history: list[dict[str, float]] = []
-    with tqdm(total=args.generations, desc="CMA-ES", unit="gen") as bar:
+    with tqdm(total=generations, desc=desc, unit="gen") as bar:
         while not es.stop():
             candidates = es.ask()
             values = [float(np.mean(evaluate(scorer(np.asarray(c)), train))) for c in candidates]
@@ -191,11 +196,18 @@ def train_placement(args: argparse.Namespace, cma: Any) -> LearnedModel:
             history.append({"generation": len(history) + 1, "best_in_generation": values[i], "best_so_far": best_value})
             bar.set_postfix(best=f"{best_value:.4f}", start=f"{np.mean(baseline_train):.4f}")
             bar.update(1)
+    return scorer(best_x), scorer(x0), baseline_train, history
 
-    final = scorer(best_x)
+
+def train_placement(args: argparse.Namespace, cma: Any) -> LearnedModel:
+    """CMA-ES on the FGD protocol objective; returns a model with the default (EDD-like) ordering."""
+    train = make_episodes(args.data, TRAIN_WORKLOADS, args.train_seeds, args.keep_every)
+    test = make_episodes(args.data, TEST_WORKLOADS, args.test_seeds, args.keep_every)
+    final, start, baseline_train, history = placement_search(
+        train, cma, generations=args.generations, popsize=args.popsize, sigma=args.sigma, cma_seed=args.cma_seed)
     train_scores = evaluate(final, train)
     test_scores = evaluate(final, test)
-    baseline_test = evaluate(scorer(x0), test)
+    baseline_test = evaluate(start, test)
     per_workload = []
     for label, episodes, learned, fgd in (("train", train, train_scores, baseline_train),
                                           ("test", test, test_scores, baseline_test)):
