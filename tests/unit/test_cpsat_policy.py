@@ -6,7 +6,7 @@ import random
 import pytest
 from ortools.sat.python import cp_model
 
-from tessera.core import ClusterSnapshot, Spread, Workload
+from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement, Spread, Workload, WorkloadKind
 from tessera.engine import Engine
 from tessera.policies.cpsat import CpSat
 from tessera.policy import PolicyContext, available_policies, load_policy
@@ -101,3 +101,17 @@ def test_never_worse_than_its_greedy_hint():
     policy.decide(snap, pending, PolicyContext(now_seconds=7_200.0, time_budget_seconds=1.0, deterministic=True))
     stats = policy.last_stats
     assert stats["objective"] >= stats["hint_objective"] - 1e-6
+
+
+@pytest.mark.parametrize("kind", [WorkloadKind.TRAINING, WorkloadKind.INFERENCE])
+def test_serving_is_never_stopped_to_move_to_a_faster_type(kind):
+    """A training gang is stopped to restart on a 4x faster free type; a service is not
+    (its replicas move make-before-break through the rebalancer, never all at once)."""
+    work = gang("ns/w", 2, 8, [("A100", 1.0), ("H100", 4.0)], kind=kind)
+    allocation = Allocation(work, (ReplicaPlacement(0, "a-0", "A100", tuple(range(8))),
+                                   ReplicaPlacement(1, "a-1", "A100", tuple(range(8)))), started_at_seconds=0.0)
+    cluster = ClusterSnapshot([node("a-0", "A100", 8), node("a-1", "A100", 8),
+                               node("h-0", "H100", 8), node("h-1", "H100", 8)], [allocation], now_seconds=7_200.0)
+    result = engine().decide(cluster, [])
+    moved = [p.workload for p in result.plan.preemptions]
+    assert moved == (["ns/w"] if kind is WorkloadKind.TRAINING else [])

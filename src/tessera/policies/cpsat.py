@@ -40,6 +40,7 @@ from tessera.core import (
     ReplicaAssignment,
     Resize,
     Workload,
+    WorkloadKind,
 )
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
 from tessera.policies.cpsat_rounds import RoundPlanner
@@ -402,8 +403,11 @@ class CpSat:
         """Move running work to faster types with free room (restart cost charged):
         single replicas by migration, gangs by a stop and restart in the follow-up decision."""
         pools = build_pools(ledger, by_domain=False)
+        # serving work is never stopped to move: its replicas move one at a time,
+        # make-before-break, through the rebalancer (tessera.policies.rebalance)
         running = [a for k, a in sorted(snapshot.allocations.items())
-                   if k not in changed and a.nodes <= snapshot.nodes.keys()]
+                   if k not in changed and a.nodes <= snapshot.nodes.keys()
+                   and a.workload.kind is not WorkloadKind.INFERENCE]
         candidates = move_candidates(running, pools, horizon_seconds=self.move_horizon_seconds, weight_of={})
         if not candidates:
             return
