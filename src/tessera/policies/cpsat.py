@@ -41,6 +41,7 @@ from tessera.core import (
     Resize,
     Workload,
 )
+from tessera.policies.cpsat_fgd import BATCH_BUDGET_SECONDS, FragmentationBatch, batch_target
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
 from tessera.policies.gang import queue_order
 from tessera.policy import Decision, PolicyContext
@@ -134,6 +135,19 @@ class CpSat:
 
     # ------------------------------------------------------------------------------
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        target = batch_target(pending, ctx)
+        if target is not None:
+            # single pods against a named target workload (the FGD protocol): node-level,
+            # fragmentation-aware batch packing, never worse than FGD's plan of the batch
+            started = self._timer()
+            budget = min(BATCH_BUDGET_SECONDS, ctx.time_budget_seconds * self.placement_budget_share)
+            batch = FragmentationBatch(snapshot, queue_order(pending), ctx, target, timer=self._timer)
+            build_seconds = self._timer() - started
+            plan, stats = batch.decide(self._limits(ctx, budget), self.name)
+            stats["phase_seconds"]["build"] = build_seconds
+            stats["decision_seconds"] = self._timer() - started
+            self.last_stats = stats
+            return plan
         return self.decide_seeded(snapshot, pending, ctx, None)
 
     def decide_seeded(

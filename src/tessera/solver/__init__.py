@@ -3,9 +3,18 @@ method per constraint family.  Imports only :mod:`tessera.core` and ``ortools``.
 
 * :class:`PlacementModel` — which pending gangs start, on which type, in which node pools;
 * :class:`PreemptionModel` — which lower-priority work shrinks or is evicted for one gang;
-* :func:`build_instance` / :class:`Packer` — the pool decomposition around them.
+* :func:`build_instance` / :class:`Packer` — the pool decomposition around them;
+* :class:`BatchPackingModel` — node-level, per-device packing of a batch of single pods
+  (the FGD protocol's batch step, options and fragmentation penalties given by the caller).
 """
 
+from tessera.solver.batch_packing import (
+    BatchNode,
+    BatchPackingModel,
+    BatchPackingSolution,
+    BatchPod,
+    PodOption,
+)
 from tessera.solver.hint import greedy_units, units_from_placements
 from tessera.solver.instance import (
     GangSpec,
@@ -35,6 +44,10 @@ from tessera.solver.preemption import (
 )
 
 __all__ = [
+    "BatchNode",
+    "BatchPackingModel",
+    "BatchPackingSolution",
+    "BatchPod",
     "GangSpec",
     "MoveCandidate",
     "MoveChoice",
@@ -46,6 +59,7 @@ __all__ = [
     "PlacementInstance",
     "PlacementModel",
     "PlacementSolution",
+    "PodOption",
     "Pool",
     "PreemptionChoice",
     "PreemptionModel",
