@@ -103,3 +103,34 @@ def test_cpsat_batch_runs_are_deterministic() -> None:
     assert first.pods_placed > 0
     assert first.placements == second.placements
     assert first.allocated_milli == second.allocated_milli
+
+
+def test_the_carried_state_equals_a_rebuild_from_the_snapshot() -> None:
+    import numpy as np
+
+    from tessera.core import Allocation, ReplicaPlacement
+    from tessera.policies.cpsat_fgd import BatchState
+    from tessera.policies.placement import PlacementArrays
+
+    snapshot, pending, target = snapshot_and_pods()
+    ctx = PolicyContext(rng=random.Random(5), deterministic=True, seed=5, params={TARGET_WORKLOAD_PARAM: target})
+    state = BatchState()
+    plan = CpSat().decide(snapshot, pending[:8], ctx)
+    state.sync(snapshot, target)
+    nodes = list(snapshot.nodes.values())
+    allocations = [
+        Allocation(w, tuple(ReplicaPlacement(i, r.node, "T4", r.devices) for i, r in enumerate(p.replicas)))
+        for p in plan.placements for w in pending if w.key == p.workload
+    ]
+    later = ClusterSnapshot(nodes, allocations, now_seconds=21.0)
+    carried = state.sync(later, target)
+    assert state.reused == 1
+    fresh = PlacementArrays.from_snapshot(later)
+    assert np.array_equal(carried.gpu_free, fresh.gpu_free)
+    assert np.array_equal(carried.cpu_free, fresh.cpu_free)
+    assert np.array_equal(carried.memory_free, fresh.memory_free)
+    # an allocation gone (e.g. a pod deleted) forces a rebuild
+    state.sync(ClusterSnapshot(nodes, allocations[1:], now_seconds=22.0), target)
+    assert state.reused == 1
+    assert np.array_equal(state.arrays.gpu_free if state.arrays is not None else None,
+                          PlacementArrays.from_snapshot(ClusterSnapshot(nodes, allocations[1:])).gpu_free)

@@ -41,7 +41,7 @@ from tessera.core import (
     Resize,
     Workload,
 )
-from tessera.policies.cpsat_fgd import BATCH_BUDGET_SECONDS, FragmentationBatch, batch_target
+from tessera.policies.cpsat_fgd import BATCH_BUDGET_SECONDS, BatchState, FragmentationBatch, batch_target
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
 from tessera.policies.gang import queue_order
 from tessera.policy import Decision, PolicyContext
@@ -132,6 +132,8 @@ class CpSat:
         self._timer = timer
         #: statistics of the last decision (see docs/cpsat.md, "Statistics")
         self.last_stats: dict[str, Any] = {}
+        #: arrays and FGD scores carried between fragmentation-aware batch decisions
+        self._batch_state = BatchState()
 
     # ------------------------------------------------------------------------------
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
@@ -141,7 +143,8 @@ class CpSat:
             # fragmentation-aware batch packing, never worse than FGD's plan of the batch
             started = self._timer()
             budget = min(BATCH_BUDGET_SECONDS, ctx.time_budget_seconds * self.placement_budget_share)
-            batch = FragmentationBatch(snapshot, queue_order(pending), ctx, target, timer=self._timer)
+            batch = FragmentationBatch(snapshot, queue_order(pending), ctx, target, timer=self._timer,
+                                       state=self._batch_state)
             build_seconds = self._timer() - started
             plan, stats = batch.decide(self._limits(ctx, budget), self.name)
             stats["phase_seconds"]["build"] = build_seconds

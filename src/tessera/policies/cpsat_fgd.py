@@ -69,26 +69,84 @@ def batch_target(pending: Sequence[Workload], ctx: PolicyContext) -> TargetWorkl
     return target
 
 
+class BatchState:
+    """The arrays, FGD scorer and score cache, kept from one batch decision to the next.
+
+    Rebuilding the arrays from the snapshot and rescoring every node for every pod shape
+    was most of a decision's time; between two decisions of the FGD protocol only the pods
+    just placed change the cluster.  :meth:`sync` applies the allocations that are new in
+    the snapshot and rebuilds everything when anything else changed (nodes, target
+    workload, an allocation removed or replaced), so the state always equals
+    :meth:`PlacementArrays.from_snapshot` of the snapshot."""
+
+    def __init__(self) -> None:
+        self.arrays: PlacementArrays | None = None
+        self.target: TargetWorkload | None = None
+        self.fgd = FgdPolicy()
+        self.meter: FragmentationMeter | None = None
+        self.cache: ScoreCache | None = None
+        self._nodes: tuple[tuple[str, bool], ...] = ()
+        self._allocations: dict[str, object] = {}
+        #: decisions that reused the previous state (for the statistics)
+        self.reused = 0
+
+    def sync(self, snapshot: ClusterSnapshot, target: TargetWorkload) -> PlacementArrays:
+        nodes = tuple((n.name, n.usable) for n in snapshot.nodes.values())
+        current = snapshot.allocations
+        known = self._allocations
+        same = (self.arrays is not None and target is self.target and nodes == self._nodes
+                and len(known) <= len(current)
+                and all(current.get(key) is allocation for key, allocation in known.items()))
+        if same:
+            assert self.arrays is not None
+            new = sorted(current.keys() - known.keys())
+            for key in new:
+                allocation = current[key]
+                shape = PodShape.of(allocation.workload)
+                if any(len(r.devices) != shape.gpu_count for r in allocation.replicas):
+                    same = False  # devices not named: rebuild from the snapshot's ledger
+                    break
+            if same:
+                for key in new:
+                    allocation = current[key]
+                    shape = PodShape.of(allocation.workload)
+                    for replica in allocation.replicas:
+                        self.arrays.place(self.arrays.index[replica.node], shape, replica.devices)
+                    known[key] = allocation
+                self.reused += 1
+                return self.arrays
+        self.arrays = PlacementArrays.from_snapshot(snapshot)
+        self.target = target
+        self.fgd.prepare(self.arrays, target)
+        self.meter = FragmentationMeter(self.arrays, target)
+        self.cache = ScoreCache(self.arrays)
+        self._nodes = nodes
+        self._allocations = dict(current)
+        return self.arrays
+
+
 class FragmentationBatch:
     """One batch decision on the arrays of one snapshot (see the module doc)."""
 
     def __init__(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext,
                  target: TargetWorkload, candidate_nodes: int = CANDIDATE_NODES,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
-        """``timer`` only measures the phases for the statistics; it never steers a decision."""
+                 timer: Callable[[], float] = time.perf_counter, state: BatchState | None = None) -> None:
+        """``timer`` only measures the phases for the statistics; it never steers a decision.
+        ``state``: the state of the previous decision to continue from (a fresh one if None)."""
         self.timer = timer
         self.snapshot = snapshot
         self.pending = list(pending)
         self.ctx = ctx
-        self.arrays = PlacementArrays.from_snapshot(snapshot)
-        self.fgd = FgdPolicy()
-        self.fgd.prepare(self.arrays, target)
-        self.meter = FragmentationMeter(self.arrays, target)
+        state = state or BatchState()
+        self.arrays = state.sync(snapshot, target)
+        assert state.meter is not None and state.cache is not None
+        self.fgd = state.fgd
+        self.meter = state.meter
+        #: FGD's scores per (shape, node), shared by the candidate search and FGD's own plan
+        self.cache = state.cache
         self.node_rank = FgdPolicy.node_rank(self.arrays, ctx)
         self.shapes = [PodShape.of(w) for w in self.pending]
         self.candidate_nodes = candidate_nodes
-        #: FGD's scores per (shape, node), shared by the candidate search and FGD's own plan
-        self.cache = ScoreCache(self.arrays)
         #: candidate options per pod shape, on the batch's starting state (see :meth:`options`)
         self._per_shape: dict[PodShape, list[tuple[int, int, int]]] = {}
 
@@ -280,4 +338,4 @@ def _pod(shape: PodShape) -> BatchPod:
     return BatchPod(shape.cpu_milli, shape.memory_mib, shape.gpu_count, shape.gpu_milli)
 
 
-__all__ = ["BATCH_BUDGET_SECONDS", "CANDIDATE_NODES", "FragmentationBatch", "batch_target"]
+__all__ = ["BATCH_BUDGET_SECONDS", "CANDIDATE_NODES", "BatchState", "FragmentationBatch", "batch_target"]
