@@ -52,6 +52,8 @@ CANDIDATE_NODES = 8
 #: most solver time per batch (deterministic seconds in the simulator): the model is small
 #: (at most batch x candidate options) and usually proven optimal far sooner
 BATCH_BUDGET_SECONDS = 0.2
+#: how much more (objective units) CP-SAT's plan must score than FGD's to replace it
+MIN_GAIN = 0.0
 #: nodes preselected by FGD's integer score per candidate kept (exact growth is computed on them)
 PRESELECT = 4
 
@@ -306,7 +308,8 @@ class FragmentationBatch:
         stats["phase_seconds"] = phases
         stats.update(seed_score=seed_value, cpsat_score=found_value)
         chosen, plan = "fgd", seed
-        if found is not None and found_value is not None and seed_value is not None and found_value > seed_value:
+        if (found is not None and found_value is not None and seed_value is not None
+                and found_value > seed_value + MIN_GAIN):
             chosen, plan = "cpsat", found
         stats.update(chosen=chosen, score=found_value if chosen == "cpsat" else seed_value, placed=len(plan))
         placements = []
