@@ -42,6 +42,7 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.policies.cpsat_fgd import BATCH_BUDGET_SECONDS, BatchState, FragmentationBatch, batch_target
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
 from tessera.policies.cpsat_rounds import RoundPlanner
 from tessera.policies.gang import queue_order
@@ -149,6 +150,8 @@ class CpSat:
         ) if round_seconds > 0 else None
         #: statistics of the last decision (see docs/cpsat.md, "Statistics")
         self.last_stats: dict[str, Any] = {}
+        #: arrays and FGD scores carried between fragmentation-aware batch decisions
+        self._batch_state = BatchState()
 
     # ------------------------------------------------------------------------------
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
@@ -156,6 +159,20 @@ class CpSat:
             started = self._timer()
             stats: dict[str, Any] = {"policy": self.name, "pending": len(pending), "mode": "rounds"}
             plan = self._rounds.decide(snapshot, pending, ctx, stats)
+            stats["decision_seconds"] = self._timer() - started
+            self.last_stats = stats
+            return plan
+        target = batch_target(pending, ctx)
+        if target is not None:
+            # single pods against a named target workload (the FGD protocol): node-level,
+            # fragmentation-aware batch packing, never worse than FGD's plan of the batch
+            started = self._timer()
+            budget = min(BATCH_BUDGET_SECONDS, ctx.time_budget_seconds * self.placement_budget_share)
+            batch = FragmentationBatch(snapshot, queue_order(pending), ctx, target, timer=self._timer,
+                                       state=self._batch_state)
+            build_seconds = self._timer() - started
+            plan, stats = batch.decide(self._limits(ctx, budget), self.name)
+            stats["phase_seconds"]["build"] = build_seconds
             stats["decision_seconds"] = self._timer() - started
             self.last_stats = stats
             return plan

@@ -4,9 +4,18 @@ method per constraint family.  Imports only :mod:`tessera.core` and ``ortools``.
 * :class:`PlacementModel` — which pending gangs start, on which type, in which node pools;
 * :class:`PreemptionModel` — which lower-priority work shrinks or is evicted for one gang;
 * :class:`RoundModel` — every job's (type, replica count) for the next round (round mode);
-* :func:`build_instance` / :class:`Packer` — the pool decomposition around them.
+* :func:`build_instance` / :class:`Packer` — the pool decomposition around them;
+* :class:`BatchPackingModel` — node-level, per-device packing of a batch of single pods
+  (the FGD protocol's batch step, options and fragmentation penalties given by the caller).
 """
 
+from tessera.solver.batch_packing import (
+    BatchNode,
+    BatchPackingModel,
+    BatchPackingSolution,
+    BatchPod,
+    PodOption,
+)
 from tessera.solver.hint import greedy_units, units_from_placements
 from tessera.solver.instance import (
     GangSpec,
@@ -37,6 +46,10 @@ from tessera.solver.preemption import (
 from tessera.solver.rounds import RoundChoice, RoundConfig, RoundJob, RoundModel, config_value
 
 __all__ = [
+    "BatchNode",
+    "BatchPackingModel",
+    "BatchPackingSolution",
+    "BatchPod",
     "GangSpec",
     "MoveCandidate",
     "MoveChoice",
@@ -48,6 +61,7 @@ __all__ = [
     "PlacementInstance",
     "PlacementModel",
     "PlacementSolution",
+    "PodOption",
     "Pool",
     "PreemptionChoice",
     "PreemptionModel",
