@@ -210,3 +210,38 @@ def test_rebalance_params_become_policy_parameters_and_reach_the_config():
     assert config.cooldown_seconds == 60.0 and config.budget_moves == 2
     with pytest.raises(ValueError, match="NAME=VALUE"):
         rebalance_params(["cooldown_seconds"])
+
+
+class _Leader:
+    def ensure_leader(self) -> bool:
+        return True
+
+
+def test_training_moves_become_one_resize_through_the_elastic_path_and_cool_down():
+    from test_api_reconcile import NODES, job, placement
+    from test_api_reconcile import pod as job_pod
+
+    from tessera.core import Resize
+    from tessera.operator.metrics import OperatorMetrics
+    from tessera.operator.rebalance import Rebalancer, rebalance_snapshot
+
+    resized = "2026-01-01T01:00:00.500Z"
+    workloads = [job("a", replicas=(2, 2), status={"phase": "Running", "placementGeneration": 1,
+                                                   "startTime": "2026-01-01T00:00:00Z", "lastResizeTime": resized,
+                                                   "placement": placement("a", ["n0", "n1"])})]
+    state = build_state(NODES, [job_pod("a", 0, "n0"), job_pod("a", 1, "n1")], workloads, 1_767_230_000.0)
+    # the cooldown of every replica of a job counts from its last reshard (all ranks restarted)
+    allocation = rebalance_snapshot(state, None, 1_767_230_000.0).allocations["ns/a"]
+    assert {rp.since_seconds for rp in allocation.replicas} == {allocation.stable_since_seconds}
+    assert allocation.stable_since_seconds == pytest.approx(1_767_229_200.5)
+
+    metrics = OperatorMetrics()
+    rebalancer = Rebalancer(None, metrics, _Leader())  # type: ignore[arg-type]
+    target = ReplicaAssignment("n2", tuple(range(8)))
+    result = result_of(state, Migration("ns/a", 1, target, reason="n1 is hot", estimated_cost_seconds=40.0))
+    calls: list[Resize] = []
+    moved = rebalancer._move_training(state, result, lambda resize, _result: calls.append(resize) or True, [])
+    assert moved == ["ns/a"]
+    assert calls == [Resize("ns/a", remove=(1,), add=(target,), reason="moved by rebalance-cost-aware: n1 is hot")]
+    assert metrics.registry.get_sample_value(
+        "tessera_migrations_total", {"policy": "rebalance-cost-aware", "reason": "rebalance"}) == 1.0

@@ -342,7 +342,11 @@ class ElasticActuator:
                 return True
         return False
 
-    def resize(self, state: ClusterState, resize: Resize, result: CycleResult, report: CycleReport) -> bool:
+    def resize(
+        self, state: ClusterState, resize: Resize, result: CycleResult, report: CycleReport, *, label: str = ""
+    ) -> bool:
+        """Carry out one Resize (record, delete removed pods, bind new ones); ``label`` names
+        it in metrics and Events (default: failure, grow or shrink, from what it does)."""
         s = self.scheduler
         view = state.workloads.get(resize.workload)
         if view is None or not isinstance(view.model, ElasticJob) or view.in_flight or view.rollback_reason:
@@ -368,7 +372,7 @@ class ElasticActuator:
         full = sorted(kept + new, key=lambda r: r.replica)
         plan = plan_for(view, full)
         before = len(current)
-        label = "failure" if self._removes_lost(state, resize) else ("grow" if resize.add else "shrink")
+        label = label or ("failure" if self._removes_lost(state, resize) else ("grow" if resize.add else "shrink"))
         grow = label == "grow"
         detected = self._failure_time(state, view, removed, now) if label == "failure" else now
         record = contract.reshard_record(reason=resize.reason, from_replicas=before, to_replicas=len(full),
@@ -403,7 +407,8 @@ class ElasticActuator:
         s._bind(state, view, full, new, previous=kept, report=report, why=resize.reason)
         if {r.replica for r in view.placement.values()} != {r.replica for r in full}:
             return True  # the bind failed and was undone; the next cycle decides again
-        self.finish(view, now_seconds=s.clock(), event_reason="GrewBack" if grow else "Resharded",
+        event_reason = "GrewBack" if grow else ("Migrated" if label == "move" else "Resharded")
+        self.finish(view, now_seconds=s.clock(), event_reason=event_reason,
                     message=f"{before} -> {len(full)} replicas, plan generation "
                             f"{plan.generation if plan else '-'}: {resize.reason}", reason=label)
         s.metrics.reshards_done.labels(reason=label).inc()

@@ -42,13 +42,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from tessera.api.models import InferenceService, MigrationRecord, MigrationStatus, ReplicaStatus
+from tessera.api.models import ElasticJob, InferenceService, MigrationRecord, MigrationStatus, ReplicaStatus
 from tessera.core import (
     Allocation,
     CapacityError,
     CapacityLedger,
     ClusterSnapshot,
     Migration,
+    Resize,
     Spread,
     Workload,
 )
@@ -142,6 +143,12 @@ def rebalance_snapshot(
             attributes = {**allocation.workload.attributes, **annotated_attributes(view)}
             workload = replace(allocation.workload, attributes=attributes)
             allocation = replace(allocation, workload=workload, replicas=replicas)
+        elif view is not None and isinstance(view.model, ElasticJob):
+            # a reshard restarts every rank of the job: all its replicas "landed" then, so
+            # the cooldown keeps a job that just moved (or resized) from moving again
+            since = allocation.stable_since_seconds
+            allocation = replace(allocation, replicas=tuple(replace(rp, since_seconds=since)
+                                                            for rp in allocation.replicas))
         allocations.append(allocation)
     snapshot = state.snapshot.with_changes(allocations=allocations, now_seconds=now_seconds)
     return with_load(snapshot, load) if load else snapshot
@@ -432,8 +439,20 @@ class Rebalancer:
     def due(self) -> bool:
         return self.enabled and self.monotonic() >= self._next_round
 
-    def round(self, state: ClusterState, pending: Sequence[Workload], errors: list[str]) -> list[str]:
-        """Decide and start moves if a round is due; returns the keys of the services moved."""
+    def round(
+        self,
+        state: ClusterState,
+        pending: Sequence[Workload],
+        errors: list[str],
+        reshard: Callable[[Resize, CycleResult], bool] | None = None,
+    ) -> list[str]:
+        """Decide and start moves if a round is due; returns the keys of the workloads moved.
+
+        ``reshard`` carries out an ElasticJob's moves through the elastic path: one
+        ``Resize`` that removes the moving replicas and adds them on their targets (a plan
+        change with restart, as the job's pods learn from the plan ConfigMap).  Without it
+        training moves are only reported.
+        """
         if not self.due() or self._acted:
             return []
         assert self.engine is not None
@@ -451,13 +470,17 @@ class Rebalancer:
             errors.append(f"rebalancing round: {result.error}")
             return []
         selection = select_moves(state, snapshot, result)
+        moved: list[str] = []
+        if reshard is not None:
+            trained = self._move_training(state, result, reshard, errors)
+            moved.extend(trained)
+            selection.waiting = [w for w in selection.waiting if w[0] not in trained]
         for key, replica, why in selection.waiting:
             log.info("rebalancing: the move of %s replica %d waits: %s", key, replica, why)
             view = state.workloads.get(key)
             if view is not None and not isinstance(view.model, InferenceService):
                 self._post(view, "Normal", "MigrationNotCarriedOut",
                            f"{result.policy} proposed moving replica {replica}: {why}")
-        moved: list[str] = []
         for move in selection.start:
             if not self.elector.ensure_leader():
                 errors.append("lost the scheduler lease during a rebalancing round")
@@ -469,6 +492,34 @@ class Rebalancer:
             except KubeError as err:
                 errors.append(f"{view.key}: could not start the move of replica {move.migration.replica}: {err}")
         return moved
+
+    def _move_training(
+        self, state: ClusterState, result: CycleResult, reshard: Callable[[Resize, CycleResult], bool],
+        errors: list[str],
+    ) -> list[str]:
+        """One Resize per ElasticJob the plan moves; returns the jobs resharded."""
+        by_job: dict[str, list[Migration]] = {}
+        for migration in result.plan.migrations:
+            view = state.workloads.get(migration.workload)
+            if view is not None and isinstance(view.model, ElasticJob) and migration.replica in view.placement:
+                by_job.setdefault(migration.workload, []).append(migration)
+        done: list[str] = []
+        for key, moves in by_job.items():
+            if not self.elector.ensure_leader():
+                errors.append("lost the scheduler lease during a rebalancing round")
+                break
+            view = state.workloads[key]
+            if view.in_flight or view.rollback_reason or view.error or view.lost:
+                continue
+            why = "; ".join(sorted({m.reason for m in moves if m.reason})) or "rebalance"
+            resize = Resize(key, remove=tuple(m.replica for m in moves), add=tuple(m.to for m in moves),
+                            reason=f"moved by {result.policy}: {why}"[:512])
+            if reshard(resize, result):
+                done.append(key)
+                reason = REASON_DEFRAG if result.plan.placements else REASON_REBALANCE
+                self.metrics.migrations.labels(policy=result.policy or "unknown", reason=reason).inc(len(moves))
+                self.metrics.migration_estimated_cost.observe(sum(m.estimated_cost_seconds for m in moves))
+        return done
 
     def _start(self, state: ClusterState, view: WorkloadView, start: MoveStart, policy: str) -> None:
         """Record the move, then create and bind the new pod (make-before-break)."""

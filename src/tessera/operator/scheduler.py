@@ -292,7 +292,9 @@ class Scheduler:
         waiting.update(self._scale_up(state, scale_ups, result, report))
         if not (report.bound or report.preempted or report.rolled_back or report.deleted_pods or state.leaving):
             # only on a settled cycle: the snapshot still describes the cluster
-            self.rebalancer.round(state, pending, report.errors)
+            self.rebalancer.round(state, pending, report.errors,
+                                  reshard=lambda resize, result: self.elastic.resize(
+                                      state, resize, result, report, label="move"))
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the
         # cycle started with (scale-up decisions see modified snapshots)
         self.metrics.record_cluster(state.snapshot, state.pending, waiting)
