@@ -489,7 +489,7 @@ class ElasticActuator:
 
     def requeue(self, state: ClusterState, preemption: Preemption, result: CycleResult, report: CycleReport) -> str:
         """Release a job whose survivors are below its minimum; it waits to be placed again."""
-        from tessera.operator.scheduler import SCHEDULED, set_condition
+        from tessera.operator.scheduler import released_status
 
         s = self.scheduler
         view = state.workloads.get(preemption.workload)
@@ -498,23 +498,13 @@ class ElasticActuator:
         now = s.clock()
         before = len(view.placement) + len(view.lost)
         reason = preemption.reason or "survivors below the minimum; released and requeued"
-        conditions = set_condition(view.status.get("conditions") or [], SCHEDULED, "False", INSUFFICIENT, reason,
-                                   view.generation)
-        conditions = set_condition(conditions, REQUEUED, "True", INSUFFICIENT, reason, view.generation)
         record = contract.reshard_record(
             reason=reason, from_replicas=before, to_replicas=0,
             generation=int((view.status.get("plan") or {}).get("generation") or 0),
             detected_at_seconds=self._failure_time(state, view, set(view.placement) | set(view.lost), now),
             running_at_seconds=None)
         status: dict[str, Any] = {
-            "phase": "Pending",
-            "startTime": None,
-            "placement": [],
-            "replicas": 0,
-            "acceleratorType": "",
-            "observedGeneration": view.generation,
-            "message": reason,
-            "conditions": conditions,
+            **released_status(view, reason, REQUEUED, INSUFFICIENT),
             "lastResizeTime": precise_rfc3339(now),
             "reshardHistory": contract.append_history(list(view.status.get("reshardHistory") or []), record),
         }

@@ -99,6 +99,25 @@ def set_condition(
     return sorted(out, key=lambda c: c["type"])
 
 
+def released_status(view: WorkloadView, reason: str, condition: str, condition_reason: str) -> dict[str, Any]:
+    """Status of a workload whose whole placement is given up (evicted, or requeued after a
+    failure): Pending without placement, Scheduled=False and ``condition``=True, both with
+    ``condition_reason`` and ``reason``."""
+    conditions = set_condition(view.status.get("conditions") or [], SCHEDULED, "False", condition_reason, reason,
+                               view.generation)
+    conditions = set_condition(conditions, condition, "True", condition_reason, reason, view.generation)
+    return {
+        "phase": "Pending",
+        "startTime": None,
+        "placement": [],
+        "replicas": 0,
+        "acceleratorType": "",
+        "observedGeneration": view.generation,
+        "message": reason,
+        "conditions": conditions,
+    }
+
+
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
     """The condition of ``type_`` in a status, or an empty mapping."""
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
@@ -418,21 +437,8 @@ class Scheduler:
             return ""
         reason = preemption.reason or f"preempted by {result.policy}"
         log.info("%s %s: preempting (%s)", view.kind, view.key, reason)
-        conditions = set_condition(view.status.get("conditions") or [], SCHEDULED, "False", PREEMPTED, reason,
-                                   view.generation)
-        conditions = set_condition(conditions, PREEMPTED, "True", PREEMPTED, reason, view.generation)
-        status: dict[str, Any] = {
-            "phase": "Pending",
-            "startTime": None,
-            "placement": [],
-            "replicas": 0,
-            "acceleratorType": "",
-            "observedGeneration": view.generation,
-            "message": reason,
-            "conditions": conditions,
-        }
         try:
-            self._write_status(view, status, force=True)
+            self._write_status(view, released_status(view, reason, PREEMPTED, PREEMPTED), force=True)
         except KubeError as err:  # nothing recorded: nothing deleted; the next cycle decides again
             report.errors.append(f"{view.key}: could not record the preemption, not evicting: {err}")
             return ""
