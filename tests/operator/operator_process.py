@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +66,42 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Poller:
+    """A background thread calling :meth:`sample` until the ``with`` block ends (watchers
+    that check an invariant at every moment of a test, not just at its end)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self.samples += 1
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def clean_up(cluster: Any, namespace: str, plural: str, started: list[OperatorProcess]) -> None:
+    """Delete the test's workloads of ``plural``, wait for their pods to go, then stop the
+    operators and print their logs (pytest shows them when the test failed)."""
+    cluster.kubectl("delete", plural, "--all", "-n", namespace, "--wait=false", check=False)
+    try:
+        cluster.wait_for(lambda: not cluster.get_json("pods", "-n", namespace)["items"], timeout=40,
+                         what="pods of the test removed")
+    finally:
+        for proc in started:
+            proc.stop()
+            print(f"----- {proc.log_path.name}\n{proc.log()[-8000:]}")

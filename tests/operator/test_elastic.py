@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, clean_up
 
 pytestmark = pytest.mark.cluster
 
@@ -116,14 +116,7 @@ def elastic(crds: Any, namespace: str, tmp_path: Path) -> Iterator[Any]:
         set_ready(crds, node, True)
     if not any(p.alive for p in started):
         start()
-    crds.kubectl("delete", "elasticjobs", "--all", "-n", namespace, "--wait=false", check=False)
-    try:
-        crds.wait_for(lambda: not crds.get_json("pods", "-n", namespace)["items"], timeout=40,
-                      what="pods of the test removed")
-    finally:
-        for proc in started:
-            proc.stop()
-            print(f"----- {proc.log_path.name}\n{proc.log()[-8000:]}")  # shown when the test fails
+    clean_up(crds, namespace, "elasticjobs", started)
 
 
 def start_job(cluster: Any, namespace: str, name: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ GPUs bound at any observed moment), and re-queue the victim.
 from __future__ import annotations
 
 import socket
-import threading
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, Poller
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.cluster
@@ -58,34 +57,22 @@ def gpus(pod: dict[str, Any]) -> int:
                for c in pod["spec"].get("containers") or [])
 
 
-class BindingWatcher:
+class BindingWatcher(Poller):
     """Polls every pod in the cluster and keeps the most GPUs ever seen bound on one node
     (terminating pods included: their containers may still hold the devices)."""
 
     def __init__(self, cluster: Any) -> None:
+        super().__init__()
         self.cluster = cluster
         self.peak: dict[str, int] = defaultdict(int)
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            per_node: dict[str, int] = defaultdict(int)
-            for pod in self.cluster.get_json("pods", "-A")["items"]:
-                if pod["spec"].get("nodeName"):
-                    per_node[pod["spec"]["nodeName"]] += gpus(pod)
-            for name, used in per_node.items():
-                self.peak[name] = max(self.peak[name], used)
-            self.samples += 1
-
-    def __enter__(self) -> BindingWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def sample(self) -> None:
+        per_node: dict[str, int] = defaultdict(int)
+        for pod in self.cluster.get_json("pods", "-A")["items"]:
+            if pod["spec"].get("nodeName"):
+                per_node[pod["spec"]["nodeName"]] += gpus(pod)
+        for name, used in per_node.items():
+            self.peak[name] = max(self.peak[name], used)
 
 
 def free_port() -> int:

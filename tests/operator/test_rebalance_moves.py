@@ -14,7 +14,6 @@ replica that never gets Ready, and the cooldown after a move surviving a restart
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, Poller, clean_up
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_server import free_port, run_prometheus
@@ -98,44 +97,32 @@ def nodes_with(cluster: Any, product: str) -> list[str]:
                   if product in (n["metadata"].get("labels") or {}).get("nvidia.com/gpu.product", ""))
 
 
-class ReplicaWatcher:
+class ReplicaWatcher(Poller):
     """Polls the service's pods; keeps the fewest Ready and the most existing pods seen
     once the service first had all its replicas Ready."""
 
     def __init__(self, cluster: Any, namespace: str) -> None:
+        super().__init__()
         self.cluster, self.namespace = cluster, namespace
         self.fewest_ready = REPLICAS
         self.most_pods = 0
-        self.samples = 0
         #: the pods when the fewest Ready were seen (for the failure message)
         self.worst: list[Any] = []
         self.timeline: list[Any] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            raw = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", "tessera.dev/workload=chat",
-                                       "-o", "json")
-            pods = json.loads(raw.stdout)["items"]
-            count = sum(1 for p in pods if ready(p))
-            seen = [(p["metadata"]["name"], p["spec"].get("nodeName"), ready(p), p.get("status", {}).get("phase"),
-                     p["metadata"].get("resourceVersion")) for p in pods]
-            if not self.timeline or self.timeline[-1][1] != seen:
-                self.timeline.append((time.strftime("%H:%M:%S"), seen, raw.stderr[-300:]))
-            if count < self.fewest_ready:
-                self.worst = self.timeline[-3:]
-            self.fewest_ready = min(self.fewest_ready, count)
-            self.most_pods = max(self.most_pods, len(pods))
-            self.samples += 1
-
-    def __enter__(self) -> ReplicaWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def sample(self) -> None:
+        raw = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", "tessera.dev/workload=chat",
+                                   "-o", "json")
+        pods = json.loads(raw.stdout)["items"]
+        count = sum(1 for p in pods if ready(p))
+        seen = [(p["metadata"]["name"], p["spec"].get("nodeName"), ready(p), p.get("status", {}).get("phase"),
+                 p["metadata"].get("resourceVersion")) for p in pods]
+        if not self.timeline or self.timeline[-1][1] != seen:
+            self.timeline.append((time.strftime("%H:%M:%S"), seen, raw.stderr[-300:]))
+        if count < self.fewest_ready:
+            self.worst = self.timeline[-3:]
+        self.fewest_ready = min(self.fewest_ready, count)
+        self.most_pods = max(self.most_pods, len(pods))
 
 
 def rfc3339(value: str) -> float:
@@ -198,14 +185,7 @@ def setup(crds: Any, namespace: str, tmp_path: Path, exporter: Exporter, prometh
         crds.kubectl("uncordon", *h100, check=False)
         if not any(p.alive for p in started):
             Setup.start()
-        crds.kubectl("delete", "inferenceservices", "--all", "-n", namespace, "--wait=false", check=False)
-        try:
-            crds.wait_for(lambda: not crds.get_json("pods", "-n", namespace)["items"], timeout=40,
-                          what="pods of the test removed")
-        finally:
-            for proc in started:
-                proc.stop()
-                print(f"----- {proc.log_path.name}\n{proc.log()[-8000:]}")  # shown when the test fails
+        clean_up(crds, namespace, "inferenceservices", started)
 
 
 def start_on_a100(cluster: Any, namespace: str, setup: Any) -> None:
