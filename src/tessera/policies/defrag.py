@@ -204,11 +204,14 @@ class Defragment:
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         value_per_device = float(ctx.params.get("defrag.value_seconds_per_device", self.value_seconds_per_device))
+        # the operator's --rebalance-param cooldown_seconds=... arrives as rebalance.cooldown_seconds
+        cooldown = float(ctx.params.get("defrag.cooldown_seconds",
+                                        ctx.params.get("rebalance.cooldown_seconds", self.cooldown_seconds)))
         unplaced: dict[str, str] = {}
         for gang in queue_order(pending):
             if not fragmentation_blocked(snapshot, gang):
                 continue
-            movable = movable_workloads(snapshot, gang, ctx.now_seconds, self.cooldown_seconds)
+            movable = movable_workloads(snapshot, gang, ctx.now_seconds, cooldown)
             greedy = greedy_emptiest_nodes(snapshot, gang, movable, self.cost_model, self.budget_moves)
             result = DefragModel(
                 snapshot,
