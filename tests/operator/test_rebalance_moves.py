@@ -161,8 +161,8 @@ def setup(crds: Any, namespace: str, tmp_path: Path, exporter: Exporter, prometh
         @staticmethod
         def start(*params: str, env: dict[str, str] | None = None, metrics_port: int = 0,
                   extra: tuple[str, ...] = ()) -> OperatorProcess:
-            # best-fit places without preempting: cpsat would itself stop and restart the
-            # service on the faster H100 (a move that is not make-before-break)
+            # best-fit places and never moves anything itself, so every move seen here is
+            # the rebalancer's
             args = ["--policy", "best-fit", "--metrics-port", str(metrics_port), "--rebalance-period-seconds", "1",
                     "--rebalance-policy", POLICY, "--load-prometheus-url", prometheus, "--load-query", QUERY]
             for p in params:
