@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import mul
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -212,12 +213,10 @@ class LearnedJct:
         free: dict[str, float] = {}
         node_free: dict[str, int] = {}
         for accelerator_type, names in by_type.items():
-            room = 0
-            for name in names:
-                milli = sum(free_of(name).devices_milli)
-                node_free[name] = milli
-                room += milli
-            free[accelerator_type] = room / 1000.0
+            # comprehension + map: this runs over every node in every decision (its base cost)
+            type_free = {name: sum(free_of(name).devices_milli) for name in names}
+            node_free.update(type_free)
+            free[accelerator_type] = sum(type_free.values()) / 1000.0
         present = self._present(by_type)
         if len(self._cache) > 2 * (len(pending) + len(snapshot.allocations)) + 64:
             live = {w.key for w in pending} | snapshot.allocations.keys()
@@ -227,8 +226,9 @@ class LearnedJct:
         now = ctx.now_seconds
         statics = [self._statics(w, present) for w in pending]
         pressure = queue_pressure(statics, state)
-        order: list[int] = []
-        if pending:
+        order: list[int] = [0] if len(pending) == 1 else []
+        if len(pending) > 1:
+            # one waiting job (most decisions) has nothing to order: no feature rows, no numpy call
             scores = self.model.queue.score(queue_rows(statics, [w.submitted_at_seconds for w in pending], now, state))
             order = sorted(range(len(pending)), key=lambda i: (-pending[i].priority, float(scores[i]),
                                                               pending[i].submitted_at_seconds, pending[i].key))
@@ -245,7 +245,7 @@ class LearnedJct:
                 if free[t] + 1e-9 < need:
                     continue
                 x = type_row(job, t, wait, free[t], total[t], pressure[t])
-                scored.append((sum(a * b for a, b in zip(x, w_type, strict=True)) + offset, t))
+                scored.append((sum(map(mul, x, w_type)) + offset, t))
             if not scored:
                 unplaced[workload.key] = (f"queued: needs {need:g} accelerators of one type; free now: "
                                           + (", ".join(f"{t}={free[t]:g}" for t in job.rates) or "no allowed type present"))
@@ -256,14 +256,15 @@ class LearnedJct:
                 # a gang this policy stopped to move: it restarts on the type it was moved to (the
                 # type scorer alone might pick the slower one again, and the two would loop)
                 scored = [(min(scored)[0], target)]
-            # waiting is only an option while a faster allowed type could ever take the gang;
-            # otherwise the job would wait forever
-            slowest_ok = min(job.rates[t] for _, t in scored)
-            can_wait = any(total.get(t, 0.0) + 1e-9 >= need and r > slowest_ok for t, r in job.rates.items())
+            # can the job wait (see _can_wait): only asked once a score above 0 is reached, so computed then
+            can_wait: bool | None = None
             placed = None
             for score, t in scored:
-                if score > 0 and can_wait and target is None:
-                    break
+                if score > 0 and target is None:
+                    if can_wait is None:
+                        can_wait = self._can_wait(job, scored, total, need)
+                    if can_wait:
+                        break
                 ledger = ledger or snapshot.ledger()
                 placed = self._fill(ledger, workload, by_type[t], node_free)
                 if placed is not None:
@@ -272,7 +273,9 @@ class LearnedJct:
                     break
             if placed is None:
                 unplaced[workload.key] = (f"waiting for a faster type: best start now is {scored[0][1]} "
-                                          f"(score {scored[0][0]:.3f} > 0)" if scored[0][0] > 0 and can_wait else
+                                          f"(score {scored[0][0]:.3f} > 0)" if scored[0][0] > 0 and (
+                                              can_wait if can_wait is not None else
+                                              self._can_wait(job, scored, total, need)) else
                                           "queued: no node of a type with room takes the gang")
         migrations: list[Migration] = []
         preemptions: list[Preemption] = []
@@ -281,6 +284,13 @@ class LearnedJct:
                           migrations, preemptions)
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions),
                     migrations=tuple(migrations), unplaced=unplaced)
+
+    @staticmethod
+    def _can_wait(job: JobStatics, scored: Sequence[tuple[float, str]], total: Mapping[str, float], need: float) -> bool:
+        """Waiting is only an option while a faster allowed type could ever take the gang;
+        otherwise the job would wait forever."""
+        slowest_ok = min(job.rates[t] for _, t in scored)
+        return any(total.get(t, 0.0) + 1e-9 >= need and r > slowest_ok for t, r in job.rates.items())
 
     @staticmethod
     def _fill(ledger: CapacityLedger, workload: Workload, names: Sequence[str],
@@ -310,12 +320,17 @@ class LearnedJct:
         candidates = []
         with_room = [t for t in present if free[t] >= 1.0]
         most_room = max((free[t] for t in with_room), default=0.0)
+        cache = self._cache
         # any iteration order: the candidates are sorted by (score, key) below
         for key, allocation in snapshot.allocations.items():
-            if not allocation.replicas or not allocation.workload.preemptible:
+            workload = allocation.workload
+            if not allocation.replicas or not workload.preemptible:
                 continue
             source = allocation.replicas[0].accelerator_type
-            job = self._statics(allocation.workload, present)
+            # the statics cache inlined: this loop visits every running job in every decision
+            hit = cache.get(key)
+            job = hit[2] if hit is not None and hit[0] is workload and hit[1] is present else self._statics(
+                workload, present)
             if source is None or source == job.fastest or source not in job.rates or job.gang_gpus > most_room:
                 continue  # already on its fastest type, or no type has room for the gang
             homogeneous: bool | None = None
@@ -328,7 +343,7 @@ class LearnedJct:
                 if not homogeneous:
                     break
                 x = move_row(job, source, target, now - allocation.started_at_seconds, total[target], pressure[target])
-                score = sum(a * b for a, b in zip(x, w_move, strict=True)) + offset
+                score = sum(map(mul, x, w_move)) + offset
                 if score < 0:
                     candidates.append((score, key, source, target))
         for score, key, source, target in sorted(candidates):
