@@ -296,7 +296,9 @@ class LearnedJct:
     def _fill(ledger: CapacityLedger, workload: Workload, names: Sequence[str],
               node_free: dict[str, int]) -> tuple[ReplicaAssignment, ...] | None:
         """The gang on these nodes, fullest node with room first (best fit: gangs consolidate), or nothing."""
-        ranked = sorted((n for n in names if node_free[n] > 0), key=lambda n: (node_free[n], n))
+        # ``names`` is in name order (see _by_type), so a stable sort on free room alone gives
+        # the (room, name) order without building a key tuple per node
+        ranked = sorted([n for n in names if node_free[n] > 0], key=node_free.__getitem__)
         for count in range(workload.target_replicas, workload.gang_min - 1, -1):
             placed = fill_type(ledger, workload, ranked, count)
             if placed is not None:
