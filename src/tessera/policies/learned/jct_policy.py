@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tessera.core import (
+    Allocation,
     CapacityLedger,
     ClusterSnapshot,
     Migration,
@@ -167,6 +168,14 @@ class LearnedJct:
         self._nodes: tuple[Mapping[str, object], dict[str, list[str]], dict[str, float]] | None = None
         self._cache: dict[str, tuple[Workload, tuple[str, ...], JobStatics]] = {}
         self._present_types: tuple[str, ...] = ()
+        #: what the move scan needs of a running allocation that depends on it alone, by key:
+        #: (the allocation, its statics, its type, the faster types it could move to, in present
+        #: order); no faster type when it can never move (not preemptible, already on its
+        #: fastest type, replicas on several types).  Allocations are frozen and the simulator
+        #: and the operator's source keep the object while nothing about the job changes, so
+        #: the next scan reuses this at the price of one lookup.  Valid for one set of present
+        #: types (cleared with it).
+        self._scan: dict[str, tuple[Allocation, JobStatics | None, str, tuple[str, ...]]] = {}
         #: gangs stopped to move to a faster type -> that type (their next start goes there)
         self._moving: dict[str, str] = {}
 
@@ -194,6 +203,7 @@ class LearnedJct:
         present = tuple(sorted(by_type))
         if present != self._present_types:
             self._present_types = present
+            self._scan = {}
         return self._present_types
 
     def _statics(self, workload: Workload, present: Sequence[str]) -> JobStatics:
@@ -222,6 +232,7 @@ class LearnedJct:
             live = {w.key for w in pending} | snapshot.allocations.keys()
             self._cache = {k: v for k, v in self._cache.items() if k in live}
             self._moving = {k: v for k, v in self._moving.items() if k in live}
+            self._scan = {k: v for k, v in self._scan.items() if k in live}
         state = TypeState(free, total)
         now = ctx.now_seconds
         statics = [self._statics(w, present) for w in pending]
@@ -285,6 +296,22 @@ class LearnedJct:
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions),
                     migrations=tuple(migrations), unplaced=unplaced)
 
+    def _scan_entry(self, allocation: Allocation, present: Sequence[str]
+                    ) -> tuple[Allocation, JobStatics | None, str, tuple[str, ...]]:
+        """The move scan's view of one running allocation (see ``_scan``): the faster types it
+        could move to, in present order, or none when it never can."""
+        workload = allocation.workload
+        if not allocation.replicas or not workload.preemptible:
+            return allocation, None, "", ()
+        source = allocation.replicas[0].accelerator_type
+        job = self._statics(workload, present)
+        if source is None or source == job.fastest or source not in job.rates:
+            return allocation, job, "", ()  # already on its fastest type (or one it cannot move from)
+        if not all(r.accelerator_type == source for r in allocation.replicas):
+            return allocation, job, source, ()  # one type per gang: a mixed one is not moved
+        slower_or_same = job.rates[source]
+        return allocation, job, source, tuple(t for t in present if job.rates.get(t, 0.0) > slower_or_same)
+
     @staticmethod
     def _can_wait(job: JobStatics, scored: Sequence[tuple[float, str]], total: Mapping[str, float], need: float) -> bool:
         """Waiting is only an option while a faster allowed type could ever take the gang;
@@ -320,30 +347,19 @@ class LearnedJct:
         """
         w_move, offset = self._move_w, self._move_offset
         candidates = []
-        with_room = [t for t in present if free[t] >= 1.0]
-        most_room = max((free[t] for t in with_room), default=0.0)
-        cache = self._cache
+        most_room = max((free[t] for t in present if free[t] >= 1.0), default=0.0)
+        scan = self._scan
         # any iteration order: the candidates are sorted by (score, key) below
         for key, allocation in snapshot.allocations.items():
-            workload = allocation.workload
-            if not allocation.replicas or not workload.preemptible:
-                continue
-            source = allocation.replicas[0].accelerator_type
-            # the statics cache inlined: this loop visits every running job in every decision
-            hit = cache.get(key)
-            job = hit[2] if hit is not None and hit[0] is workload and hit[1] is present else self._statics(
-                workload, present)
-            if source is None or source == job.fastest or source not in job.rates or job.gang_gpus > most_room:
-                continue  # already on its fastest type, or no type has room for the gang
-            homogeneous: bool | None = None
-            for target in with_room:
-                rate = job.rates.get(target, 0.0)
-                if rate <= job.rates[source] or free[target] + 1e-9 < job.gang_gpus:
-                    continue
-                if homogeneous is None:  # checked only for jobs that could move at all
-                    homogeneous = all(r.accelerator_type == source for r in allocation.replicas)
-                if not homogeneous:
-                    break
+            entry = scan.get(key)
+            if entry is None or entry[0] is not allocation:
+                entry = scan[key] = self._scan_entry(allocation, present)
+            _, job, source, faster = entry
+            if not faster or job is None or job.gang_gpus > most_room:
+                continue  # it can never move, or no type has room for the gang now
+            for target in faster:
+                if free[target] < 1.0 or free[target] + 1e-9 < job.gang_gpus:
+                    continue  # no room there now
                 x = move_row(job, source, target, now - allocation.started_at_seconds, total[target], pressure[target])
                 score = sum(map(mul, x, w_move)) + offset
                 if score < 0:
