@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tessera.core import (
+    MILLI_PER_DEVICE,
     Allocation,
     CapacityLedger,
     ClusterSnapshot,
@@ -36,6 +37,7 @@ from tessera.core import (
     Plan,
     Preemption,
     ReplicaAssignment,
+    Spread,
     Workload,
 )
 from tessera.policies.jct import fill_type
@@ -141,6 +143,36 @@ def load_jct_model(location: str | Path | None = None) -> JctModel:
                     LinearScorer.from_json(data["types"], TYPE_FEATURES, f"{path} types"),
                     LinearScorer.from_json(data["moves"], MOVE_FEATURES, f"{path} moves"),
                     data.get("metadata", {}))
+
+
+def _fill_whole(
+    ledger: CapacityLedger, workload: Workload, node_names: Sequence[str], replicas: int,
+) -> tuple[ReplicaAssignment, ...] | None:
+    """:func:`~tessera.policies.jct.fill_type` for a gang of whole-device replicas without a spread
+    rule, giving the very same assignments: on each node in turn, as many replicas as its CPU,
+    memory and whole free devices allow, each on the lowest-indexed free devices.
+
+    fill_type asks the ledger ``fits`` and then ``take`` (which searches the devices again)
+    per replica; here a node's free devices are listed once and each replica is taken on
+    named devices (the ledger still checks them).  This is most of a decision that moves jobs.
+    """
+    demand = workload.demand
+    per_replica, cpu_milli, memory_mib = demand.accelerators, demand.cpu_milli, demand.memory_mib
+    taken: list[ReplicaAssignment] = []
+    for name in node_names:
+        cpu, memory = ledger.cpu_free(name), ledger.memory_free(name)
+        whole = [i for i, milli in enumerate(ledger.device_free(name)) if milli == MILLI_PER_DEVICE]
+        while len(taken) < replicas and cpu >= cpu_milli and memory >= memory_mib and len(whole) >= per_replica:
+            devices = tuple(whole[:per_replica])
+            del whole[:per_replica]
+            taken.append(ReplicaAssignment(name, ledger.take(name, demand, devices)))
+            cpu -= cpu_milli
+            memory -= memory_mib
+        if len(taken) == replicas:
+            return tuple(taken)
+    for a in taken:
+        ledger.give_back(a.node, demand, a.devices)
+    return None
 
 
 class LearnedJct:
@@ -326,8 +358,10 @@ class LearnedJct:
         # ``names`` is in name order (see _by_type), so a stable sort on free room alone gives
         # the (room, name) order without building a key tuple per node
         ranked = sorted([n for n in names if node_free[n] > 0], key=node_free.__getitem__)
+        # gangs of whole devices free to share nodes (every Gavel job) take the fast path
+        fill = _fill_whole if workload.demand.accelerators and workload.spread is Spread.NONE else fill_type
         for count in range(workload.target_replicas, workload.gang_min - 1, -1):
-            placed = fill_type(ledger, workload, ranked, count)
+            placed = fill(ledger, workload, ranked, count)
             if placed is not None:
                 for a in placed:
                     node_free[a.node] -= workload.demand.accelerator_milli
