@@ -154,7 +154,8 @@ def _fill_whole(
 
     fill_type asks the ledger ``fits`` and then ``take`` (which searches the devices again)
     per replica; here a node's free devices are listed once and each replica is taken on
-    named devices (the ledger still checks them).  This is most of a decision that moves jobs.
+    named devices (the ledger still checks them).  Filling is the largest part of a decision that
+    moves jobs.
     """
     demand = workload.demand
     per_replica, cpu_milli, memory_mib = demand.accelerators, demand.cpu_milli, demand.memory_mib
