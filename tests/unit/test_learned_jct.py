@@ -138,3 +138,34 @@ def test_round_trip(tmp_path: Path):
     loaded = load_jct_model(model.save(tmp_path / "x-v3"))
     assert loaded.artifact == "x@3"
     assert np.array_equal(loaded.moves.weights, model.moves.weights)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_whole_device_fill_matches_fill_type(seed):
+    """The policy's fill for whole-device gangs gives fill_type's assignments and leaves the
+    ledger as fill_type does, on random partly used nodes (CPU and memory can bind too)."""
+    import random
+
+    from tessera.core import CapacityLedger
+    from tessera.policies.jct import fill_type
+    from tessera.policies.learned.jct_policy import _fill_whole
+
+    rng = random.Random(seed)
+    nodes = [node(f"n{i}", "V100", rng.choice((1, 2, 4, 8)), cpu_milli=rng.choice((4_000, 16_000)),
+                  memory_mib=rng.choice((8_000, 64_000))) for i in range(rng.randint(1, 6))]
+    snapshot = ClusterSnapshot(nodes, ())
+    used = snapshot.ledger()
+    for n in nodes:  # some devices, CPU and memory already taken
+        for _ in range(rng.randint(0, n.accelerator_count)):
+            filler = gang("x", 1, 1, ["V100"], cpu_milli=rng.choice((0, 1_000)), memory_mib=rng.choice((0, 4_000)))
+            if used.fits(n.name, filler.demand):
+                used.take(n.name, filler.demand)
+    frozen = used.freeze()
+    names = [n.name for n in rng.sample(nodes, len(nodes))]
+    for _ in range(5):
+        workload = gang("g", rng.randint(1, 6), rng.choice((1, 2, 4)), ["V100"],
+                        cpu_milli=rng.choice((0, 2_000, 6_000)), memory_mib=rng.choice((0, 16_000)))
+        for replicas in range(1, workload.max_replicas + 1):
+            a, b = CapacityLedger(snapshot.nodes, frozen), CapacityLedger(snapshot.nodes, frozen)
+            assert _fill_whole(a, workload, names, replicas) == fill_type(b, workload, names, replicas)
+            assert a.freeze() == b.freeze()

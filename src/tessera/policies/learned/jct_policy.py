@@ -21,12 +21,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import mul
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from tessera.core import (
+    MILLI_PER_DEVICE,
+    Allocation,
     CapacityLedger,
     ClusterSnapshot,
     Migration,
@@ -34,6 +37,7 @@ from tessera.core import (
     Plan,
     Preemption,
     ReplicaAssignment,
+    Spread,
     Workload,
 )
 from tessera.policies.jct import fill_type
@@ -141,6 +145,37 @@ def load_jct_model(location: str | Path | None = None) -> JctModel:
                     data.get("metadata", {}))
 
 
+def _fill_whole(
+    ledger: CapacityLedger, workload: Workload, node_names: Sequence[str], replicas: int,
+) -> tuple[ReplicaAssignment, ...] | None:
+    """:func:`~tessera.policies.jct.fill_type` for a gang of whole-device replicas without a spread
+    rule, giving the very same assignments: on each node in turn, as many replicas as its CPU,
+    memory and whole free devices allow, each on the lowest-indexed free devices.
+
+    fill_type asks the ledger ``fits`` and then ``take`` (which searches the devices again)
+    per replica; here a node's free devices are listed once and each replica is taken on
+    named devices (the ledger still checks them).  Filling is the largest part of a decision that
+    moves jobs.
+    """
+    demand = workload.demand
+    per_replica, cpu_milli, memory_mib = demand.accelerators, demand.cpu_milli, demand.memory_mib
+    taken: list[ReplicaAssignment] = []
+    for name in node_names:
+        cpu, memory = ledger.cpu_free(name), ledger.memory_free(name)
+        whole = [i for i, milli in enumerate(ledger.device_free(name)) if milli == MILLI_PER_DEVICE]
+        while len(taken) < replicas and cpu >= cpu_milli and memory >= memory_mib and len(whole) >= per_replica:
+            devices = tuple(whole[:per_replica])
+            del whole[:per_replica]
+            taken.append(ReplicaAssignment(name, ledger.take(name, demand, devices)))
+            cpu -= cpu_milli
+            memory -= memory_mib
+        if len(taken) == replicas:
+            return tuple(taken)
+    for a in taken:
+        ledger.give_back(a.node, demand, a.devices)
+    return None
+
+
 class LearnedJct:
     """Learned JCT dispatcher: trained queue order and accelerator-type choice (may wait for a faster type)."""
 
@@ -166,6 +201,14 @@ class LearnedJct:
         self._nodes: tuple[Mapping[str, object], dict[str, list[str]], dict[str, float]] | None = None
         self._cache: dict[str, tuple[Workload, tuple[str, ...], JobStatics]] = {}
         self._present_types: tuple[str, ...] = ()
+        #: what the move scan needs of a running allocation that depends on it alone, by key:
+        #: (the allocation, its statics, its type, the faster types it could move to, in present
+        #: order); no faster type when it can never move (not preemptible, already on its
+        #: fastest type, replicas on several types).  Allocations are frozen and the simulator
+        #: and the operator's source keep the object while nothing about the job changes, so
+        #: the next scan reuses this at the price of one lookup.  Valid for one set of present
+        #: types (cleared with it).
+        self._scan: dict[str, tuple[Allocation, JobStatics | None, str, tuple[str, ...]]] = {}
         #: gangs stopped to move to a faster type -> that type (their next start goes there)
         self._moving: dict[str, str] = {}
 
@@ -193,6 +236,7 @@ class LearnedJct:
         present = tuple(sorted(by_type))
         if present != self._present_types:
             self._present_types = present
+            self._scan = {}
         return self._present_types
 
     def _statics(self, workload: Workload, present: Sequence[str]) -> JobStatics:
@@ -212,23 +256,23 @@ class LearnedJct:
         free: dict[str, float] = {}
         node_free: dict[str, int] = {}
         for accelerator_type, names in by_type.items():
-            room = 0
-            for name in names:
-                milli = sum(free_of(name).devices_milli)
-                node_free[name] = milli
-                room += milli
-            free[accelerator_type] = room / 1000.0
+            # comprehension + map: this runs over every node in every decision (its base cost)
+            type_free = {name: sum(free_of(name).devices_milli) for name in names}
+            node_free.update(type_free)
+            free[accelerator_type] = sum(type_free.values()) / 1000.0
         present = self._present(by_type)
         if len(self._cache) > 2 * (len(pending) + len(snapshot.allocations)) + 64:
             live = {w.key for w in pending} | snapshot.allocations.keys()
             self._cache = {k: v for k, v in self._cache.items() if k in live}
             self._moving = {k: v for k, v in self._moving.items() if k in live}
+            self._scan = {k: v for k, v in self._scan.items() if k in live}
         state = TypeState(free, total)
         now = ctx.now_seconds
         statics = [self._statics(w, present) for w in pending]
         pressure = queue_pressure(statics, state)
-        order: list[int] = []
-        if pending:
+        order: list[int] = [0] if len(pending) == 1 else []
+        if len(pending) > 1:
+            # one waiting job (most decisions) has nothing to order: no feature rows, no numpy call
             scores = self.model.queue.score(queue_rows(statics, [w.submitted_at_seconds for w in pending], now, state))
             order = sorted(range(len(pending)), key=lambda i: (-pending[i].priority, float(scores[i]),
                                                               pending[i].submitted_at_seconds, pending[i].key))
@@ -245,7 +289,7 @@ class LearnedJct:
                 if free[t] + 1e-9 < need:
                     continue
                 x = type_row(job, t, wait, free[t], total[t], pressure[t])
-                scored.append((sum(a * b for a, b in zip(x, w_type, strict=True)) + offset, t))
+                scored.append((sum(map(mul, x, w_type)) + offset, t))
             if not scored:
                 unplaced[workload.key] = (f"queued: needs {need:g} accelerators of one type; free now: "
                                           + (", ".join(f"{t}={free[t]:g}" for t in job.rates) or "no allowed type present"))
@@ -256,14 +300,15 @@ class LearnedJct:
                 # a gang this policy stopped to move: it restarts on the type it was moved to (the
                 # type scorer alone might pick the slower one again, and the two would loop)
                 scored = [(min(scored)[0], target)]
-            # waiting is only an option while a faster allowed type could ever take the gang;
-            # otherwise the job would wait forever
-            slowest_ok = min(job.rates[t] for _, t in scored)
-            can_wait = any(total.get(t, 0.0) + 1e-9 >= need and r > slowest_ok for t, r in job.rates.items())
+            # can the job wait (see _can_wait): only asked once a score above 0 is reached, so computed then
+            can_wait: bool | None = None
             placed = None
             for score, t in scored:
-                if score > 0 and can_wait and target is None:
-                    break
+                if score > 0 and target is None:
+                    if can_wait is None:
+                        can_wait = self._can_wait(job, scored, total, need)
+                    if can_wait:
+                        break
                 ledger = ledger or snapshot.ledger()
                 placed = self._fill(ledger, workload, by_type[t], node_free)
                 if placed is not None:
@@ -272,7 +317,9 @@ class LearnedJct:
                     break
             if placed is None:
                 unplaced[workload.key] = (f"waiting for a faster type: best start now is {scored[0][1]} "
-                                          f"(score {scored[0][0]:.3f} > 0)" if scored[0][0] > 0 and can_wait else
+                                          f"(score {scored[0][0]:.3f} > 0)" if scored[0][0] > 0 and (
+                                              can_wait if can_wait is not None else
+                                              self._can_wait(job, scored, total, need)) else
                                           "queued: no node of a type with room takes the gang")
         migrations: list[Migration] = []
         preemptions: list[Preemption] = []
@@ -282,13 +329,40 @@ class LearnedJct:
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions),
                     migrations=tuple(migrations), unplaced=unplaced)
 
+    def _scan_entry(self, allocation: Allocation, present: Sequence[str]
+                    ) -> tuple[Allocation, JobStatics | None, str, tuple[str, ...]]:
+        """The move scan's view of one running allocation (see ``_scan``): the faster types it
+        could move to, in present order, or none when it never can."""
+        workload = allocation.workload
+        if not allocation.replicas or not workload.preemptible:
+            return allocation, None, "", ()
+        source = allocation.replicas[0].accelerator_type
+        job = self._statics(workload, present)
+        if source is None or source == job.fastest or source not in job.rates:
+            return allocation, job, "", ()  # already on its fastest type (or one it cannot move from)
+        if not all(r.accelerator_type == source for r in allocation.replicas):
+            return allocation, job, source, ()  # one type per gang: a mixed one is not moved
+        slower_or_same = job.rates[source]
+        return allocation, job, source, tuple(t for t in present if job.rates.get(t, 0.0) > slower_or_same)
+
+    @staticmethod
+    def _can_wait(job: JobStatics, scored: Sequence[tuple[float, str]], total: Mapping[str, float], need: float) -> bool:
+        """Waiting is only an option while a faster allowed type could ever take the gang;
+        otherwise the job would wait forever."""
+        slowest_ok = min(job.rates[t] for _, t in scored)
+        return any(total.get(t, 0.0) + 1e-9 >= need and r > slowest_ok for t, r in job.rates.items())
+
     @staticmethod
     def _fill(ledger: CapacityLedger, workload: Workload, names: Sequence[str],
               node_free: dict[str, int]) -> tuple[ReplicaAssignment, ...] | None:
         """The gang on these nodes, fullest node with room first (best fit: gangs consolidate), or nothing."""
-        ranked = sorted((n for n in names if node_free[n] > 0), key=lambda n: (node_free[n], n))
+        # ``names`` is in name order (see _by_type), so a stable sort on free room alone gives
+        # the (room, name) order without building a key tuple per node
+        ranked = sorted([n for n in names if node_free[n] > 0], key=node_free.__getitem__)
+        # gangs of whole devices free to share nodes (every Gavel job) take the fast path
+        fill = _fill_whole if workload.demand.accelerators and workload.spread is Spread.NONE else fill_type
         for count in range(workload.target_replicas, workload.gang_min - 1, -1):
-            placed = fill_type(ledger, workload, ranked, count)
+            placed = fill(ledger, workload, ranked, count)
             if placed is not None:
                 for a in placed:
                     node_free[a.node] -= workload.demand.accelerator_milli
@@ -308,27 +382,21 @@ class LearnedJct:
         """
         w_move, offset = self._move_w, self._move_offset
         candidates = []
-        with_room = [t for t in present if free[t] >= 1.0]
-        most_room = max((free[t] for t in with_room), default=0.0)
+        most_room = max((free[t] for t in present if free[t] >= 1.0), default=0.0)
+        scan = self._scan
         # any iteration order: the candidates are sorted by (score, key) below
         for key, allocation in snapshot.allocations.items():
-            if not allocation.replicas or not allocation.workload.preemptible:
-                continue
-            source = allocation.replicas[0].accelerator_type
-            job = self._statics(allocation.workload, present)
-            if source is None or source == job.fastest or source not in job.rates or job.gang_gpus > most_room:
-                continue  # already on its fastest type, or no type has room for the gang
-            homogeneous: bool | None = None
-            for target in with_room:
-                rate = job.rates.get(target, 0.0)
-                if rate <= job.rates[source] or free[target] + 1e-9 < job.gang_gpus:
-                    continue
-                if homogeneous is None:  # checked only for jobs that could move at all
-                    homogeneous = all(r.accelerator_type == source for r in allocation.replicas)
-                if not homogeneous:
-                    break
+            entry = scan.get(key)
+            if entry is None or entry[0] is not allocation:
+                entry = scan[key] = self._scan_entry(allocation, present)
+            _, job, source, faster = entry
+            if not faster or job is None or job.gang_gpus > most_room:
+                continue  # it can never move, or no type has room for the gang now
+            for target in faster:
+                if free[target] < 1.0 or free[target] + 1e-9 < job.gang_gpus:
+                    continue  # no room there now
                 x = move_row(job, source, target, now - allocation.started_at_seconds, total[target], pressure[target])
-                score = sum(a * b for a, b in zip(x, w_move, strict=True)) + offset
+                score = sum(map(mul, x, w_move)) + offset
                 if score < 0:
                     candidates.append((score, key, source, target))
         for score, key, source, target in sorted(candidates):
