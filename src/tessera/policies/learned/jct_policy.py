@@ -54,7 +54,13 @@ from tessera.policies.learned.jct_features import (
     queue_rows,
     type_row,
 )
-from tessera.policies.learned.model import ARTIFACTS, CARD_FILE, WEIGHTS_FILE, LinearScorer, ModelLoadError
+from tessera.policies.learned.model import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    LinearScorer,
+    read_artifact,
+    resolve_artifact,
+)
 from tessera.policy import Decision, PolicyContext
 
 JCT_FORMAT = "tessera-learned-jct/1"
@@ -117,27 +123,10 @@ def jct_model(queue_weights: Iterable[float], type_weights: Iterable[float], mov
 
 def load_jct_model(location: str | Path | None = None) -> JctModel:
     """Load and check a JCT artifact; every failure is a :class:`ModelLoadError` naming the file and the fix."""
-    location = DEFAULT_JCT_ARTIFACT if location is None else location
-    path = Path(location)
-    if path.suffix != ".json":
-        path = (path if path.is_dir() or len(path.parts) > 1 else ARTIFACTS / path) / WEIGHTS_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"learned JCT weights not found at {path}; run `make train-jct` to produce them, "
-                             f"or pass weights=<artifact folder or weights.json> (artifacts live in {ARTIFACTS})")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"learned JCT weights at {path} are unreadable ({type(err).__name__}: {err}); "
-                             "restore the file from git or run `make train-jct`") from err
-    if not isinstance(data, dict) or data.get("format") != JCT_FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ModelLoadError(f"{path} is not a learned JCT artifact (format {found!r}, expected {JCT_FORMAT!r})")
-    if str(data.get("feature_version")) != JCT_FEATURE_VERSION:
-        raise ModelLoadError(f"{path} was trained on JCT feature version {data.get('feature_version')!r}; this "
-                             f"Tessera computes version {JCT_FEATURE_VERSION!r}; retrain with `make train-jct`")
-    for key in ("name", "version", "queue", "types", "moves"):
-        if key not in data:
-            raise ModelLoadError(f"{path} lacks {key!r}")
+    path = resolve_artifact(location, DEFAULT_JCT_ARTIFACT)
+    data = read_artifact(path, fmt=JCT_FORMAT, feature_version=JCT_FEATURE_VERSION,
+                         keys=("name", "version", "queue", "types", "moves"), weights="learned JCT weights",
+                         artifact="a learned JCT artifact", features="JCT feature version", train="make train-jct")
     return JctModel(str(data["name"]), str(data["version"]),
                     LinearScorer.from_json(data["queue"], QUEUE_FEATURES, f"{path} queue"),
                     LinearScorer.from_json(data["types"], TYPE_FEATURES, f"{path} types"),

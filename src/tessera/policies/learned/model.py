@@ -123,10 +123,10 @@ class LearnedModel:
         return path
 
 
-def resolve_artifact(location: str | Path | None) -> Path:
+def resolve_artifact(location: str | Path | None, default: str = DEFAULT_ARTIFACT) -> Path:
     """The weights file for ``location``: a weights file, an artifact folder, or an artifact name."""
     if location is None:
-        location = DEFAULT_ARTIFACT
+        location = default
     path = Path(location)
     if path.suffix == ".json":
         return path
@@ -135,30 +135,43 @@ def resolve_artifact(location: str | Path | None) -> Path:
     return ARTIFACTS / path / WEIGHTS_FILE
 
 
-def load_model(location: str | Path | None = None) -> LearnedModel:
-    """Load and check an artifact; every failure is a :class:`ModelLoadError` naming the file and the fix."""
-    path = resolve_artifact(location)
+def read_artifact(
+    path: Path, *, fmt: str, feature_version: str, keys: Sequence[str], weights: str = "learned weights",
+    artifact: str = "a Tessera learned-policy artifact", features: str = "feature version",
+    train: str = "make train",
+) -> dict[str, Any]:
+    """The checked JSON of a weights file: present, readable, of format ``fmt``, computed on
+    ``feature_version`` and holding ``keys``; else a :class:`ModelLoadError` naming the file
+    and the fix (the wording names the artifact kind and its ``train`` command)."""
     if not path.is_file():
         raise ModelLoadError(
-            f"learned weights not found at {path}; run `make train` to produce them, or pass "
+            f"{weights} not found at {path}; run `{train}` to produce them, or pass "
             f"weights=<artifact folder or weights.json> (artifacts live in {ARTIFACTS})"
         )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"learned weights at {path} are unreadable ({type(err).__name__}: {err}); "
-                             "restore the file from git or run `make train`") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelLoadError(f"{weights} at {path} are unreadable ({type(err).__name__}: {err}); "
+                             f"restore the file from git or run `{train}`") from err
+    if not isinstance(data, dict) or data.get("format") != fmt:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ModelLoadError(f"{path} is not a Tessera learned-policy artifact (format {found!r}, expected {FORMAT!r})")
-    if str(data.get("feature_version")) != FEATURE_VERSION:
+        raise ModelLoadError(f"{path} is not {artifact} (format {found!r}, expected {fmt!r})")
+    if str(data.get("feature_version")) != feature_version:
         raise ModelLoadError(
-            f"{path} was trained on feature version {data.get('feature_version')!r}; this Tessera computes "
-            f"version {FEATURE_VERSION!r}; retrain with `make train`"
+            f"{path} was trained on {features} {data.get('feature_version')!r}; this Tessera computes "
+            f"version {feature_version!r}; retrain with `{train}`"
         )
-    for key in ("name", "version", "placement", "ordering"):
+    for key in keys:
         if key not in data:
             raise ModelLoadError(f"{path} lacks {key!r}")
+    return data
+
+
+def load_model(location: str | Path | None = None) -> LearnedModel:
+    """Load and check an artifact; every failure is a :class:`ModelLoadError` naming the file and the fix."""
+    path = resolve_artifact(location)
+    data = read_artifact(path, fmt=FORMAT, feature_version=FEATURE_VERSION,
+                         keys=("name", "version", "placement", "ordering"))
     return LearnedModel(
         name=str(data["name"]),
         version=str(data["version"]),
