@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, start_http_server
 
 
 def free_port() -> int:
@@ -58,3 +59,17 @@ def run_prometheus(binary: str, work: Path, job: str, target: str) -> Iterator[s
             proc.kill()
             proc.wait()
         log.close()
+
+
+class ExporterServer:
+    """A metrics endpoint on a free loopback port serving its own registry; subclasses add
+    the metrics a test sets and Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.port = free_port()
+        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

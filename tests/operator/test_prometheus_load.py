@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from prometheus_server import free_port, run_prometheus
+from prometheus_client import Counter, Gauge
+from prometheus_server import ExporterServer, free_port, run_prometheus
 
 from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement, WorkloadKind
 from tessera.engine import with_load
@@ -41,17 +41,11 @@ def prometheus_binary() -> str:
     pytest.skip(reason)
 
 
-class Exporter:
+class Exporter(ExporterServer):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.rps = Gauge("tessera_test_requests_per_second", "test load", ["namespace", "service", "pod"], registry=self.registry)
         self.requests = Counter("tessera_inference_requests", "test requests", ["namespace", "service"], registry=self.registry)
-        self.port = free_port()
-        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess, Poller, clean_up
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import Gauge
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_server import free_port, run_prometheus
+from prometheus_server import ExporterServer, free_port, run_prometheus
 from test_prometheus_load import prometheus_binary
 
 pytestmark = pytest.mark.cluster
@@ -48,19 +48,13 @@ spec:
 """
 
 
-class Exporter:
+class Exporter(ExporterServer):
     """requests/s per service, as a gauge Prometheus scrapes."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.rps = Gauge("tessera_test_service_requests_per_second", "test load", ["namespace", "service"],
                          registry=self.registry)
-        self.port = free_port()
-        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
