@@ -1,13 +1,17 @@
 """Goodput of elastic resharding vs restart vs none under node failures (simulator).
 
-Runs ``sim/scenarios/node-failures.yaml`` (seeded per-node MTBF/MTTR) and
-``sim/scenarios/node-failures-helios.yaml`` (availability from the Helios artifact's Philly
-node sequence; skipped when the public data is absent) for each seed under the modes
-``elastic``, ``restart`` (rigid jobs, killed and requeued at full size), ``none`` (stall until
-the nodes return), plus ``restart-any`` (kill and requeue, but the job may come back smaller;
-nothing grows it back) for reference.  Every mode of a seed sees the same failures, so the
-ratios are paired.  A sweep over the per-node MTBF shows how the ratio depends on the failure
-rate.
+Runs ``sim/scenarios/node-failures.yaml`` (large 8/16-node jobs on a dedicated 16-node cluster,
+seeded per-node MTBF/MTTR, in-memory reshard), ``node-failures-helios.yaml`` (the same jobs,
+availability from the Helios artifact's Philly node sequence; skipped when the public data is
+absent) and the first two scenarios, kept as ``node-failures-backlog.yaml`` and
+``node-failures-helios-backlog.yaml`` (a standing backlog of 4/8-node jobs, checkpoint reshard),
+for each seed under the modes ``elastic``, ``restart`` (rigid jobs, killed and requeued at full
+size), ``none`` (stall until the nodes return), plus ``restart-any`` (kill and requeue, but the
+job may come back smaller; nothing grows it back), ``elastic-growfirst`` and elastic with the
+other reshard cost model (``elastic-checkpoint`` / ``elastic-in_memory``), so the effect of the
+in-memory reshard alone is visible.  Every mode of a seed sees the same failures, so the ratios
+are paired.  A sweep over the per-node MTBF, a run with two spare nodes and a run without
+failures show how the ratio depends on the setting.
 
     nice -n 10 .venv/bin/python -m bench elastic
     nice -n 10 .venv/bin/python -m bench.bench_elastic --seeds 0 --no-sweep      # quick
@@ -22,17 +26,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.common import write_results
 from tessera.sim.run_cli import run_scenario
-from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
+from tessera.sim.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from tessera.sim.simulator import DONE, Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("node-failures", "node-failures-helios")
-MODES = ("elastic", "restart", "none", "restart-any", "elastic-growfirst")
+SCENARIOS = ("node-failures", "node-failures-helios", "node-failures-backlog", "node-failures-helios-backlog")
+MODES = ("elastic", "restart", "none", "restart-any", "elastic-growfirst", "elastic-checkpoint", "elastic-in_memory")
 #: modes whose finished jobs define the common set for the paired JCT (``none`` finishes too few)
-JCT_MODES = ("elastic", "restart", "restart-any", "elastic-growfirst")
+JCT_MODES = ("elastic", "restart", "restart-any", "elastic-growfirst", "elastic-checkpoint", "elastic-in_memory")
 SWEEP_MTBF_HOURS = (24.0, 48.0, 96.0, 192.0)
+SPARE_NODES = 2
 
 
 def _with_failures(scenario: Scenario, **changes: Any) -> Scenario:
@@ -59,6 +66,7 @@ def _row(label: str, record: dict[str, Any], sim: Simulator) -> dict[str, Any]:
         "scenario": label,
         "seed": record["seed"],
         "mode": record["failure_mode"],
+        "rollback": record.get("rollback", "checkpoint"),
         "goodput_acc_h": record["goodput"],
         "goodput_fraction": record["goodput_fraction"],
         "capacity_acc_h": capacity_acc_h,
@@ -98,13 +106,18 @@ def _add_common_jct(rows: list[dict[str, Any]]) -> None:
 
 
 def run_modes(scenario: Scenario, seeds: list[int], label: str, *, variants: bool = True) -> list[dict[str, Any]]:
-    """One row per (seed, mode): the scenario's modes, plus ``restart-any`` and ``elastic-growfirst``."""
+    """One row per (seed, mode): the scenario's modes, plus ``restart-any``, ``elastic-growfirst``
+    and elastic under the other reshard cost model (``elastic-checkpoint`` or ``elastic-in_memory``)."""
     runs = _runs(scenario, seeds)
     if variants:
         runs += _runs(_with_failures(scenario, modes=["restart"], rigid_baselines=False), seeds, "restart-any")
         assert scenario.spec.failures is not None
-        grow_first = scenario.spec.failures.elastic.model_copy(update={"grow_before_placement": True})
+        elastic = scenario.spec.failures.elastic
+        grow_first = elastic.model_copy(update={"grow_before_placement": True})
         runs += _runs(_with_failures(scenario, modes=["elastic"], elastic=grow_first), seeds, "elastic-growfirst")
+        other = "checkpoint" if elastic.rollback == "in_memory" else "in_memory"
+        flipped = elastic.model_copy(update={"rollback": other})
+        runs += _runs(_with_failures(scenario, modes=["elastic"], elastic=flipped), seeds, f"elastic-{other}")
     rows = [_row(label, record, sim) for record, sim in runs]
     _add_common_jct(rows)
     return rows
@@ -124,6 +137,8 @@ def summarize_modes(rows: list[dict[str, Any]], label: str) -> list[dict[str, An
         if not mine:
             continue
         ratios = [by[(s, "elastic")]["goodput_acc_h"] / by[(s, mode)]["goodput_acc_h"] for s in seeds]
+        # every mode against the rigid restart baseline (the issue's target is elastic >= 1.3x this)
+        over_restart = [by[(s, mode)]["goodput_acc_h"] / by[(s, "restart")]["goodput_acc_h"] for s in seeds]
         # elastic's goodput cannot exceed the available accelerator-hours (linear scaling):
         # capacity / goodput(mode) is the largest ratio any elastic policy could reach
         bounds = [by[(s, mode)]["capacity_acc_h"] / by[(s, mode)]["goodput_acc_h"] for s in seeds]
@@ -131,12 +146,15 @@ def summarize_modes(rows: list[dict[str, Any]], label: str) -> list[dict[str, An
             {
                 "scenario": label,
                 "mode": mode,
+                "rollback": mine[0]["rollback"],
                 "seeds": len(mine),
                 "goodput_acc_h": statistics.fmean(r["goodput_acc_h"] for r in mine),
                 "goodput_fraction": statistics.fmean(r["goodput_fraction"] for r in mine),
                 "elastic_over_this": statistics.fmean(ratios),
                 "elastic_over_this_min": min(ratios),
                 "ratio_bound": statistics.fmean(bounds),
+                "over_restart": statistics.fmean(over_restart),
+                "over_restart_min": min(over_restart),
                 "lost_work_acc_h": statistics.fmean(r["lost_work_acc_h"] for r in mine),
                 "jobs_finished": statistics.fmean(r["jobs_finished"] for r in mine),
                 "finished_by_size": " ".join(r["finished_by_size"] for r in mine),
@@ -182,6 +200,17 @@ def main(argv: list[str]) -> int:
             rows += sweep_rows
             summary += summarize_modes(sweep_rows, label)
             print(f"{label} (MTTR {mttr:g} h): done", flush=True)
+    # sensitivity: two spare nodes (18 nodes for the same jobs, as reservations keep hot spares),
+    # so a rigid 16-node gang survives up to two nodes down
+    raw = yaml.safe_load((ROOT / "sim" / "scenarios" / "node-failures.yaml").read_text())
+    raw["cluster"]["nodes"][0]["count"] += SPARE_NODES
+    spares = scenario_from_dict(raw, ROOT / "sim" / "scenarios" / "node-failures.yaml")
+    spares = _with_failures(spares, modes=["elastic", "restart", "none"])
+    label = f"node-failures +{SPARE_NODES} spare nodes"
+    spare_rows = run_modes(spares, seeds, label, variants=False)
+    rows += spare_rows
+    summary += summarize_modes(spare_rows, label)
+    print(f"{label}: done", flush=True)
     # control: the same workload without failures (how much is elastic scheduling alone)
     base = load_scenario(ROOT / "sim" / "scenarios" / "node-failures.yaml")
     control = _with_failures(base, classes=[], modes=["elastic", "restart"])
@@ -189,18 +218,22 @@ def main(argv: list[str]) -> int:
     rows += control_rows
     summary += summarize_modes(control_rows, "node-failures without failures")
     notes.append(
-        "goodput = useful accelerator-hours (kept progress at linear scaling); elastic_over_this = "
-        "mean over seeds of goodput(elastic)/goodput(mode), paired by seed (same failures); ratio_bound = "
-        "mean of available accelerator-hours / goodput(mode): no elastic policy can beat that ratio. "
-        "finished_by_size: finished jobs per requested size (sizes 4/8 nodes), one group per seed. "
-        "avg_jct_common_h: JCT over the jobs that elastic, restart, restart-any and elastic-growfirst all "
+        "goodput = useful accelerator-hours (kept progress at linear scaling); rollback = how the row's "
+        "elastic reshards recover state (in_memory: survivors keep it, pause failures.elastic.reshard_pause_seconds; "
+        "checkpoint: roll back to the last checkpoint, pay the restart cost; restart and none always roll back); "
+        "over_restart = mean over seeds of goodput(mode)/goodput(restart), paired by seed (same failures), "
+        "min over seeds beside it; elastic_over_this = goodput(elastic)/goodput(mode), paired; ratio_bound = "
+        "mean of available accelerator-hours / goodput(mode): no policy can beat that ratio over this mode. "
+        "finished_by_size: finished jobs per requested size (sizes 8/16 nodes in node-failures*, 4/8 in "
+        "*-backlog), one group per seed. avg_jct_common_h: JCT over the jobs that every mode except none "
         "finished in that seed (jobs_common of them); avg_jct_h is over each mode's own finished jobs. "
         "elastic-growfirst: elastic with failures.elastic.grow_before_placement (running jobs below target "
-        "grow before queued jobs start)."
+        "grow before queued jobs start); elastic-checkpoint / elastic-in_memory: elastic with the other "
+        "reshard cost model than the scenario's. The sweep, spare-node and no-failure rows vary node-failures."
     )
-    columns = ["scenario", "mode", "seeds", "goodput_acc_h", "goodput_fraction", "elastic_over_this",
-               "elastic_over_this_min", "ratio_bound", "lost_work_acc_h", "jobs_finished", "finished_by_size",
-               "avg_jct_h", "avg_jct_common_h", "jobs_common", "reshards", "restarts"]
+    columns = ["scenario", "mode", "rollback", "seeds", "goodput_acc_h", "goodput_fraction", "over_restart",
+               "over_restart_min", "elastic_over_this", "ratio_bound", "lost_work_acc_h", "jobs_finished",
+               "finished_by_size", "avg_jct_h", "avg_jct_common_h", "jobs_common", "reshards", "restarts"]
     json_path, md_path = write_results(
         "elastic",
         rows,

@@ -16,6 +16,7 @@ from tessera.core import (
 )
 from tessera.policies.elastic import (
     REMAINING_SECONDS_ATTRIBUTE,
+    RESHARD_COST_ATTRIBUTE,
     ElasticBestFit,
     ElasticSettings,
     ElasticWrapper,
@@ -172,6 +173,24 @@ def test_no_grow_when_gain_below_restart_cost():
     w = replace(w, attributes={REMAINING_SECONDS_ATTRIBUTE: "200"})
     snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1"])], 1000.0)
     assert decide(snap).resizes
+
+
+def test_in_memory_reshard_cost_replaces_the_restart_cost_in_the_growth_test():
+    # 50 s saved: not worth a 60 s restart, worth a 10 s in-memory reshard
+    w = replace(job(replicas=(2, 4)), attributes={REMAINING_SECONDS_ATTRIBUTE: "100", RESHARD_COST_ATTRIBUTE: "10"})
+    snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1"])], 1000.0)
+    (resize,) = decide(snap).resizes
+    assert "resize cost 10s" in resize.reason
+    w = replace(w, attributes={REMAINING_SECONDS_ATTRIBUTE: "100", RESHARD_COST_ATTRIBUTE: "49"})
+    snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1"])], 1000.0)
+    assert decide(snap).resizes
+    w = replace(w, attributes={REMAINING_SECONDS_ATTRIBUTE: "100", RESHARD_COST_ATTRIBUTE: "51"})
+    snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1"])], 1000.0)
+    assert decide(snap).empty
+    # a malformed value falls back to the restart cost (the safe assumption)
+    w = replace(w, attributes={REMAINING_SECONDS_ATTRIBUTE: "100", RESHARD_COST_ATTRIBUTE: "fast"})
+    snap = ClusterSnapshot(nodes("n", 4), [running(w, ["n-0", "n-1"])], 1000.0)
+    assert decide(snap).empty
 
 
 def test_grow_only_to_counts_that_shard_exactly():

@@ -20,7 +20,8 @@
    grows when (a) its replica set has been stable for ``hysteresis_seconds`` (read from
    ``Allocation.stable_since_seconds``, i.e. from cluster state, never from memory in this
    object), and (b) the estimated time saved exceeds the restart cost:
-   ``remaining x (1 - T_old / T_new) > restart_cost_seconds + min_gain_seconds`` where
+   ``remaining x (1 - T_old / T_new) > resize cost + min_gain_seconds`` (resize cost: the
+   restart cost, or the in-memory reshard pause of a job that declares one) where
    ``T`` is :func:`~tessera.core.sharding.plan_throughput` of the old and new plans.
    Pending workloads are served first: growth only takes what the inner policy left.
    With ``grow_before_placement`` growth runs before step 2 instead, for running jobs
@@ -40,8 +41,11 @@ best-fit); ``ElasticWrapper(inner)`` composes with anything else.
 Parameters (``PolicyContext.params``, overriding the constructor):
 ``elastic_hysteresis_seconds``, ``elastic_min_gain_seconds``,
 ``elastic_assumed_remaining_seconds``, ``elastic_grow_before_placement``.  Per workload (``Workload.attributes``):
-``tessera.dev/remaining-seconds`` (estimated time left at the current size) and
-``tessera.dev/allow-uneven-split`` ("true" lets identical ranks differ by one micro-batch).
+``tessera.dev/remaining-seconds`` (estimated time left at the current size),
+``tessera.dev/allow-uneven-split`` ("true" lets identical ranks differ by one micro-batch) and
+``tessera.dev/reshard-cost-seconds`` (the job reshards *in memory*: survivors keep their
+state and new replicas copy it from a peer, so a resize pauses it this long instead of
+``restart_cost_seconds``; see :func:`resize_cost_seconds`).
 """
 
 from __future__ import annotations
@@ -72,6 +76,33 @@ from tessera.policy import Decision, Policy, PolicyContext
 
 REMAINING_SECONDS_ATTRIBUTE = "tessera.dev/remaining-seconds"
 ALLOW_UNEVEN_ATTRIBUTE = "tessera.dev/allow-uneven-split"
+#: set on a workload whose data-parallel replicas each hold the complete model and optimizer
+#: state (no ZeRO/FSDP sharding across DP): it reshards without a checkpoint reload, pausing
+#: for this many seconds (rebuild the process group; new replicas receive state from a peer)
+RESHARD_COST_ATTRIBUTE = "tessera.dev/reshard-cost-seconds"
+#: "sharded" when data-parallel replicas split the training state (ZeRO, FSDP, a distributed
+#: optimizer): losing one loses state only the checkpoint has, so the job cannot reshard in
+#: memory.  Anything else (the default) means every DP replica holds all of it.
+DP_STATE_ATTRIBUTE = "tessera.dev/dp-state"
+
+
+def in_memory_reshard_seconds(workload: Workload) -> float | None:
+    """The pause of an in-memory reshard of ``workload``, or None when it reshards through its checkpoint."""
+    raw = workload.attributes.get(RESHARD_COST_ATTRIBUTE)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None  # a malformed value: fall back to the safe (checkpoint) assumption
+    return value if value >= 0 else None
+
+
+def resize_cost_seconds(workload: Workload) -> float:
+    """What one resize costs ``workload`` in paused time: the in-memory reshard pause when it
+    declares one (``tessera.dev/reshard-cost-seconds``), else its restart cost (checkpoint reload)."""
+    pause = in_memory_reshard_seconds(workload)
+    return workload.restart_cost_seconds if pause is None else pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +375,8 @@ class ElasticWrapper:
             workload.attributes.get(REMAINING_SECONDS_ATTRIBUTE, settings.assumed_remaining_seconds)
         )
         saved_seconds = remaining * (1.0 - old_rate / choice.throughput)
-        if saved_seconds <= workload.restart_cost_seconds + settings.min_gain_seconds:
+        cost_seconds = resize_cost_seconds(workload)
+        if saved_seconds <= cost_seconds + settings.min_gain_seconds:
             return None
         for assignment in choice.add:
             ledger.take(assignment.node, workload.demand, assignment.devices)
@@ -356,7 +388,7 @@ class ElasticWrapper:
             add=choice.add,
             reason=(
                 f"grow {len(allocation.replicas)} -> {total} replicas: saves ~{saved_seconds:.0f}s "
-                f"> restart cost {workload.restart_cost_seconds:.0f}s"
+                f"> resize cost {cost_seconds:.0f}s"
             ),
         )
 

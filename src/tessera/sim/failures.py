@@ -24,10 +24,17 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as _replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from tessera.core import WorkloadKind
-from tessera.policies.elastic import ElasticSettings, ElasticWrapper
+from tessera.policies.elastic import (
+    DP_STATE_ATTRIBUTE,
+    RESHARD_COST_ATTRIBUTE,
+    ElasticSettings,
+    ElasticWrapper,
+    in_memory_reshard_seconds,
+)
 from tessera.policy import Policy
 from tessera.sim.simulator import Observer, RestartOnFailure, register_failure_mode
 
@@ -149,8 +156,23 @@ def downtime_fraction(transitions: Sequence[NodeTransition], nodes: Sequence[str
 # ----- failure modes: what a lost replica does to a training job ------------------------------
 
 
+#: how an elastic job recovers its state on a reshard (``failures.elastic.rollback``)
+ROLLBACK_CHECKPOINT, ROLLBACK_IN_MEMORY = "checkpoint", "in_memory"
+
+
 class ElasticOnFailure:
-    """``elastic`` mode: the job stalls, rolls back to its checkpoint, and the policy reshards it.
+    """``elastic`` mode: the job stalls and the policy reshards it at the next cycle.
+
+    What the failure costs depends on where the job's state survives:
+
+    * through its checkpoint (default): progress rolls back to the last periodic checkpoint,
+      and the resize pauses it for its restart cost (reload, rebuild the groups);
+    * in memory (the workload carries ``tessera.dev/reshard-cost-seconds``, set by
+      :func:`workloads_for_mode` under ``failures.elastic.rollback: in_memory``): every
+      surviving data-parallel replica holds the whole model and optimizer state, so
+      nothing is rolled back and the resize pauses it for the reshard pause only.  If the
+      policy releases the job instead (fewer than ``min`` survive), the requeue restarts it
+      from its checkpoint after all (:meth:`Simulator.keep_in_memory`).
 
     The policy run in this mode is wrapped in :class:`~tessera.policies.elastic.ElasticWrapper`
     (see :func:`policy_for_mode`), which at the next cycle shrinks the job onto its
@@ -162,7 +184,10 @@ class ElasticOnFailure:
         if job.is_service:
             RestartOnFailure().on_replicas_lost(sim, job, lost)
             return
-        sim.lose_since_checkpoint(job)
+        if in_memory_reshard_seconds(job.workload) is not None:
+            sim.keep_in_memory(job)
+        else:
+            sim.lose_since_checkpoint(job)
         sim.stall_job(job)
         sim.request_cycle()
 
@@ -207,21 +232,41 @@ def policy_for_mode(mode: str, policy: Policy, settings: ElasticSettings | None 
     return policy
 
 
-def workloads_for_mode(mode: str, workloads: Sequence[SimWorkload], *, rigid_baselines: bool) -> list[SimWorkload]:
+def workloads_for_mode(
+    mode: str,
+    workloads: Sequence[SimWorkload],
+    *,
+    rigid_baselines: bool,
+    reshard_pause_seconds: float | None = None,
+) -> list[SimWorkload]:
     """The workloads a mode runs.
 
     With ``rigid_baselines``, ``restart`` and ``none`` run training jobs as fixed-size gangs
     (min = max replicas): that is how a job without elastic support runs, killed and
     restarted at its configured size.  Without it they keep the elastic range (a restart
     may come back smaller, but nothing grows it again).
+
+    ``reshard_pause_seconds`` (not None: ``failures.elastic.rollback: in_memory``) marks the
+    ``elastic`` mode's training jobs as resharding in memory with that pause
+    (``tessera.dev/reshard-cost-seconds``), except those whose data-parallel replicas shard
+    the state (``tessera.dev/dp-state: sharded``), which keep the checkpoint reload.
+    Restart and none always reload the checkpoint: a killed job has no survivors to copy from.
     """
-    if not rigid_baselines or mode not in ("restart", "none"):
-        return list(workloads)
     out = []
     for spec in workloads:
         w = spec.workload
-        if w.kind is WorkloadKind.TRAINING and w.min_replicas != w.max_replicas:
-            spec = _replace(spec, workload=_replace(w, min_replicas=w.max_replicas, desired_replicas=None))
+        if w.kind is WorkloadKind.TRAINING:
+            if rigid_baselines and mode in ("restart", "none") and w.min_replicas != w.max_replicas:
+                w = _replace(w, min_replicas=w.max_replicas, desired_replicas=None)
+            if (
+                mode == "elastic"
+                and reshard_pause_seconds is not None
+                and w.attributes.get(DP_STATE_ATTRIBUTE, "replicated") != "sharded"
+            ):
+                attributes = {**w.attributes, RESHARD_COST_ATTRIBUTE: f"{reshard_pause_seconds:g}"}
+                w = _replace(w, attributes=MappingProxyType(attributes))
+            if w is not spec.workload:
+                spec = _replace(spec, workload=w)
         out.append(spec)
     return out
 

@@ -61,7 +61,9 @@ def run_scenario(
     rigid = scenario.spec.failures.rigid_baselines if scenario.spec.failures else False
     for seed, mode, name in ((s, m, n) for s in seeds for m in modes for n in policies):
         all_workloads, window = scenario.workloads(seed)
-        workloads = failures.workloads_for_mode(mode, all_workloads, rigid_baselines=rigid)
+        workloads = failures.workloads_for_mode(
+            mode, all_workloads, rigid_baselines=rigid, reshard_pause_seconds=scenario.reshard_pause_seconds
+        )
         policy = failures.policy_for_mode(
             mode, load_policy(name, **scenario.spec.policy_params.get(name, {})), scenario.elastic_settings
         )
@@ -94,6 +96,8 @@ def run_scenario(
         record["scenario"] = scenario.spec.name
         record["policy"] = name  # the wrapped policy in elastic mode reports the inner name
         record["failure_mode"] = mode
+        # how the run's elastic reshards recovered state; restart and none always reload
+        record["rollback"] = scenario.elastic_rollback if mode == "elastic" else "checkpoint"
         records.append(record)
         if keep_sims:
             sims.append(sim)

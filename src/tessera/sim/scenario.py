@@ -8,17 +8,19 @@ file.  See ``sim/README.md`` for the format with examples.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tessera.core import Node, Spread, Topology
-from tessera.policies.elastic import ElasticSettings
+from tessera.policies.elastic import DP_STATE_ATTRIBUTE, ElasticSettings
 from tessera.sim import generators
 from tessera.sim.loaders import azure_llm, gavel, philly, sia, splitwise
 from tessera.sim.models import LoadSeries, NodeEvent, SimWorkload
@@ -100,6 +102,10 @@ class SyntheticGenerator(_Strict):
     global_batch_size: int | None = Field(default=None, ge=1)
     micro_batch_size: int | None = Field(default=None, ge=1)
     tensor_parallel: int = Field(default=1, ge=1)
+    #: ``replicated``: every data-parallel replica holds the whole model + optimizer state (a
+    #: failure-driven reshard may keep it in memory); ``sharded``: ZeRO/FSDP/distributed optimizer
+    #: across DP, so a lost replica takes state only the checkpoint has (always reloads)
+    dp_state: Literal["replicated", "sharded"] = "replicated"
 
 
 class TraceWorkload(_Strict):
@@ -220,6 +226,18 @@ class ElasticSettingsSpec(_Strict):
     min_gain_seconds: float = Field(default=0.0, ge=0)
     assumed_remaining_seconds: float = Field(default=3600.0, ge=0)
     grow_before_placement: bool = False
+    #: how a reshard recovers the job's state (the simulator's cost model, not a policy setting):
+    #: ``checkpoint``: roll back to the last checkpoint and pay the restart cost (safe for any
+    #: job); ``in_memory``: survivors keep their state (every data-parallel replica holds the
+    #: whole model + optimizer, i.e. no ZeRO/FSDP across DP; jobs declaring
+    #: ``dp_state: sharded`` fall back to checkpoint) and a reshard pauses the job for
+    #: ``reshard_pause_seconds``; new replicas receive the state from a survivor
+    rollback: Literal["checkpoint", "in_memory"] = "checkpoint"
+    reshard_pause_seconds: float = Field(default=60.0, ge=0)
+
+
+#: ``failures.elastic`` keys that configure the simulator's reshard cost, not the policy wrapper
+_RESHARD_MODEL_KEYS = {"rollback", "reshard_pause_seconds"}
 
 
 class FailureSpec(_Strict):
@@ -337,7 +355,19 @@ class Scenario:
     def elastic_settings(self) -> ElasticSettings:
         """The elastic mode's wrapper settings (``failures.elastic``; defaults without it)."""
         spec = self.spec.failures.elastic if self.spec.failures is not None else ElasticSettingsSpec()
-        return ElasticSettings(**spec.model_dump())
+        return ElasticSettings(**spec.model_dump(exclude=_RESHARD_MODEL_KEYS))
+
+    @property
+    def elastic_rollback(self) -> str:
+        """``checkpoint`` or ``in_memory``: how the elastic mode's reshards recover state."""
+        return self.spec.failures.elastic.rollback if self.spec.failures is not None else "checkpoint"
+
+    @property
+    def reshard_pause_seconds(self) -> float | None:
+        """The in-memory reshard pause, or None when elastic jobs reshard through their checkpoint."""
+        if self.spec.failures is None or self.spec.failures.elastic.rollback != "in_memory":
+            return None
+        return self.spec.failures.elastic.reshard_pause_seconds
 
     def config(self, seed: int) -> SimConfig:
         s = self.spec.sim
@@ -524,6 +554,12 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
             micro_batch_size=training.micro_batch_size,
             tensor_parallel=training.tensor_parallel,
         )
+        if training.dp_state == "sharded":
+            out = [
+                dataclasses.replace(w, workload=dataclasses.replace(
+                    w.workload, attributes=MappingProxyType({**w.workload.attributes, DP_STATE_ATTRIBUTE: "sharded"})))
+                for w in out
+            ]
         window = _window(out, training.measure_window)
     elif isinstance(training, TraceWorkload):
         path = scenario.resolve(training.path)

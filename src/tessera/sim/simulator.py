@@ -54,7 +54,7 @@ from tessera.core import (
     Workload,
 )
 from tessera.engine import CycleResult, Engine
-from tessera.policies.elastic import REMAINING_SECONDS_ATTRIBUTE
+from tessera.policies.elastic import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
 from tessera.policy import Policy
 from tessera.sim import events as ev
 from tessera.sim.models import NodeEvent, SimWorkload, sorted_by_arrival
@@ -86,6 +86,7 @@ class SimJob:
         "rate",
         "reshards",
         "restarts",
+        "rollback_pending",
         "served",
         "slo_seconds",
         "spec",
@@ -121,6 +122,9 @@ class SimJob:
         self.lost_work = 0.0
         #: run time whose progress was lost to failures (work lost / rate at the time)
         self.lost_seconds = 0.0
+        #: work an in-memory reshard kept after a failure but a requeue would still lose
+        #: (the job restarts from its checkpoint when the policy releases it instead)
+        self.rollback_pending = 0.0
         # inference accounting
         self.load = spec.load.at(self.arrival) if spec.load is not None else 0.0
         self.svc_last = self.arrival
@@ -382,6 +386,10 @@ class Simulator:
             if not pre.after_failure:  # a release after failure is counted as the failure
                 self.preemptions += 1
                 job.preemptions += 1
+            elif job.rollback_pending > 0.0:
+                # kept in memory for a reshard that did not happen: the requeued job
+                # restarts from its checkpoint like any other
+                self._roll_back(job, job.rollback_pending)
             self.stop_job(job, lose_since_checkpoint=False)
         for rs in plan.resizes:
             if rs.remove:
@@ -400,8 +408,11 @@ class Simulator:
             assert job.alloc is not None
             job.alloc = dataclasses.replace(job.alloc, resized_at_seconds=self.now_seconds)
             self._allocs[job.key] = job.alloc
-            job.stint_start = self.now_seconds  # restarted from a checkpoint on the new shape
-            self._after_change(job, penalty=job.workload.restart_cost_seconds)
+            job.stint_start = self.now_seconds  # a new checkpoint period on the new shape
+            job.rollback_pending = 0.0
+            # a checkpoint reload (restart cost) or, for a job that reshards in memory
+            # (tessera.dev/reshard-cost-seconds), only the reshard pause
+            self._after_change(job, penalty=resize_cost_seconds(job.workload))
 
     def record_cycle(self, result: CycleResult) -> None:
         """MetricsSink port."""
@@ -459,20 +470,41 @@ class Simulator:
     def jobs_on(self, node: str) -> list[SimJob]:
         return list(self._node_jobs[node])
 
-    def lose_since_checkpoint(self, job: SimJob) -> None:
-        """A failure hit ``job``: roll its progress back to its last periodic checkpoint."""
+    def work_since_checkpoint(self, job: SimJob) -> float:
+        """The progress ``job`` made since its last periodic checkpoint (what a reload loses)."""
         self._advance(job)
         if job.is_service:
-            return
+            return 0.0
         effective_start = max(job.stint_start, job.paused_until)
         ran = max(0.0, self.now_seconds - effective_start)
         interval = self.config.checkpoint_interval_seconds
         lost_seconds = ran % interval if interval > 0 else ran
-        lost = min(job.progress, job.rate * lost_seconds)
+        return min(job.progress, job.rate * lost_seconds)
+
+    def lose_since_checkpoint(self, job: SimJob) -> None:
+        """A failure hit ``job``: roll its progress back to its last periodic checkpoint."""
+        if job.is_service:
+            self._advance(job)
+            return
+        self._roll_back(job, self.work_since_checkpoint(job))
+        job.failures += 1
+
+    def keep_in_memory(self, job: SimJob) -> None:
+        """A failure hit ``job``, whose surviving replicas hold its whole state: nothing is rolled
+        back now (the in-flight step is part of the reshard pause), but if the job is released
+        instead of resharded, the requeue restarts it from its checkpoint (``rollback_pending``)."""
+        if job.is_service:
+            self._advance(job)
+            return
+        job.rollback_pending = max(job.rollback_pending, self.work_since_checkpoint(job))
+        job.failures += 1
+
+    def _roll_back(self, job: SimJob, lost_work: float) -> None:
+        lost = min(job.progress, lost_work)
         job.progress -= lost
         job.lost_work += lost
         job.lost_seconds += lost / job.rate if job.rate > 0 else 0.0
-        job.failures += 1
+        job.rollback_pending = 0.0
 
     def stall_job(self, job: SimJob) -> None:
         """Stop ``job`` making progress while it keeps its replicas (it lost one and waits).
@@ -498,6 +530,7 @@ class Simulator:
         if job.is_service:
             self._svc_advance(job)
         self._release_all(job)
+        job.rollback_pending = 0.0
         job.state = PENDING
         job.rate = 0.0
         job.version += 1
