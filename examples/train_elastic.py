@@ -10,10 +10,16 @@ synthetic data set.  What it shows is the contract, not the model:
   processes ``rank_micro_batches[r]`` micro-batches of ``micro_batch`` samples and
   accumulates gradients; the summed gradient is divided by the *global* batch (not by
   dp), which is what keeps uneven and heterogeneous splits exact;
-* it checkpoints after every step (atomically) and resumes from the checkpoint at start;
+* it checkpoints every ``--checkpoint-every`` steps (atomically) and resumes from the
+  checkpoint at start (a replica new to the job; a real script may instead receive the
+  state from a surviving peer by broadcast);
 * before every step it polls ``$TESSERA_PLAN_DIR/generation``; on a change it re-reads the
-  plan, reloads the checkpoint and carries on under the new plan, or exits 0 when its
-  replica is no longer part of the plan.
+  plan and carries on under the new plan with the state it holds in memory (every DP
+  replica holds the whole model and optimizer state, so a survivor loses nothing: this is
+  the in-memory reshard the simulator's ``failures.elastic.rollback: in_memory`` assumes),
+  or exits 0 when its replica is no longer part of the plan.  With ``--reshard-from
+  checkpoint`` (for state sharded across DP, e.g. ZeRO/FSDP, where a lost replica took
+  part of it) it reloads the last checkpoint instead.
 
 Without torch there is no process group, so this script plays every DP rank of the plan in
 one process (the "all-reduce" is a sum in memory).  A real script replaces
@@ -104,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=os.environ.get("TESSERA_CHECKPOINT", "checkpoint.json"))
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--step-seconds", type=float, default=0.0, help="sleep per step (to watch a reshard)")
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="write the checkpoint every N steps")
+    parser.add_argument("--reshard-from", choices=("memory", "checkpoint"), default="memory",
+                        help="on a plan change keep the in-memory state (DP replicas hold all of it) or reload "
+                             "the checkpoint (state sharded across DP)")
     args = parser.parse_args(argv)
 
     plan_dir = os.environ.get("TESSERA_PLAN_DIR")
@@ -122,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         current = read_generation(plan_dir, plan)
         if current != generation:
             plan = load_plan(plan_dir)
-            state = load_checkpoint(checkpoint)  # resume from the last completed step
+            if args.reshard_from == "checkpoint":
+                state = load_checkpoint(checkpoint)  # roll back to the last checkpoint
+            # else: a survivor keeps its in-memory state (the last completed step); a real
+            # script rebuilds its process group here and broadcasts the state to new replicas
             emit("reshard", step=state["step"], generation_from=generation, generation_to=current,
-                 dp=plan["dp"], rank_micro_batches=plan["rank_micro_batches"])
+                 dp=plan["dp"], rank_micro_batches=plan["rank_micro_batches"], state_from=args.reshard_from)
             generation = current
             if replica not in plan["replicas"]:
                 emit("leave", replica=replica, generation=generation)
@@ -132,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         w, b, loss = train_step(state["step"], state["w"], state["b"], plan, args.lr)
         state = {"step": state["step"] + 1, "w": w, "b": b, "generation": generation}
         # only the first replica of the plan writes the shared checkpoint, as in DDP
-        if plan["replicas"][0] == replica:
+        last = state["step"] >= args.steps
+        if plan["replicas"][0] == replica and (state["step"] % max(1, args.checkpoint_every) == 0 or last):
             save_checkpoint(checkpoint, state)
         emit("step", step=state["step"], loss=loss, generation=generation)
         if args.step_seconds:

@@ -119,6 +119,48 @@ def test_reshard_in_place_on_generation_change(tmp_path):
     assert done["event"] == "done" and done["w"] == pytest.approx(w, abs=1e-12) and done["b"] == pytest.approx(b)
 
 
+def _reshard_after(tmp_path: Path, step: int, *args: str) -> list[dict]:
+    """Run 20 steps with rare checkpoints; swap the plan (4 -> 3 replicas) after ``step``."""
+    plan_dir = tmp_path / "plan"
+    plan_dir.mkdir()
+    first = plan(4, [0, 1, 2, 3], 1)
+    publish(plan_dir, configmap_data("demo", "ns", first), 1)
+    proc = run(tmp_path, plan_dir, first, 0, "--steps", "20", "--step-seconds", "0.05",
+               "--checkpoint-every", "1000", *args)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        event = json.loads(line)
+        if event["event"] == "step" and event["step"] >= step:
+            break
+    second = plan(3, [0, 1, 2], 2)
+    publish(plan_dir, configmap_data("demo", "ns", second), 2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return events("".join(seen) + out)
+
+
+def test_in_memory_reshard_keeps_progress_without_a_checkpoint(tmp_path):
+    log = _reshard_after(tmp_path, 5)
+    (reshard,) = [e for e in log if e["event"] == "reshard"]
+    assert reshard["state_from"] == "memory" and reshard["step"] >= 5  # no checkpoint was written yet
+    steps = [e["step"] for e in log if e["event"] == "step"]
+    assert steps == list(range(1, 21))  # no step lost or repeated
+    w, b = reference(20)
+    assert log[-1]["w"] == pytest.approx(w, abs=1e-12) and log[-1]["b"] == pytest.approx(b, abs=1e-12)
+
+
+def test_checkpoint_reshard_rolls_back_to_the_last_checkpoint(tmp_path):
+    log = _reshard_after(tmp_path, 5, "--reshard-from", "checkpoint")
+    (reshard,) = [e for e in log if e["event"] == "reshard"]
+    assert reshard["state_from"] == "checkpoint" and reshard["step"] == 0  # nothing checkpointed: from scratch
+    steps = [e["step"] for e in log if e["event"] == "step"]
+    assert len(steps) > 20 and steps[-20:] == list(range(1, 21))  # the steps before the reshard are redone
+    w, b = reference(20)
+    assert log[-1]["w"] == pytest.approx(w, abs=1e-12)
+
+
 def test_restarted_pod_resumes_from_checkpoint_under_new_plan(tmp_path):
     plan_dir = tmp_path / "plan"
     plan_dir.mkdir()
