@@ -158,7 +158,7 @@ def test_checkpoint_reshard_rolls_back_to_the_last_checkpoint(tmp_path):
     steps = [e["step"] for e in log if e["event"] == "step"]
     assert len(steps) > 20 and steps[-20:] == list(range(1, 21))  # the steps before the reshard are redone
     w, b = reference(20)
-    assert log[-1]["w"] == pytest.approx(w, abs=1e-12)
+    assert log[-1]["w"] == pytest.approx(w, abs=1e-12) and log[-1]["b"] == pytest.approx(b, abs=1e-12)
 
 
 def test_restarted_pod_resumes_from_checkpoint_under_new_plan(tmp_path):
