@@ -9,6 +9,7 @@ units, 1600 of them (the last 400 s at 4/s) since its last checkpoint.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -19,7 +20,7 @@ from tessera.policy import load_policy
 from tessera.sim import failures
 from tessera.sim.models import NodeEvent, SimWorkload, ThroughputModel
 from tessera.sim.run_cli import run_scenario
-from tessera.sim.scenario import scenario_from_dict
+from tessera.sim.scenario import load_scenario, scenario_from_dict
 from tessera.sim.simulator import FAILURE_MODES, SimConfig, Simulator
 from tessera.testing import node
 
@@ -139,3 +140,17 @@ def test_default_rollback_is_checkpoint():
     del raw["failures"]["elastic"]  # type: ignore[index]
     scenario = scenario_from_dict(raw)
     assert scenario.elastic_rollback == "checkpoint" and scenario.reshard_pause_seconds is None
+
+
+def test_shipped_scenarios_declare_their_reshard_model():
+    scenarios = Path(__file__).resolve().parents[2] / "sim" / "scenarios"
+    large = load_scenario(scenarios / "node-failures.yaml")
+    assert large.elastic_rollback == "in_memory" and large.reshard_pause_seconds == 60.0
+    workloads, _ = large.workloads(0)
+    assert {w.workload.max_replicas for w in workloads} == {8, 16}
+    assert not any(DP_STATE_ATTRIBUTE in w.workload.attributes for w in workloads)  # replicated state
+    backlog = load_scenario(scenarios / "node-failures-backlog.yaml")
+    assert backlog.elastic_rollback == "checkpoint" and backlog.reshard_pause_seconds is None
+    assert {w.workload.max_replicas for w in backlog.workloads(0)[0]} == {4, 8}
+    for name in ("node-failures-helios.yaml", "node-failures-helios-backlog.yaml"):
+        assert load_scenario(scenarios / name).spec.failures is not None  # loads without the data
