@@ -10,7 +10,7 @@ size), ``none`` (stall until the nodes return), plus ``restart-any`` (kill and r
 job may come back smaller; nothing grows it back), ``elastic-growfirst`` and elastic with the
 other reshard cost model (``elastic-checkpoint`` / ``elastic-in_memory``), so the effect of the
 in-memory reshard alone is visible.  Every mode of a seed sees the same failures, so the ratios
-are paired.  A sweep over the per-node MTBF, a run with two spare nodes and a run without
+are paired.  A sweep over the per-node MTBF, runs with 1, 2 and 4 spare nodes and a run without
 failures show how the ratio depends on the setting.
 
     nice -n 10 .venv/bin/python -m bench elastic
@@ -39,7 +39,7 @@ MODES = ("elastic", "restart", "none", "restart-any", "elastic-growfirst", "elas
 #: modes whose finished jobs define the common set for the paired JCT (``none`` finishes too few)
 JCT_MODES = ("elastic", "restart", "restart-any", "elastic-growfirst", "elastic-checkpoint", "elastic-in_memory")
 SWEEP_MTBF_HOURS = (24.0, 48.0, 96.0, 192.0)
-SPARE_NODES = 2
+SPARE_NODES = (1, 2, 4)
 
 
 def _with_failures(scenario: Scenario, **changes: Any) -> Scenario:
@@ -200,17 +200,18 @@ def main(argv: list[str]) -> int:
             rows += sweep_rows
             summary += summarize_modes(sweep_rows, label)
             print(f"{label} (MTTR {mttr:g} h): done", flush=True)
-    # sensitivity: two spare nodes (18 nodes for the same jobs, as reservations keep hot spares),
-    # so a rigid 16-node gang survives up to two nodes down
-    raw = yaml.safe_load((ROOT / "sim" / "scenarios" / "node-failures.yaml").read_text())
-    raw["cluster"]["nodes"][0]["count"] += SPARE_NODES
-    spares = scenario_from_dict(raw, ROOT / "sim" / "scenarios" / "node-failures.yaml")
-    spares = _with_failures(spares, modes=["elastic", "restart", "none"])
-    label = f"node-failures +{SPARE_NODES} spare nodes"
-    spare_rows = run_modes(spares, seeds, label, variants=False)
-    rows += spare_rows
-    summary += summarize_modes(spare_rows, label)
-    print(f"{label}: done", flush=True)
+    # sensitivity: spare nodes (16 + k nodes for the same jobs, as reservations keep hot spares),
+    # so a rigid 16-node gang survives up to k nodes down
+    for spare_count in SPARE_NODES:
+        raw = yaml.safe_load((ROOT / "sim" / "scenarios" / "node-failures.yaml").read_text())
+        raw["cluster"]["nodes"][0]["count"] += spare_count
+        spares = scenario_from_dict(raw, ROOT / "sim" / "scenarios" / "node-failures.yaml")
+        spares = _with_failures(spares, modes=["elastic", "restart", "none"])
+        label = f"node-failures +{spare_count} spare nodes"
+        spare_rows = run_modes(spares, seeds, label, variants=False)
+        rows += spare_rows
+        summary += summarize_modes(spare_rows, label)
+        print(f"{label}: done", flush=True)
     # control: the same workload without failures (how much is elastic scheduling alone)
     base = load_scenario(ROOT / "sim" / "scenarios" / "node-failures.yaml")
     control = _with_failures(base, classes=[], modes=["elastic", "restart"])
