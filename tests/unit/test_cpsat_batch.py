@@ -134,3 +134,47 @@ def test_the_carried_state_equals_a_rebuild_from_the_snapshot() -> None:
     assert state.reused == 1
     assert np.array_equal(state.arrays.gpu_free if state.arrays is not None else None,
                           PlacementArrays.from_snapshot(ClusterSnapshot(nodes, allocations[1:])).gpu_free)
+
+
+def test_unfed_gpu_milli_counts_gpus_the_free_cpu_cannot_feed() -> None:
+    import numpy as np
+
+    from tessera.policies.cpsat_fgd import unfed_gpu_milli
+
+    # at 0.25 GPU milli per milli-CPU: 12 cores feed 3 GPUs of 4, 64 cores feed all 4
+    gpu_free = np.array([[1000, 1000, 1000, 1000], [1000, 1000, 1000, 1000], [500, 0, 0, 0]])
+    cpu_free = np.array([12_000, 64_000, 0])
+    assert unfed_gpu_milli(gpu_free, cpu_free, 0.25).tolist() == [1000.0, 0.0, 500.0]
+
+
+def balance_case() -> tuple[ClusterSnapshot, list[Workload], TargetWorkload]:
+    """Two nodes of 4 T4, one with 64 cores free, one with 12; a light (1 core) and a heavy
+    (8 cores) one-GPU pod; the target workload is one-GPU pods with 4 cores.  FGD's
+    measure ties every choice (the target shape runs on both nodes either way); 12 cores
+    feed only 3 of node "short"'s GPUs at the target's 4 cores per GPU."""
+    nodes = [OpenbNode("rich", 64_000, 262_144, 4, "T4").to_node(), OpenbNode("short", 12_000, 262_144, 4, "T4").to_node()]
+    pending = [OpenbPod("heavy", 8_000, 1024, 1, 1000, ()).to_workload(0.0),
+               OpenbPod("light", 1_000, 1024, 1, 1000, ()).to_workload(1.0)]
+    target = TargetWorkload.from_shapes([PodShape(4_000, 0, 1, 1000)])
+    return ClusterSnapshot(nodes, [], now_seconds=2.0), pending, target
+
+
+def test_the_batch_measure_sends_cpu_heavy_pods_to_cpu_rich_nodes() -> None:
+    import numpy as np
+
+    snapshot, pending, target = balance_case()
+    ctx = PolicyContext(now_seconds=2.0, rng=random.Random(1), deterministic=True, seed=1,
+                        params={TARGET_WORKLOAD_PARAM: target})
+    batch = FragmentationBatch(snapshot, pending, ctx, target)
+    assert batch.gpu_per_cpu == 0.25  # 1000 milli-GPU per 4000 milli-CPU
+    rich, short = batch.arrays.index["rich"], batch.arrays.index["short"]
+    # FGD's measure: 0 everywhere, before and after either pod; the batch step's: "short"
+    # has 1000 milli unfed, +1000 with the heavy pod (3 GPUs, 4 cores), -750 with the light one
+    assert batch.meter.node_fragmentation(np.array([rich, short])).tolist() == [0.0, 0.0]
+    assert batch.waste(np.array([rich])) == 0.0 and batch.waste(np.array([short])) == 1000.0
+    batch.shape_options()
+    heavy, light = (dict((node, growth) for node, _, growth in batch._per_shape[s]) for s in batch.shapes)
+    assert heavy == {rich: 0, short: 1000}
+    assert light == {rich: 0, short: -750}
+    plan = CpSat().decide(snapshot, pending, ctx)
+    assert {p.workload: p.replicas[0].node for p in plan.placements} == {pending[0].key: "rich", pending[1].key: "short"}

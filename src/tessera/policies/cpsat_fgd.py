@@ -5,8 +5,14 @@ distribution of pod shapes expected, which the FGD protocol hands to every polic
 every pending workload is one pod, :class:`~tessera.policies.cpsat.CpSat` decides the
 batch here instead of in its pool-level model:
 
-1. FGD's own plan for the batch (pods one by one, each where the expected fragmentation
-   grows least) is computed first; it is the hint and the fallback;
+The *fragmentation* of this step (:meth:`FragmentationBatch.waste`) is FGD's expected
+fragmentation of a node plus the GPU milli its free CPU cannot feed at the target
+workload's CPU per GPU milli (:func:`unfed_gpu_milli`): FGD's measure alone looks at the
+node as it is, and optimising it exactly fills GPUs on CPU-rich nodes and leaves free
+GPUs beside little CPU, which strand when the cluster saturates (docs/cpsat.md).
+
+1. FGD's own plan for the batch (pods one by one, each where FGD's expected
+   fragmentation grows least) is computed first; it is the hint and the fallback;
 2. every pod gets candidate options on the batch's starting state: the ``candidate_nodes``
    nodes where it grows fragmentation least (every device with room for a GPU share),
    plus FGD's choice;
@@ -40,6 +46,7 @@ from tessera.policies.placement import (
     PlacementArrays,
     PodShape,
     ScoreCache,
+    TargetArrays,
     TargetWorkload,
     choose_node,
 )
@@ -56,6 +63,9 @@ BATCH_BUDGET_SECONDS = 0.2
 MIN_GAIN = 0.0
 #: nodes preselected by FGD's integer score per candidate kept (exact growth is computed on them)
 PRESELECT = 4
+#: weight of the GPU milli a node's free CPU cannot feed (:func:`unfed_gpu_milli`) in the
+#: batch step's measure, added to FGD's expected fragmentation (0: FGD's measure alone)
+CPU_BALANCE_WEIGHT = 1.0
 
 #: a node-level plan of the batch: pod index -> (node index, devices)
 NodePlan = dict[int, tuple[int, tuple[int, ...]]]
@@ -151,6 +161,8 @@ class FragmentationBatch:
         self.candidate_nodes = candidate_nodes
         #: candidate options per pod shape, on the batch's starting state (see :meth:`options`)
         self._per_shape: dict[PodShape, list[tuple[int, int, int]]] = {}
+        #: the target workload's GPU milli per milli-CPU (prices free CPU in GPU milli)
+        self.gpu_per_cpu = gpu_per_cpu_milli(self.meter.target)
 
     # -- plans ------------------------------------------------------------------------
     def fgd_plan(self) -> NodePlan:
@@ -167,9 +179,9 @@ class FragmentationBatch:
 
     def evaluate(self, plan: NodePlan) -> float | None:
         """Exact value of ``plan``: objective units of GPU milli and pods placed minus the
-        real fragmentation growth on the nodes it touches; None if it does not fit."""
+        real growth of :meth:`waste` on the nodes it touches; None if it does not fit."""
         touched = np.array(sorted({node for node, _ in plan.values()}), dtype=np.int64)
-        before = float(self.meter.node_fragmentation(touched).sum()) if touched.size else 0.0
+        before = self.waste(touched)
         applied: NodePlan = {}
         value = 0.0
         fits = True
@@ -185,9 +197,28 @@ class FragmentationBatch:
             self.arrays.place(node, shape, devices)
             applied[i] = plan[i]
             value += option_value(_pod(shape), 0)
-        after = float(self.meter.node_fragmentation(touched).sum()) if touched.size else 0.0
+        after = self.waste(touched)
         self._release(applied)
         return value - (after - before) if fits else None
+
+    def waste(self, nodes: np.ndarray) -> float:
+        """The batch step's measure of ``nodes`` as they are now, in milli-GPU: FGD's expected
+        fragmentation plus :data:`CPU_BALANCE_WEIGHT` x the GPU milli their free CPU cannot
+        feed (see :func:`unfed_gpu_milli`)."""
+        if not nodes.size:
+            return 0.0
+        a = self.arrays
+        return float(self.meter.node_fragmentation(nodes).sum()
+                     + self._unfed(a.gpu_free[nodes], a.cpu_free[nodes]).sum())
+
+    def _states_waste(self, gpu_free: np.ndarray, cpu_free: np.ndarray, types: np.ndarray) -> np.ndarray:
+        """:meth:`waste` of hypothetical node states (one row each)."""
+        return self.meter.target.fragmentation(gpu_free, cpu_free, types) + self._unfed(gpu_free, cpu_free)
+
+    def _unfed(self, gpu_free: np.ndarray, cpu_free: np.ndarray) -> np.ndarray:
+        if not CPU_BALANCE_WEIGHT:
+            return np.zeros(gpu_free.shape[0])
+        return CPU_BALANCE_WEIGHT * unfed_gpu_milli(gpu_free, cpu_free, self.gpu_per_cpu)
 
     def _release(self, plan: NodePlan) -> None:
         for i in sorted(plan, reverse=True):
@@ -222,7 +253,7 @@ class FragmentationBatch:
         return [PodOption(i, position[node], device, penalty) for i, node, device, penalty in raw], nodes
 
     def _shape_options(self, shape: PodShape) -> list[tuple[int, int, int]]:
-        """(node, device, fragmentation growth) on the best ``candidate_nodes`` nodes for ``shape``."""
+        """(node, device, growth of :meth:`waste`) on the best ``candidate_nodes`` nodes for ``shape``."""
         a = self.arrays
         nodes = np.flatnonzero(a.feasible(shape))
         if nodes.size == 0:
@@ -234,14 +265,14 @@ class FragmentationBatch:
             scores, _ = self.cache.scores(self.fgd, nodes, shape, self.ctx.rng)
             keep = np.lexsort((rank, -scores))[: PRESELECT * self.candidate_nodes]
             nodes, rank = nodes[keep], rank[keep]
-        before = self.meter.node_fragmentation(nodes)
+        before = self.meter.node_fragmentation(nodes) + self._unfed(a.gpu_free[nodes], a.cpu_free[nodes])
         free = a.gpu_free[nodes]
         cpu_after = a.cpu_free[nodes] - shape.cpu_milli
         types = a.type_idx[nodes]
         if shape.shares_gpu:
             n, g = free.shape
             states = np.repeat(free[:, None, :], g, axis=1) - shape.gpu_milli * np.eye(g, dtype=np.int64)[None]
-            after = self.meter.target.fragmentation(
+            after = self._states_waste(
                 states.reshape(n * g, g), np.repeat(cpu_after, g), np.repeat(types, g)).reshape(n, g)
             growth = np.where(free >= shape.gpu_milli, after - before[:, None], np.inf)
             best = growth.min(axis=1)
@@ -249,7 +280,7 @@ class FragmentationBatch:
             if shape.gpu_count:
                 whole = free == 1000
                 free = free - 1000 * (whole & (np.cumsum(whole, axis=1) <= shape.gpu_count))
-            best = self.meter.target.fragmentation(free, cpu_after, types) - before
+            best = self._states_waste(free, cpu_after, types) - before
         top = np.lexsort((rank, best))[: self.candidate_nodes]
         out: list[tuple[int, int, int]] = []
         for k in top:
@@ -263,9 +294,9 @@ class FragmentationBatch:
 
     def _penalty(self, node: int, shape: PodShape, devices: tuple[int, ...]) -> int:
         row = np.array([node])
-        before = float(self.meter.node_fragmentation(row)[0])
+        before = self.waste(row)
         self.arrays.place(node, shape, devices)
-        after = float(self.meter.node_fragmentation(row)[0])
+        after = self.waste(row)
         self.arrays.release(node, shape, devices)
         return round(after - before)
 
@@ -337,8 +368,29 @@ class FragmentationBatch:
                 "had room before this batch, taken by the pods placed in it")
 
 
+def unfed_gpu_milli(gpu_free: np.ndarray, cpu_free: np.ndarray, gpu_per_cpu: float) -> np.ndarray:
+    """Free GPU milli of each node state (one row of per-device free milli each) beyond what
+    its free CPU can feed at ``gpu_per_cpu`` (GPU milli per milli-CPU the workload asks).
+
+    FGD's measure looks at the node as it is: a target shape that fits now counts its GPU
+    milli as usable, even when the CPU left is enough for one or two more pods and the
+    rest of the node's GPUs will have no CPU to run with.  Placing the pods of a batch so
+    that this measure is least (what the batch step does exactly, FGD only to its score's
+    resolution) fills GPUs on nodes with much CPU and leaves free GPUs beside little CPU;
+    when the cluster saturates, those GPUs strand (docs/cpsat.md, "openb, --batch 16")."""
+    return np.maximum(0.0, gpu_free.sum(axis=1) - gpu_per_cpu * cpu_free)
+
+
+def gpu_per_cpu_milli(target: TargetArrays) -> float:
+    """GPU milli the target workload asks per milli-CPU it asks (CPU-only shapes included)."""
+    cpu = float(target.weights @ target.cpu)
+    gpu = float(target.weights @ (target.count * target.milli))
+    return gpu / cpu if cpu > 0 else 0.0
+
+
 def _pod(shape: PodShape) -> BatchPod:
     return BatchPod(shape.cpu_milli, shape.memory_mib, shape.gpu_count, shape.gpu_milli)
 
 
-__all__ = ["BATCH_BUDGET_SECONDS", "CANDIDATE_NODES", "BatchState", "FragmentationBatch", "batch_target"]
+__all__ = ["BATCH_BUDGET_SECONDS", "CANDIDATE_NODES", "CPU_BALANCE_WEIGHT", "BatchState", "FragmentationBatch",
+           "batch_target", "gpu_per_cpu_milli", "unfed_gpu_milli"]
