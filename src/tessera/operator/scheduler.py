@@ -2,8 +2,9 @@
 
 One cycle (:meth:`Scheduler.run_cycle`) is plain blocking code; :meth:`Scheduler.loop`
 runs it in a worker thread, so neither the Kubernetes client nor a slow policy ever
-blocks kopf's event loop.  A cycle runs every ``interval_seconds`` or as soon as a
-handler signals a change.
+blocks kopf's event loop.  A cycle runs every ``interval_seconds``, as soon as a
+handler signals a change, and when a round-based policy's next round comes due
+(:func:`round_wait_seconds`).
 
 Order of writes for one placement (see docs/operator.md, "Crash points"):
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +71,25 @@ class WallClock:
 
     def now(self) -> float:
         return time.time()
+
+
+#: how far past a round boundary the loop wakes, so the decision's clock reads the round due
+ROUND_WAKE_SLACK_SECONDS = 0.05
+
+
+def round_wait_seconds(policy: object, now_seconds: float, default: float) -> float:
+    """How long the loop may sleep before a round-based policy's next round is due.
+
+    A policy deciding in rounds (CP-SAT with ``round_seconds`` > 0) says when its next round
+    is due through ``next_round_seconds()`` (None: no rounds).  A round re-decides running
+    work although nothing changed, so no watch event would wake the loop for it.  A round
+    already due (or none decided yet: the next cycle decides one) leaves ``default``.
+    """
+    next_round = getattr(policy, "next_round_seconds", None)
+    due = next_round() if callable(next_round) else None
+    if not isinstance(due, int | float) or not math.isfinite(due) or due <= now_seconds:
+        return default
+    return max(ROUND_WAKE_SLACK_SECONDS, min(default, due - now_seconds + ROUND_WAKE_SLACK_SECONDS))
 
 
 def set_condition(
@@ -260,8 +281,11 @@ class Scheduler:
                 log.exception("scheduling cycle failed; retrying")
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
             try:
-                # a node leaving its failure grace is a change no watch reports: wake for it
-                timeout = self.elastic.wait_seconds(self.clock(), self.interval_seconds)
+                # a node leaving its failure grace and a policy's round coming due are
+                # changes no watch reports: wake for them
+                now = self.clock()
+                timeout = round_wait_seconds(self.engine.policy, now,
+                                             self.elastic.wait_seconds(now, self.interval_seconds))
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waiters:

@@ -178,6 +178,12 @@ class CpSat:
             return plan
         return self.decide_seeded(snapshot, pending, ctx, None)
 
+    def next_round_seconds(self) -> float | None:
+        """Round mode: when the next round is due on the decision clock (``ctx.now_seconds``;
+        -inf before the first decision), so a caller deciding on its own cadence (the
+        operator's loop) can wake for it; None outside round mode."""
+        return self._rounds.next_round_seconds if self._rounds is not None else None
+
     @property
     def round_solves(self) -> dict[str, float]:
         """Round mode: solves so far, how many proved optimal, the largest gap proved, how many

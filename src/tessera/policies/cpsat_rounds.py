@@ -123,12 +123,25 @@ class RoundPlanner:
     def attained_seconds(self, key: str) -> float:
         return self._attained.get(key, 0.0)
 
+    @property
+    def next_round_seconds(self) -> float:
+        """When the next round is due on the decision clock (-inf before the first decision)."""
+        return self._last_round + self.round_seconds
+
     def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
         last, self._last_now = self._last_now, now
-        if last is None or now <= last:
+        if last is not None and now <= last:
             return
         for key, allocation in snapshot.allocations.items():
-            since = max(last, allocation.started_at_seconds)
+            # the first decision (a fresh policy, e.g. an operator restart) credits running
+            # jobs with their current run since they started (status.startTime in the
+            # operator); service of runs before an earlier preemption is not known here
+            if last is not None:
+                since = max(last, allocation.started_at_seconds)
+            elif allocation.started_at_seconds > 0:
+                since = allocation.started_at_seconds
+            else:
+                continue  # start unknown
             if now > since and allocation.replicas:
                 workload = allocation.workload
                 speed = min(_speedup(workload, rp.accelerator_type or "", len(allocation.replicas))
@@ -263,7 +276,10 @@ class RoundPlanner:
         todo = [k for k in chosen if k in by_key and (k in stopping or k not in running)]
         todo.sort(key=lambda k: (k not in intended, -chosen[k].replicas * by_key[k].demand.accelerator_milli, k))
         placements: list[Placement] = []
-        self._intended = {}
+        # jobs this decision did not see (neither waiting nor running in it: the operator's
+        # scale-up decisions see one service) keep the room an earlier round chose for them
+        seen = {w.key for w in pending} | snapshot.allocations.keys()
+        self._intended = {k: v for k, v in self._intended.items() if k not in seen}
         for key in todo:
             workload, config = by_key[key], chosen[key]
             names = sorted(nodes_of[config.accelerator_type], key=lambda n: (ledger.free(n).whole_devices, n))
