@@ -216,6 +216,23 @@ def executable_placements(
     return Executable(alone.accepted.placements, tuple(preemptions), waiting)
 
 
+def _old_pods_going(state: ClusterState, key: str) -> str:
+    """Why a workload's new placement waits for its own terminating pods, or "".
+
+    A workload placed again soon after it was stopped (a round restarting it on another
+    type, a re-queued victim finding room) would create pods under the names its old pods,
+    still terminating, hold: the create would meet the old pod and fail the bind.  Its
+    placement waits until they are gone instead (their pod events wake the loop).
+    """
+    view = state.workloads.get(state.pending_owner.get(key, ""))
+    if view is None or key.endswith(SCALE_UP_SUFFIX):
+        return ""
+    going = sorted(p.name for p in state.leaving if p.workload_uid == view.uid)
+    if not going:
+        return ""
+    return f"placed once its previous pods are gone ({', '.join(going)} still terminating)"
+
+
 @dataclass
 class CycleReport:
     """What one cycle did (for logs and tests)."""
@@ -328,9 +345,13 @@ class Scheduler:
             # an in-flight decision with nothing left to bind still needs its Running status
             if view.in_flight and not view.rollback_reason and view.key not in evicted:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
+        held: dict[str, str] = {}
         for placement in executable.placements:
+            if reason := _old_pods_going(state, placement.workload):
+                held[placement.workload] = reason
+                continue
             self._place(state, placement, result, report)
-        waiting = {**result.waiting, **executable.waiting}
+        waiting = {**result.waiting, **executable.waiting, **held}
         scale_ups = [u for u in scale_ups if state.pending_owner[u.key] not in evicted]
         waiting.update(self._scale_up(state, scale_ups, result, report))
         if not (report.bound or report.preempted or report.rolled_back or report.deleted_pods or state.leaving):

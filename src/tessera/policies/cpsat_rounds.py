@@ -276,10 +276,15 @@ class RoundPlanner:
         todo = [k for k in chosen if k in by_key and (k in stopping or k not in running)]
         todo.sort(key=lambda k: (k not in intended, -chosen[k].replicas * by_key[k].demand.accelerator_milli, k))
         placements: list[Placement] = []
-        # jobs this decision did not see (neither waiting nor running in it: the operator's
-        # scale-up decisions see one service) keep the room an earlier round chose for them
+        # a job a round stopped keeps its intended configuration until it is seen running
+        # again: a decision that did not see it (the operator's scale-up decisions see one
+        # service) or whose placement of it was not carried out (the operator holds it
+        # while its old pods terminate) leaves the intention for the next one; a round
+        # forgets intentions of jobs it did not see (gone)
         seen = {w.key for w in pending} | snapshot.allocations.keys()
-        self._intended = {k: v for k, v in self._intended.items() if k not in seen}
+        self._intended = {} if stats.get("round") else {
+            k: v for k, v in self._intended.items() if k not in seen}
+        moving = 0
         for key in todo:
             workload, config = by_key[key], chosen[key]
             names = sorted(nodes_of[config.accelerator_type], key=lambda n: (ledger.free(n).whole_devices, n))
@@ -294,8 +299,11 @@ class RoundPlanner:
                 # stopped now and placed in the follow-up decision: the room taken here on
                 # this decision's ledger is left free by every other placement of this plan
                 self._intended[key] = (config.accelerator_type, config.replicas)
+                moving += 1
             else:
                 placements.append(Placement(key, got, reason=f"cpsat round: {config.accelerator_type} x{len(got)}"))
+                if key in intended:
+                    self._intended[key] = intended[key]
         preemptions = [Preemption(k, reason=why) for k, why in sorted(stopping.items())]
         placed = {p.workload for p in placements}
         unplaced = {}
@@ -309,7 +317,7 @@ class RoundPlanner:
             else:
                 unplaced[w.key] = (f"cpsat round: waiting; running jobs are worth more this round "
                                    f"(attained {self.attained_seconds(w.key) / 3600:.2f} h at best speed)")
-        stats.update(placed=len(placements), preempted=len(preemptions), moving=len(self._intended))
+        stats.update(placed=len(placements), preempted=len(preemptions), moving=moving)
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions), unplaced=unplaced)
 
 
