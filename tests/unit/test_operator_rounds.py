@@ -7,6 +7,7 @@ import argparse
 import math
 
 import pytest
+from chart_helpers import render
 from prometheus_client import CollectorRegistry
 
 from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
@@ -148,3 +149,17 @@ def test_a_decision_that_does_not_see_a_moving_job_keeps_its_reserved_type() -> 
     assert sorted((p.workload, p.replicas[0].node) for p in plan.placements) == [
         ("ns/job", "fast-0"), ("ns/rival", "slow-0")]
     assert policy.last_stats["round"] is False
+
+
+def test_helm_policy_params_become_policy_params_of_the_operator() -> None:
+    values = {"policy": {"name": "cpsat", "timeBudgetSeconds": 1.0, "params": {"round_seconds": 60}}}
+    deployment = next(o for o in render(values) if o["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--policy-param=round_seconds=60" in args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parsed = parser.parse_args([a for a in args[1:] if a.startswith("--policy")])
+    assert constructor_arguments(parsed.policy, policy_params(parsed.policy_param)) == {"round_seconds": 60.0}
+    # the default renders none
+    default = next(o for o in render() if o["kind"] == "Deployment")
+    assert not [a for a in default["spec"]["template"]["spec"]["containers"][0]["args"] if "--policy-param" in a]
