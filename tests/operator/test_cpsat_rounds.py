@@ -256,3 +256,60 @@ def test_without_round_seconds_nothing_moves(cluster, namespace, start_operator)
     assert not condition(after, "Preempted")
     assert scrape(port, "tessera_preemptions_total", policy="cpsat") == 0
     assert scrape(port, "tessera_scheduling_rounds_total", policy="cpsat") == 0
+
+
+def elastic_job(name: str, low: int, high: int, priority: int) -> str:
+    return f"""
+apiVersion: tessera.dev/v1alpha1
+kind: ElasticJob
+metadata: {{name: {name}}}
+spec:
+  replicas: {{min: {low}, max: {high}}}
+  acceleratorsPerReplica: 8
+  acceleratorTypes: [{{name: A100}}]
+  priority: {priority}
+  template:
+    spec:
+      containers: [{{name: trainer, image: trainer:1, resources: {{requests: {{cpu: "1", memory: 1Gi}}}}}}]
+"""
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["resize-in-place", "stop-and-restart"])
+def test_a_round_grows_an_elastic_job_into_freed_room(cluster, namespace, start_operator, in_place):
+    """An elastic job started at 1 of up to 4 replicas grows to 4 once the A100 nodes free:
+    in place through the Resize path (its first pod keeps running) with
+    round_resize_in_place, else stopped and restarted at 4."""
+    args = ["--policy-param", f"round_seconds={ROUND_SECONDS}"]
+    if in_place:
+        args += ["--policy-param", "round_resize_in_place=true"]
+    start_operator(*args)
+    a100 = sorted(n for n, t in node_types(cluster).items() if t == "A100")
+    cluster.apply(elastic_job("blocker", len(a100) - 1, len(a100) - 1, priority=10), namespace)
+    cluster.wait_for(lambda: status_of(cluster, "blocker", namespace).get("phase") == "Running", timeout=40,
+                     what="blocker Running")
+    cluster.apply(elastic_job("grow", 1, len(a100), priority=0), namespace)
+    cluster.wait_for(lambda: status_of(cluster, "grow", namespace).get("replicas") == 1, timeout=40,
+                     what="grow Running with 1 replica")
+    (first,) = pods_of(cluster, namespace, "grow")
+    with Watcher(cluster, namespace) as watcher:
+        cluster.kubectl("delete", "elasticjob", "blocker", "-n", namespace, "--wait=false")
+        grown = cluster.wait_for(
+            lambda: (s := status_of(cluster, "grow", namespace)).get("phase") == "Running"
+            and s.get("replicas") == len(a100) and s,
+            timeout=30, what="grow Running with every A100 node")
+    pods = pods_of(cluster, namespace, "grow")
+    assert sorted(p["spec"]["nodeName"] for p in pods) == a100
+    assert max(watcher.peak.values()) <= GPUS_PER_NODE, dict(watcher.peak)
+    events = [e for e in cluster.get_json("events", "-n", namespace)["items"]
+              if e["involvedObject"]["name"] == "grow"]
+    still_there = first["metadata"]["uid"] in {p["metadata"]["uid"] for p in pods}
+    if in_place:
+        assert still_there  # the kept replica never stopped
+        assert not condition(grown, "Preempted")
+        assert any(e["reason"] == "GrewBack" and f"round: grows to {len(a100)} x A100" in e["message"]
+                   for e in events)
+        assert grown["reshardHistory"][-1]["fromReplicas"] == 1
+    else:
+        assert not still_there
+        assert condition(grown, "Preempted")["message"] == f"round: restarts as {len(a100)} x A100 (worth its restart)"
+        assert any(e["reason"] == "Preempted" for e in events)

@@ -163,3 +163,45 @@ def test_helm_policy_params_become_policy_params_of_the_operator() -> None:
     # the default renders none
     default = next(o for o in render() if o["kind"] == "Deployment")
     assert not [a for a in default["spec"]["template"]["spec"]["containers"][0]["args"] if "--policy-param" in a]
+
+
+def _on(workload, node_name: str, accelerator_type: str, n: int, started: float) -> Allocation:
+    return Allocation(workload, tuple(ReplicaPlacement(i, node_name, accelerator_type, (i,)) for i in range(n)), started)
+
+
+def test_round_resize_in_place_shrinks_an_elastic_job_instead_of_restarting_it() -> None:
+    nodes = [node("fast-0", "A100", 8)]
+    elastic = gang("ns/elastic", (1, 8), 1, [("A100", 1.0)])
+    new = gang("ns/new", 4, 1, [("A100", 1.0)], submitted=1_190.0)
+    snap = ClusterSnapshot(nodes, [_on(elastic, "fast-0", "A100", 8, 0.0)], now_seconds=1_200.0)
+    ctx = PolicyContext(now_seconds=1_200.0, deterministic=True, time_budget_seconds=2.0)
+    # the same round as test_solver_rounds' shrink, but the elastic job keeps 4 replicas running
+    plan = CpSat(round_seconds=60.0, round_resize_in_place=True).decide(snap, [new], ctx)
+    assert not plan.preemptions
+    assert [(r.workload, r.remove, r.add) for r in plan.resizes] == [("ns/elastic", (4, 5, 6, 7), ())]
+    assert plan.resizes[0].reason.startswith("round: shrinks to 4 x A100")
+    assert [(p.workload, len(p.replicas)) for p in plan.placements] == [("ns/new", 4)]
+    result = Engine(CpSat(round_seconds=60.0, round_resize_in_place=True), _Clock(1_200.0)).decide(snap, [new])
+    assert [r.workload for r in result.plan.resizes] == ["ns/elastic"] and not result.rejected  # valid
+
+
+def test_round_resize_in_place_grows_an_elastic_job_into_idle_room() -> None:
+    nodes = [node("fast-0", "A100", 8)]
+    elastic = gang("ns/elastic", (1, 8), 1, [("A100", 1.0)])
+    snap = ClusterSnapshot(nodes, [_on(elastic, "fast-0", "A100", 2, 0.0)], now_seconds=100.0)
+    ctx = PolicyContext(now_seconds=100.0, deterministic=True, time_budget_seconds=2.0)
+    plan = CpSat(round_seconds=60.0, round_resize_in_place=True).decide(snap, [], ctx)
+    assert not plan.preemptions and len(plan.resizes) == 1
+    grow = plan.resizes[0]
+    assert grow.remove == () and len(grow.add) == 6 and {a.node for a in grow.add} == {"fast-0"}
+    # off (the default): the same round stops it to restart at 8
+    plan = CpSat(round_seconds=60.0).decide(snap, [], ctx)
+    assert not plan.resizes and "restarts as 8 x A100" in plan.preemptions[0].reason
+
+
+class _Clock:
+    def __init__(self, now_seconds: float) -> None:
+        self.now_seconds = now_seconds
+
+    def now(self) -> float:
+        return self.now_seconds

@@ -211,8 +211,9 @@ def executable_placements(
             waiting[key] = (f"needs room that {result.policy} would free by preempting running work; waiting for "
                             f"{leaving_pods} pod(s) being deleted to go before evicting more")
         else:
-            waiting[key] = (f"needs room that {result.policy} would free by resizing or moving running work, "
-                            "which this operator version does not carry out yet")
+            waiting[key] = (f"needs room that {result.policy} would free by resizing or moving running work; "
+                            "resizes are carried out first and it is placed once their room is free "
+                            "(moves of single replicas are not carried out yet)")
     return Executable(alone.accepted.placements, tuple(preemptions), waiting)
 
 

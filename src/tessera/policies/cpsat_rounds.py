@@ -35,6 +35,7 @@ from tessera.core import (
     Placement,
     Plan,
     Preemption,
+    Resize,
     Workload,
 )
 from tessera.policies.jct import fill_type
@@ -100,11 +101,15 @@ class RoundPlanner:
         restart_horizon_seconds: float,
         min_run_seconds: float,
         limits: Callable[[PolicyContext, float], SolverLimits],
+        resize_in_place: bool = False,
     ) -> None:
         self.round_seconds = round_seconds
         self.service_scale_seconds = service_scale_seconds
         self.restart_horizon_seconds = restart_horizon_seconds
         self.min_run_seconds = min_run_seconds
+        #: an elastic job the round keeps on its type at another size is resized in place
+        #: (Resize: kept replicas keep running) instead of stopped and restarted
+        self.resize_in_place = resize_in_place
         self._limits = limits
         #: attained service per workload, in seconds at the workload's best speed
         self._attained: dict[str, float] = {}
@@ -260,12 +265,25 @@ class RoundPlanner:
         """Keep, stop or move running jobs and start waiting ones as chosen, packed onto nodes."""
         # running jobs that keep their configuration take their room back first
         stopping: dict[str, str] = {}
+        resizes: list[Resize] = []
+        growing: dict[str, int] = {}  # key -> replicas to add in place
         for key, allocation in running.items():
             config = chosen.get(key)
             here = (allocation.replicas[0].accelerator_type or "", len(allocation.replicas))
             if config is not None and (config.accelerator_type, config.replicas) == here:
                 for rp in allocation.replicas:
                     ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+            elif config is not None and self.resize_in_place and config.accelerator_type == here[0]:
+                # same type, another size: reshard in place; the kept replicas keep running
+                ordered = sorted(allocation.replicas, key=lambda rp: rp.replica)
+                for rp in ordered[:config.replicas]:
+                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                if config.replicas < here[1]:
+                    resizes.append(Resize(key, remove=tuple(rp.replica for rp in ordered[config.replicas:]),
+                                          reason=f"round: shrinks to {config.replicas} x {config.accelerator_type} "
+                                                 "(room for jobs with less attained service)"))
+                else:
+                    growing[key] = config.replicas - here[1]
             else:
                 stopping[key] = (f"round: restarts as {config.replicas} x {config.accelerator_type} "
                                  "(worth its restart)" if config
@@ -273,7 +291,7 @@ class RoundPlanner:
                                       f"({self.attained_seconds(key) / 3600:.2f} h at best speed)")
         # then the rest, biggest first (hardest to fit); waiting jobs the last round moved first
         by_key = {w.key: w for w in eligible} | {k: a.workload for k, a in running.items()}
-        todo = [k for k in chosen if k in by_key and (k in stopping or k not in running)]
+        todo = [k for k in chosen if k in by_key and (k in stopping or k in growing or k not in running)]
         todo.sort(key=lambda k: (k not in intended, -chosen[k].replicas * by_key[k].demand.accelerator_milli, k))
         placements: list[Placement] = []
         # a job a round stopped keeps its intended configuration until it is seen running
@@ -288,6 +306,12 @@ class RoundPlanner:
         for key in todo:
             workload, config = by_key[key], chosen[key]
             names = sorted(nodes_of[config.accelerator_type], key=lambda n: (ledger.free(n).whole_devices, n))
+            if key in growing:
+                extra = fill_type(ledger, workload, names, growing[key])
+                if extra is not None:  # else it keeps its size
+                    resizes.append(Resize(key, add=extra, reason=f"round: grows to {config.replicas} x "
+                                                                 f"{config.accelerator_type} (worth more there)"))
+                continue
             got = fill_type(ledger, workload, names, config.replicas)
             if got is None:
                 if key in running:  # no room on the nodes after all: it stays where it is
@@ -317,8 +341,9 @@ class RoundPlanner:
             else:
                 unplaced[w.key] = (f"cpsat round: waiting; running jobs are worth more this round "
                                    f"(attained {self.attained_seconds(w.key) / 3600:.2f} h at best speed)")
-        stats.update(placed=len(placements), preempted=len(preemptions), moving=moving)
-        return Plan(placements=tuple(placements), preemptions=tuple(preemptions), unplaced=unplaced)
+        stats.update(placed=len(placements), preempted=len(preemptions), moving=moving, resized=len(resizes))
+        return Plan(placements=tuple(placements), preemptions=tuple(preemptions), resizes=tuple(resizes),
+                    unplaced=unplaced)
 
 
 __all__ = ["RoundPlanner", "candidate_sizes", "movable"]
