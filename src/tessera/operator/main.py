@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 import kopf
 
@@ -22,7 +25,7 @@ from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.rebalance import Rebalancer
 from tessera.operator.scheduler import Scheduler, WallClock
-from tessera.policy import Policy, PolicyLoadError, load_policy
+from tessera.policy import Policy, PolicyLoadError, load_policy, registered_policy
 
 log = logging.getLogger("tessera.operator")
 
@@ -57,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"elastic jobs: how long a node must stay NotReady/tainted before its replicas "
                              f"are resharded away (default: ${GRACE_ENV} or {DEFAULT_FAILURE_GRACE_SECONDS:g})")
     parser.add_argument("--policy-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a policy parameter (PolicyContext.params), e.g. elastic_hysteresis_seconds=300; "
-                             "repeatable; numbers are passed as floats")
+                        help="a policy parameter, repeatable: in PolicyContext.params (numbers as floats), e.g. "
+                             "elastic_hysteresis_seconds=300, and also a constructor argument when the policy "
+                             "takes one of that name, e.g. round_seconds=60 turns on cpsat's round mode")
     rebalancing = parser.add_argument_group("rebalancing (docs/rebalancing.md)")
     rebalancing.add_argument(
         "--rebalance-period-seconds", type=float,
@@ -113,8 +117,10 @@ def build_rebalancer(args: argparse.Namespace, kube: Kube, metrics: OperatorMetr
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    params = policy_params(args.policy_param)
     try:
-        policy = load_policy(args.policy)
+        arguments = constructor_arguments(args.policy, params)
+        policy = load_policy(args.policy, **arguments)
     except PolicyLoadError as err:
         log.error("%s", err)
         return 2
@@ -133,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
     scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
                           rebalancer=rebalancer,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
-    log.info("tessera operator starting: policy %s %s, identity %s", policy.name, policy.version, args.identity)
+    log.info("tessera operator starting: policy %s %s%s, identity %s", policy.name, policy.version,
+             f" {arguments}" if arguments else "", args.identity)
+    rounds = getattr(policy, "round_seconds", 0) or 0
+    if rounds:
+        log.info("round mode: every %gs the policy re-decides every running and waiting job", rounds)
     asyncio.run(_serve(scheduler, kube, args.liveness))
     return 0
 
@@ -150,6 +160,48 @@ def policy_params(pairs: list[str]) -> dict[str, object]:
         except ValueError:
             out[key.strip()] = value
     return out
+
+
+def constructor_arguments(name: str, params: Mapping[str, object]) -> dict[str, Any]:
+    """The ``params`` that the policy's constructor takes by name, converted to the type of
+    that argument's default (bool, int, float or str), e.g. ``round_seconds=60`` for cpsat.
+
+    A constructor that takes only ``**kwargs`` gets nothing this way (its keys are unknown).
+    """
+    factory = registered_policy(name).factory
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C factory: no introspectable arguments
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        parameter = signature.parameters.get(key)
+        if parameter is None or parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            continue
+        try:
+            out[key] = _as_type_of(parameter.default, value)
+        except ValueError as err:
+            raise PolicyLoadError(f"--policy-param {key}={value}: {err}") from err
+    return out
+
+
+def _as_type_of(default: object, value: object) -> object:
+    """``value`` (a float or a string from the command line) as the type of ``default``."""
+    if isinstance(default, bool):
+        text = str(value).strip().lower()
+        if text in ("1", "1.0", "true", "yes", "on"):
+            return True
+        if text in ("0", "0.0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default, int):
+        number = float(value)  # type: ignore[arg-type]
+        if not number.is_integer():
+            raise ValueError("expected a whole number")
+        return int(number)
+    if isinstance(default, float) or (default is None and isinstance(value, float)):
+        return float(value)  # type: ignore[arg-type]
+    return value
 
 
 def build_engine(policy: Policy, args: argparse.Namespace, metrics: OperatorMetrics) -> Engine:

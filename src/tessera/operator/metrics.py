@@ -97,6 +97,12 @@ class OperatorMetrics:
             "tessera_plan_source_total", "Decisions by the plan a solver policy kept: cpsat, greedy or learned.",
             ["policy", "source"], registry=r,
         )
+        self.rounds = Counter(
+            "tessera_scheduling_rounds_total",
+            "Round decisions of a round-based policy (cpsat with round_seconds): each re-decided every "
+            "running and waiting job; the jobs it stopped to restart elsewhere count in tessera_preemptions_total.",
+            ["policy"], registry=r,
+        )
         self.policy_errors = Counter(
             "tessera_policy_errors_total", "Cycles in which the policy raised (nothing was applied).",
             ["policy"], registry=r,
@@ -200,6 +206,10 @@ class OperatorMetrics:
             self.plan_rejections.labels(policy=policy, action=action)
         if result.error:
             self.policy_errors.labels(policy=policy).inc()
+        if result.stats.get("mode") == "rounds":  # round mode: every decision says whether it was a round
+            rounds = self.rounds.labels(policy=policy)
+            if result.stats.get("round") is True:
+                rounds.inc()
         status = result.stats.get("status")
         if isinstance(status, str) and status:
             self.solver_status.labels(policy=policy, status=status).inc()

@@ -2,8 +2,9 @@
 
 One cycle (:meth:`Scheduler.run_cycle`) is plain blocking code; :meth:`Scheduler.loop`
 runs it in a worker thread, so neither the Kubernetes client nor a slow policy ever
-blocks kopf's event loop.  A cycle runs every ``interval_seconds`` or as soon as a
-handler signals a change.
+blocks kopf's event loop.  A cycle runs every ``interval_seconds``, as soon as a
+handler signals a change, and when a round-based policy's next round comes due
+(:func:`round_wait_seconds`).
 
 Order of writes for one placement (see docs/operator.md, "Crash points"):
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +71,25 @@ class WallClock:
 
     def now(self) -> float:
         return time.time()
+
+
+#: how far past a round boundary the loop wakes, so the decision's clock reads the round due
+ROUND_WAKE_SLACK_SECONDS = 0.05
+
+
+def round_wait_seconds(policy: object, now_seconds: float, default: float) -> float:
+    """How long the loop may sleep before a round-based policy's next round is due.
+
+    A policy deciding in rounds (CP-SAT with ``round_seconds`` > 0) says when its next round
+    is due through ``next_round_seconds()`` (None: no rounds).  A round re-decides running
+    work although nothing changed, so no watch event would wake the loop for it.  A round
+    already due (or none decided yet: the next cycle decides one) leaves ``default``.
+    """
+    next_round = getattr(policy, "next_round_seconds", None)
+    due = next_round() if callable(next_round) else None
+    if not isinstance(due, int | float) or not math.isfinite(due) or due <= now_seconds:
+        return default
+    return max(ROUND_WAKE_SLACK_SECONDS, min(default, due - now_seconds + ROUND_WAKE_SLACK_SECONDS))
 
 
 def set_condition(
@@ -190,9 +211,27 @@ def executable_placements(
             waiting[key] = (f"needs room that {result.policy} would free by preempting running work; waiting for "
                             f"{leaving_pods} pod(s) being deleted to go before evicting more")
         else:
-            waiting[key] = (f"needs room that {result.policy} would free by resizing or moving running work, "
-                            "which this operator version does not carry out yet")
+            waiting[key] = (f"needs room that {result.policy} would free by resizing or moving running work; "
+                            "resizes are carried out first and it is placed once their room is free "
+                            "(moves of single replicas are not carried out yet)")
     return Executable(alone.accepted.placements, tuple(preemptions), waiting)
+
+
+def _old_pods_going(state: ClusterState, key: str) -> str:
+    """Why a workload's new placement waits for its own terminating pods, or "".
+
+    A workload placed again soon after it was stopped (a round restarting it on another
+    type, a re-queued victim finding room) would create pods under the names its old pods,
+    still terminating, hold: the create would meet the old pod and fail the bind.  Its
+    placement waits until they are gone instead (their pod events wake the loop).
+    """
+    view = state.workloads.get(state.pending_owner.get(key, ""))
+    if view is None or key.endswith(SCALE_UP_SUFFIX):
+        return ""
+    going = sorted(p.name for p in state.leaving if p.workload_uid == view.uid)
+    if not going:
+        return ""
+    return f"placed once its previous pods are gone ({', '.join(going)} still terminating)"
 
 
 @dataclass
@@ -260,8 +299,11 @@ class Scheduler:
                 log.exception("scheduling cycle failed; retrying")
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
             try:
-                # a node leaving its failure grace is a change no watch reports: wake for it
-                timeout = self.elastic.wait_seconds(self.clock(), self.interval_seconds)
+                # a node leaving its failure grace and a policy's round coming due are
+                # changes no watch reports: wake for them
+                now = self.clock()
+                timeout = round_wait_seconds(self.engine.policy, now,
+                                             self.elastic.wait_seconds(now, self.interval_seconds))
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waiters:
@@ -304,9 +346,13 @@ class Scheduler:
             # an in-flight decision with nothing left to bind still needs its Running status
             if view.in_flight and not view.rollback_reason and view.key not in evicted:
                 self._bind(state, view, list(view.placement.values()), view.to_bind, previous=None, report=report)
+        held: dict[str, str] = {}
         for placement in executable.placements:
+            if reason := _old_pods_going(state, placement.workload):
+                held[placement.workload] = reason
+                continue
             self._place(state, placement, result, report)
-        waiting = {**result.waiting, **executable.waiting}
+        waiting = {**result.waiting, **executable.waiting, **held}
         scale_ups = [u for u in scale_ups if state.pending_owner[u.key] not in evicted]
         waiting.update(self._scale_up(state, scale_ups, result, report))
         if not (report.bound or report.preempted or report.rolled_back or report.deleted_pods or state.leaving):

@@ -102,6 +102,7 @@ class CpSat:
         service_scale_seconds: float = 600.0,
         restart_horizon_seconds: float = 300.0,
         min_run_seconds: float = 0.0,
+        round_resize_in_place: bool = False,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``monolithic``: one pool per node (exact, slow; for comparison).  ``max_pools``:
@@ -121,7 +122,10 @@ class CpSat:
         attained service (``service_scale_seconds``) and charging restarts over
         ``restart_horizon_seconds``, never moving a job that (re)started less than
         ``min_run_seconds`` ago; the simulator aligns its rounds to it.  Off (0) by
-        default: decisions on arrivals and completions only."""
+        default: decisions on arrivals and completions only.  ``round_resize_in_place``: a
+        round that keeps an elastic job on its type at another size resizes it in place
+        (``Resize``) instead of stopping and restarting it (off: the setting of the
+        simulator results in docs/cpsat.md)."""
         self.monolithic = monolithic
         self.weights = weights or ObjectiveWeights()
         self.max_pools = max_pools
@@ -147,6 +151,7 @@ class CpSat:
         self._rounds = RoundPlanner(
             round_seconds=round_seconds, service_scale_seconds=service_scale_seconds,
             restart_horizon_seconds=restart_horizon_seconds, min_run_seconds=min_run_seconds, limits=self._limits,
+            resize_in_place=round_resize_in_place,
         ) if round_seconds > 0 else None
         #: statistics of the last decision (see docs/cpsat.md, "Statistics")
         self.last_stats: dict[str, Any] = {}
@@ -177,6 +182,12 @@ class CpSat:
             self.last_stats = stats
             return plan
         return self.decide_seeded(snapshot, pending, ctx, None)
+
+    def next_round_seconds(self) -> float | None:
+        """Round mode: when the next round is due on the decision clock (``ctx.now_seconds``;
+        -inf before the first decision), so a caller deciding on its own cadence (the
+        operator's loop) can wake for it; None outside round mode."""
+        return self._rounds.next_round_seconds if self._rounds is not None else None
 
     @property
     def round_solves(self) -> dict[str, float]:

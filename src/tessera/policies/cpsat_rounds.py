@@ -35,6 +35,7 @@ from tessera.core import (
     Placement,
     Plan,
     Preemption,
+    Resize,
     Workload,
 )
 from tessera.policies.jct import fill_type
@@ -100,11 +101,15 @@ class RoundPlanner:
         restart_horizon_seconds: float,
         min_run_seconds: float,
         limits: Callable[[PolicyContext, float], SolverLimits],
+        resize_in_place: bool = False,
     ) -> None:
         self.round_seconds = round_seconds
         self.service_scale_seconds = service_scale_seconds
         self.restart_horizon_seconds = restart_horizon_seconds
         self.min_run_seconds = min_run_seconds
+        #: an elastic job the round keeps on its type at another size is resized in place
+        #: (Resize: kept replicas keep running) instead of stopped and restarted
+        self.resize_in_place = resize_in_place
         self._limits = limits
         #: attained service per workload, in seconds at the workload's best speed
         self._attained: dict[str, float] = {}
@@ -123,12 +128,25 @@ class RoundPlanner:
     def attained_seconds(self, key: str) -> float:
         return self._attained.get(key, 0.0)
 
+    @property
+    def next_round_seconds(self) -> float:
+        """When the next round is due on the decision clock (-inf before the first decision)."""
+        return self._last_round + self.round_seconds
+
     def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
         last, self._last_now = self._last_now, now
-        if last is None or now <= last:
+        if last is not None and now <= last:
             return
         for key, allocation in snapshot.allocations.items():
-            since = max(last, allocation.started_at_seconds)
+            # the first decision (a fresh policy, e.g. an operator restart) credits running
+            # jobs with their current run since they started (status.startTime in the
+            # operator); service of runs before an earlier preemption is not known here
+            if last is not None:
+                since = max(last, allocation.started_at_seconds)
+            elif allocation.started_at_seconds > 0:
+                since = allocation.started_at_seconds
+            else:
+                continue  # start unknown
             if now > since and allocation.replicas:
                 workload = allocation.workload
                 speed = min(_speedup(workload, rp.accelerator_type or "", len(allocation.replicas))
@@ -247,12 +265,25 @@ class RoundPlanner:
         """Keep, stop or move running jobs and start waiting ones as chosen, packed onto nodes."""
         # running jobs that keep their configuration take their room back first
         stopping: dict[str, str] = {}
+        resizes: list[Resize] = []
+        growing: dict[str, int] = {}  # key -> replicas to add in place
         for key, allocation in running.items():
             config = chosen.get(key)
             here = (allocation.replicas[0].accelerator_type or "", len(allocation.replicas))
             if config is not None and (config.accelerator_type, config.replicas) == here:
                 for rp in allocation.replicas:
                     ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+            elif config is not None and self.resize_in_place and config.accelerator_type == here[0]:
+                # same type, another size: reshard in place; the kept replicas keep running
+                ordered = sorted(allocation.replicas, key=lambda rp: rp.replica)
+                for rp in ordered[:config.replicas]:
+                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                if config.replicas < here[1]:
+                    resizes.append(Resize(key, remove=tuple(rp.replica for rp in ordered[config.replicas:]),
+                                          reason=f"round: shrinks to {config.replicas} x {config.accelerator_type} "
+                                                 "(room for jobs with less attained service)"))
+                else:
+                    growing[key] = config.replicas - here[1]
             else:
                 stopping[key] = (f"round: restarts as {config.replicas} x {config.accelerator_type} "
                                  "(worth its restart)" if config
@@ -260,13 +291,27 @@ class RoundPlanner:
                                       f"({self.attained_seconds(key) / 3600:.2f} h at best speed)")
         # then the rest, biggest first (hardest to fit); waiting jobs the last round moved first
         by_key = {w.key: w for w in eligible} | {k: a.workload for k, a in running.items()}
-        todo = [k for k in chosen if k in by_key and (k in stopping or k not in running)]
+        todo = [k for k in chosen if k in by_key and (k in stopping or k in growing or k not in running)]
         todo.sort(key=lambda k: (k not in intended, -chosen[k].replicas * by_key[k].demand.accelerator_milli, k))
         placements: list[Placement] = []
-        self._intended = {}
+        # a job a round stopped keeps its intended configuration until it is seen running
+        # again: a decision that did not see it (the operator's scale-up decisions see one
+        # service) or whose placement of it was not carried out (the operator holds it
+        # while its old pods terminate) leaves the intention for the next one; a round
+        # forgets intentions of jobs it did not see (gone)
+        seen = {w.key for w in pending} | snapshot.allocations.keys()
+        self._intended = {} if stats.get("round") else {
+            k: v for k, v in self._intended.items() if k not in seen}
+        moving = 0
         for key in todo:
             workload, config = by_key[key], chosen[key]
             names = sorted(nodes_of[config.accelerator_type], key=lambda n: (ledger.free(n).whole_devices, n))
+            if key in growing:
+                extra = fill_type(ledger, workload, names, growing[key])
+                if extra is not None:  # else it keeps its size
+                    resizes.append(Resize(key, add=extra, reason=f"round: grows to {config.replicas} x "
+                                                                 f"{config.accelerator_type} (worth more there)"))
+                continue
             got = fill_type(ledger, workload, names, config.replicas)
             if got is None:
                 if key in running:  # no room on the nodes after all: it stays where it is
@@ -278,8 +323,11 @@ class RoundPlanner:
                 # stopped now and placed in the follow-up decision: the room taken here on
                 # this decision's ledger is left free by every other placement of this plan
                 self._intended[key] = (config.accelerator_type, config.replicas)
+                moving += 1
             else:
                 placements.append(Placement(key, got, reason=f"cpsat round: {config.accelerator_type} x{len(got)}"))
+                if key in intended:
+                    self._intended[key] = intended[key]
         preemptions = [Preemption(k, reason=why) for k, why in sorted(stopping.items())]
         placed = {p.workload for p in placements}
         unplaced = {}
@@ -293,8 +341,9 @@ class RoundPlanner:
             else:
                 unplaced[w.key] = (f"cpsat round: waiting; running jobs are worth more this round "
                                    f"(attained {self.attained_seconds(w.key) / 3600:.2f} h at best speed)")
-        stats.update(placed=len(placements), preempted=len(preemptions), moving=len(self._intended))
-        return Plan(placements=tuple(placements), preemptions=tuple(preemptions), unplaced=unplaced)
+        stats.update(placed=len(placements), preempted=len(preemptions), moving=moving, resized=len(resizes))
+        return Plan(placements=tuple(placements), preemptions=tuple(preemptions), resizes=tuple(resizes),
+                    unplaced=unplaced)
 
 
 __all__ = ["RoundPlanner", "candidate_sizes", "movable"]
