@@ -12,12 +12,32 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def scrape_sample(port: int, name: str, **labels: str) -> float:
+    """The value of sample ``name`` with ``labels`` on the operator's /metrics at ``port`` (0
+    when absent); retries for up to 15 s, as a freshly started operator may not serve yet."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 @contextmanager

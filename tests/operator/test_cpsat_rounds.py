@@ -11,9 +11,7 @@ shows the loop wakes for rounds by itself.  Without round_seconds the job stays 
 
 from __future__ import annotations
 
-import socket
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,8 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess, Poller, clean_up
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_server import free_port, scrape_sample
+from workload_views import condition, gpus, pods_of, status_of
 
 pytestmark = pytest.mark.cluster
 
@@ -63,23 +62,6 @@ spec:
 """
 
 
-def pods_of(cluster: Any, namespace: str, workload: str) -> list[dict[str, Any]]:
-    return list(cluster.get_json("pods", "-n", namespace, "-l", f"tessera.dev/workload={workload}")["items"])
-
-
-def status_of(cluster: Any, name: str, namespace: str) -> dict[str, Any]:
-    return dict(cluster.get_json("elasticjob", name, "-n", namespace).get("status") or {})
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
-
-
-def gpus(pod: dict[str, Any]) -> int:
-    return sum(int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
-               for c in pod["spec"].get("containers") or [])
-
-
 def node_types(cluster: Any) -> dict[str, str]:
     """Node name -> H100 / A100 / ... from the GPU product label."""
     out = {}
@@ -118,21 +100,6 @@ class Watcher(Poller):
         self.train_peak = max(self.train_peak, train)
         for name, used in per_node.items():
             self.peak[name] = max(self.peak[name], used)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 @pytest.fixture
@@ -197,7 +164,7 @@ def test_a_round_moves_a_job_to_the_faster_type_once_it_frees(cluster, namespace
     hold_pod(cluster, namespace, old_pod)
     try:
         with Watcher(cluster, namespace) as watcher:
-            rounds_before = scrape(port, "tessera_scheduling_rounds_total", policy="cpsat")
+            rounds_before = scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat")
             freed = free_h100(cluster, namespace)
             # the round stops it with its reason; the restart waits for the old pod to go
             held = cluster.wait_for(
@@ -239,8 +206,8 @@ def test_a_round_moves_a_job_to_the_faster_type_once_it_frees(cluster, namespace
     assert max(watcher.peak.values()) <= GPUS_PER_NODE, dict(watcher.peak)
     assert watcher.train_peak == 1
     assert {types[n] for n in watcher.train_nodes} == {"A100", "H100"}
-    assert scrape(port, "tessera_preemptions_total", policy="cpsat") == 1
-    assert scrape(port, "tessera_scheduling_rounds_total", policy="cpsat") >= rounds_before + 3
+    assert scrape_sample(port, "tessera_preemptions_total", policy="cpsat") == 1
+    assert scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat") >= rounds_before + 3
     assert "round mode: every 2s" in operator.log()
 
 
@@ -254,8 +221,8 @@ def test_without_round_seconds_nothing_moves(cluster, namespace, start_operator)
     after = status_of(cluster, "train", namespace)
     assert after["acceleratorType"] == "A100" and after["placement"] == before["placement"]
     assert not condition(after, "Preempted")
-    assert scrape(port, "tessera_preemptions_total", policy="cpsat") == 0
-    assert scrape(port, "tessera_scheduling_rounds_total", policy="cpsat") == 0
+    assert scrape_sample(port, "tessera_preemptions_total", policy="cpsat") == 0
+    assert scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat") == 0
 
 
 def elastic_job(name: str, low: int, high: int, priority: int) -> str:

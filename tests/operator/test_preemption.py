@@ -8,8 +8,6 @@ GPUs bound at any observed moment), and re-queue the victim.
 
 from __future__ import annotations
 
-import socket
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess, Poller
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_server import free_port, scrape_sample
+from workload_views import condition, gpus, pods_of, status_of
 
 pytestmark = pytest.mark.cluster
 
@@ -40,23 +39,6 @@ spec:
 """
 
 
-def pods_of(cluster: Any, namespace: str, workload: str) -> list[dict[str, Any]]:
-    return list(cluster.get_json("pods", "-n", namespace, "-l", f"tessera.dev/workload={workload}")["items"])
-
-
-def status_of(cluster: Any, name: str, namespace: str) -> dict[str, Any]:
-    return dict(cluster.get_json("elasticjob", name, "-n", namespace).get("status") or {})
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
-
-
-def gpus(pod: dict[str, Any]) -> int:
-    return sum(int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
-               for c in pod["spec"].get("containers") or [])
-
-
 class BindingWatcher(Poller):
     """Polls every pod in the cluster and keeps the most GPUs ever seen bound on one node
     (terminating pods included: their containers may still hold the devices)."""
@@ -73,21 +55,6 @@ class BindingWatcher(Poller):
                 per_node[pod["spec"]["nodeName"]] += gpus(pod)
         for name, used in per_node.items():
             self.peak[name] = max(self.peak[name], used)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 @pytest.fixture
@@ -163,7 +130,7 @@ def test_high_priority_gang_preempts_a_low_priority_one(cluster, namespace, star
     events = cluster.get_json("events", "-n", namespace)["items"]
     assert any(e["reason"] == "Preempted" and e["involvedObject"]["name"] == "low"
                and "high" in e["message"] for e in events)
-    assert scrape(port, "tessera_preemptions_total", policy="cpsat") == 1  # carried out once
+    assert scrape_sample(port, "tessera_preemptions_total", policy="cpsat") == 1  # carried out once
     assert "preempting" in operator.log()
 
 

@@ -8,7 +8,6 @@ exactly what the operator gets in a pod.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
 from chart_helpers import CHART, ROOT, helm
+from prometheus_server import free_port
 
 EXAMPLES = ROOT / "examples"
 
@@ -47,10 +47,6 @@ class Identity:
         return f"{self.release}-tessera"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def token_kubeconfig(cluster: Any, namespace: str, service_account: str, path: Path) -> Path:

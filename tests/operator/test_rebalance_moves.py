@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +23,7 @@ from typing import Any
 import pytest
 from operator_process import OperatorProcess, Poller, clean_up
 from prometheus_client import Gauge
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_server import ExporterServer, free_port, run_prometheus
+from prometheus_server import ExporterServer, free_port, run_prometheus, scrape_sample
 from test_prometheus_load import prometheus_binary
 
 pytestmark = pytest.mark.cluster
@@ -123,21 +121,6 @@ def rfc3339(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def scrape(port: int, name: str, **labels: str) -> float:
-    deadline = time.monotonic() + 15  # a freshly started operator may not serve yet
-    while True:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 @pytest.fixture
@@ -219,7 +202,7 @@ def test_a_hot_replica_moves_make_before_break_after_its_cooldown(cluster, names
     first = setup.start("cooldown_seconds=3600", metrics_port=(port := free_port()))
     start_on_a100(cluster, namespace, setup)
     setup.open_h100()
-    cluster.wait_for(lambda: scrape(port, "tessera_decision_latency_seconds_count", policy=POLICY) >= 4,
+    cluster.wait_for(lambda: scrape_sample(port, "tessera_decision_latency_seconds_count", policy=POLICY) >= 4,
                      timeout=40, what="four rebalancing rounds")
     status = status_of(cluster, namespace)
     assert not status.get("migrations") and not status.get("migrationHistory")
@@ -244,9 +227,9 @@ def test_a_hot_replica_moves_make_before_break_after_its_cooldown(cluster, names
     assert history[1]["startTime"] >= history[0]["completionTime"]
     events = [e for e in cluster.get_json("events", "-n", namespace)["items"] if e["reason"] == "Migrated"]
     assert len(events) == 2 and all("estimated cost" in e["message"] for e in events)
-    assert scrape(port, "tessera_migrations_total", policy=POLICY, reason="rebalance") == 2
-    assert scrape(port, "tessera_migration_observed_seconds_count") == 2
-    assert scrape(port, "tessera_migrations_aborted_total") == 0
+    assert scrape_sample(port, "tessera_migrations_total", policy=POLICY, reason="rebalance") == 2
+    assert scrape_sample(port, "tessera_migration_observed_seconds_count") == 2
+    assert scrape_sample(port, "tessera_migrations_aborted_total") == 0
 
 
 def test_a_restart_after_binding_the_new_replica_finishes_the_move(cluster, namespace, setup):
@@ -314,8 +297,8 @@ def test_a_new_replica_that_never_gets_ready_is_undone_and_the_old_one_keeps_ser
     status = status_of(cluster, namespace)
     assert not any(h["outcome"] == "Completed" for h in status["migrationHistory"])
     assert {r["node"] for r in status["placement"]} <= set(setup.nodes_a100)  # nothing moved
-    cluster.wait_for(lambda: scrape(port, "tessera_migrations_aborted_total") >= 1, timeout=10, what="aborted counted")
-    assert scrape(port, "tessera_migrations_total", policy=POLICY, reason="rebalance") == 0
+    cluster.wait_for(lambda: scrape_sample(port, "tessera_migrations_aborted_total") >= 1, timeout=10, what="aborted counted")
+    assert scrape_sample(port, "tessera_migrations_total", policy=POLICY, reason="rebalance") == 0
     # kwok would never confirm the graceful deletion of the pods it leaves alone: new pods
     # get the normal template again, and the left-alone ones go at once
     cluster.kubectl("patch", "inferenceservice", "chat", "-n", namespace, "--type", "merge", "-p",
@@ -355,7 +338,7 @@ def test_the_cooldown_after_a_move_survives_a_restart(cluster, namespace, setup,
     assert time.monotonic() - placed > cooldown + 5
     port = free_port()
     setup.start(f"cooldown_seconds={cooldown}", metrics_port=port)
-    cluster.wait_for(lambda: scrape(port, "tessera_decision_latency_seconds_count", policy=POLICY) >= 3,
+    cluster.wait_for(lambda: scrape_sample(port, "tessera_decision_latency_seconds_count", policy=POLICY) >= 3,
                      timeout=30, what="three rebalancing rounds")
     pinned = status_of(cluster, namespace)
     assert time.monotonic() - landed < cooldown, "too slow to check the cooldown"
