@@ -36,6 +36,7 @@ Run: ``nice -n 10 .venv/bin/python -m bench.bench_operator_scale`` (needs ``make
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -232,12 +233,16 @@ class Cluster:
 
 # --- in-process: the parts of one cycle ---------------------------------------------
 
+last_body: bytes = b""
+
 
 def timed_list(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """One LIST as tessera.operator.kube does it (raw body, json.loads): items and timings."""
+    """One LIST as tessera.operator.kube does it (raw body, json.loads): items and timings
+    (the raw body is kept in ``last_body`` for the GC-paused re-parse)."""
+    global last_body
     started = time.perf_counter()
     response = call(*args, _preload_content=False, **kwargs)
-    body = response.data
+    body = last_body = response.data
     fetched = time.perf_counter()
     items = list(json.loads(body)["items"])
     parsed = time.perf_counter()
@@ -261,6 +266,7 @@ def measure_parts(cluster: Cluster, repeats: int) -> dict[str, float]:
             for key, value in t.items():
                 add(f"workloads_{key}", value)
         pods, t = timed_list(core.list_pod_for_all_namespaces, field_selector=POD_FIELD_SELECTOR)
+        pods_body = last_body
         for key, value in t.items():
             add(f"pods_{key}", value)
         nodes, t = timed_list(core.list_node)
@@ -279,8 +285,23 @@ def measure_parts(cluster: Cluster, repeats: int) -> dict[str, float]:
         started = time.perf_counter()
         result = engine.decide(state.snapshot, pending)
         add("decide_seconds", time.perf_counter() - started)
-        add("pending", float(len(pending)))
         add("placed", float(len(result.plan.placements)))
+        # the cheap in-process option: the cyclic GC paused while the cycle builds its (acyclic,
+        # short-lived) objects; CPython's collections over ever more live objects make parse and
+        # build_state superlinear
+        del state, result
+        gc.collect()
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            pods_again = list(json.loads(pods_body)["items"])
+            add("pods_parse_gc_off_seconds", time.perf_counter() - started)
+            started = time.perf_counter()
+            build_state(nodes, pods_again, workloads, time.time(), keep_lost=False)
+            add("build_state_gc_off_seconds", time.perf_counter() - started)
+        finally:
+            gc.enable()
+        add("pending", float(len(pending)))
         add("pods_listed", float(len(pods)))
         add("nodes_listed", float(len(nodes)))
     return {key: median(values) for key, values in samples.items()}
@@ -451,7 +472,9 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> int:
             "cycle mean s": r["cycle_mean_seconds"],
             "LIST s": list_seconds, "of which JSON parse s": parse_seconds, "LIST MB": list_mb,
             "pods fetch s / rv=0 fetch s": f"{r['pods_fetch_seconds']:.3f} / {r['pods_rv0_fetch_seconds']:.3f}",
-            "build_state s": r["build_state_seconds"], "decide s": r["decide_seconds"],
+            "pods parse s": r["pods_parse_seconds"], "build_state s": r["build_state_seconds"], "decide s": r["decide_seconds"],
+            "GC paused: pods parse s / build_state s": (f"{r['pods_parse_gc_off_seconds']:.3f} / "
+                                                        f"{r['build_state_gc_off_seconds']:.3f}"),
             "apiserver CPU s/s (idle)": f"{r['apiserver_cpu_per_second']:.2f} ({r['apiserver_idle_cpu_per_second']:.2f})",
             "operator CPU s/s": r["operator_cpu_per_second"],
             "x100: cycle mean": r["cycle_mean_seconds"] / base["cycle_mean_seconds"],
@@ -468,13 +491,13 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> int:
         f"each, Running via kwok), {args.pending_jobs} ElasticJobs (2..4 x 8 GPUs) that cannot fit, so every cycle "
         "decides a queue. `cycle` columns: the real operator process (cpsat, 2 s interval), "
         "tessera_scheduling_cycle_duration_seconds over the window after its first cycle; p50/p95 interpolated "
-        "within the histogram buckets (edges 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 s), mean exact (_sum/_count). "
+        "within the histogram buckets (edges 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 s: coarse), mean exact (_sum/_count). "
         "`LIST s` = the operator's 4 LIST calls (elasticjobs, inferenceservices, pods of all namespaces with its "
         "phase field selector, nodes) done in-process as kube.py does them: request + body + json.loads, median "
         f"of {args.repeats}; `of which JSON parse` is the json.loads part. `pods fetch / rv=0 fetch`: request + "
         "body of the pod LIST without and with resourceVersion=0. build_state and decide (cpsat, 1 s budget) "
         "in-process on the same lists. apiserver CPU s/s: kube-apiserver CPU seconds per second while the operator "
-        "ran (in brackets: the same without the operator, i.e. kwok's traffic). x100 = ratio to the first size "
+        "ran (in brackets: the same without the operator, i.e. kwok's traffic). `GC paused`: the pod list's json.loads and build_state again with CPython's cyclic GC disabled (gc.disable); compare with `pods parse s` and `build_state s`. x100 = ratio to the first size "
         "in this run; `parts` = LIST + build_state + decide."
     )
     write_results(args.name, records, summary, command=command, notes=notes)
