@@ -58,7 +58,7 @@ from kubernetes.client.rest import ApiException
 from bench.common import write_results
 from tessera.engine import Engine
 from tessera.operator.metrics import OperatorMetrics
-from tessera.operator.scheduler import WallClock
+from tessera.operator.scheduler import WallClock, gc_paused
 from tessera.operator.state import SCALE_UP_SUFFIX, build_state
 from tessera.policy import load_policy
 
@@ -286,21 +286,18 @@ def measure_parts(cluster: Cluster, repeats: int) -> dict[str, float]:
         result = engine.decide(state.snapshot, pending)
         add("decide_seconds", time.perf_counter() - started)
         add("placed", float(len(result.plan.placements)))
-        # the cheap in-process option: the cyclic GC paused while the cycle builds its (acyclic,
-        # short-lived) objects; CPython's collections over ever more live objects make parse and
-        # build_state superlinear
+        # the same parts with the cyclic GC paused, as the operator's cycle now runs
+        # (scheduler.gc_paused): CPython's collections over ever more live objects make
+        # parse and build_state superlinear
         del state, result
         gc.collect()
-        gc.disable()
-        try:
+        with gc_paused():
             started = time.perf_counter()
             pods_again = list(json.loads(pods_body)["items"])
             add("pods_parse_gc_off_seconds", time.perf_counter() - started)
             started = time.perf_counter()
             build_state(nodes, pods_again, workloads, time.time(), keep_lost=False)
             add("build_state_gc_off_seconds", time.perf_counter() - started)
-        finally:
-            gc.enable()
         add("pending", float(len(pending)))
         add("pods_listed", float(len(pods)))
         add("nodes_listed", float(len(nodes)))
