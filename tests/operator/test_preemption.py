@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_process import OperatorProcess, Poller
+from operator_process import OperatorProcess, Poller, clean_up
 from prometheus_server import free_port, scrape_sample
 from workload_views import condition, gpus, pods_of, status_of
 
@@ -72,14 +72,7 @@ def start_operator(crds: Any, namespace: str, tmp_path: Path) -> Iterator[Any]:
     yield start
     if not any(p.alive for p in started):
         start()
-    crds.kubectl("delete", "elasticjobs", "--all", "-n", namespace, "--wait=false", check=False)
-    try:
-        crds.wait_for(lambda: not crds.get_json("pods", "-n", namespace)["items"], timeout=40,
-                      what="pods of the test removed")
-    finally:
-        for proc in started:
-            proc.stop()
-            print(f"----- {proc.log_path.name}\n{proc.log()[-6000:]}")  # shown when the test fails
+    clean_up(crds, namespace, "elasticjobs", started)
 
 
 def h100_nodes(cluster: Any) -> list[str]:
