@@ -103,10 +103,10 @@ def elastic(crds: Any, namespace: str, tmp_path: Path) -> Iterator[Any]:
     """Start elastic operators on demand; restore the A100 nodes and clean up at the end."""
     started: list[OperatorProcess] = []
 
-    def start(env: dict[str, str] | None = None) -> OperatorProcess:
+    def start(*extra: str, env: dict[str, str] | None = None) -> OperatorProcess:
         proc = OperatorProcess(crds.kubeconfig, tmp_path / f"operator-{len(started)}.log", "--policy", "elastic",
                                f"--failure-grace-seconds={GRACE_SECONDS}",
-                               "--policy-param", f"elastic_hysteresis_seconds={HYSTERESIS_SECONDS}",
+                               "--policy-param", f"elastic_hysteresis_seconds={HYSTERESIS_SECONDS}", *extra,
                                env={"KUBECONFIG": str(crds.kubeconfig), **(env or {})}).start()
         started.append(proc)
         return proc
@@ -233,7 +233,7 @@ def test_two_failures_in_quick_succession(cluster, namespace, elastic):
 
 
 def test_operator_restart_in_the_middle_of_a_reshard(cluster, namespace, elastic):
-    first_operator = elastic(env={"TESSERA_FAULT_EXIT_AFTER_RESHARD_RECORDS": "1"})
+    first_operator = elastic("--fault-exit-after", "reshard-recorded=1")
     nodes = a100_nodes(cluster)
     status = start_job(cluster, namespace, "crash", 2, len(nodes))
     first = generation(status)

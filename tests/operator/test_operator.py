@@ -236,7 +236,7 @@ def _bound(pods: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
 
 def test_crash_in_the_middle_of_a_gang_is_completed_without_double_binding(cluster, namespace, start_operator):
     # the first operator dies (exit 137, no cleanup) right after its 3rd bind of a 4-pod gang
-    first = start_operator(env={"TESSERA_FAULT_EXIT_AFTER_BINDS": "3"})
+    first = start_operator("--fault-exit-after", "bind=3")
     cluster.apply(elasticjob("crashy", ["H100"], min_replicas=4, max_replicas=4), namespace)
     assert first.wait_exit(timeout=40) == 137
     pods = pods_of(cluster, namespace, "crashy")

@@ -128,7 +128,7 @@ def test_high_priority_gang_preempts_a_low_priority_one(cluster, namespace, star
 
 
 def test_a_crash_after_recording_an_eviction_is_finished_by_the_next_operator(cluster, namespace, start_operator):
-    first = start_operator(env={"TESSERA_FAULT_EXIT_AFTER_EVICTION_RECORDS": "1"})
+    first = start_operator("--fault-exit-after", "eviction-recorded=1")
     h100 = fill_h100(cluster, namespace)
     with BindingWatcher(cluster) as watcher:
         cluster.apply(elasticjob("high", 2, priority=10), namespace)

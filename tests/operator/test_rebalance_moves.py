@@ -233,7 +233,7 @@ def test_a_hot_replica_moves_make_before_break_after_its_cooldown(cluster, names
 
 
 def test_a_restart_after_binding_the_new_replica_finishes_the_move(cluster, namespace, setup):
-    first = setup.start("cooldown_seconds=2", env={"TESSERA_FAULT_EXIT_AFTER_MIGRATION_BINDS": "1"})
+    first = setup.start("cooldown_seconds=2", extra=("--fault-exit-after", "migration-bound=1"))
     start_on_a100(cluster, namespace, setup)
     with ReplicaWatcher(cluster, namespace) as watcher:
         setup.open_h100()
@@ -256,7 +256,7 @@ def test_a_restart_after_binding_the_new_replica_finishes_the_move(cluster, name
 
 
 def test_a_restart_before_the_new_replica_is_bound_undoes_the_move(cluster, namespace, setup):
-    first = setup.start("cooldown_seconds=2", env={"TESSERA_FAULT_EXIT_AFTER_MIGRATION_RECORDS": "1"})
+    first = setup.start("cooldown_seconds=2", extra=("--fault-exit-after", "migration-recorded=1"))
     start_on_a100(cluster, namespace, setup)
     with ReplicaWatcher(cluster, namespace) as watcher:
         setup.open_h100()

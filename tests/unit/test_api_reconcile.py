@@ -170,18 +170,19 @@ def test_pod_of_a_replica_links_back_and_asks_for_the_devices():
 
 
 def test_conditions_keep_their_transition_time_until_the_status_flips():
-    from tessera.operator.scheduler import _same, set_condition
+    from tessera.operator.status import set_condition, unchanged
 
-    first = set_condition([], "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)
+    now = "2026-06-01T00:00:00Z"
+    first = set_condition([], "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1, now)
     first[0]["lastTransitionTime"] = "2026-01-01T00:00:00Z"
-    again = set_condition(first, "Scheduled", "False", "Unschedulable", "needs 2; 0 fit", 1)
+    again = set_condition(first, "Scheduled", "False", "Unschedulable", "needs 2; 0 fit", 1, now)
     assert again[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and again[0]["message"] == "needs 2; 0 fit"
-    flipped = set_condition(again, "Scheduled", "True", "Placed", "bound", 1)
-    assert flipped[0]["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+    flipped = set_condition(again, "Scheduled", "True", "Placed", "bound", 1, now)
+    assert flipped[0]["lastTransitionTime"] == now
     # an unchanged status is not patched again (timestamps aside)
-    assert _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": set_condition(
-        first, "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1)})
-    assert not _same({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": again})
+    assert unchanged({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": set_condition(
+        first, "Scheduled", "False", "Unschedulable", "needs 2; 1 fit", 1, now)})
+    assert not unchanged({"phase": "Pending", "conditions": first}, {"phase": "Pending", "conditions": again})
 
 
 def gpu_pod(workload: str, replica: int, node_name: str, **extra: Any) -> dict:

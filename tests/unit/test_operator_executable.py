@@ -12,7 +12,7 @@ from tessera.core import (
     Resize,
 )
 from tessera.engine import CycleResult
-from tessera.operator.scheduler import executable_placements
+from tessera.operator.executable import executable_placements
 from tessera.testing import gang, node
 
 

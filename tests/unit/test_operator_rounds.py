@@ -21,7 +21,9 @@ from tessera.testing import gang, node
 
 
 class RoundPolicy:
-    """A policy exposing only the operator-facing round attribute."""
+    """A policy exposing only the DecidesInRounds capability."""
+
+    round_seconds = 30.0
 
     def __init__(self, due: float | None) -> None:
         self.due = due

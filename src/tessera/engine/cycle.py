@@ -23,7 +23,7 @@ from tessera.core import (
     validate_plan,
 )
 from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
-from tessera.policy import Policy, PolicyContext
+from tessera.policy import BackedByArtifact, Policy, PolicyContext, ReportsDecisionStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,12 @@ class Engine:
     """Runs a policy safely.
 
     ``timer`` only measures decision latency; decisions themselves see time through the
-    injected clock.  A policy that raises does not stop the loop: the cycle returns an
-    empty plan with the error, and every pending workload keeps waiting with that reason.
+    injected clock.  A policy that raises does not stop the loop.  When it raises on a
+    queue of several pending workloads, the engine finds the ones it cannot decide (each
+    alone) and decides the rest without them: one workload that breaks a policy (an
+    extreme number, a shape it never met) waits with the error while the others are
+    placed.  When it fails whatever the queue (the running state breaks it), the cycle
+    returns an empty plan with the error and every pending workload waits with it.
     """
 
     def __init__(
@@ -88,19 +92,24 @@ class Engine:
         ctx = self.context()
         self._cycles += 1
         error = ""
+        failed: dict[str, str] = {}
         started = self._timer()
         try:
             proposed = self.policy.decide(snapshot, pending, ctx)
         except Exception as err:  # a broken policy must not take the scheduler down
             proposed = Plan()
             error = f"policy {self.policy.name} failed: {type(err).__name__}: {err}"
+            if len(pending) > 1:
+                proposed, failed, error = self._without_culprits(snapshot, pending, ctx, error)
         elapsed = self._timer() - started
         # a policy may expose statistics of its last decision (solver status, objective,
-        # gap, ...) as a ``last_stats`` mapping; they travel with the cycle to the metrics
-        raw_stats = getattr(self.policy, "last_stats", None)
-        stats = dict(raw_stats) if isinstance(raw_stats, Mapping) and not error else {}
-        validated = validate_plan(snapshot, pending, proposed)
-        waiting = self._waiting(pending, proposed, validated.accepted, validated.rejected, validated.ledger, error)
+        # gap, ...); they travel with the cycle to the metrics
+        policy = self.policy
+        stats = dict(policy.last_stats) if isinstance(policy, ReportsDecisionStats) and not error else {}
+        decided = [w for w in pending if w.key not in failed]
+        validated = validate_plan(snapshot, decided, proposed)
+        waiting = self._waiting(decided, proposed, validated.accepted, validated.rejected, validated.ledger, error)
+        waiting.update(failed)
         result = CycleResult(
             policy=self.policy.name,
             policy_version=self.policy.version,
@@ -119,8 +128,30 @@ class Engine:
     def _artifact(self) -> dict[str, str]:
         # a policy backed by a trained artifact (weights) names it, so status and metrics show
         # which model decided; policies without one report nothing extra
-        artifact = getattr(self.policy, "artifact", None)
-        return {"policy_artifact": str(artifact)} if artifact else {}
+        policy = self.policy
+        artifact = str(policy.artifact) if isinstance(policy, BackedByArtifact) else ""
+        return {"policy_artifact": artifact} if artifact else {}
+
+    def _without_culprits(
+        self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext, error: str
+    ) -> tuple[Plan, dict[str, str], str]:
+        """After the policy raised on ``pending``: decide each alone to find the workloads it
+        fails on, then the rest together.  Returns the plan, culprit -> reason, and the error
+        left (empty when the rest was decided)."""
+        failed: dict[str, str] = {}
+        for workload in pending:
+            try:
+                self.policy.decide(snapshot, [workload], ctx)
+            except Exception as err:  # this workload breaks the policy
+                failed[workload.key] = (f"policy {self.policy.name} failed on this workload: "
+                                        f"{type(err).__name__}: {err}")
+        rest = [w for w in pending if w.key not in failed]
+        if not failed or not rest:
+            return Plan(), failed, error
+        try:
+            return self.policy.decide(snapshot, rest, ctx), failed, ""
+        except Exception as err:
+            return Plan(), failed, f"policy {self.policy.name} failed: {type(err).__name__}: {err}"
 
     def run_cycle(self, source: ClusterSource, actuator: Actuator) -> CycleResult:
         result = self.decide(source.snapshot(), source.pending())

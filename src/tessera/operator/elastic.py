@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tessera.api import elastic_contract as contract
 from tessera.api.models import ElasticJob, ReplicaStatus
@@ -50,10 +50,14 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.core.resharding import sharding_for
 from tessera.core.sharding import ShardingPlan, plan_sharding
-from tessera.engine import CycleResult
+from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L
+from tessera.operator.actuator import Actuator, CycleReport
+from tessera.operator.faults import CrashPoint
 from tessera.operator.kube import KubeError
+from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.state import (
     CONDITION_TAINT_KEYS,
     TOLERATED_TAINT_KEYS,
@@ -61,21 +65,14 @@ from tessera.operator.state import (
     WorkloadView,
     parse_timestamp,
 )
-from tessera.policies.elastic import sharding_for
-
-if TYPE_CHECKING:
-    from tessera.operator.scheduler import CycleReport, Scheduler
+from tessera.operator.status import INSUFFICIENT, REQUEUED, Phase
+from tessera.policy import ReshardsOnFailure
 
 log = logging.getLogger("tessera.operator.elastic")
 
 #: env var and default of the failure grace (the chart sets it from elastic.failureGraceSeconds)
 GRACE_ENV = "TESSERA_FAILURE_GRACE_SECONDS"
 DEFAULT_FAILURE_GRACE_SECONDS = 5.0
-#: condition type of a job released below its minimum and waiting to be placed again
-REQUEUED = "Requeued"
-INSUFFICIENT = "InsufficientReplicas"
-#: fault injection for the crash tests: exit (like SIGKILL) right after recording the N-th reshard
-FAULT_ENV = "TESSERA_FAULT_EXIT_AFTER_RESHARD_RECORDS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,46 +251,55 @@ def new_replica_indices(taken: Iterable[int], count: int) -> list[int]:
 
 
 class ElasticActuator:
-    """Executes the elastic policy's Resize and after-failure Preemption decisions."""
+    """Carries out Resize and after-failure Preemption decisions (of any policy), applies
+    the failure grace for policies that reshard on failure, closes reshard records."""
 
-    def __init__(self, scheduler: Scheduler, settings: ElasticSettings) -> None:
-        self.scheduler = scheduler
+    def __init__(
+        self,
+        actuator: Actuator,
+        engine: Engine,
+        metrics: OperatorMetrics,
+        settings: ElasticSettings,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.actuator = actuator
+        self.status = actuator.status
+        self.engine = engine
+        self.metrics = metrics
         self.settings = settings
+        self.clock = clock
         #: Unix seconds when the next node leaves its grace (the loop wakes then)
         self.next_deadline: float | None = None
-        self._reshard_records = 0
         self._raw_nodes: dict[str, Mapping[str, Any]] = {}
-        self.crash_after_reshard_records = int(os.environ.get(FAULT_ENV, "0") or 0)
 
     @property
     def enabled(self) -> bool:
-        """Whether the policy handles failures itself (``handles_failures``, the elastic policy).
+        """Whether the policy reshards around lost replicas itself (ReshardsOnFailure; the
+        operator's default composition, see tessera.policy.with_failure_handling).
 
-        Then lost replicas stay in the snapshot for it and the failure grace applies; other
-        policies keep the old rule (drop lost replicas, roll back below min).  Resizes are
-        carried out for any policy that decides them.
+        Then lost replicas stay in the snapshot for it and the failure grace applies;
+        otherwise lost replicas are dropped and a gang below min is rolled back.  Resizes
+        are carried out for any policy that decides them.
         """
-        return bool(getattr(self.scheduler.engine.policy, "handles_failures", False))
+        return isinstance(self.engine.policy, ReshardsOnFailure)
 
     def observe(self, state: ClusterState, raw_nodes: Iterable[Mapping[str, Any]], now_seconds: float) -> None:
         """Apply the failure grace to this cycle's snapshot."""
         raw_nodes = list(raw_nodes)
         self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): n for n in raw_nodes}
-        if not self.enabled:
+        policy = self.engine.policy
+        if not isinstance(policy, ReshardsOnFailure):
             self.next_deadline = None
             return
         _, grace_deadline = apply_failure_grace(state, raw_nodes, now_seconds, self.settings.failure_grace_seconds)
         # a node leaving its grace and a job's growth hysteresis ending are changes no watch
         # reports: the loop wakes for the earliest of them
-        deadlines = growth_deadlines(state.snapshot, self._hysteresis_seconds(), now_seconds)
+        hysteresis = policy.growth_hysteresis_seconds(self.engine.params)
+        deadlines = growth_deadlines(state.snapshot, hysteresis, now_seconds)
         if grace_deadline is not None:
             deadlines.append(grace_deadline)
         self.next_deadline = min(deadlines) if deadlines else None
-
-    def _hysteresis_seconds(self) -> float:
-        engine = self.scheduler.engine
-        default = getattr(getattr(engine.policy, "settings", None), "hysteresis_seconds", 300.0)
-        return float(engine.params.get("elastic_hysteresis_seconds", default))
 
     def wait_seconds(self, now_seconds: float, default: float) -> float:
         """How long the loop may sleep: until the next grace deadline at most."""
@@ -303,32 +309,8 @@ class ElasticActuator:
 
     # -- Resize ---------------------------------------------------------------------------
 
-    def resize_all(self, state: ClusterState, result: CycleResult, report: CycleReport, skip: set[str]) -> set[str]:
-        """Carry out the accepted releases after failures and Resizes; returns the workloads done.
-
-        A release after a failure does not wait for other evictions' pods to go (the
-        scheduler holds new evictions back while pods leave): the job's replicas are lost
-        either way, and holding it would leave a gang below its minimum running.
-        """
-        done: set[str] = set()
-        for pre in result.plan.preemptions:
-            if pre.after_failure and pre.workload not in skip and self.requeue(state, pre, result, report):
-                done.add(pre.workload)
-                skip = skip | {pre.workload}
-        for resize in result.plan.resizes:
-            if resize.workload in skip:
-                continue
-            if state.leaving and not resize.add and not self._removes_lost(state, resize):
-                # a shrink that makes room for other work waits while earlier evictions' pods
-                # go, as evictions do: their room does not look free yet, so the policy would
-                # shrink more for the same beneficiary
-                continue
-            if self.resize(state, resize, result, report):
-                done.add(resize.workload)
-        return done
-
     @staticmethod
-    def _removes_lost(state: ClusterState, resize: Resize) -> bool:
+    def removes_lost(state: ClusterState, resize: Resize) -> bool:
         """Whether ``resize`` removes a replica that is lost (failed node or pod)."""
         view = state.workloads.get(resize.workload)
         if view is None:
@@ -347,11 +329,10 @@ class ElasticActuator:
     ) -> bool:
         """Carry out one Resize (record, delete removed pods, bind new ones); ``label`` names
         it in metrics and Events (default: failure, grow or shrink, from what it does)."""
-        s = self.scheduler
         view = state.workloads.get(resize.workload)
         if view is None or not isinstance(view.model, ElasticJob) or view.in_flight or view.rollback_reason:
             return False
-        now = s.clock()
+        now = self.clock()
         removed = set(resize.remove)
         current = {**view.lost, **view.placement}
         kept = [r for i, r in sorted(current.items()) if i not in removed]
@@ -371,16 +352,20 @@ class ElasticActuator:
         ]
         full = sorted(kept + new, key=lambda r: r.replica)
         plan = plan_for(view, full)
+        if plan is None and view.workload is not None and view.workload.global_batch_size is not None:
+            # never run without a plan: the pods could not agree on who does what
+            report.errors.append(f"{view.key}: no sharding plan on {len(full)} replica(s); not resharding")
+            return False
         before = len(current)
-        label = label or ("failure" if self._removes_lost(state, resize) else ("grow" if resize.add else "shrink"))
+        label = label or ("failure" if self.removes_lost(state, resize) else ("grow" if resize.add else "shrink"))
         grow = label == "grow"
-        detected = self._failure_time(state, view, removed, now) if label == "failure" else now
+        detected = self._failure_time(view, removed, now) if label == "failure" else now
         record = contract.reshard_record(reason=resize.reason, from_replicas=before, to_replicas=len(full),
                                          generation=plan.generation if plan else 0, detected_at_seconds=detected)
         history = contract.append_history(list(view.status.get("reshardHistory") or []), record)
         message = f"resharding {before} -> {len(full)} replicas: {resize.reason}"
         status: dict[str, Any] = {
-            "phase": "Binding",
+            "phase": Phase.BINDING.value,
             "placementGeneration": generation,
             "placement": [r.model_dump() for r in full],
             "replicas": len(kept),
@@ -392,29 +377,25 @@ class ElasticActuator:
         if plan is not None:
             status["plan"] = plan_status(plan)
         try:
-            s._write_status(view, status, force=True)
+            self.status.write(view, status, force=True)
         except KubeError as err:
             report.errors.append(f"{view.key}: could not record the reshard, not resharding: {err}")
             return False
-        self._reshard_records += 1
-        if self.crash_after_reshard_records and self._reshard_records >= self.crash_after_reshard_records:
-            log.error("fault injection: exiting after recording %d reshards (%s)", self._reshard_records, FAULT_ENV)
-            os._exit(137)
+        self.actuator.hooks.reached(CrashPoint.RESHARD_RECORDED)
         log.info("ElasticJob %s: %s", view.key, message)
         self._delete_removed(state, view, removed, report)
         view.lost = {}
         view.placement = {r.replica: r for r in kept}
-        s._bind(state, view, full, new, previous=kept, report=report, why=resize.reason)
-        if {r.replica for r in view.placement.values()} != {r.replica for r in full}:
+        if not self.actuator.bind(state, view, full, new, previous=kept, report=report, why=resize.reason):
             return True  # the bind failed and was undone; the next cycle decides again
         event_reason = "GrewBack" if grow else ("Migrated" if label == "move" else "Resharded")
-        self.finish(view, now_seconds=s.clock(), event_reason=event_reason,
+        self.finish(view, now_seconds=self.clock(), event_reason=event_reason,
                     message=f"{before} -> {len(full)} replicas, plan generation "
                             f"{plan.generation if plan else '-'}: {resize.reason}", reason=label)
-        s.metrics.reshards_done.labels(reason=label).inc()
+        self.metrics.reshards_done.labels(reason=label).inc()
         return True
 
-    def _failure_time(self, state: ClusterState, view: WorkloadView, removed: set[int], now: float) -> float:
+    def _failure_time(self, view: WorkloadView, removed: set[int], now: float) -> float:
         """When the failure that removed replicas began (earliest node failure, else now)."""
         times = []
         for index in removed:
@@ -427,22 +408,15 @@ class ElasticActuator:
         return min(times) if times else now
 
     def _delete_removed(self, state: ClusterState, view: WorkloadView, removed: set[int], report: CycleReport) -> None:
-        s = self.scheduler
         for pod in view.pods:
             if pod.replica in removed:
                 node = state.nodes.get(pod.node_name)
                 # on a dead node no kubelet confirms a graceful delete: force it
                 grace = None if node is not None and node.node.usable else 0
-                s._delete(pod, report, grace_period_seconds=grace)
+                self.actuator.delete(pod, report, grace_period_seconds=grace)
         listed = {p.replica for p in view.pods}
         for index in removed - listed:  # a Failed pod is not listed: delete it by name if it is ours
-            name = L.pod_name(view.name, index)
-            try:
-                found = s.kube.read_pod(view.namespace, name)
-                if found is not None and (found["metadata"].get("labels") or {}).get(L.WORKLOAD_UID) == view.uid:
-                    s.kube.delete_pod(view.namespace, name, found["metadata"]["uid"], 0)
-            except KubeError as err:
-                report.errors.append(str(err))
+            self.actuator.delete_if_ours(view, L.pod_name(view.name, index), report)
 
     def finish(self, view: WorkloadView, *, now_seconds: float, event_reason: str = "", message: str = "",
                reason: str = "failure") -> None:
@@ -454,106 +428,57 @@ class ElasticActuator:
         last["runningAt"] = now_seconds
         last["recoverySeconds"] = max(0.0, now_seconds - float(last.get("detectedAt") or now_seconds))
         try:
-            self.scheduler._write_status(view, {"reshardHistory": history}, force=True)
+            self.status.write(view, {"reshardHistory": history}, force=True)
         except KubeError as err:
             log.warning("%s: could not record the recovery time: %s", view.key, err)
             return
-        self.scheduler.metrics.reshard_recovery.labels(reason=reason).observe(last["recoverySeconds"])
+        self.metrics.reshard_recovery.labels(reason=reason).observe(last["recoverySeconds"])
         if event_reason:
-            self.scheduler._event(view, "Normal", event_reason,
-                                  f"{message} (recovered in {last['recoverySeconds']:.2f}s)")
+            self.status.event(view, "Normal", event_reason,
+                              f"{message} (recovered in {last['recoverySeconds']:.2f}s)")
 
-    def settle(self, state: ClusterState) -> None:
-        """Running jobs whose reshard a restart completed: close the record, sync the plan."""
-        if not self.enabled:
+    def settle(self, view: WorkloadView) -> None:
+        """A running job whose reshard a restart completed: close the record, sync the plan."""
+        if not self.enabled or not isinstance(view.model, ElasticJob):
             return
-        now = self.scheduler.clock()
-        for view in state.workloads.values():
-            if not isinstance(view.model, ElasticJob) or view.in_flight or view.rollback_reason or not view.placement:
-                continue
-            if view.status.get("phase") != "Running" or view.lost or view.bound_replicas < len(view.placement):
-                continue
-            recorded = (view.status.get("plan") or {}).get("replicas")
-            if recorded is not None and sorted(recorded) != sorted(view.placement) and len(view.placement) > 0:
-                # a reshard's bind was undone (or a replica dropped): the plan follows the pods
-                try:
-                    self.prepare(view, list(view.placement.values()))
-                except KubeError as err:
-                    log.warning("%s: could not update the plan: %s", view.key, err)
-            history = view.status.get("reshardHistory") or []
-            if history and history[-1].get("runningAt") is None and int(history[-1].get("toReplicas") or 0) > 0:
-                self.finish(view, now_seconds=now, event_reason="Resharded",
-                            message=f"reshard completed after a restart: {history[-1].get('reason', '')}")
+        if view.in_flight or view.rollback_reason or not view.placement:
+            return
+        if view.status.get("phase") != Phase.RUNNING.value or view.lost or view.bound_replicas < len(view.placement):
+            return
+        recorded = (view.status.get("plan") or {}).get("replicas")
+        if recorded is not None and sorted(recorded) != sorted(view.placement) and len(view.placement) > 0:
+            # a reshard's bind was undone (or a replica dropped): the plan follows the pods
+            self.actuator.deliver_plan(view, list(view.placement.values()))
+        history = view.status.get("reshardHistory") or []
+        if history and history[-1].get("runningAt") is None and int(history[-1].get("toReplicas") or 0) > 0:
+            self.finish(view, now_seconds=self.clock(), event_reason="Resharded",
+                        message=f"reshard completed after a restart: {history[-1].get('reason', '')}")
 
     # -- requeue below the minimum ----------------------------------------------------------------
 
-    def requeue(self, state: ClusterState, preemption: Preemption, result: CycleResult, report: CycleReport) -> str:
+    def requeue(self, state: ClusterState, preemption: Preemption, report: CycleReport) -> bool:
         """Release a job whose survivors are below its minimum; it waits to be placed again."""
-        from tessera.operator.scheduler import released_status
-
-        s = self.scheduler
         view = state.workloads.get(preemption.workload)
         if view is None or view.workload is None or not (view.placement or view.lost):
-            return ""  # not running (or released already this cycle)
-        now = s.clock()
+            return False  # not running (or released already this cycle)
+        now = self.clock()
         before = len(view.placement) + len(view.lost)
         reason = preemption.reason or "survivors below the minimum; released and requeued"
+        everything = set(view.placement) | set(view.lost)
         record = contract.reshard_record(
             reason=reason, from_replicas=before, to_replicas=0,
             generation=int((view.status.get("plan") or {}).get("generation") or 0),
-            detected_at_seconds=self._failure_time(state, view, set(view.placement) | set(view.lost), now),
+            detected_at_seconds=self._failure_time(view, everything, now),
             running_at_seconds=None)
         status: dict[str, Any] = {
-            **released_status(view, reason, REQUEUED, INSUFFICIENT),
+            **self.status.released(view, reason, REQUEUED, INSUFFICIENT),
             "lastResizeTime": precise_rfc3339(now),
             "reshardHistory": contract.append_history(list(view.status.get("reshardHistory") or []), record),
         }
-        try:
-            s._write_status(view, status, force=True)
-        except KubeError as err:
-            report.errors.append(f"{view.key}: could not record the requeue, not releasing: {err}")
-            return ""
-        self._delete_removed(state, view, set(view.placement) | set(view.lost), report)
-        view.placement.clear()
-        view.lost = {}
-        view.in_flight = False
-        view.to_bind = []
-        s.metrics.reshards_done.labels(reason="requeue").inc()
+        if not self.actuator.release(view, status, report, crash_point=CrashPoint.EVICTION_RECORDED,
+                                     delete=lambda: self._delete_removed(state, view, everything, report)):
+            return False
+        self.metrics.reshards_done.labels(reason="requeue").inc()
         report.preempted.append(view.key)
-        s._event(view, "Warning", REQUEUED, reason)
-        return view.key
-
-    # -- plan delivery --------------------------------------------------------------------------
-
-    def prepare(self, view: WorkloadView, full: list[ReplicaStatus]) -> ShardingPlan | None:
-        """Plan of ``full`` recorded in status, ConfigMap and headless Service in place; before pods.
-
-        Raises KubeError (the bind is undone) when they cannot be written.
-        """
-        if not isinstance(view.model, ElasticJob):
-            return None
-        plan = plan_for(view, full)
-        if plan is None:
-            return None
-        from tessera.operator.pods import owner_reference
-
-        owner = owner_reference(view.kind, view.raw)
-        s = self.scheduler
-        s.kube.ensure_service({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": contract.headless_service_name(view.name), "namespace": view.namespace,
-                         "labels": {L.WORKLOAD: view.name}, "ownerReferences": [owner]},
-            "spec": {"clusterIP": "None", "selector": {L.WORKLOAD_UID: view.uid},
-                     "publishNotReadyAddresses": True,
-                     "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT}]},
-        })
-        s.kube.apply_configmap({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": contract.configmap_name(view.name), "namespace": view.namespace,
-                         "labels": {L.WORKLOAD: view.name}, "ownerReferences": [owner]},
-            "data": contract.configmap_data(view.name, view.namespace, plan),
-        })
-        recorded = (view.status.get("plan") or {}).get("document")
-        if recorded != plan.to_dict():
-            s._write_status(view, {"plan": plan_status(plan)}, force=True)
-        return plan
+        self.status.event(view, "Warning", REQUEUED, reason)
+        return True

@@ -55,6 +55,16 @@ def _error(err: ApiException, what: str) -> KubeError:
     return KubeError(f"{what}: {err.status} {err.reason}: {detail}".strip(), err.status or 0)
 
 
+def _check_owned(current: dict[str, Any], wanted: dict[str, Any], kind: str) -> None:
+    """Raise unless ``current`` is owned by the owner of ``wanted`` (never adopt another's object)."""
+    want = {o.get("uid") for o in wanted["metadata"].get("ownerReferences") or []}
+    have = {o.get("uid") for o in (current.get("metadata") or {}).get("ownerReferences") or []}
+    if not want & have:
+        meta = wanted["metadata"]
+        raise KubeError(f"a {kind} named {meta['name']} that this workload does not own exists in namespace "
+                        f"{meta['namespace']}; Tessera does not adopt it: delete or rename it", 409)
+
+
 @dataclass
 class Kube:
     """Typed helpers over the generated client."""
@@ -132,6 +142,20 @@ class Kube:
         if existing is None:
             raise KubeError(f"create pod {namespace}/{name}: exists but vanished; retry", 409)
         return existing, False
+
+    def dry_run_pod(self, body: dict[str, Any]) -> None:  # pods: create (dryRun=All: nothing is stored)
+        """Ask the API server to validate ``body`` as it would a real create, admission
+        (Pod Security, quotas, webhooks) included; raises KubeError with its answer."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_pod(namespace, cast(Any, body), dry_run="All",
+                                            field_manager=L.FIELD_MANAGER, _preload_content=False)
+        except ApiException as err:
+            if err.status == 409:  # a pod of that name exists: the spec itself was accepted
+                return
+            raise _error(err, f"pod {namespace}/{name} would be refused") from err
+        except (TypeError, ValueError) as err:  # the client refused to serialise it
+            raise KubeError(f"pod {namespace}/{name} cannot be sent: {err}", 422) from err
 
     def bind_pod(self, namespace: str, name: str, node: str, pod_uid: str) -> None:  # pods/binding: create
         """Bind through the Binding subresource. The API server refuses a second binding (409)."""
@@ -227,6 +251,7 @@ class Kube:
                 raise _error(err, f"create configmap {namespace}/{name}") from err
         try:
             current = _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+            _check_owned(current, body, "ConfigMap")
             if current.get("data") == body.get("data"):
                 return False
             self.core.patch_namespaced_config_map(name, namespace, {"data": body.get("data") or {}},
@@ -235,17 +260,24 @@ class Kube:
         except ApiException as err:
             raise _error(err, f"update configmap {namespace}/{name}") from err
 
-    def ensure_service(self, body: dict[str, Any]) -> bool:  # services: create
-        """Create the Service ``body`` unless one of that name exists; True when created."""
+    def ensure_service(self, body: dict[str, Any]) -> bool:  # services: create, get
+        """Create the Service ``body`` unless this workload's own exists; True when created.
+
+        A Service of that name owned by anything else raises KubeError (never adopted)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
             self.core.create_namespaced_service(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
                                                 _preload_content=False)
             return True
         except ApiException as err:
-            if err.status == 409:
-                return False
-            raise _error(err, f"create service {namespace}/{name}") from err
+            if err.status != 409:
+                raise _error(err, f"create service {namespace}/{name}") from err
+        try:
+            current = _json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
+        except ApiException as err:
+            raise _error(err, f"get service {namespace}/{name}") from err
+        _check_owned(current, body, "Service")
+        return False
 
     # --- leases (coordination.k8s.io) ------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tessera.operator.kube import Kube
+from tessera.operator.ports import KubePort
 from tessera.operator.state import parse_timestamp
 
 log = logging.getLogger("tessera.operator.lease")
@@ -30,7 +30,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        kube: Kube,
+        kube: KubePort,
         namespace: str,
         name: str,
         identity: str,

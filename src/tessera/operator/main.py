@@ -19,13 +19,22 @@ import kopf
 
 from tessera.engine import Engine
 from tessera.operator.elastic import DEFAULT_FAILURE_GRACE_SECONDS, GRACE_ENV, ElasticSettings
+from tessera.operator.faults import NO_FAULTS, ExitAfter, FaultHooks
 from tessera.operator.kube import Kube
 from tessera.operator.lease import LeaderElector
 from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.rebalance import Rebalancer
 from tessera.operator.scheduler import Scheduler, WallClock
-from tessera.policy import Policy, PolicyLoadError, load_policy, registered_policy
+from tessera.policy import (
+    DecidesInRounds,
+    Policy,
+    PolicyLoadError,
+    capabilities_of,
+    load_policy,
+    registered_policy,
+    with_failure_handling,
+)
 
 log = logging.getLogger("tessera.operator")
 
@@ -59,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=float(os.environ.get(GRACE_ENV) or DEFAULT_FAILURE_GRACE_SECONDS),
                         help=f"elastic jobs: how long a node must stay NotReady/tainted before its replicas "
                              f"are resharded away (default: ${GRACE_ENV} or {DEFAULT_FAILURE_GRACE_SECONDS:g})")
+    parser.add_argument("--failure-handling", action=argparse.BooleanOptionalAction, default=True,
+                        help="elastic failure handling on top of any --policy: reshard a training job's lost "
+                             "replicas away (shrink within min..max keeping the global batch), requeue it below "
+                             "min, grow it back after the hysteresis (default: on)")
+    # crash points for the restart tests (tessera.operator.faults); not for production use
+    parser.add_argument("--fault-exit-after", action="append", default=[], metavar="POINT=N", help=argparse.SUPPRESS)
     parser.add_argument("--policy-param", action="append", default=[], metavar="KEY=VALUE",
                         help="a policy parameter, repeatable: in PolicyContext.params (numbers as floats), e.g. "
                              "elastic_hysteresis_seconds=300, and also a constructor argument when the policy "
@@ -121,9 +136,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         arguments = constructor_arguments(args.policy, params)
         policy = load_policy(args.policy, **arguments)
-    except PolicyLoadError as err:
+        hooks: FaultHooks = ExitAfter.parse(args.fault_exit_after) if args.fault_exit_after else NO_FAULTS
+    except (PolicyLoadError, ValueError) as err:
         log.error("%s", err)
         return 2
+    if args.failure_handling:
+        policy = with_failure_handling(policy)
     kube = Kube.connect(args.kubeconfig, args.context)
     metrics = OperatorMetrics()
     metrics.instrument(kube.api)  # tessera_api_errors_total
@@ -137,11 +155,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
-                          rebalancer=rebalancer,
+                          rebalancer=rebalancer, hooks=hooks,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
-    log.info("tessera operator starting: policy %s %s%s, identity %s", policy.name, policy.version,
-             f" {arguments}" if arguments else "", args.identity)
-    rounds = getattr(policy, "round_seconds", 0) or 0
+    log.info("tessera operator starting: policy %s %s%s, capabilities %s, identity %s", policy.name, policy.version,
+             f" {arguments}" if arguments else "", ", ".join(capabilities_of(policy)) or "none", args.identity)
+    rounds = policy.round_seconds if isinstance(policy, DecidesInRounds) else 0
     if rounds:
         log.info("round mode: every %gs the policy re-decides every running and waiting job", rounds)
     asyncio.run(_serve(scheduler, kube, args.liveness))

@@ -186,6 +186,14 @@ class OperatorMetrics:
             "tessera_api_errors_total", "Failed Kubernetes API requests of the scheduler (HTTP status, 0: no answer).",
             ["verb", "resource", "code"], registry=r,
         )
+        self.cycles = Counter(
+            "tessera_scheduling_cycles_total", "Scheduling cycles completed (led or not).", registry=r
+        )
+        self.workload_failures = Counter(
+            "tessera_workload_failures_total",
+            "Actions on one workload that raised and were contained (the workload backs off; the cycle goes on).",
+            ["kind"], registry=r,
+        )
         self.leader = Gauge(
             "tessera_scheduler_leader", "1 when this replica holds the scheduler Lease.", registry=r
         )

@@ -36,9 +36,9 @@ path (plan change with restart); they are reported as waiting.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -56,11 +56,14 @@ from tessera.core import (
 from tessera.core.migration import max_unavailable
 from tessera.engine import CycleResult, Engine, LoadSource, with_load
 from tessera.operator import labels as L
-from tessera.operator.kube import Kube, KubeError, now_rfc3339
+from tessera.operator.faults import NO_FAULTS, CrashPoint, FaultHooks
+from tessera.operator.kube import KubeError
 from tessera.operator.lease import LeaderElector
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.pods import build_pod
+from tessera.operator.ports import KubePort
 from tessera.operator.state import ClusterState, PodView, WorkloadView, free_replica_indices, parse_timestamp
+from tessera.operator.status import StatusWriter
 
 log = logging.getLogger("tessera.operator.rebalance")
 
@@ -270,7 +273,7 @@ class Rebalancer:
 
     def __init__(
         self,
-        kube: Kube,
+        kube: KubePort,
         metrics: OperatorMetrics,
         elector: LeaderElector,
         *,
@@ -292,15 +295,15 @@ class Rebalancer:
         self.monotonic = monotonic
         #: first round one period after start: the cluster settles, load windows fill
         self._next_round = monotonic() + period_seconds
-        self._last_event: dict[tuple[str, str], str] = {}
-        #: fault injection for the restart tests (0 disables): exit like SIGKILL right after
-        #: recording the N-th move (before its pod exists) / after binding its new pod
-        self.crash_after_records = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_MIGRATION_RECORDS", "0") or 0)
-        self.crash_after_binds = int(os.environ.get("TESSERA_FAULT_EXIT_AFTER_MIGRATION_BINDS", "0") or 0)
-        self._records = 0
-        self._binds = 0
+        self.status = StatusWriter(kube, clock)
+        self.hooks: FaultHooks = NO_FAULTS
         #: the last advance() wrote something: the cycle's snapshot is stale, no round on it
         self._acted = False
+
+    def attach(self, status: StatusWriter, hooks: FaultHooks) -> None:
+        """Share the scheduler's status writer (one Event de-dup) and crash-point hooks."""
+        self.status = status
+        self.hooks = hooks
 
     @property
     def enabled(self) -> bool:
@@ -308,18 +311,21 @@ class Rebalancer:
 
     # --- moves in flight ---------------------------------------------------------------
 
-    def advance(self, state: ClusterState, errors: list[str]) -> None:
-        """Take every move in flight one step further (see the module docstring)."""
+    def advance(self, state: ClusterState, errors: list[str],
+                guard: Callable[[WorkloadView, str], AbstractContextManager[None]] | None = None) -> None:
+        """Take every move in flight one step further (see the module docstring); ``guard``
+        (the scheduler's bulkhead) contains whatever one service's moves raise."""
         self._acted = False
         for view in state.workloads.values():
             moves = in_flight(view)
             if not moves or not isinstance(view.model, InferenceService):
                 continue
-            for move in moves:
-                try:
-                    self._advance_one(state, view, move)
-                except KubeError as err:
-                    errors.append(f"{view.key}: move of {move.pod} to {move.toNode}: {err}")
+            with guard(view, "advancing its moves") if guard is not None else nullcontext():
+                for move in moves:
+                    try:
+                        self._advance_one(state, view, move)
+                    except KubeError as err:
+                        errors.append(f"{view.key}: move of {move.pod} to {move.toNode}: {err}")
 
     def _advance_one(self, state: ClusterState, view: WorkloadView, move: MigrationStatus) -> None:
         now = self.clock()
@@ -390,7 +396,7 @@ class Rebalancer:
 
     def _finish(self, view: WorkloadView, move: MigrationStatus, now: float) -> None:
         observed = max(0.0, now - parse_timestamp(move.startTime))
-        completion = now_rfc3339()
+        completion = self.status.now()
         record = record_of(move, "Completed", completion, observed, move.reason or REASON_REBALANCE)
         self._drop(view, move, record, extra={"lastMigrationTime": completion})
         message = (f"moved replica {move.replica} ({move.pod}) from {move.fromNode} to {move.toNode} as "
@@ -415,7 +421,7 @@ class Rebalancer:
                     and labels.get(L.PLACEMENT_GENERATION) == str(move.generation):
                 self.kube.delete_pod(view.namespace, move.newPod, current["metadata"]["uid"], 0)
         observed = max(0.0, now - parse_timestamp(move.startTime))
-        self._drop(view, move, record_of(move, "Aborted", now_rfc3339(), observed, why))
+        self._drop(view, move, record_of(move, "Aborted", self.status.now(), observed, why))
         self._post(view, "Warning", MIGRATION_ABORTED, f"move of {move.pod} to {move.toNode} undone: {why}")
         self.metrics.migrations_aborted.inc()
 
@@ -531,7 +537,7 @@ class Rebalancer:
         move = MigrationStatus(
             replica=migration.replica, pod=old.pod, fromNode=start.source_node, toNode=migration.to.node,
             newReplica=index, newPod=L.pod_name(view.name, index), generation=generation, stage="Binding",
-            startTime=now_rfc3339(), estimatedCostSeconds=round(migration.estimated_cost_seconds, 3),
+            startTime=self.status.now(), estimatedCostSeconds=round(migration.estimated_cost_seconds, 3),
             policy=policy, reason=start.reason, message=migration.reason[:512],
         )
         # every replica keeps its own generation explicitly, so the new placementGeneration
@@ -546,11 +552,7 @@ class Rebalancer:
             "migrations": [*(m.model_dump() for m in in_flight(view)), move.model_dump()],
         })
         view.placement = {r.replica: r for r in placement}
-        self._records += 1
-        if self.crash_after_records and self._records >= self.crash_after_records:
-            log.error("fault injection: exiting after recording %d move(s) "
-                      "(TESSERA_FAULT_EXIT_AFTER_MIGRATION_RECORDS)", self._records)
-            os._exit(137)
+        self.hooks.reached(CrashPoint.MIGRATION_RECORDED)
         try:
             body = build_pod(view, index, migration.to.node, node.node.accelerator_type,
                              node.discovery.resource_name, generation)
@@ -569,26 +571,16 @@ class Rebalancer:
         except KubeError as err:
             self._abort(view, move, f"could not create or bind the new pod: {err}", self.clock())
             raise
-        self._binds += 1
-        if self.crash_after_binds and self._binds >= self.crash_after_binds:
-            log.error("fault injection: exiting after binding %d moved replica(s) "
-                      "(TESSERA_FAULT_EXIT_AFTER_MIGRATION_BINDS)", self._binds)
-            os._exit(137)
+        self.hooks.reached(CrashPoint.MIGRATION_BOUND)
         self._set_stage(view, move, "WaitingReady")
 
     # --- writes --------------------------------------------------------------------------
 
     def _patch(self, view: WorkloadView, status: dict[str, Any]) -> None:
         """Merge-patch status and keep the view's copy in step (later steps of the cycle read it)."""
-        self.kube.patch_status(view.kind, view.namespace, view.name, status)
+        self.status.write(view, status, force=True)
         self._acted = True
-        merged = {**view.status, **status}
-        view.raw = {**view.raw, "status": {k: v for k, v in merged.items() if v is not None}}
 
     def _post(self, view: WorkloadView, event_type: str, reason: str, message: str) -> None:
-        key = (view.uid, reason)
-        if self._last_event.get(key) == message:
-            return
-        self._last_event[key] = message
-        self.kube.post_event(view.kind, dict(view.raw), event_type, reason, message)
+        self.status.event(view, event_type, reason, message)
 

@@ -174,6 +174,8 @@ class WorkloadView:
     #: replicas whose pod failed or vanished, kept (``keep_lost``) for the elastic policy to
     #: reshard around instead of being dropped here (see tessera.operator.elastic)
     lost: dict[int, ReplicaStatus] = field(default_factory=dict)
+    #: how the running pods differ from the current spec (a spec edited while running)
+    drift: str = ""
 
     @property
     def name(self) -> str:
@@ -255,26 +257,47 @@ def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
             workload = elasticjob_workload(key, model.spec, submitted)
         else:
             workload = inferenceservice_workload(key, model.spec, submitted)
-    except ValueError as err:
+    except Exception as err:
         return WorkloadView(kind, raw, model, f"invalid {kind}: {err}", None)
     return WorkloadView(kind, raw, model, "", workload)
 
 
 def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> ReplicaDemand:
-    """What a pod Tessera did not place takes from its node."""
+    """What a bound pod takes from its node, counted as Kubernetes counts it: containers add
+    up, init containers run one at a time (the largest counts), pod overhead on top.
+    Accelerators are the node's extended resource ``resource_name`` (limits, else requests)."""
     spec = pod.get("spec") or {}
     cpu, mem = pod_spec_requests(spec)
-    devices = 0
-    if resource_name:
-        for container in spec.get("containers") or []:
-            resources = container.get("resources") or {}
-            value = (resources.get("limits") or {}).get(resource_name) or (resources.get("requests") or {}).get(
-                resource_name
-            )
-            if value is not None:
-                with contextlib.suppress(ValueError):
-                    devices += to_int(value)
-    return ReplicaDemand(accelerators=max(0, devices), cpu_milli=cpu, memory_mib=mem)
+
+    def devices_of(container: Mapping[str, Any]) -> int:
+        if not resource_name:
+            return 0
+        resources = container.get("resources") or {}
+        value = (resources.get("limits") or {}).get(resource_name) or (resources.get("requests") or {}).get(
+            resource_name
+        )
+        if value is None:
+            return 0
+        try:
+            return max(0, to_int(value))
+        except (TypeError, ValueError):
+            return 0
+
+    devices = sum(devices_of(c) for c in spec.get("containers") or [])
+    devices = max([devices, *(devices_of(c) for c in spec.get("initContainers") or [])])
+    overhead = spec.get("overhead") or {}
+    with contextlib.suppress(TypeError, ValueError):
+        cpu += to_milli(overhead["cpu"]) if "cpu" in overhead else 0
+        mem += to_mib(overhead["memory"]) if "memory" in overhead else 0
+    return ReplicaDemand(accelerators=devices, cpu_milli=cpu, memory_mib=mem)
+
+
+def _excess(actual: ReplicaDemand, accounted: ReplicaDemand) -> ReplicaDemand | None:
+    """What a pod takes beyond what its workload's spec accounts for (None: nothing)."""
+    extra = ReplicaDemand(accelerators=max(0, actual.accelerators - accounted.accelerators),
+                          cpu_milli=max(0, actual.cpu_milli - accounted.cpu_milli),
+                          memory_mib=max(0, actual.memory_mib - accounted.memory_mib))
+    return extra if (extra.accelerators or extra.cpu_milli or extra.memory_mib) else None
 
 
 def build_state(
@@ -293,11 +316,21 @@ def build_state(
     node_views = {v.node.name: v for v in (node_view(n) for n in nodes)}
     views: dict[str, WorkloadView] = {}
     by_uid: dict[str, WorkloadView] = {}
-    for kind, raw in workloads:
-        if raw.get("metadata", {}).get("deletionTimestamp"):
-            continue  # the delete handler removes its pods; they still hold capacity until gone
+    live = [(kind, raw) for kind, raw in workloads if not raw.get("metadata", {}).get("deletionTimestamp")]
+    # the delete handler removes a deleted workload's pods; they still hold capacity until gone
+    for kind, raw in sorted(live, key=_age):
         view = workload_view(kind, raw)
-        views[view.key] = view
+        if view.key in views:
+            # pods are named <name>-<replica> and workloads are keyed by namespace/name: a
+            # second kind with the same name would share both.  The older one keeps the
+            # name; the younger is refused (its pods, if any, still count on their nodes)
+            first = views[view.key]
+            view.error = (f"an {first.kind} named {view.name} already exists in namespace {view.namespace}; "
+                          f"an {view.kind} cannot share its name (their pods and keys would collide): rename one")
+            view.workload = None
+            views[f"{view.kind}:{view.key}"] = view
+        else:
+            views[view.key] = view
         by_uid[view.uid] = view
 
     pod_views = [pod_view(p) for p in pods]
@@ -308,6 +341,10 @@ def build_state(
         if pod.finished:
             continue
         owner = by_uid.get(pod.workload_uid) if pod.workload_uid else None
+        if owner is not None and owner.workload is None:
+            if pod.node_name:
+                external.append(pod)  # a workload refused as invalid: its pods still run
+            continue
         if owner is not None and not pod.terminating:
             owner.pods.append(pod)
         elif pod.node_name:
@@ -324,7 +361,14 @@ def build_state(
     for view in views.values():
         if view.workload is None:
             continue
-        _reconcile(view, keep_lost)
+        try:
+            _reconcile(view, keep_lost)
+        except Exception as err:
+            view.error = f"cannot reconcile its status: {type(err).__name__}: {err}"
+            view.workload = None
+            external.extend(p for p in view.pods if p.node_name)
+            view.pods = []
+            continue
         # the new pods of moves in flight hold their target nodes (make-before-break)
         external.extend(pod for pod in view.incoming.values() if pod.node_name)
         # pods this cycle deletes (stale, scaled down, evicted, rolled back) still hold
@@ -341,6 +385,7 @@ def build_state(
             continue
         if view.placement or view.lost:
             allocations.append(_allocation(view, node_views))
+            allocations.extend(_drift(view, node_views))
             extra = _scale_up(view)
             if extra is not None:
                 pending.append(extra)
@@ -372,6 +417,38 @@ def build_state(
     usable = {name for name, v in node_views.items() if v.node.usable}
     leaving = [p for p in leaving if p.node_name in usable]  # a dead node's pods may never go
     return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving)
+
+
+def _age(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, str]:
+    kind, raw = item
+    meta = raw.get("metadata", {})
+    return (str(meta.get("creationTimestamp") or ""), kind, str(meta.get("uid") or ""))
+
+
+def _drift(view: WorkloadView, nodes: Mapping[str, NodeView]) -> list[Allocation]:
+    """Count what runs, not what the spec says: a running pod that requests more than the
+    workload's spec accounts for (the spec was edited while it runs, a second container or
+    an init container asks for accelerators too) holds the excess on its node.  The view
+    records the difference so its status can say the change waits for a restart."""
+    assert view.workload is not None
+    out: list[Allocation] = []
+    placed = {r.replica for r in view.placement.values()}
+    for pod in view.pods:
+        if not pod.node_name or pod.replica not in placed:
+            continue
+        nv = nodes.get(pod.node_name)
+        actual = external_demand(pod.raw, nv.discovery.resource_name if nv else None)
+        if actual.accelerators != view.workload.demand.accelerators and not view.drift:
+            view.drift = (f"its pods run with {actual.accelerators} accelerator(s) each while the spec now asks for "
+                          f"{view.workload.demand.accelerators}: the change applies when the workload is placed "
+                          "again; the cluster is accounted by what runs")
+        extra = _excess(actual, view.workload.demand)
+        if extra is not None:
+            workload = Workload(key=f"pod:{pod.namespace}/{pod.name}#excess", kind=WorkloadKind.POD, demand=extra,
+                                preemptible=False)
+            out.append(Allocation(workload, (ReplicaPlacement(0, pod.node_name,
+                                                              nv.node.accelerator_type if nv else None),)))
+    return out
 
 
 def _held(pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:

@@ -50,9 +50,9 @@ state and new replicas copy it from a peer, so a resize pauses it this long inst
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tessera.core import (
     Allocation,
@@ -69,40 +69,20 @@ from tessera.core import (
     WorkloadKind,
     lost_replicas,
 )
-from tessera.core.sharding import ShardingPlan, largest_feasible_plan, plan_throughput
+from tessera.core.resharding import (  # noqa: F401  (re-exported: the policy's documented names)
+    ALLOW_UNEVEN_ATTRIBUTE,
+    DP_STATE_ATTRIBUTE,
+    REMAINING_SECONDS_ATTRIBUTE,
+    RESHARD_COST_ATTRIBUTE,
+    in_memory_reshard_seconds,
+    resize_cost_seconds,
+    sharding_for,
+)
+from tessera.core.sharding import ShardingPlan, plan_throughput
 from tessera.policies.gang import best_fit_score
 from tessera.policies.greedy import BestFit
 from tessera.policy import Decision, Policy, PolicyContext
-
-REMAINING_SECONDS_ATTRIBUTE = "tessera.dev/remaining-seconds"
-ALLOW_UNEVEN_ATTRIBUTE = "tessera.dev/allow-uneven-split"
-#: set on a workload whose data-parallel replicas each hold the complete model and optimizer
-#: state (no ZeRO/FSDP sharding across DP): it reshards without a checkpoint reload, pausing
-#: for this many seconds (rebuild the process group; new replicas receive state from a peer)
-RESHARD_COST_ATTRIBUTE = "tessera.dev/reshard-cost-seconds"
-#: "sharded" when data-parallel replicas split the training state (ZeRO, FSDP, a distributed
-#: optimizer): losing one loses state only the checkpoint has, so the job cannot reshard in
-#: memory.  Anything else (the default) means every DP replica holds all of it.
-DP_STATE_ATTRIBUTE = "tessera.dev/dp-state"
-
-
-def in_memory_reshard_seconds(workload: Workload) -> float | None:
-    """The pause of an in-memory reshard of ``workload``, or None when it reshards through its checkpoint."""
-    raw = workload.attributes.get(RESHARD_COST_ATTRIBUTE)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None  # a malformed value: fall back to the safe (checkpoint) assumption
-    return value if value >= 0 else None
-
-
-def resize_cost_seconds(workload: Workload) -> float:
-    """What one resize costs ``workload`` in paused time: the in-memory reshard pause when it
-    declares one (``tessera.dev/reshard-cost-seconds``), else its restart cost (checkpoint reload)."""
-    pause = in_memory_reshard_seconds(workload)
-    return workload.restart_cost_seconds if pause is None else pause
+from tessera.policy.capabilities import BackedByArtifact, DecidesInRounds, ReportsDecisionStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,32 +110,6 @@ class ReplicaSetChoice:
     plan: ShardingPlan | None
 
 
-def sharding_for(
-    workload: Workload, replicas: Sequence[tuple[int, str | None]]
-) -> ShardingPlan | str | None:
-    """The largest feasible sharding plan of ``workload`` on ``replicas`` (index, type).
-
-    Returns None for workloads without a global batch size (any replica count works and
-    no plan is needed), or the refusal reason as a string.
-    """
-    if workload.global_batch_size is None:
-        return None
-    throughput = {o.accelerator_type: o.throughput for o in workload.options}
-    result = largest_feasible_plan(
-        [t for _, t in replicas],
-        replica_indices=[i for i, _ in replicas],
-        global_batch_size=workload.global_batch_size,
-        max_micro_batch=workload.micro_batch_size or workload.global_batch_size,
-        tensor_parallel=workload.tensor_parallel,
-        pipeline_parallel=workload.pipeline_parallel,
-        devices_per_replica=max(1, workload.demand.accelerators),
-        throughput=throughput,
-        allow_uneven=workload.attributes.get(ALLOW_UNEVEN_ATTRIBUTE, "").lower() == "true",
-        min_replicas=workload.gang_min,
-    )
-    return result if isinstance(result, ShardingPlan) else str(result)
-
-
 def replica_set_throughput(workload: Workload, replicas: Sequence[tuple[int, str | None]]) -> float:
     """Relative samples/s of ``workload`` on ``replicas`` (0.0 when no plan is feasible)."""
     if not replicas:
@@ -176,13 +130,37 @@ class ElasticWrapper:
     decides: ClassVar[frozenset[Decision]] = frozenset(
         {Decision.PLACEMENT, Decision.ORDERING, Decision.RESIZING, Decision.PREEMPTION}
     )
-    #: tells the operator this policy reshards around lost replicas itself (it then keeps
-    #: them in the snapshot and applies its failure grace instead of dropping them)
-    handles_failures: ClassVar[bool] = True
-
     def __init__(self, inner: Policy | None = None, settings: ElasticSettings | None = None) -> None:
         self.inner: Policy = inner if inner is not None else BestFit()
         self.settings = settings or ElasticSettings()
+
+    # -- capabilities (tessera.policy.capabilities): its own, and the inner policy's ------
+
+    def growth_hysteresis_seconds(self, params: Mapping[str, Any]) -> float:
+        """ReshardsOnFailure: the growth hysteresis after ``params``."""
+        return float(params.get("elastic_hysteresis_seconds", self.settings.hysteresis_seconds))
+
+    @property
+    def round_seconds(self) -> float:
+        """DecidesInRounds: the inner policy's round (0: no rounds)."""
+        inner = self.inner
+        return float(inner.round_seconds) if isinstance(inner, DecidesInRounds) else 0.0
+
+    def next_round_seconds(self) -> float | None:
+        inner = self.inner
+        return inner.next_round_seconds() if isinstance(inner, DecidesInRounds) else None
+
+    @property
+    def last_stats(self) -> Mapping[str, Any]:
+        """ReportsDecisionStats: the inner policy's statistics of its last decision."""
+        inner = self.inner
+        return inner.last_stats if isinstance(inner, ReportsDecisionStats) else {}
+
+    @property
+    def artifact(self) -> str:
+        """BackedByArtifact: the inner policy's trained artifact ("" without one)."""
+        inner = self.inner
+        return str(inner.artifact) if isinstance(inner, BackedByArtifact) else ""
 
     def _settings(self, ctx: PolicyContext) -> ElasticSettings:
         p = ctx.params
@@ -511,3 +489,21 @@ class ElasticBestFit(ElasticWrapper):
 
     def __init__(self) -> None:
         super().__init__(BestFit())
+
+
+def with_failure_handling(inner: Policy) -> ElasticWrapper:
+    """``inner`` wrapped by :class:`ElasticWrapper` under ``inner``'s own name and version
+    (metrics, status and Events keep naming the placement policy), deciding resizes and
+    failure releases besides what ``inner`` decides."""
+    cls = type(
+        f"{type(inner).__name__}WithFailureHandling",
+        (ElasticWrapper,),
+        {
+            "name": inner.name,
+            "version": inner.version,
+            "decides": frozenset(inner.decides) | {Decision.RESIZING, Decision.PREEMPTION},
+            "__doc__": f"{type(inner).__name__} with elastic failure handling (reshard, requeue, grow back).",
+        },
+    )
+    wrapped: ElasticWrapper = cls(inner)
+    return wrapped

@@ -11,6 +11,13 @@ under the ``tessera.policies`` entry-point group.
 """
 
 from tessera.policy.base import Decision, Policy, PolicyContext, PolicyInfo
+from tessera.policy.capabilities import (
+    BackedByArtifact,
+    DecidesInRounds,
+    ReportsDecisionStats,
+    ReshardsOnFailure,
+    capabilities_of,
+)
 from tessera.policy.registry import (
     Discovery,
     PolicyLoadError,
@@ -19,9 +26,12 @@ from tessera.policy.registry import (
     discover,
     load_policy,
     registered_policy,
+    with_failure_handling,
 )
 
 __all__ = [
+    "BackedByArtifact",
+    "DecidesInRounds",
     "Decision",
     "Discovery",
     "Policy",
@@ -29,8 +39,12 @@ __all__ = [
     "PolicyInfo",
     "PolicyLoadError",
     "RegisteredPolicy",
+    "ReportsDecisionStats",
+    "ReshardsOnFailure",
     "available_policies",
+    "capabilities_of",
     "discover",
     "load_policy",
     "registered_policy",
+    "with_failure_handling",
 ]

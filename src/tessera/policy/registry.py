@@ -16,6 +16,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from tessera.policy.base import Decision, Policy
+from tessera.policy.capabilities import ReshardsOnFailure, capability_problems
 
 GROUP = "tessera.policies"
 
@@ -159,4 +160,24 @@ def load_policy(name: str, **params: Any) -> Policy:
         ) from err
     if not isinstance(policy, Policy):
         raise PolicyLoadError(f"policy {name!r} does not implement decide(snapshot, pending, ctx)")
+    problems = capability_problems(policy)
+    if problems:
+        raise PolicyLoadError(f"policy {name!r} from {registered.source} claims capabilities it does not honour: "
+                              + "; ".join(problems))
     return policy
+
+
+def with_failure_handling(policy: Policy) -> Policy:
+    """``policy`` plus elastic failure handling (:class:`~tessera.policy.capabilities.ReshardsOnFailure`).
+
+    Lost replicas of a running training job are resharded away (shrink within min..max
+    keeping the global batch), a job below its minimum is released and requeued, and a
+    job below its target grows back after the hysteresis; placement, preemption and
+    rounds stay ``policy``'s, which keeps its name.  A policy that already reshards is
+    returned as it is.
+    """
+    if isinstance(policy, ReshardsOnFailure):
+        return policy
+    from tessera.policies.elastic import with_failure_handling as wrap
+
+    return wrap(policy)

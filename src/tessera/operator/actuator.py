@@ -1,0 +1,323 @@
+"""Carrying decisions out: record the desired placement, then create, bind and delete pods.
+
+Every decision follows one rule: **record first, then act**.  The workload's status gets
+the desired placement (phase Binding, replica -> node, a new placementGeneration) or its
+release (phase Pending, no placement) in one write; then pods are created, bound or
+deleted until the cluster matches it.  A crash anywhere leaves a recorded decision that
+:mod:`tessera.operator.state` recognises next cycle: an in-flight placement is completed
+on its recorded nodes (or rolled back when they lost their room), pods that are in no
+recorded placement are stale and deleted.  That is the single recovery path for
+placements, reshards, preemptions, requeues and round moves (docs/operator.md).
+
+Used by the scheduler and by :mod:`tessera.operator.elastic`; it never imports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.api import elastic_contract as contract
+from tessera.api.models import ElasticJob, ReplicaStatus
+from tessera.core import Placement
+from tessera.core.sharding import ShardingPlan
+from tessera.operator import labels as L
+from tessera.operator.faults import NO_FAULTS, CrashPoint, FaultHooks
+from tessera.operator.kube import KubeError
+from tessera.operator.lease import LeaderElector
+from tessera.operator.metrics import OperatorMetrics
+from tessera.operator.pods import build_pod, owner_reference
+from tessera.operator.ports import KubePort
+from tessera.operator.state import ClusterState, PodView, WorkloadView, free_replica_indices, pod_view
+from tessera.operator.status import PREEMPTED, SCHEDULED, Phase, StatusWriter
+
+log = logging.getLogger("tessera.operator.actuator")
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did (for logs and tests)."""
+
+    leader: bool = False
+    result: Any = None
+    bound: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    deleted_pods: int = 0
+    errors: list[str] = field(default_factory=list)
+    #: workload key -> why acting on it failed this cycle (a bulkhead caught it)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Actuator:
+    """Writes decisions and makes pods match them (the operator's only pod writer)."""
+
+    def __init__(
+        self,
+        kube: KubePort,
+        status: StatusWriter,
+        elector: LeaderElector,
+        metrics: OperatorMetrics,
+        *,
+        hooks: FaultHooks = NO_FAULTS,
+        plan_for: Callable[[WorkloadView, list[ReplicaStatus]], ShardingPlan | None] | None = None,
+        plan_status: Callable[[ShardingPlan], dict[str, Any]] | None = None,
+    ) -> None:
+        self.kube = kube
+        self.status = status
+        self.elector = elector
+        self.metrics = metrics
+        self.hooks = hooks
+        self._plan_for = plan_for
+        self._plan_status = plan_status
+
+    # --- deleting -----------------------------------------------------------------------
+
+    def delete(self, pod: PodView, report: CycleReport, grace_period_seconds: int | None = None) -> None:
+        """Delete one listed pod (uid precondition: never a newer pod of that name)."""
+        try:
+            self.kube.delete_pod(pod.namespace, pod.name, pod.uid, grace_period_seconds)
+            report.deleted_pods += 1
+        except KubeError as err:
+            report.errors.append(str(err))
+
+    def delete_if_ours(self, view: WorkloadView, name: str, report: CycleReport,
+                       generation: int | None = None) -> None:
+        """Delete the pod ``name`` when it belongs to ``view`` (and to ``generation`` when
+        given): for pods the cycle did not list (created after the list, or Failed)."""
+        try:
+            current = self.kube.read_pod(view.namespace, name)
+            labels = (current or {}).get("metadata", {}).get("labels") or {}
+            if current is None or labels.get(L.WORKLOAD_UID) != view.uid:
+                return
+            if generation is not None and labels.get(L.PLACEMENT_GENERATION) != str(generation):
+                return
+            self.kube.delete_pod(view.namespace, name, current["metadata"]["uid"], 0)
+            report.deleted_pods += 1
+        except KubeError as err:
+            report.errors.append(str(err))
+
+    # --- placing ------------------------------------------------------------------------
+
+    def place(self, state: ClusterState, placement: Placement, why: str, report: CycleReport) -> None:
+        """Record a new placement of a pending workload (or a scale-up), then bind it."""
+        owner = state.pending_owner.get(placement.workload)
+        view = state.workloads.get(owner or "")
+        if view is None or view.model is None:
+            report.errors.append(f"placement for unknown workload {placement.workload}")
+            return
+        scale_up = owner != placement.workload
+        previous = list(view.placement.values()) if scale_up else []
+        generation = view.placement_generation + 1
+        # indices of moves in flight are taken too (their pods exist, outside the placement)
+        indices = free_replica_indices([r.replica for r in previous] + list(view.incoming), len(placement.replicas))
+        new = [
+            ReplicaStatus(
+                replica=index,
+                pod=L.pod_name(view.name, index),
+                node=assignment.node,
+                acceleratorType=state.nodes[assignment.node].node.accelerator_type or "",
+                generation=generation,
+            )
+            for index, assignment in zip(indices, placement.replicas, strict=True)
+        ]
+        full = sorted(previous + new, key=lambda r: r.replica)
+        message = f"binding {len(new)} replica(s): " + ", ".join(f"{r.pod} -> {r.node}" for r in new)
+        try:
+            self.status.write(view, {
+                "phase": Phase.BINDING.value,
+                "placementGeneration": generation,
+                "placement": [r.model_dump() for r in full],
+                "observedGeneration": view.generation,
+                "message": message,
+            }, force=True)
+        except KubeError as err:
+            report.errors.append(f"{view.key}: could not record the placement, not binding: {err}")
+            return
+        self.hooks.reached(CrashPoint.PLACEMENT_RECORDED)
+        self.bind(state, view, full, new, previous=previous, report=report, why=why)
+
+    def bind(
+        self,
+        state: ClusterState,
+        view: WorkloadView,
+        full: list[ReplicaStatus],
+        replicas: list[ReplicaStatus],
+        *,
+        previous: list[ReplicaStatus] | None,
+        report: CycleReport,
+        why: str = "completing a placement recorded before a restart",
+    ) -> bool:
+        """Create then bind ``replicas`` (all or nothing); ``full`` is the placement once done.
+
+        ``previous`` is what stays when this fails (None: an interrupted decision, undone
+        whole).  Returns whether every replica is bound.
+        """
+        created: list[tuple[ReplicaStatus, dict[str, Any]]] = []
+        try:
+            plan = self.deliver_plan(view, full)  # ElasticJobs: plan ConfigMap + Service first
+            for r in replicas:
+                node = state.nodes.get(r.node)
+                if node is None:
+                    raise KubeError(f"node {r.node} no longer exists")
+                body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
+                                 r.generation or view.placement_generation, plan=plan)
+                pod, _fresh = self.kube.create_pod(body)
+                labels = pod["metadata"].get("labels") or {}
+                if labels.get(L.WORKLOAD_UID) != view.uid or labels.get(L.PLACEMENT_GENERATION) != str(
+                    r.generation or view.placement_generation
+                ):
+                    # a pod of that name from another decision (or workload) is still there
+                    stale = pod_view(pod)
+                    if stale.workload_uid == view.uid:
+                        self.kube.delete_pod(stale.namespace, stale.name, stale.uid, 0)
+                        raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+                    raise KubeError(f"a pod named {r.pod} that does not belong to this {view.kind} exists in "
+                                    f"namespace {view.namespace}; delete or rename it")
+                created.append((r, pod))
+                self.hooks.reached(CrashPoint.POD_CREATED)
+            for r, pod in created:
+                bound_to = (pod.get("spec") or {}).get("nodeName")
+                if bound_to == r.node:
+                    continue  # bound before a restart: never bind twice
+                if bound_to:
+                    raise KubeError(f"pod {r.pod} is bound to {bound_to}, not {r.node}")
+                if not self.elector.ensure_leader():
+                    raise KubeError("lost the scheduler lease while binding")
+                self.kube.bind_pod(view.namespace, r.pod, r.node, pod["metadata"]["uid"])
+                self.metrics.bound_pods.inc()
+                self.hooks.reached(CrashPoint.BIND)
+        except KubeError as err:
+            self.undo(view, replicas, previous, str(err), report)
+            return False
+        report.bound.extend(f"{view.namespace}/{r.pod}" for r in replicas)
+        view.placement = {r.replica: r for r in full}
+        self.metrics.placements.labels(kind=view.kind, outcome="bound").inc()
+        message = f"{len(replicas)} replica(s) bound ({why}): " + ", ".join(f"{r.pod} -> {r.node}" for r in replicas)
+        self.status.write(view, self.status.running(view, full, message),
+                          event=("Normal", "Scheduled", message), force=True)
+        return True
+
+    def undo(
+        self,
+        view: WorkloadView,
+        replicas: list[ReplicaStatus],
+        previous: list[ReplicaStatus] | None,
+        reason: str,
+        report: CycleReport,
+    ) -> None:
+        """A bind failed partway: delete what this decision created so nothing is half-bound."""
+        log.warning("%s %s: bind failed, undoing: %s", view.kind, view.key, reason)
+        self.metrics.placements.labels(kind=view.kind, outcome="failed").inc()
+        # a new decision removes only its own pods; an interrupted one (previous=None) all of them
+        names = {r.pod for r in replicas} if previous is not None else {p.name for p in view.pods} | {
+            r.pod for r in view.placement.values()}
+        for pod in list(view.pods):
+            if pod.name in names:
+                self.delete(pod, report, grace_period_seconds=0)
+        for pod_name in sorted(names):
+            self.delete_if_ours(view, pod_name, report)
+        report.rolled_back.append(view.key)
+        kept = previous or []
+        view.placement = {r.replica: r for r in kept}
+        message = f"bind failed, will retry: {reason}"
+        status: dict[str, Any] = {
+            "phase": (Phase.RUNNING if kept else Phase.PENDING).value,
+            "startTime": view.status.get("startTime") if kept else None,
+            "placement": [r.model_dump() for r in kept],
+            "replicas": len(kept),
+            "message": message,
+            "conditions": self.status.conditions(view, SCHEDULED, "True" if kept else "False", "BindFailed", message),
+        }
+        try:
+            self.status.write(view, status, event=("Warning", "BindFailed", reason), force=True)
+        except KubeError as err:
+            report.errors.append(str(err))
+
+    def rollback(self, view: WorkloadView, reason: str, report: CycleReport) -> None:
+        """Undo a whole placement: delete every pod of the workload, back to Pending."""
+        log.warning("%s %s: rolling back its placement: %s", view.kind, view.key, reason)
+        for pod in view.pods:
+            self.delete(pod, report, grace_period_seconds=0)
+        view.placement.clear()
+        report.rolled_back.append(view.key)
+        self.status.write(view, self.status.not_scheduled(view, "PlacementRolledBack", reason, phase=Phase.PENDING,
+                                                          extra={"startTime": None, "placement": [], "replicas": 0,
+                                                                 "acceleratorType": ""}),
+                          event=("Warning", "PlacementRolledBack", reason))
+
+    # --- releasing ----------------------------------------------------------------------
+
+    def release(self, view: WorkloadView, status: dict[str, Any], report: CycleReport, *,
+                crash_point: CrashPoint, delete: Callable[[], None]) -> bool:
+        """Record a release (``status``: no placement), then delete the pods with ``delete``.
+
+        A crash after the record leaves pods in no placement: the next cycle sees them stale,
+        counts their room as taken and deletes them, so a half-released gang never keeps
+        running and nothing is bound beside it meanwhile.
+        """
+        try:
+            self.status.write(view, status, force=True)
+        except KubeError as err:  # nothing recorded: nothing deleted; the next cycle decides again
+            report.errors.append(f"{view.key}: could not record the release, not deleting its pods: {err}")
+            return False
+        self.hooks.reached(crash_point)
+        view.in_flight = False
+        view.to_bind = []
+        delete()
+        view.placement.clear()
+        view.lost = {}
+        return True
+
+    def preempt(self, view: WorkloadView, reason: str, report: CycleReport) -> bool:
+        """Evict a running workload whole (graceful: the pods' own grace period)."""
+        log.info("%s %s: preempting (%s)", view.kind, view.key, reason)
+
+        def delete() -> None:
+            for pod in view.pods:
+                # graceful: the pod object goes once its containers stopped, and only then
+                # does the next cycle see the room free for the beneficiary
+                self.delete(pod, report)
+
+        if not self.release(view, self.status.released(view, reason, PREEMPTED, PREEMPTED), report,
+                            crash_point=CrashPoint.EVICTION_RECORDED, delete=delete):
+            return False
+        report.preempted.append(view.key)
+        self.status.event(view, "Warning", PREEMPTED, reason)
+        return True
+
+    # --- plan delivery (ElasticJobs) ----------------------------------------------------
+
+    def deliver_plan(self, view: WorkloadView, full: list[ReplicaStatus]) -> ShardingPlan | None:
+        """The plan of ``full`` recorded in status, ConfigMap and headless Service in place; before pods.
+
+        Raises KubeError (the bind is undone) when they cannot be written, or when a
+        ConfigMap or Service of that name exists that this job does not own: the operator
+        never adopts or overwrites another's object.
+        """
+        if not isinstance(view.model, ElasticJob) or self._plan_for is None or self._plan_status is None:
+            return None
+        plan = self._plan_for(view, full)
+        if plan is None:
+            return None
+        owner = owner_reference(view.kind, view.raw)
+        self.kube.ensure_service({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": contract.headless_service_name(view.name), "namespace": view.namespace,
+                         "labels": {L.WORKLOAD: view.name}, "ownerReferences": [owner]},
+            "spec": {"clusterIP": "None", "selector": {L.WORKLOAD_UID: view.uid},
+                     "publishNotReadyAddresses": True,
+                     "ports": [{"name": "rendezvous", "port": contract.DEFAULT_MASTER_PORT}]},
+        })
+        self.kube.apply_configmap({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": contract.configmap_name(view.name), "namespace": view.namespace,
+                         "labels": {L.WORKLOAD: view.name}, "ownerReferences": [owner]},
+            "data": contract.configmap_data(view.name, view.namespace, plan),
+        })
+        recorded = (view.status.get("plan") or {}).get("document")
+        if recorded != plan.to_dict():
+            self.status.write(view, {"plan": self._plan_status(plan)}, force=True)
+        return plan

@@ -1,0 +1,75 @@
+"""Admission: a workload's pods are checked with the API server's own rules first.
+
+Before a pending workload reaches the policy (so before any capacity is reserved for it
+or anyone is preempted for it), the pod the operator would create for its first replica
+is sent to the API server as a server-side dry run (``dryRun=All``): schema validation,
+Pod Security Admission, ResourceQuota and webhooks all answer as they would for the real
+create, and nothing is stored.  A refusal becomes ``Scheduled=False`` with reason
+``InvalidSpec`` and the server's message, which names the field (e.g.
+``spec.containers[0].resources.requests: Invalid value: "2x"``).  Why a dry run rather
+than a validating webhook: it needs no certificate, no extra Deployment and no failure
+policy decision, it checks exactly the pod Tessera will send (template plus what Tessera
+adds), and it runs every admission plugin of the cluster, not only the schema.
+
+The answer is kept per (uid, metadata.generation): a new spec is checked again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from tessera.operator import labels as L
+from tessera.operator.kube import KubeError
+from tessera.operator.pods import build_pod
+from tessera.operator.ports import KubePort
+from tessera.operator.state import NodeView, WorkloadView
+
+log = logging.getLogger("tessera.operator.admission")
+
+#: API statuses that say the pod itself is wrong (not that the API server is unwell)
+REFUSALS = frozenset({400, 403, 409, 413, 422})
+
+
+class Admission:
+    def __init__(self, kube: KubePort, *, memory: int = 4096) -> None:
+        self.kube = kube
+        self.memory = memory
+        self._answers: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def problem(self, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
+        """Why the API server would refuse ``view``'s pods ("" when it accepts them).
+
+        Raises KubeError when the server could not answer (retried next cycle).
+        """
+        key = (view.uid, view.generation)
+        if key in self._answers:
+            self._answers.move_to_end(key)
+            return self._answers[key]
+        answer = self._ask(view, nodes)
+        self._answers[key] = answer
+        while len(self._answers) > self.memory:
+            self._answers.popitem(last=False)
+        return answer
+
+    def _ask(self, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
+        assert view.workload is not None
+        # the pod as it would be on a node of the first allowed type present (extended
+        # resource and toleration included); any node when none is present
+        allowed = set(view.workload.allowed_types)
+        node = next((n for n in nodes.values() if n.node.accelerator_type and
+                     (not allowed or n.node.accelerator_type in allowed)), None)
+        try:
+            body = build_pod(view, 0, node.node.name if node else "", node.node.accelerator_type if node else None,
+                             node.discovery.resource_name if node else None, view.placement_generation)
+        except Exception as err:  # a template Tessera itself cannot turn into a pod
+            return f"the pod template cannot be turned into a pod: {type(err).__name__}: {err}"
+        body["metadata"]["annotations"].pop(L.TARGET_NODE, None)
+        try:
+            self.kube.dry_run_pod(body)
+        except KubeError as err:
+            if err.status in REFUSALS:
+                return f"the API server refuses this workload's pods: {err}"
+            raise
+        return ""

@@ -1,0 +1,216 @@
+"""The one writer of workload status: phases, conditions and Events.
+
+Every part of the operator (placement, preemption, reshard, requeue, moves, bulkheads)
+writes a workload's status through :class:`StatusWriter`, so phase values, condition
+transitions (``lastTransitionTime`` changes only when a condition's status flips, as
+``meta.SetStatusCondition`` does) and Event de-duplication are defined once.
+
+Event de-duplication is bounded: the last message per (workload uid, reason) is kept for
+at most ``event_memory`` pairs, least recently used first out, so a long-running operator
+does not grow without bound while a condition that keeps repeating is not re-posted every
+cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from tessera.api.models import InferenceService, ReplicaStatus
+from tessera.operator import labels as L
+from tessera.operator.state import WorkloadView
+
+log = logging.getLogger("tessera.operator.status")
+
+
+class Phase(StrEnum):
+    """``status.phase`` (the CRD's enum, :data:`tessera.api.models.Phase`)."""
+
+    PENDING = "Pending"
+    BINDING = "Binding"
+    RUNNING = "Running"
+    FAILED = "Failed"
+
+
+#: condition types
+SCHEDULED = "Scheduled"
+#: a workload evicted by a preemption; True while it waits to be placed again, then False
+#: with reason Rescheduled
+PREEMPTED = "Preempted"
+#: a job released below its minimum after a failure, waiting to be placed again
+REQUEUED = "Requeued"
+INSUFFICIENT = "InsufficientReplicas"
+FULLY_SCALED = "FullyScaled"
+#: reason of Scheduled=False when acting on the workload failed (a bulkhead caught it)
+ACTION_FAILED = "ActionFailed"
+INVALID_SPEC = "InvalidSpec"
+#: False while running pods follow an older spec than the workload's (the change waits)
+SPEC_APPLIED = "SpecApplied"
+
+
+def rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Conditions with ``type_`` set; lastTransitionTime changes only when status flips."""
+    out: list[dict[str, Any]] = []
+    previous = None
+    for c in conditions:
+        if c.get("type") == type_:
+            previous = c
+        else:
+            out.append(dict(c))
+    transition = previous.get("lastTransitionTime") if previous and previous.get("status") == status else None
+    out.append({
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition or now,
+        "observedGeneration": generation,
+    })
+    return sorted(out, key=lambda c: c["type"])
+
+
+def condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    """The condition of ``type_`` in a status, or an empty mapping."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def unchanged(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether a status patch would change anything (ignoring condition timestamps)."""
+    for key, value in wanted.items():
+        have = current.get(key)
+        if key == "conditions":
+            strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
+            have_strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in have or []]
+            if strip != have_strip:
+                return False
+        elif have != value:
+            return False
+    return True
+
+
+class StatusPort(Protocol):
+    """The two API calls the writer needs (a subset of the operator's Kube port)."""
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def post_event(self, kind: str, raw: dict[str, Any], event_type: str, reason: str, message: str) -> None: ...
+
+
+class StatusWriter:
+    """Writes status patches and Events; keeps each view's ``raw`` in step with what it wrote."""
+
+    def __init__(self, kube: StatusPort, clock: Callable[[], float], *, event_memory: int = 4096) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.event_memory = event_memory
+        self._last_event: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def now(self) -> str:
+        return rfc3339(self.clock())
+
+    # -- writing ---------------------------------------------------------------------
+
+    def write(
+        self,
+        view: WorkloadView,
+        status: dict[str, Any],
+        *,
+        event: tuple[str, str, str] | None = None,
+        force: bool = False,
+    ) -> None:
+        """Merge-patch ``status`` (skipped when it changes nothing, unless ``force``)."""
+        if not force and unchanged(view.status, status):
+            return
+        self.kube.patch_status(view.kind, view.namespace, view.name, status)
+        merged = {**view.status, **status}  # a JSON merge patch: null removes the field
+        view.raw = {**view.raw, "status": {k: v for k, v in merged.items() if v is not None}}
+        if event:
+            self.event(view, *event)
+
+    def event(self, view: WorkloadView, event_type: str, reason: str, message: str) -> None:
+        """Post an Event unless the same reason+message was the last one posted for it."""
+        key = (view.uid, reason)
+        if self._last_event.get(key) == message:
+            self._last_event.move_to_end(key)
+            return
+        self._last_event[key] = message
+        self._last_event.move_to_end(key)
+        while len(self._last_event) > self.event_memory:
+            self._last_event.popitem(last=False)
+        self.kube.post_event(view.kind, dict(view.raw), event_type, reason, message)
+
+    # -- building --------------------------------------------------------------------
+
+    def conditions(self, view: WorkloadView, type_: str, status: str, reason: str, message: str,
+                   base: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """``view``'s conditions (or ``base``) with one set."""
+        current = view.status.get("conditions") or [] if base is None else base
+        return set_condition(current, type_, status, reason, message, view.generation, self.now())
+
+    def running(self, view: WorkloadView, full: list[ReplicaStatus], message: str) -> dict[str, Any]:
+        """Status of a workload whose replicas ``full`` are all bound."""
+        types = sorted({r.acceleratorType for r in full if r.acceleratorType})
+        status: dict[str, Any] = {
+            "phase": Phase.RUNNING.value,
+            "startTime": view.status.get("startTime") or self.now(),
+            "replicas": len(full),
+            "placement": [r.model_dump() for r in sorted(full, key=lambda r: r.replica)],
+            "acceleratorType": ",".join(types),
+            "observedGeneration": view.generation,
+            "message": message,
+            "conditions": self.conditions(view, SCHEDULED, "True", "Placed", message),
+        }
+        for released_type in (PREEMPTED, REQUEUED):  # evicted, or released below min after a failure
+            released = condition(view.status, released_type)
+            if released.get("status") == "True":
+                status["conditions"] = self.conditions(view, released_type, "False", "Rescheduled",
+                                                       str(released.get("message", "")), base=status["conditions"])
+        if isinstance(view.model, InferenceService):
+            status["selector"] = L.selector(view.uid)
+        return status
+
+    def released(self, view: WorkloadView, reason: str, condition_type: str, condition_reason: str) -> dict[str, Any]:
+        """Status of a workload whose whole placement is given up (evicted, or requeued after a
+        failure): Pending without placement, Scheduled=False and ``condition_type``=True, both
+        with ``condition_reason`` and ``reason``."""
+        conditions = self.conditions(view, SCHEDULED, "False", condition_reason, reason)
+        conditions = self.conditions(view, condition_type, "True", condition_reason, reason, base=conditions)
+        return {
+            "phase": Phase.PENDING.value,
+            "startTime": None,
+            "placement": [],
+            "replicas": 0,
+            "acceleratorType": "",
+            "observedGeneration": view.generation,
+            "message": reason,
+            "conditions": conditions,
+        }
+
+    def not_scheduled(self, view: WorkloadView, reason: str, message: str, *, phase: Phase | None = None,
+                      extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Status with Scheduled=False for ``reason`` (and ``phase`` when given)."""
+        status: dict[str, Any] = {
+            "observedGeneration": view.generation,
+            "message": message,
+            "conditions": self.conditions(view, SCHEDULED, "False", reason, message),
+        }
+        status.update(extra or {})
+        if phase is not None:
+            status["phase"] = phase.value
+        return status

@@ -1,0 +1,258 @@
+"""The operator core on an in-memory cluster (tests/unit/fake_kube.py): bulkheads, admission,
+every crash point of the placement protocol, accounting of what runs.
+
+The same behaviour is checked against a real kube-apiserver in tests/operator; these run in
+milliseconds, so every step and every crash point is covered.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from fake_kube import FakeKube, elasticjob, gpu_node
+
+from tessera.engine import Engine
+from tessera.operator.elastic import ElasticSettings
+from tessera.operator.faults import CrashPoint
+from tessera.operator.kube import KubeError
+from tessera.operator.lease import LeaderElector
+from tessera.operator.metrics import OperatorMetrics
+from tessera.operator.scheduler import Scheduler
+from tessera.policy import load_policy, with_failure_handling
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def now(self) -> float:
+        return self.t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Crash(BaseException):
+    """A simulated SIGKILL: a BaseException, so no bulkhead mistakes it for a workload's failure."""
+
+
+class CrashAt:
+    def __init__(self, point: CrashPoint, nth: int) -> None:
+        self.point, self.nth, self.seen = point, nth, 0
+
+    def reached(self, point: CrashPoint) -> None:
+        if point is self.point:
+            self.seen += 1
+            if self.seen == self.nth:
+                raise Crash(point.value)
+
+
+def scheduler(kube: FakeKube, clock: Clock, policy: str = "best-fit", hooks: Any = None) -> Scheduler:
+    chosen = with_failure_handling(load_policy(policy))
+    engine = Engine(chosen, clock, time_budget_seconds=1.0)
+    elector = LeaderElector(kube, "default", "tessera-scheduler", "me", 15, clock=clock)
+    kwargs = {"hooks": hooks} if hooks is not None else {}
+    return Scheduler(kube, engine, elector, OperatorMetrics(), clock=clock,
+                     elastic=ElasticSettings(failure_grace_seconds=0), **kwargs)
+
+
+def settle(s: Scheduler, cycles: int = 4) -> None:
+    for _ in range(cycles):
+        s.run_cycle()
+
+
+def cluster(nodes: int = 2) -> FakeKube:
+    return FakeKube([gpu_node(f"h{i}") for i in range(nodes)])
+
+
+def bound_gpus(kube: FakeKube) -> Counter[str]:
+    used: Counter[str] = Counter()
+    for pod in kube.pods.values():
+        node = pod["spec"].get("nodeName")
+        if node:
+            for c in [*pod["spec"].get("containers", []), *pod["spec"].get("initContainers", [])]:
+                used[node] += int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
+    return used
+
+
+def running(kube: FakeKube, name: str) -> bool:
+    raw = kube.workload(name)
+    pods = kube.pods_of(name)
+    return (raw.get("status") or {}).get("phase") == "Running" and bool(pods) and all(
+        p["spec"].get("nodeName") for p in pods)
+
+
+# --- bulkheads ------------------------------------------------------------------------------
+
+def _bad(name: str) -> Any:
+    return lambda *args: any(name in str(a) for a in args)
+
+
+STEPS = {
+    "create": ("create_pod", lambda: RuntimeError("the client refused the pod: int in args")),
+    "bind": ("bind_pod", lambda: ValueError("a malformed Binding")),
+    "status": ("patch_status", lambda: TypeError("status write exploded")),
+    "dry-run": ("dry_run_pod", lambda: OverflowError("cannot convert float infinity to integer")),
+    "configmap": ("apply_configmap", lambda: RuntimeError("configmap write exploded")),
+}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_failure_acting_on_one_workload_never_stops_the_others(step: str) -> None:
+    kube, clock = cluster(), Clock()
+    verb, error = STEPS[step]
+    kube.fail(verb, _bad("bad"), error())
+    # bad is older, so it is decided and acted on first
+    kube.add(elasticjob("bad", created="2026-01-01T00:00:00Z", globalBatchSize=8))
+    kube.add(elasticjob("good", namespace="other", created="2026-01-01T00:00:05Z", globalBatchSize=8))
+    s = scheduler(kube, clock)
+    report = s.run_cycle()
+    good = kube.workload("good", "other")
+    assert good["status"]["phase"] == "Running", (step, report.errors, good["status"])
+    assert all(p["spec"].get("nodeName") for p in kube.pods_of("good"))
+    assert "ns/bad" in report.failed and step in ("create", "bind", "status", "dry-run", "configmap")
+    if verb != "patch_status":  # the failure is on the workload, in words
+        cond = kube.condition("bad")
+        assert cond["status"] == "False" and cond["reason"] in ("ActionFailed", "BindFailed"), cond
+    assert max(bound_gpus(kube).values()) <= 8
+
+
+def test_a_failing_workload_backs_off_and_recovers_once_the_cause_is_gone() -> None:
+    kube, clock = cluster(), Clock()
+    trouble = RuntimeError("transient")
+    kube.fail("dry_run_pod", lambda body: trouble is not None and "flaky" in body["metadata"]["name"], trouble)
+    kube.add(elasticjob("flaky"))
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    assert kube.condition("flaky")["reason"] == "ActionFailed"
+    attempts = kube.calls["dry_run_pod"]
+    s.run_cycle()  # within the backoff: not tried again
+    assert kube.calls["dry_run_pod"] == attempts
+    assert 0 < s.wait_seconds() <= 1.1  # the loop wakes when the backoff ends
+    kube._faults.clear()
+    clock.t += 1.5
+    settle(s, 2)
+    assert running(kube, "flaky")
+
+
+def test_an_unparseable_status_refuses_only_that_workload_and_its_pods_still_count() -> None:
+    kube, clock = cluster(1), Clock()
+    broken = kube.add(elasticjob("broken", accelerators=8, replicas=1))
+    s = scheduler(kube, clock)
+    settle(s, 2)
+    assert running(kube, "broken")
+    broken["status"]["placement"] = [{"replica": "zero?"}]  # a hand-edited status
+    kube.add(elasticjob("next", accelerators=8, replicas=1, created="2026-01-02T00:00:00Z"))
+    settle(s, 3)
+    assert kube.workload("broken")["status"]["conditions"][-1]["reason"] == "InvalidSpec"
+    # its pod still holds the node: the newcomer does not land on top of it
+    assert not kube.pods_of("next")
+    assert max(bound_gpus(kube).values()) <= 8
+
+
+def test_a_pod_the_api_server_refuses_is_invalid_before_anything_is_reserved() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.refuse_pod = lambda body: ("spec.containers[0].resources.requests[cpu]: Invalid value: \"2x\""
+                                    if body["metadata"]["name"].startswith("careless") else "")
+    kube.add(elasticjob("careless", accelerators=8, replicas=1, priority=100))
+    kube.add(elasticjob("careful", accelerators=8, replicas=1, created="2026-01-02T00:00:00Z"))
+    settle(scheduler(kube, clock), 2)
+    cond = kube.condition("careless")
+    assert cond["reason"] == "InvalidSpec" and "requests[cpu]" in cond["message"]
+    assert not kube.pods_of("careless") and running(kube, "careful")
+
+
+def test_an_elasticjob_and_an_inferenceservice_of_one_name_never_share_a_node_s_devices() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.add(elasticjob("twin", accelerators=8, replicas=1))
+    s = scheduler(kube, clock)
+    settle(s, 2)
+    isvc = {
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "twin", "namespace": "ns", "uid": "uid-isvc-twin", "generation": 1,
+                     "creationTimestamp": "2026-02-01T00:00:00Z"},
+        "spec": {"replicas": 1, "acceleratorsPerReplica": 8, "acceleratorTypes": [{"name": "H100"}],
+                 "template": {"spec": {"containers": [{"name": "srv", "image": "srv:1"}]}}},
+    }
+    kube.add(isvc)
+    settle(s, 2)
+    assert running(kube, "twin")
+    status = kube.workload("twin", kind="InferenceService").get("status") or {}
+    assert "already exists" in status.get("message", "")
+    assert max(bound_gpus(kube).values()) <= 8
+
+
+def test_running_pods_are_counted_by_what_they_request_not_by_the_edited_spec() -> None:
+    kube, clock = cluster(1), Clock()
+    job = kube.add(elasticjob("grower", accelerators=4, replicas=1))
+    s = scheduler(kube, clock)
+    settle(s, 2)
+    assert running(kube, "grower")
+    job["spec"]["acceleratorsPerReplica"] = 1  # edited while running: its pod still holds 4
+    job["metadata"]["generation"] = 2
+    kube.add(elasticjob("filler", accelerators=4, replicas=2, created="2026-01-02T00:00:00Z"))
+    settle(s, 3)
+    assert max(bound_gpus(kube).values()) <= 8
+    assert not kube.pods_of("filler")  # 4 + 2x4 cannot fit on 8 GPUs
+    assert kube.condition("grower", "SpecApplied")["status"] == "False"
+
+
+# --- crash points of the placement protocol ---------------------------------------------------
+
+@pytest.mark.parametrize("point,nth", [
+    (CrashPoint.PLACEMENT_RECORDED, 1),
+    (CrashPoint.POD_CREATED, 1),
+    (CrashPoint.POD_CREATED, 3),
+    (CrashPoint.BIND, 1),
+    (CrashPoint.BIND, 3),
+    (CrashPoint.BIND, 4),
+])
+def test_a_crash_at_any_point_of_a_placement_is_finished_by_the_next_operator(point: CrashPoint, nth: int) -> None:
+    kube, clock = cluster(4), Clock()
+    kube.add(elasticjob("gang", replicas=4, accelerators=8))
+    first = scheduler(kube, clock, hooks=CrashAt(point, nth))
+    with pytest.raises(Crash):
+        settle(first, 2)
+    # the lease of the dead operator expires; a new one takes over
+    clock.t += 20
+    second = scheduler(kube, clock)
+    settle(second, 3)
+    assert running(kube, "gang")
+    assert len(kube.pods_of("gang")) == 4
+    assert set(kube.binds.values()) == {1}, kube.binds  # no pod bound twice
+    assert max(bound_gpus(kube).values()) <= 8
+
+
+def test_a_crash_after_recording_an_eviction_finishes_it_and_never_overcommits() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.add(elasticjob("low", accelerators=8, replicas=1, priority=0))
+    s = scheduler(kube, clock, policy="cpsat")
+    settle(s, 2)
+    assert running(kube, "low")
+    kube.add(elasticjob("high", accelerators=8, replicas=1, priority=10, created="2026-01-02T00:00:00Z"))
+    crashing = scheduler(kube, clock, policy="cpsat", hooks=CrashAt(CrashPoint.EVICTION_RECORDED, 1))
+    clock.t += 20
+    with pytest.raises(Crash):
+        settle(crashing, 2)
+    assert kube.pods_of("low")  # recorded, not yet deleted
+    clock.t += 20
+    settle(scheduler(kube, clock, policy="cpsat"), 4)
+    assert running(kube, "high") and not kube.pods_of("low")
+    assert kube.condition("low", "Preempted")["status"] == "True"
+
+
+def test_status_write_conflicts_are_contained_and_retried() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.fail("patch_status", lambda *a: a[2] == "ns" and a[3] == "raced" and kube.calls["patch_status"] < 3,
+              KubeError("patch status: 409 Conflict", 409))
+    kube.add(elasticjob("raced", accelerators=8, replicas=1))
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    clock.t += 2
+    settle(s, 3)
+    assert running(kube, "raced")
+    assert set(kube.binds.values()) == {1}
