@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from prometheus_server import free_port, scrape_sample
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,12 +25,19 @@ class OperatorProcess:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        #: /metrics port (a free one unless the test sets --metrics-port; 0: none)
+        self.metrics_port = free_port()
+        for i, arg in enumerate(args):
+            if arg == "--metrics-port" and i + 1 < len(args):
+                self.metrics_port = int(args[i + 1])
+            elif arg.startswith("--metrics-port="):
+                self.metrics_port = int(arg.split("=", 1)[1])
 
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(self.kubeconfig),
-             "--metrics-port", "0", "--interval-seconds", "0.5", "--lease-duration-seconds", "3",
+             "--metrics-port", str(self.metrics_port), "--interval-seconds", "0.5", "--lease-duration-seconds", "3",
              "--log-level", "INFO", *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
@@ -59,6 +68,21 @@ class OperatorProcess:
                 return code
             time.sleep(0.1)
         raise AssertionError(f"operator did not exit within {timeout}s:\n{self.log()[-3000:]}")
+
+    def cycles(self) -> float:
+        """Scheduling cycles this operator has completed (tessera_scheduling_cycles_total)."""
+        assert self.metrics_port, "started with --metrics-port 0: no cycle counter"
+        return scrape_sample(self.metrics_port, "tessera_scheduling_cycles_total")
+
+    def wait_cycles(self, count: int, timeout: float = 60) -> None:
+        """Wait until ``count`` more cycles have completed: a negative check ("nothing
+        happened") waits on this observable, never on a sleep."""
+        target = self.cycles() + count
+        deadline = time.monotonic() + timeout
+        while self.cycles() < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the operator did not complete {count} cycles within {timeout}s")
+            time.sleep(0.1)
 
     @property
     def alive(self) -> bool:

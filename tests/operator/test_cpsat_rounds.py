@@ -172,7 +172,10 @@ def test_a_round_moves_a_job_to_the_faster_type_once_it_frees(cluster, namespace
                 and "still terminating" in s.get("message", "") and s,
                 timeout=15, what="train stopped by a round, waiting for its old pod")
             stopped_after_seconds = time.monotonic() - freed
-            time.sleep(ROUND_SECONDS + 0.5)  # a round later it still waits: never two pods of one name
+            # a round later it still waits: never two pods of one name
+            rounds = scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat")
+            cluster.wait_for(lambda: scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat")
+                             >= rounds + 1, timeout=3 * ROUND_SECONDS + 5, what="one more round")
             assert [p["spec"]["nodeName"] for p in pods_of(cluster, namespace, "train")] == [
                 old_pod["spec"]["nodeName"]]
             assert pods_of(cluster, namespace, "train")[0]["metadata"].get("deletionTimestamp")
@@ -181,7 +184,10 @@ def test_a_round_moves_a_job_to_the_faster_type_once_it_frees(cluster, namespace
                 lambda: (s := status_of(cluster, "train", namespace)).get("acceleratorType") == "H100"
                 and s.get("phase") == "Running" and s,
                 timeout=15, what="train Running on H100")
-            time.sleep(2 * ROUND_SECONDS + 0.5)  # settle: the next rounds keep it there (no thrashing)
+            # settle: the next rounds keep it there (no thrashing)
+            rounds = scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat")
+            cluster.wait_for(lambda: scrape_sample(port, "tessera_scheduling_rounds_total", policy="cpsat")
+                             >= rounds + 2, timeout=4 * ROUND_SECONDS + 5, what="two more rounds")
     finally:
         release_pod(cluster, namespace, old_pod)
     assert stopped_after_seconds < 2 * ROUND_SECONDS + 3, stopped_after_seconds
@@ -213,11 +219,11 @@ def test_a_round_moves_a_job_to_the_faster_type_once_it_frees(cluster, namespace
 
 def test_without_round_seconds_nothing_moves(cluster, namespace, start_operator):
     port = free_port()
-    start_operator("--metrics-port", str(port))
+    operator = start_operator("--metrics-port", str(port))
     start_on_a100(cluster, namespace)
     before = status_of(cluster, "train", namespace)
     free_h100(cluster, namespace)
-    time.sleep(3 * ROUND_SECONDS)  # many 0.5 s cycles
+    operator.wait_cycles(6)  # many cycles, each one free to move it
     after = status_of(cluster, "train", namespace)
     assert after["acceleratorType"] == "A100" and after["placement"] == before["placement"]
     assert not condition(after, "Preempted")

@@ -103,8 +103,9 @@ def elastic(crds: Any, namespace: str, tmp_path: Path) -> Iterator[Any]:
     """Start elastic operators on demand; restore the A100 nodes and clean up at the end."""
     started: list[OperatorProcess] = []
 
-    def start(*extra: str, env: dict[str, str] | None = None) -> OperatorProcess:
-        proc = OperatorProcess(crds.kubeconfig, tmp_path / f"operator-{len(started)}.log", "--policy", "elastic",
+    def start(*extra: str, env: dict[str, str] | None = None, policy: tuple[str, ...] = ("--policy", "elastic"),
+              ) -> OperatorProcess:
+        proc = OperatorProcess(crds.kubeconfig, tmp_path / f"operator-{len(started)}.log", *policy,
                                f"--failure-grace-seconds={GRACE_SECONDS}",
                                "--policy-param", f"elastic_hysteresis_seconds={HYSTERESIS_SECONDS}", *extra,
                                env={"KUBECONFIG": str(crds.kubeconfig), **(env or {})}).start()
@@ -126,7 +127,7 @@ def start_job(cluster: Any, namespace: str, name: str, min_replicas: int, max_re
 
 
 def test_node_not_ready_shrinks_then_grows_back(cluster, namespace, elastic):
-    elastic()
+    operator = elastic()
     nodes = a100_nodes(cluster)
     status = start_job(cluster, namespace, "train", 2, len(nodes))
     first = generation(status)
@@ -148,7 +149,10 @@ def test_node_not_ready_shrinks_then_grows_back(cluster, namespace, elastic):
     set_ready(cluster, victim, False)
     time.sleep(GRACE_SECONDS / 4)
     set_ready(cluster, victim, True)
-    time.sleep(GRACE_SECONDS + 1.5)
+    # cycles that begin after the grace would have ended decide nothing new
+    ended = time.monotonic() + GRACE_SECONDS + 1.0
+    cluster.wait_for(lambda: time.monotonic() > ended, timeout=GRACE_SECONDS + 5, interval=0.1, what="grace over")
+    operator.wait_cycles(3)
     assert generation(status_of(cluster, "train", namespace)) == first
     assert running_on(cluster, "train", namespace, len(nodes))
 
@@ -181,6 +185,26 @@ def test_node_not_ready_shrinks_then_grows_back(cluster, namespace, elastic):
     assert grew["toReplicas"] == len(nodes) and grew["detectedAt"] >= resized_at + HYSTERESIS_SECONDS - 1
     events = cluster.get_json("events", "-n", namespace)["items"]
     assert any(e["reason"] == "GrewBack" and e["involvedObject"]["name"] == "train" for e in events)
+
+
+def test_the_default_operator_reshards_on_node_failure(cluster, namespace, elastic):
+    # no --policy: CP-SAT placement with elastic failure handling composed on top (the
+    # CLI's and the chart's default), not a separate "elastic" policy
+    operator = elastic(policy=())
+    nodes = a100_nodes(cluster)
+    status = start_job(cluster, namespace, "default", 2, len(nodes))
+    first = generation(status)
+    victim = next(r["node"] for r in status["placement"] if r["replica"] == 0)
+    set_ready(cluster, victim, False)
+    shrunk = cluster.wait_for(
+        lambda: running_on(cluster, "default", namespace, len(nodes) - 1, avoid={victim}, min_generation=first + 1),
+        timeout=30, what="the job resharded onto the survivors by the default operator")
+    assert configmap_generation(cluster, "default", namespace) == generation(shrunk)
+    assert shrunk["plan"]["globalBatchSize"] == 96  # the global batch is kept
+    assert "policy cpsat" in operator.log() and "ReshardsOnFailure" in operator.log()
+    events = [e["reason"] for e in cluster.get_json("events", "-n", namespace)["items"]
+              if e["involvedObject"]["name"] == "default"]
+    assert "Resharded" in events
 
 
 def test_survivors_below_min_are_requeued_with_their_record(cluster, namespace, elastic):

@@ -95,6 +95,10 @@ def test_default_operator_arguments_carry_the_policy_configuration() -> None:
     assert args["--identity"] == "$(POD_NAME)"
     assert args["--metrics-port"] == "9090"
     assert args["--liveness"] == "http://0.0.0.0:8080/healthz"
+    # out of the box the operator places with CP-SAT and reshards on node failures
+    assert "--failure-handling" in c["args"] and "--no-failure-handling" not in c["args"]
+    off = container(render({"scheduling": {"failureHandling": False}}))["args"]
+    assert "--no-failure-handling" in off and "--failure-handling" not in off
 
 
 def test_non_default_values_reach_the_objects() -> None:
@@ -283,6 +287,7 @@ def test_rendered_arguments_are_accepted_by_the_operator_cli(values: dict[str, A
     assert args[0] == "operator"
     parsed = parser.parse_args([a.replace("$(POD_NAME)", "pod-0") for a in args[1:]])
     expected = {**{"policy": "cpsat", "time_budget_seconds": 1.0, "seed": 0, "interval_seconds": 2.0,
+                   "failure_handling": True,
                    "metrics_port": 9090, "lease_name": "tessera-scheduler", "lease_duration_seconds": 15,
                    "liveness": "http://0.0.0.0:8080/healthz", "identity": "pod-0"},
                 **({"policy": "best-fit", "time_budget_seconds": 0.5, "seed": 7, "interval_seconds": 5.0,

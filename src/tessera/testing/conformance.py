@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 from tessera.core import ClusterSnapshot, Plan, Workload, validate_plan
 from tessera.policy.base import Decision, PolicyContext
+from tessera.policy.capabilities import capability_problems
 from tessera.testing.generate import Scenario, random_scenario, roomy_scenario
 
 PolicyFactory = Callable[[], Any]
@@ -138,6 +139,8 @@ def check_metadata(policy: Any) -> list[Finding]:
             out.append(Finding("metadata", "decides must name at least one decision"))
     if not callable(getattr(policy, "decide", None)):
         out.append(Finding("metadata", "no decide(snapshot, pending, ctx) method"))
+    # capabilities it claims (tessera.policy.capabilities) must hold their types
+    out.extend(Finding("metadata", problem) for problem in capability_problems(policy))
     return out
 
 
