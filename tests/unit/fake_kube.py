@@ -46,14 +46,16 @@ def gpu_node(name: str, gpus: int = 8, product: str = "NVIDIA-H100-80GB-HBM3") -
     }
 
 
-def elasticjob(name: str, namespace: str = "ns", *, replicas: int = 2, accelerators: int = 4,
+def elasticjob(name: str, namespace: str = "ns", *, replicas: int = 2, min_replicas: int | None = None,
+               accelerators: int = 4,
                types: tuple[str, ...] = ("H100",), priority: int = 0, created: str = "2026-01-01T00:00:00Z",
                container: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "tessera.dev/v1alpha1", "kind": "ElasticJob",
         "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}-{next(_uids)}", "generation": 1,
                      "creationTimestamp": created, "resourceVersion": "1"},
-        "spec": {"replicas": {"min": replicas, "max": replicas}, "acceleratorsPerReplica": accelerators,
+        "spec": {"replicas": {"min": replicas if min_replicas is None else min_replicas, "max": replicas},
+                 "acceleratorsPerReplica": accelerators,
                  "acceleratorTypes": [{"name": t} for t in types], "priority": priority,
                  "template": {"spec": {"containers": [container or {"name": "trainer", "image": "trainer:1"}]}},
                  **spec},

@@ -51,10 +51,14 @@ class CrashAt:
                 raise Crash(point.value)
 
 
+IDENTITIES = iter(range(1_000_000))
+
+
 def scheduler(kube: FakeKube, clock: Clock, policy: str = "best-fit", hooks: Any = None) -> Scheduler:
+    """A fresh operator (its own identity in the Lease), as after a restart."""
     chosen = with_failure_handling(load_policy(policy))
     engine = Engine(chosen, clock, time_budget_seconds=1.0)
-    elector = LeaderElector(kube, "default", "tessera-scheduler", "me", 15, clock=clock)
+    elector = LeaderElector(kube, "default", "tessera-scheduler", f"operator-{next(IDENTITIES)}", 15, clock=clock)
     kwargs = {"hooks": hooks} if hooks is not None else {}
     return Scheduler(kube, engine, elector, OperatorMetrics(), clock=clock,
                      elastic=ElasticSettings(failure_grace_seconds=0), **kwargs)
@@ -256,3 +260,51 @@ def test_status_write_conflicts_are_contained_and_retried() -> None:
     settle(s, 3)
     assert running(kube, "raced")
     assert set(kube.binds.values()) == {1}
+
+
+class OtherLeaderTakesOver:
+    """At a crash point the operator stalls; meanwhile another replica takes the Lease and
+    finishes the work (as after a long GC pause or a frozen VM)."""
+
+    def __init__(self, point: CrashPoint, clock: Clock, successor: Any) -> None:
+        self.point, self.clock, self.successor, self.fired = point, clock, successor, False
+
+    def reached(self, point: CrashPoint) -> None:
+        if point is self.point and not self.fired:
+            self.fired = True
+            self.clock.t += 20  # past the Lease
+            settle(self.successor(), 3)
+
+
+def test_a_leader_change_in_the_middle_of_a_reshard_never_undoes_the_successor_s_work() -> None:
+    kube, clock = cluster(3), Clock()
+    kube.add(elasticjob("train", accelerators=8, globalBatchSize=96, microBatchSize=8, replicas=2, min_replicas=1))
+    first = scheduler(kube, clock, hooks=None)
+    settle(first, 2)
+    assert running(kube, "train")
+    victim = kube.pods_of("train")[0]["spec"]["nodeName"]
+    kube.nodes[victim]["status"]["conditions"] = [{"type": "Ready", "status": "False",
+                                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    deposed = scheduler(kube, clock, hooks=OtherLeaderTakesOver(
+        CrashPoint.RESHARD_RECORDED, clock, lambda: scheduler(kube, clock)))
+    clock.t += 20
+    report = deposed.run_cycle()
+    # the successor's reshard stands: the job runs on the healthy nodes, nothing was undone
+    pods = kube.pods_of("train")
+    assert pods and all(p["spec"]["nodeName"] != victim for p in pods), pods
+    assert running(kube, "train")
+    assert set(kube.binds.values()) == {1}
+    assert max(bound_gpus(kube).values()) <= 8
+    assert any("lost the scheduler lease" in e for e in report.errors), report.errors
+
+
+def test_a_deposed_leader_stalled_mid_gang_never_deletes_what_its_successor_bound() -> None:
+    kube, clock = cluster(2), Clock()
+    kube.add(elasticjob("gang", accelerators=8, replicas=2))
+    deposed = scheduler(kube, clock, hooks=OtherLeaderTakesOver(
+        CrashPoint.POD_CREATED, clock, lambda: scheduler(kube, clock)))
+    report = deposed.run_cycle()
+    # the successor completed the recorded placement; the stale leader stopped, undid nothing
+    assert running(kube, "gang") and len(kube.pods_of("gang")) == 2
+    assert set(kube.binds.values()) == {1}
+    assert any("lost the scheduler lease" in e for e in report.errors), report.errors

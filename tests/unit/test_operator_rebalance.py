@@ -216,6 +216,9 @@ class _Leader:
     def ensure_leader(self) -> bool:
         return True
 
+    def require_leader(self, doing: str) -> None:
+        return None
+
 
 def test_training_moves_become_one_resize_through_the_elastic_path_and_cool_down():
     from test_api_reconcile import NODES, job, placement

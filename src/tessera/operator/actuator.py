@@ -184,8 +184,7 @@ class Actuator:
                     continue  # bound before a restart: never bind twice
                 if bound_to:
                     raise KubeError(f"pod {r.pod} is bound to {bound_to}, not {r.node}")
-                if not self.elector.ensure_leader():
-                    raise KubeError("lost the scheduler lease while binding")
+                self.elector.require_leader("binding")  # LeaseLost: never undo a successor's work
                 self.kube.bind_pod(view.namespace, r.pod, r.node, pod["metadata"]["uid"])
                 self.metrics.bound_pods.inc()
                 self.hooks.reached(CrashPoint.BIND)

@@ -21,6 +21,15 @@ from tessera.operator.state import parse_timestamp
 log = logging.getLogger("tessera.operator.lease")
 
 
+class LeaseLost(Exception):
+    """This replica no longer holds the scheduler Lease: stop acting at once.
+
+    Raised before a write that must not come from a deposed leader.  It is never treated
+    as a workload's failure (no undo, no backoff): the new leader owns the cluster now, and
+    undoing what it may already have done would break its work.
+    """
+
+
 def _micro_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -58,6 +67,11 @@ class LeaderElector:
     def still_leader(self) -> bool:
         """True when our last successful renewal has not expired."""
         return self.is_leader and self.clock() - self._renewed_at < self.duration_seconds
+
+    def require_leader(self, doing: str) -> None:
+        """Raise :class:`LeaseLost` unless this replica still holds the Lease."""
+        if not self.ensure_leader():
+            raise LeaseLost(f"lost the scheduler lease while {doing}")
 
     def ensure_leader(self) -> bool:
         """Checked before each write that must not be duplicated (a bind): renews the Lease

@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "min, grow it back after the hysteresis (default: on)")
     # crash points for the restart tests (tessera.operator.faults); not for production use
     parser.add_argument("--fault-exit-after", action="append", default=[], metavar="POINT=N", help=argparse.SUPPRESS)
+    parser.add_argument("--fault-pause-at", action="append", default=[], metavar="POINT=SECONDS",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--policy-param", action="append", default=[], metavar="KEY=VALUE",
                         help="a policy parameter, repeatable: in PolicyContext.params (numbers as floats), e.g. "
                              "elastic_hysteresis_seconds=300, and also a constructor argument when the policy "
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         arguments = constructor_arguments(args.policy, params)
         policy = load_policy(args.policy, **arguments)
-        hooks: FaultHooks = ExitAfter.parse(args.fault_exit_after) if args.fault_exit_after else NO_FAULTS
+        hooks: FaultHooks = (ExitAfter.parse(args.fault_exit_after, args.fault_pause_at)
+                             if args.fault_exit_after or args.fault_pause_at else NO_FAULTS)
     except (PolicyLoadError, ValueError) as err:
         log.error("%s", err)
         return 2

@@ -295,7 +295,7 @@ class Rebalancer:
         self.monotonic = monotonic
         #: first round one period after start: the cluster settles, load windows fill
         self._next_round = monotonic() + period_seconds
-        self.status = StatusWriter(kube, clock)
+        self.status = StatusWriter(kube, clock, leader=elector.require_leader)
         self.hooks: FaultHooks = NO_FAULTS
         #: the last advance() wrote something: the cycle's snapshot is stale, no round on it
         self._acted = False
@@ -564,8 +564,7 @@ class Rebalancer:
             if bound_to and bound_to != migration.to.node:
                 raise KubeError(f"pod {move.newPod} is bound to {bound_to}")
             if not bound_to:
-                if not self.elector.ensure_leader():
-                    raise KubeError("lost the scheduler lease while binding")
+                self.elector.require_leader("binding a moved replica")  # never undone
                 self.kube.bind_pod(view.namespace, move.newPod, migration.to.node, pod["metadata"]["uid"])
                 self.metrics.bound_pods.inc()
         except KubeError as err:

@@ -41,7 +41,7 @@ from tessera.operator.elastic import ElasticActuator, ElasticSettings, plan_for,
 from tessera.operator.executable import executable_placements, old_pods_going
 from tessera.operator.faults import NO_FAULTS, FaultHooks
 from tessera.operator.kube import KubeError
-from tessera.operator.lease import LeaderElector
+from tessera.operator.lease import LeaderElector, LeaseLost
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.ports import KubePort
 from tessera.operator.rebalance import Rebalancer
@@ -136,7 +136,7 @@ class Scheduler:
         self.clock = clock
         self.hooks = hooks
         self._warned_nodes: dict[str, tuple[str, ...]] = {}
-        self.status = StatusWriter(kube, clock)
+        self.status = StatusWriter(kube, clock, leader=elector.require_leader)
         self.actuator = Actuator(kube, self.status, elector, metrics, hooks=hooks, plan_for=plan_for,
                                  plan_status=plan_status)
         self.backoff = Backoff(clock)
@@ -190,6 +190,10 @@ class Scheduler:
         with gc_paused():
             try:
                 return self._run_cycle()
+            except LeaseLost as err:
+                # a successor leads now: stop at once, undo nothing, decide nothing more
+                log.warning("%s; stopping this cycle", err)
+                return CycleReport(leader=False, errors=[str(err)])
             finally:
                 self.cycles += 1
                 self.metrics.cycles.inc()
@@ -199,6 +203,8 @@ class Scheduler:
         """Contain whatever acting on ``view`` raises: mark it, back it off, carry on."""
         try:
             yield
+        except LeaseLost:
+            raise  # not the workload's fault: the whole cycle stops (see _run_cycle)
         except Exception as err:
             if view is None:
                 report.errors.append(f"{step} failed: {type(err).__name__}: {err}")

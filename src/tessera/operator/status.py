@@ -115,9 +115,13 @@ class StatusPort(Protocol):
 class StatusWriter:
     """Writes status patches and Events; keeps each view's ``raw`` in step with what it wrote."""
 
-    def __init__(self, kube: StatusPort, clock: Callable[[], float], *, event_memory: int = 4096) -> None:
+    def __init__(self, kube: StatusPort, clock: Callable[[], float], *, event_memory: int = 4096,
+                 leader: Callable[[str], None] | None = None) -> None:
         self.kube = kube
         self.clock = clock
+        #: raises LeaseLost when this replica no longer leads: a deposed leader never
+        #: overwrites the decisions its successor recorded
+        self.leader = leader
         self.event_memory = event_memory
         self._last_event: OrderedDict[tuple[str, str], str] = OrderedDict()
 
@@ -137,6 +141,8 @@ class StatusWriter:
         """Merge-patch ``status`` (skipped when it changes nothing, unless ``force``)."""
         if not force and unchanged(view.status, status):
             return
+        if self.leader is not None:
+            self.leader("recording a decision")
         self.kube.patch_status(view.kind, view.namespace, view.name, status)
         merged = {**view.status, **status}  # a JSON merge patch: null removes the field
         view.raw = {**view.raw, "status": {k: v for k, v in merged.items() if v is not None}}
