@@ -280,6 +280,33 @@ def test_operator_restart_in_the_middle_of_a_reshard(cluster, namespace, elastic
                      timeout=10, what="the reshard record closed after the restart")
 
 
+def test_a_leader_change_in_the_middle_of_a_reshard(cluster, namespace, elastic):
+    # the leader stalls 8 s right after recording a reshard (a GC pause, a frozen VM); the
+    # standby takes the 3 s Lease and finishes the reshard; the old leader, back, must notice
+    # it lost the Lease and stop, never undo or redo what its successor did
+    stalled = elastic("--fault-pause-at", "reshard-recorded=8")
+    nodes = a100_nodes(cluster)
+    status = start_job(cluster, namespace, "handover", 2, len(nodes))
+    first = generation(status)
+    standby = elastic()
+    victim = next(r["node"] for r in status["placement"] if r["replica"] == 1)
+    set_ready(cluster, victim, False)
+    done = cluster.wait_for(
+        lambda: running_on(cluster, "handover", namespace, len(nodes) - 1, avoid={victim},
+                           min_generation=first + 1),
+        timeout=40, what="the reshard finished by the standby")
+    cluster.wait_for(lambda: "lost the scheduler lease" in stalled.log(), timeout=30,
+                     what="the stalled leader noticing it lost the Lease")
+    standby.wait_cycles(3)
+    after = status_of(cluster, "handover", namespace)
+    assert generation(after) == generation(done) == first + 1  # decided once, not undone or redone
+    assert after["placement"] == done["placement"]
+    pods = [p for p in pods_of(cluster, namespace, "handover") if not p["metadata"].get("deletionTimestamp")]
+    assert sorted(p["metadata"]["name"] for p in pods) == sorted(r["pod"] for r in after["placement"])
+    assert "became the scheduling leader" in standby.log()
+    assert "bind failed" not in stalled.log() + standby.log()
+
+
 def test_a_failed_pod_is_replaced_and_a_cordon_counts_at_once(cluster, namespace, elastic):
     elastic()
     nodes = a100_nodes(cluster)

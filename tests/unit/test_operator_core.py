@@ -60,8 +60,9 @@ def scheduler(kube: FakeKube, clock: Clock, policy: str = "best-fit", hooks: Any
     engine = Engine(chosen, clock, time_budget_seconds=1.0)
     elector = LeaderElector(kube, "default", "tessera-scheduler", f"operator-{next(IDENTITIES)}", 15, clock=clock)
     kwargs = {"hooks": hooks} if hooks is not None else {}
+    # one worker: a simulated crash (a BaseException) must stop every write, as a SIGKILL would
     return Scheduler(kube, engine, elector, OperatorMetrics(), clock=clock,
-                     elastic=ElasticSettings(failure_grace_seconds=0), **kwargs)
+                     elastic=ElasticSettings(failure_grace_seconds=0), workers=1 if hooks else 4, **kwargs)
 
 
 def settle(s: Scheduler, cycles: int = 4) -> None:

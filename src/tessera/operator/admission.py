@@ -17,6 +17,7 @@ The answer is kept per (uid, metadata.generation): a new spec is checked again.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -37,6 +38,7 @@ class Admission:
         self.kube = kube
         self.memory = memory
         self._answers: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()  # checked from a pool of threads
 
     def problem(self, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
         """Why the API server would refuse ``view``'s pods ("" when it accepts them).
@@ -44,13 +46,15 @@ class Admission:
         Raises KubeError when the server could not answer (retried next cycle).
         """
         key = (view.uid, view.generation)
-        if key in self._answers:
-            self._answers.move_to_end(key)
-            return self._answers[key]
+        with self._lock:
+            if key in self._answers:
+                self._answers.move_to_end(key)
+                return self._answers[key]
         answer = self._ask(view, nodes)
-        self._answers[key] = answer
-        while len(self._answers) > self.memory:
-            self._answers.popitem(last=False)
+        with self._lock:
+            self._answers[key] = answer
+            while len(self._answers) > self.memory:
+                self._answers.popitem(last=False)
         return answer
 
     def _ask(self, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:

@@ -10,6 +10,7 @@ a retry timer, not a decision: a restarted operator simply tries once more.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,28 +32,32 @@ class Backoff:
         self.max_seconds = max_seconds
         self.memory = memory
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()  # workloads are acted on by a pool of threads
 
     def failed(self, uid: str, generation: int, why: str) -> float:
         """Record a failure; returns the delay before the next try."""
-        entry = self._entries.get(uid)
-        failures = entry.failures + 1 if entry is not None and entry.generation == generation else 1
-        delay = min(self.max_seconds, self.initial_seconds * 2 ** (failures - 1))
-        self._entries[uid] = _Entry(generation, failures, self.clock() + delay, why)
-        self._entries.move_to_end(uid)
-        while len(self._entries) > self.memory:
-            self._entries.popitem(last=False)
+        with self._lock:
+            entry = self._entries.get(uid)
+            failures = entry.failures + 1 if entry is not None and entry.generation == generation else 1
+            delay = min(self.max_seconds, self.initial_seconds * 2 ** (failures - 1))
+            self._entries[uid] = _Entry(generation, failures, self.clock() + delay, why)
+            self._entries.move_to_end(uid)
+            while len(self._entries) > self.memory:
+                self._entries.popitem(last=False)
         return delay
 
     def succeeded(self, uid: str) -> None:
-        self._entries.pop(uid, None)
+        with self._lock:
+            self._entries.pop(uid, None)
 
     def waiting(self, uid: str, generation: int) -> str:
         """Why ``uid`` is not tried now ("" when it may be)."""
-        entry = self._entries.get(uid)
+        with self._lock:
+            entry = self._entries.get(uid)
+            if entry is not None and entry.generation != generation:  # a new spec: try it at once
+                del self._entries[uid]
+                entry = None
         if entry is None:
-            return ""
-        if entry.generation != generation:  # the spec changed: try the new one at once
-            del self._entries[uid]
             return ""
         left = entry.retry_at - self.clock()
         if left <= 0:
@@ -66,5 +71,6 @@ class Backoff:
     def next_retry(self) -> float | None:
         """The earliest retry time still ahead, for the loop's wake-up."""
         now = self.clock()
-        ahead = [e.retry_at for e in self._entries.values() if e.retry_at > now]
+        with self._lock:
+            ahead = [e.retry_at for e in self._entries.values() if e.retry_at > now]
         return min(ahead) if ahead else None

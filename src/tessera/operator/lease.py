@@ -10,6 +10,7 @@ A crashed holder blocks scheduling for at most ``duration_seconds``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ class LeaderElector:
         self.clock = clock
         self.is_leader = False
         self._renewed_at = 0.0
+        self._lock = threading.RLock()  # binds run on a pool of threads; one renewal at a time
 
     def _spec(self, now: float, acquired: float, transitions: int) -> dict[str, Any]:
         return {
@@ -76,18 +78,23 @@ class LeaderElector:
     def ensure_leader(self) -> bool:
         """Checked before each write that must not be duplicated (a bind): renews the Lease
         when a third of its duration has passed, so a long cycle does not outlive it."""
-        if not self.is_leader:
-            return False
-        if self.clock() - self._renewed_at < self.duration_seconds / 3:
-            return True
-        try:
-            return self.acquire_or_renew()
-        except Exception:  # any API failure means we cannot prove we still lead
-            log.exception("could not renew the scheduler lease")
-            self.is_leader = False
-            return False
+        with self._lock:
+            if not self.is_leader:
+                return False
+            if self.clock() - self._renewed_at < self.duration_seconds / 3:
+                return True
+            try:
+                return self.acquire_or_renew()
+            except Exception:  # any API failure means we cannot prove we still lead
+                log.exception("could not renew the scheduler lease")
+                self.is_leader = False
+                return False
 
     def acquire_or_renew(self) -> bool:
+        with self._lock:
+            return self._acquire_or_renew()
+
+    def _acquire_or_renew(self) -> bool:
         now = self.clock()
         lease = self.kube.read_lease(self.namespace, self.name)
         if lease is None:

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "learned dispatcher, whose plan is used when the solver's budget runs out")
     parser.add_argument("--interval-seconds", type=float, default=2.0,
                         help="longest pause between scheduling cycles (changes wake it earlier)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="threads writing to the API server for different workloads at once (pod creates, "
+                             "Bindings, admission dry runs); 1 acts on one workload after another")
     parser.add_argument("--time-budget-seconds", type=float, default=1.0, help="time a policy may take per decision")
     parser.add_argument("--seed", type=int, default=0, help="seed of the policy's random generator")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0 disables)")
@@ -158,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
-                          rebalancer=rebalancer, hooks=hooks,
+                          rebalancer=rebalancer, hooks=hooks, workers=args.workers,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
     log.info("tessera operator starting: policy %s %s%s, capabilities %s, identity %s", policy.name, policy.version,
              f" {arguments}" if arguments else "", ", ".join(capabilities_of(policy)) or "none", args.identity)

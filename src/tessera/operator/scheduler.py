@@ -26,9 +26,11 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import TypeVar
 
 from tessera.api.models import InferenceService
 from tessera.core import Allocation, Placement, ReplicaPlacement, Spread, Workload
@@ -64,6 +66,8 @@ from tessera.policy import DecidesInRounds
 __all__ = ["CycleReport", "Scheduler", "WallClock", "gc_paused", "round_wait_seconds"]
 
 log = logging.getLogger("tessera.operator.scheduler")
+
+T = TypeVar("T")
 
 
 class WallClock:
@@ -127,6 +131,7 @@ class Scheduler:
         rebalancer: Rebalancer | None = None,
         elastic: ElasticSettings | None = None,
         hooks: FaultHooks = NO_FAULTS,
+        workers: int = 8,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -150,6 +155,10 @@ class Scheduler:
                                        clock=clock)
         #: completed cycles (tests wait on it instead of sleeping)
         self.cycles = 0
+        #: API writes for different workloads (admission dry runs, placements) run on this
+        #: many threads at once; 1 acts on one workload after another
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tessera-act") if self.workers > 1 else None
 
     # --- the loop ------------------------------------------------------------------
 
@@ -224,6 +233,17 @@ class Scheduler:
             except Exception as write_err:
                 log.warning("%s: could not record the failure: %s", view.key, write_err)
 
+    def _each(self, act: Callable[[T], None], items: Iterable[T]) -> None:
+        """``act`` on every item, on the worker pool; waits for all.  Each item is one
+        workload (its own bulkhead inside ``act``); LeaseLost from any stops the cycle."""
+        todo = list(items)
+        if self._pool is None or len(todo) <= 1:
+            for item in todo:
+                act(item)
+            return
+        for future in [self._pool.submit(act, item) for item in todo]:
+            future.result()
+
     def _run_cycle(self) -> CycleReport:
         report = CycleReport()
         started = time.perf_counter()
@@ -269,11 +289,14 @@ class Scheduler:
                     if self.actuator.bind(state, view, list(view.placement.values()), view.to_bind,
                                           previous=None, report=report):
                         self.backoff.succeeded(view.uid)
+        ready: list[Placement] = []
         for placement in executable.placements:
             if reason := old_pods_going(state, placement.workload):
                 held[placement.workload] = reason
-                continue
-            self._place(state, placement, f"policy {result.policy}", report)
+            else:
+                ready.append(placement)
+        why = f"policy {result.policy}"
+        self._each(lambda placement: self._place(state, placement, why, report), ready)
         waiting = {**result.waiting, **executable.waiting, **held}
         scale_ups = [u for u in scale_ups if state.pending_owner[u.key] not in evicted]
         waiting.update(self._scale_up(state, scale_ups, result, report))
@@ -297,7 +320,7 @@ class Scheduler:
         """The pending workloads the policy may place now: the API server accepts their pods
         (:mod:`tessera.operator.admission`) and they are not backing off after failures
         (those go to ``backing_off``; their ActionFailed condition already says why)."""
-        out: list[Workload] = []
+        candidates: list[tuple[Workload, WorkloadView]] = []
         for unit in state.pending:
             view = state.workloads.get(state.pending_owner.get(unit.key, ""))
             if view is None:
@@ -305,9 +328,17 @@ class Scheduler:
             if reason := self.backoff.waiting(view.uid, view.generation):
                 backing_off[unit.key] = reason
                 continue
-            problem = None
+            candidates.append((unit, view))
+        problems: dict[str, str] = {}
+
+        def check(view: WorkloadView) -> None:
             with self._bulkhead(view, "checking its pods with the API server", report):
-                problem = self.admission.problem(view, state.nodes)
+                problems[view.key] = self.admission.problem(view, state.nodes)
+
+        self._each(check, {view.key: view for _, view in candidates}.values())
+        out: list[Workload] = []
+        for unit, view in candidates:
+            problem = problems.get(view.key)
             if problem is None or view.key in report.failed:
                 continue
             if problem:

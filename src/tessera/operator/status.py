@@ -14,6 +14,7 @@ cycle.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -124,6 +125,7 @@ class StatusWriter:
         self.leader = leader
         self.event_memory = event_memory
         self._last_event: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()  # workloads are acted on by a pool of threads
 
     def now(self) -> str:
         return rfc3339(self.clock())
@@ -152,13 +154,14 @@ class StatusWriter:
     def event(self, view: WorkloadView, event_type: str, reason: str, message: str) -> None:
         """Post an Event unless the same reason+message was the last one posted for it."""
         key = (view.uid, reason)
-        if self._last_event.get(key) == message:
+        with self._lock:
+            if self._last_event.get(key) == message:
+                self._last_event.move_to_end(key)
+                return
+            self._last_event[key] = message
             self._last_event.move_to_end(key)
-            return
-        self._last_event[key] = message
-        self._last_event.move_to_end(key)
-        while len(self._last_event) > self.event_memory:
-            self._last_event.popitem(last=False)
+            while len(self._last_event) > self.event_memory:
+                self._last_event.popitem(last=False)
         self.kube.post_event(view.kind, dict(view.raw), event_type, reason, message)
 
     # -- building --------------------------------------------------------------------
