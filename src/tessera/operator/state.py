@@ -23,193 +23,37 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from pydantic import ValidationError
-
-from tessera.api.convert import elasticjob_workload, inferenceservice_workload, pod_spec_requests
-from tessera.api.discovery import VENDOR_RESOURCES, Discovery, discover
+from tessera.api.convert import inferenceservice_workload
 from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus
-from tessera.api.quantity import to_int, to_mib, to_milli
 from tessera.core import (
     Allocation,
     CapacityError,
     CapacityLedger,
     ClusterSnapshot,
-    Node,
-    ReplicaDemand,
     ReplicaPlacement,
-    Topology,
     Workload,
     WorkloadKind,
 )
-from tessera.operator import labels as L
+from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vocabulary)
+    CONDITION_TAINT_KEYS,
+    KINDS,
+    TOLERATED_TAINT_KEYS,
+    NodeView,
+    PodView,
+    WorkloadView,
+    excess_demand,
+    external_demand,
+    node_view,
+    parse_timestamp,
+    pod_view,
+    workload_view,
+)
 
-#: taints Tessera's pods tolerate (it adds the tolerations itself); any other
-#: NoSchedule/NoExecute taint makes a node unschedulable for Tessera
-TOLERATED_TAINT_KEYS = frozenset(VENDOR_RESOURCES) | {"kwok.x-k8s.io/node"}
-#: taints that mirror the Ready condition / spec.unschedulable, which are read directly
-#: (a control plane without the node lifecycle controller never removes them)
-CONDITION_TAINT_KEYS = frozenset({
-    "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable", "node.kubernetes.io/unschedulable",
-})
 SCALE_UP_SUFFIX = "+scale-up"
 #: node name given to an ElasticJob's lost replicas in the snapshot (no node has it)
 LOST_NODE_PREFIX = "(lost) "
-
-KINDS = {"ElasticJob": ElasticJob, "InferenceService": InferenceService}
-
-
-@dataclass(frozen=True, slots=True)
-class PodView:
-    name: str
-    namespace: str
-    uid: str
-    node_name: str
-    workload_uid: str
-    replica: int
-    generation: int
-    terminating: bool
-    phase: str
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
-
-def pod_view(raw: Mapping[str, Any]) -> PodView:
-    meta = raw.get("metadata", {})
-    labels = meta.get("labels") or {}
-
-    def as_int(value: Any) -> int:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return -1
-
-    return PodView(
-        name=meta.get("name", ""),
-        namespace=meta.get("namespace", ""),
-        uid=meta.get("uid", ""),
-        node_name=(raw.get("spec") or {}).get("nodeName") or "",
-        workload_uid=labels.get(L.WORKLOAD_UID, ""),
-        replica=as_int(labels.get(L.REPLICA)),
-        generation=as_int(labels.get(L.PLACEMENT_GENERATION)),
-        terminating=bool(meta.get("deletionTimestamp")),
-        phase=(raw.get("status") or {}).get("phase", ""),
-        raw=raw,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class NodeView:
-    node: Node
-    discovery: Discovery
-
-
-def node_view(raw: Mapping[str, Any]) -> NodeView:
-    """A core Node from a v1 Node, with the discovery result (type, count, warnings)."""
-    meta = raw.get("metadata", {})
-    spec = raw.get("spec") or {}
-    status = raw.get("status") or {}
-    labels = meta.get("labels") or {}
-    allocatable = status.get("allocatable") or {}
-    found = discover(labels, allocatable, status.get("capacity") or {})
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    blocking = [
-        t for t in spec.get("taints") or []
-        if t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") not in TOLERATED_TAINT_KEYS | CONDITION_TAINT_KEYS
-    ]
-
-    def quantity(name: str, convert: Any) -> int:
-        try:
-            return int(convert(allocatable[name])) if name in allocatable else 0
-        except ValueError:
-            return 0
-
-    node = Node(
-        name=meta.get("name", ""),
-        accelerator_type=found.accelerator_type if found.count else None,
-        accelerator_count=found.count if found.accelerator_type else 0,
-        cpu_milli=quantity("cpu", to_milli),
-        memory_mib=quantity("memory", to_mib),
-        topology=Topology(
-            zone=labels.get("topology.kubernetes.io/zone", ""),
-            domain=labels.get("tessera.dev/domain", ""),
-            nic=labels.get("tessera.dev/nic", ""),
-        ),
-        labels=dict(labels),
-        ready=ready,
-        schedulable=not spec.get("unschedulable") and not blocking,
-    )
-    return NodeView(node, found)
-
-
-@dataclass
-class WorkloadView:
-    """One ElasticJob or InferenceService and what the cluster says about it."""
-
-    kind: str
-    raw: Mapping[str, Any]
-    model: ElasticJob | InferenceService | None
-    error: str
-    workload: Workload | None
-    pods: list[PodView] = field(default_factory=list)
-    #: replica -> where it runs after this view's reconciliation
-    placement: dict[int, ReplicaStatus] = field(default_factory=dict)
-    #: True when the recorded placement is still being bound (phase Binding)
-    in_flight: bool = False
-    rollback_reason: str = ""
-    #: replicas to create and/or bind this cycle (in-flight completion)
-    to_bind: list[ReplicaStatus] = field(default_factory=list)
-    #: pods of this workload to delete (stale generation, scaled down, ...)
-    to_delete: list[PodView] = field(default_factory=list)
-    #: human-readable notes for Events (replica lost, scaled down)
-    notes: list[str] = field(default_factory=list)
-    #: replica -> pod of a move in flight (status.migrations) not yet in the placement:
-    #: kept (not stale), holding its node; tessera.operator.rebalance drives it
-    incoming: dict[int, PodView] = field(default_factory=dict)
-    #: replicas whose pod failed or vanished, kept (``keep_lost``) for the elastic policy to
-    #: reshard around instead of being dropped here (see tessera.operator.elastic)
-    lost: dict[int, ReplicaStatus] = field(default_factory=dict)
-    #: how the running pods differ from the current spec (a spec edited while running)
-    drift: str = ""
-
-    @property
-    def name(self) -> str:
-        return str(self.raw["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.raw["metadata"].get("namespace", "default"))
-
-    @property
-    def uid(self) -> str:
-        return str(self.raw["metadata"]["uid"])
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def generation(self) -> int:
-        return int(self.raw["metadata"].get("generation", 0))
-
-    @property
-    def status(self) -> Mapping[str, Any]:
-        return self.raw.get("status") or {}
-
-    @property
-    def placement_generation(self) -> int:
-        return int(self.status.get("placementGeneration", 0) or 0)
-
-    @property
-    def bound_replicas(self) -> int:
-        bound = {p.replica for p in self.pods if p.node_name and not p.terminating}
-        return len([r for r in self.placement if r in bound])
-
 
 @dataclass
 class ClusterState:
@@ -229,75 +73,6 @@ class ClusterState:
     #: while they go (a preemption's room would otherwise look still taken and the policy
     #: would evict more work for the same beneficiary)
     leaving: list[PodView] = field(default_factory=list)
-
-
-def parse_timestamp(value: str | None) -> float:
-    """Seconds since the epoch of an RFC 3339 time from the API (0.0 when absent or malformed)."""
-    if not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
-    """Parse one object; a spec the models refuse is reported, not raised."""
-    meta = raw.get("metadata", {})
-    key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-    submitted = parse_timestamp(meta.get("creationTimestamp"))
-    try:
-        model = cast(ElasticJob | InferenceService, KINDS[kind].model_validate(raw))
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return WorkloadView(kind, raw, None, f"invalid {kind} ({where}): {first.get('msg')}", None)
-    try:
-        if isinstance(model, ElasticJob):
-            workload = elasticjob_workload(key, model.spec, submitted)
-        else:
-            workload = inferenceservice_workload(key, model.spec, submitted)
-    except Exception as err:
-        return WorkloadView(kind, raw, model, f"invalid {kind}: {err}", None)
-    return WorkloadView(kind, raw, model, "", workload)
-
-
-def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> ReplicaDemand:
-    """What a bound pod takes from its node, counted as Kubernetes counts it: containers add
-    up, init containers run one at a time (the largest counts), pod overhead on top.
-    Accelerators are the node's extended resource ``resource_name`` (limits, else requests)."""
-    spec = pod.get("spec") or {}
-    cpu, mem = pod_spec_requests(spec)
-
-    def devices_of(container: Mapping[str, Any]) -> int:
-        if not resource_name:
-            return 0
-        resources = container.get("resources") or {}
-        value = (resources.get("limits") or {}).get(resource_name) or (resources.get("requests") or {}).get(
-            resource_name
-        )
-        if value is None:
-            return 0
-        try:
-            return max(0, to_int(value))
-        except (TypeError, ValueError):
-            return 0
-
-    devices = sum(devices_of(c) for c in spec.get("containers") or [])
-    devices = max([devices, *(devices_of(c) for c in spec.get("initContainers") or [])])
-    overhead = spec.get("overhead") or {}
-    with contextlib.suppress(TypeError, ValueError):
-        cpu += to_milli(overhead["cpu"]) if "cpu" in overhead else 0
-        mem += to_mib(overhead["memory"]) if "memory" in overhead else 0
-    return ReplicaDemand(accelerators=devices, cpu_milli=cpu, memory_mib=mem)
-
-
-def _excess(actual: ReplicaDemand, accounted: ReplicaDemand) -> ReplicaDemand | None:
-    """What a pod takes beyond what its workload's spec accounts for (None: nothing)."""
-    extra = ReplicaDemand(accelerators=max(0, actual.accelerators - accounted.accelerators),
-                          cpu_milli=max(0, actual.cpu_milli - accounted.cpu_milli),
-                          memory_mib=max(0, actual.memory_mib - accounted.memory_mib))
-    return extra if (extra.accelerators or extra.cpu_milli or extra.memory_mib) else None
 
 
 def build_state(
@@ -442,7 +217,7 @@ def _drift(view: WorkloadView, nodes: Mapping[str, NodeView]) -> list[Allocation
             view.drift = (f"its pods run with {actual.accelerators} accelerator(s) each while the spec now asks for "
                           f"{view.workload.demand.accelerators}: the change applies when the workload is placed "
                           "again; the cluster is accounted by what runs")
-        extra = _excess(actual, view.workload.demand)
+        extra = excess_demand(actual, view.workload.demand)
         if extra is not None:
             workload = Workload(key=f"pod:{pod.namespace}/{pod.name}#excess", kind=WorkloadKind.POD, demand=extra,
                                 preemptible=False)
