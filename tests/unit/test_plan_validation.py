@@ -1,3 +1,5 @@
+import pytest
+
 from tessera.core import (
     Allocation,
     ClusterSnapshot,
@@ -130,3 +132,25 @@ def test_explain_unfit_names_types_and_counts():
     assert explain_unfit(snap.ledger(), job) == "needs 4 replicas (8 accelerators each); 2 fit on H100"
     missing = gang("ns/m", 1, 1, ["MI300X"])
     assert "no node has an allowed accelerator type (MI300X)" in explain_unfit(snap.ledger(), missing)
+
+
+@pytest.mark.xfail(strict=True, reason="issue #13: fixed by atomic validation")
+def test_rejected_resize_does_not_hand_its_room_to_a_placement():
+    # issue #13: the resize's removal was freed before the placements and, when its add
+    # was then refused, put back over the placement that had used the room (-4000 milli)
+    job = gang("ns/j", (1, 2), 4, ["H100"])
+    alloc = Allocation(job, (ReplicaPlacement(0, "h1", "H100", (0, 1, 2, 3)),
+                             ReplicaPlacement(1, "h1", "H100", (4, 5, 6, 7))))
+    snap = ClusterSnapshot([node("h1", "H100", 8)], [alloc])
+    newcomer = gang("ns/new", 1, 4, ["H100"])
+    plan = Plan(
+        resizes=(Resize("ns/j", remove=(1,), add=(RA("nowhere"),)),),
+        placements=(Placement("ns/new", (RA("h1"),)),),
+    )
+    result = validate_plan(snap, [newcomer], plan)
+    assert not result.accepted.resizes and not result.accepted.placements
+    assert [r.reason for r in result.rejected] == [
+        "h1: not enough free accelerators for 4 accelerator(s)",
+        "node nowhere does not exist",
+    ]
+    assert result.ledger.device_free("h1") == [0] * 8
