@@ -248,7 +248,7 @@ def validate_plan(
             # undo the removals of this resize: it is rejected whole
             for idx in rs.remove:
                 rp = next(r for r in allocation.replicas if r.replica == idx)
-                ledger.take(rp.node, workload.demand, rp.devices, strict=False)
+                ledger.hold(rp.node, workload.demand, rp.devices)  # issue #13: may over-commit
             rejected.append(Rejection(rs, reason))
             continue
         accepted_res.append(rs)

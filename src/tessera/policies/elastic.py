@@ -245,7 +245,7 @@ class ElasticWrapper:
         for placement in inner_plan.placements:
             if placement.workload in demands:
                 for assignment in placement.replicas:
-                    ledger.take(assignment.node, demands[placement.workload], assignment.devices, strict=False)
+                    ledger.hold(assignment.node, demands[placement.workload], assignment.devices)
         for pre in inner_plan.preemptions:
             evicted = shadow.allocations.get(pre.workload)
             if evicted is not None and pre.workload not in touched:
