@@ -50,6 +50,7 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.core.elastic import sharding_for
 from tessera.core.sharding import ShardingPlan, plan_sharding
 from tessera.engine import CycleResult
 from tessera.operator import labels as L
@@ -61,7 +62,6 @@ from tessera.operator.state import (
     WorkloadView,
     parse_timestamp,
 )
-from tessera.policies.elastic import sharding_for
 
 if TYPE_CHECKING:
     from tessera.operator.scheduler import CycleReport, Scheduler

@@ -53,8 +53,8 @@ from tessera.core import (
     ReplicaPlacement,
     Workload,
 )
+from tessera.core.elastic import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
 from tessera.engine import CycleResult, Engine
-from tessera.policies.elastic import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
 from tessera.policy import Policy
 from tessera.sim import events as ev
 from tessera.sim.models import NodeEvent, SimWorkload, sorted_by_arrival
