@@ -146,7 +146,10 @@ def validate_plan(
             if not failed:
                 attempt.commit()
                 return result
-        refused.update(failed)  # the attempt is discarded: the ledger is the snapshot's again
+        # the attempt is discarded: the ledger is the snapshot's again.  Only actions that
+        # were not refused can fail, so every round refuses more and the loop ends.
+        assert failed.keys().isdisjoint(refused)
+        refused.update(failed)
 
 
 def _attempt(
