@@ -80,3 +80,50 @@ def test_replicas_without_device_indices_get_them_so_release_frees_capacity():
     for rp in placed:
         ledger.give_back(rp.node, job.demand, rp.devices)
     assert ledger.whole_free("n1") == 8
+
+
+def test_statement_commits_or_discards_exactly():
+    job = gang("ns/a", 1, 4, ["A100"], cpu_milli=1000)
+    running = Allocation(job, (ReplicaPlacement(0, "n1", "A100", (0, 1, 2, 3)),))
+    ledger = ClusterSnapshot([node("n1", count=8, cpu_milli=4000)], [running]).ledger()
+    before = ledger.free("n1")
+    with ledger.statement() as statement:
+        statement.give_back("n1", job.demand, (0, 1, 2, 3))
+        statement.take("n1", job.demand)
+        statement.take("n1", job.demand)
+        assert ledger.whole_free("n1") == 0
+    # left without commit: discarded, and exactly what was there before comes back
+    assert ledger.free("n1") == before
+    statement = ledger.statement()
+    devices = statement.take("n1", job.demand)
+    statement.commit()
+    assert devices == (4, 5, 6, 7) and ledger.whole_free("n1") == 0 and ledger.cpu_free("n1") == 2000
+
+
+def test_statements_nest_and_close_innermost_first():
+    demand = ReplicaDemand(accelerators=2)
+    ledger = ClusterSnapshot([node("n1", count=4)]).ledger()
+    outer = ledger.statement()
+    ledger.take("n1", demand)  # plain calls belong to the innermost open statement
+    inner = ledger.statement()
+    inner.take("n1", demand)
+    with pytest.raises(RuntimeError, match="inner statement"):
+        outer.commit()
+    inner.commit()  # now part of the outer statement
+    assert ledger.whole_free("n1") == 0
+    outer.discard()
+    assert ledger.whole_free("n1") == 4
+    with pytest.raises(RuntimeError, match="closed"):
+        outer.discard()
+
+
+def test_failed_take_changes_nothing_and_hold_never_refuses():
+    demand = ReplicaDemand(accelerators=3, cpu_milli=3000)
+    ledger = ClusterSnapshot([node("n1", count=4, cpu_milli=4000)]).ledger()
+    ledger.take("n1", demand)
+    with pytest.raises(CapacityError):
+        ledger.take("n1", demand)
+    assert ledger.whole_free("n1") == 1 and ledger.cpu_free("n1") == 1000
+    # replaying what already runs: the over-commit stays visible instead of raising
+    assert ledger.hold("n1", demand, (1, 2, 3)) == (1, 2, 3)
+    assert ledger.device_free("n1") == [0, -1000, -1000, 0] and ledger.cpu_free("n1") == -2000

@@ -312,7 +312,7 @@ class ClusterSnapshot:
             replicas = []
             for rp in allocation.replicas:
                 if rp.node in node_map:
-                    devices = ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    devices = ledger.hold(rp.node, allocation.workload.demand, rp.devices)
                     if devices != rp.devices:
                         # a source that cannot see devices (the operator: a device plugin picks
                         # them) gets them assigned here, so releasing the replica later gives
@@ -361,13 +361,15 @@ class CapacityError(Exception):
 class CapacityLedger:
     """Mutable free capacity per node: reserve and release replicas as a plan is built."""
 
-    __slots__ = ("_cpu", "_devices", "_mem", "nodes")
+    __slots__ = ("_cpu", "_devices", "_mem", "_statements", "nodes")
 
     def __init__(self, nodes: Mapping[str, Node], free: Mapping[str, NodeFree]) -> None:
         self.nodes = nodes
         self._devices = {name: list(f.devices_milli) for name, f in free.items()}
         self._cpu = {name: f.cpu_milli for name, f in free.items()}
         self._mem = {name: f.memory_mib for name, f in free.items()}
+        #: open statements, innermost last (see ``statement``)
+        self._statements: list[Statement] = []
 
     @classmethod
     def empty(cls, nodes: Iterable[Node]) -> CapacityLedger:
@@ -421,40 +423,67 @@ class CapacityLedger:
             and self._choose(node, demand) is not None
         )
 
-    def take(
-        self,
-        node: str,
-        demand: ReplicaDemand,
-        devices: tuple[int, ...] = (),
-        strict: bool = True,
-    ) -> tuple[int, ...]:
+    def statement(self) -> Statement:
+        """Open a statement: the takes and gives that follow are committed or discarded together.
+
+        Statements nest; they close innermost first.  See ``Statement``.
+        """
+        statement = Statement(self)
+        self._statements.append(statement)
+        return statement
+
+    def _remember(self, node: str) -> None:
+        # the innermost open statement keeps the node's state from before its first change
+        saved = self._statements[-1]._saved
+        if node not in saved:
+            saved[node] = (tuple(self._devices[node]), self._cpu[node], self._mem[node])
+
+    def take(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...] = ()) -> tuple[int, ...]:
         """Reserve one replica on ``node``; returns the device indices used.
 
-        With ``strict=False`` (used when replaying what is already running) capacity may
-        go negative rather than raise, so an over-committed cluster is still visible.
+        Raises ``CapacityError`` and changes nothing when the replica does not fit.
         """
         devs = self._devices[node]
         if not devices:
             chosen = self._choose(node, demand)
             if chosen is None:
-                if strict:
-                    raise CapacityError(f"{node}: not enough free accelerators for {_describe(demand)}")
-                chosen = tuple(range(min(len(devs), demand.accelerators or 1))) if demand.needs_accelerator else ()
+                raise CapacityError(f"{node}: not enough free accelerators for {_describe(demand)}")
             devices = chosen
         per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
         expected = demand.accelerators if demand.accelerators else (1 if demand.shared_milli else 0)
-        if strict:
-            if len(devices) != expected or len(set(devices)) != len(devices):
-                raise CapacityError(f"{node}: {_describe(demand)} needs {expected} device(s), got {list(devices)}")
-            for i in devices:
-                if not 0 <= i < len(devs):
-                    raise CapacityError(f"{node}: no device {i}")
-                if devs[i] < per_device:
-                    raise CapacityError(f"{node}: device {i} has {devs[i]} milli free, needs {per_device}")
-            if self._cpu[node] < demand.cpu_milli:
-                raise CapacityError(f"{node}: needs {demand.cpu_milli} cpu milli, {self._cpu[node]} free")
-            if self._mem[node] < demand.memory_mib:
-                raise CapacityError(f"{node}: needs {demand.memory_mib} MiB memory, {self._mem[node]} free")
+        if len(devices) != expected or len(set(devices)) != len(devices):
+            raise CapacityError(f"{node}: {_describe(demand)} needs {expected} device(s), got {list(devices)}")
+        for i in devices:
+            if not 0 <= i < len(devs):
+                raise CapacityError(f"{node}: no device {i}")
+            if devs[i] < per_device:
+                raise CapacityError(f"{node}: device {i} has {devs[i]} milli free, needs {per_device}")
+        if self._cpu[node] < demand.cpu_milli:
+            raise CapacityError(f"{node}: needs {demand.cpu_milli} cpu milli, {self._cpu[node]} free")
+        if self._mem[node] < demand.memory_mib:
+            raise CapacityError(f"{node}: needs {demand.memory_mib} MiB memory, {self._mem[node]} free")
+        return self._reserve(node, demand, devices)
+
+    def hold(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """Record a replica that already runs on ``node`` (replaying the cluster); returns its devices.
+
+        Never refuses: what runs holds its room whether or not it fits, so capacity may go
+        negative and an over-committed cluster stays visible.  Deciding anything new goes
+        through ``take``, which refuses; undoing a decision goes through a ``Statement``.
+        """
+        if not devices:
+            chosen = self._choose(node, demand)
+            if chosen is None:
+                n = len(self._devices[node])
+                chosen = tuple(range(min(n, demand.accelerators or 1))) if demand.needs_accelerator else ()
+            devices = chosen
+        return self._reserve(node, demand, tuple(devices))
+
+    def _reserve(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...]) -> tuple[int, ...]:
+        if self._statements:
+            self._remember(node)
+        devs = self._devices[node]
+        per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
         for i in devices:
             if 0 <= i < len(devs):
                 devs[i] -= per_device
@@ -466,6 +495,8 @@ class CapacityLedger:
         """Release one replica's reservation."""
         if node not in self._devices:
             return  # the node is gone; nothing to give back
+        if self._statements:
+            self._remember(node)
         devs = self._devices[node]
         per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
         for i in devices:
@@ -473,6 +504,79 @@ class CapacityLedger:
                 devs[i] = min(MILLI_PER_DEVICE, devs[i] + per_device)
         self._cpu[node] += demand.cpu_milli
         self._mem[node] += demand.memory_mib
+
+
+class Statement:
+    """Changes to a ``CapacityLedger`` that stand or fall together (volcano's Statement).
+
+    Every ``take``, ``hold`` and ``give_back`` on the ledger while the statement is the
+    innermost open one belongs to it.  ``commit`` keeps them (inside an enclosing
+    statement they become part of it); ``discard`` puts every node it touched back
+    exactly as it was when the statement opened, so nothing is ever "put back" over
+    room that someone else took meanwhile.  Statements close innermost first, which is
+    what makes the rollback exact.  As a context manager a statement that was neither
+    committed nor discarded is discarded on exit.
+    """
+
+    __slots__ = ("_ledger", "_open", "_saved")
+
+    def __init__(self, ledger: CapacityLedger) -> None:
+        self._ledger = ledger
+        #: node -> (devices milli, cpu milli, memory MiB) before this statement first changed it
+        self._saved: dict[str, tuple[tuple[int, ...], int, int]] = {}
+        self._open = True
+
+    @property
+    def ledger(self) -> CapacityLedger:
+        return self._ledger
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    def take(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...] = ()) -> tuple[int, ...]:
+        self._check_innermost()
+        return self._ledger.take(node, demand, devices)
+
+    def give_back(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...]) -> None:
+        self._check_innermost()
+        self._ledger.give_back(node, demand, devices)
+
+    def commit(self) -> None:
+        """Keep every change; an enclosing statement can still discard them."""
+        self._close()
+        stack = self._ledger._statements
+        if stack:
+            outer = stack[-1]._saved
+            for node, before in self._saved.items():
+                outer.setdefault(node, before)
+
+    def discard(self) -> None:
+        """Undo every change made since the statement opened, exactly."""
+        self._close()
+        ledger = self._ledger
+        for node, (devices, cpu, memory) in self._saved.items():
+            ledger._devices[node][:] = devices
+            ledger._cpu[node] = cpu
+            ledger._mem[node] = memory
+
+    def _check_innermost(self) -> None:
+        if not self._open:
+            raise RuntimeError("statement already closed")
+        if self._ledger._statements[-1] is not self:
+            raise RuntimeError("an inner statement is still open")
+
+    def _close(self) -> None:
+        self._check_innermost()
+        self._ledger._statements.pop()
+        self._open = False
+
+    def __enter__(self) -> Statement:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._open:
+            self.discard()
 
 
 def _describe(demand: ReplicaDemand) -> str:

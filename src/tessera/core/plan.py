@@ -123,53 +123,96 @@ def validate_plan(
 
     Actions are applied to a scratch ledger in a fixed order (preemptions, shrinking,
     migrations, placements, growing) so a later action may use room an earlier one
-    freed.  An invalid action is rejected whole and leaves the ledger untouched.
+    freed.  Each action is a ``Statement`` on the ledger: it is committed whole or
+    discarded exactly, so an invalid action is rejected whole and leaves the ledger
+    untouched.
+
+    Two kinds of action are compound across that order: a resize frees its removed
+    replicas before the placements and adds its new ones after them, and a preemption
+    made for a ``beneficiary`` frees room for that beneficiary's placement.  When the
+    second half fails (the resize's add, or the beneficiary's placement), the first half
+    cannot simply be put back: a migration or placement in between may already use its
+    room.  So the whole attempt is discarded and the plan checked again from the start
+    with the failed compound action refused from the outset (rejected with the reason it
+    failed for); what was accepted then never counted on room that is not freed.  Each
+    new attempt refuses at least one more action, so there are few attempts, and a plan
+    whose compound actions all hold is checked once.
     """
     ledger = snapshot.ledger()
+    refused: dict[tuple[str, int], str] = {}
+    while True:
+        with ledger.statement() as attempt:
+            result, failed = _attempt(snapshot, pending, plan, ledger, refused)
+            if not failed:
+                attempt.commit()
+                return result
+        # the attempt is discarded: the ledger is the snapshot's again.  Only actions that
+        # were not refused can fail, so every round refuses more and the loop ends.
+        assert failed.keys().isdisjoint(refused)
+        refused.update(failed)
+
+
+def _attempt(
+    snapshot: ClusterSnapshot,
+    pending: Sequence[Workload],
+    plan: Plan,
+    ledger: CapacityLedger,
+    refused: Mapping[tuple[str, int], str],
+) -> tuple[ValidatedPlan, dict[tuple[str, int], str]]:
+    """One pass of ``validate_plan`` with the actions in ``refused`` (("preemption" or
+    "resize", index in the plan) -> reason) rejected up front.  Returns the result and
+    the compound actions whose second half failed (empty when the result stands)."""
     pending_by_key = {w.key: w for w in pending}
     rejected: list[Rejection] = []
     accepted_pre: list[Preemption] = []
     accepted_res: list[Resize] = []
     accepted_mig: list[Migration] = []
     accepted_pl: list[Placement] = []
+    failed: dict[tuple[str, int], str] = {}
     evicted: set[str] = set()
     # replicas per running workload after this plan: key -> {replica: (node, devices)},
     # built on first use: a plan touches few of the running workloads (simulator hot path)
     live = _LiveReplicas(snapshot.allocations)
 
-    for pre in plan.preemptions:
+    # preemption index -> its beneficiary, for the ones whose beneficiary has a placement here
+    enabling: dict[int, str] = {}
+    beneficiaries = {pl.workload for pl in plan.placements}
+    for index, pre in enumerate(plan.preemptions):
         allocation = snapshot.allocations.get(pre.workload)
-        if allocation is None:
-            rejected.append(Rejection(pre, f"{pre.workload} is not running"))
+        reason = refused.get(("preemption", index), "")
+        if not reason:
+            reason = _check_preemption(snapshot, pre, allocation, evicted)
+        if reason:
+            rejected.append(Rejection(pre, reason))
             continue
-        if pre.workload in evicted:
-            rejected.append(Rejection(pre, f"{pre.workload} is preempted twice"))
-            continue
-        if pre.after_failure:
-            if not lost_replicas(snapshot, allocation):
-                rejected.append(Rejection(pre, f"{pre.workload} lost no replica; nothing to release after failure"))
-                continue
-        elif not allocation.workload.preemptible:
-            rejected.append(Rejection(pre, f"{pre.workload} is not preemptible"))
-            continue
-        for rp in allocation.replicas:
-            ledger.give_back(rp.node, allocation.workload.demand, rp.devices)
+        assert allocation is not None
+        with ledger.statement() as statement:
+            for rp in allocation.replicas:
+                statement.give_back(rp.node, allocation.workload.demand, rp.devices)
+            statement.commit()
         evicted.add(pre.workload)
         live.pop(pre.workload, None)
         accepted_pre.append(pre)
+        if pre.beneficiary in beneficiaries:
+            enabling[index] = pre.beneficiary
 
-    resize_adds: list[Resize] = []
-    for rs in plan.resizes:
+    # resizes whose removals are freed now; their adds come after the placements
+    resize_adds: list[tuple[int, Resize]] = []
+    for index, rs in enumerate(plan.resizes):
+        if ("resize", index) in refused:
+            continue  # rejected where its add would have been checked, as in the first attempt
         allocation = snapshot.allocations.get(rs.workload)
-        reason = _check_resize(rs, allocation, evicted)
+        reason = _check_resize(rs, allocation, evicted, live)
         if reason:
             rejected.append(Rejection(rs, reason))
             continue
         assert allocation is not None
-        for idx in rs.remove:
-            node, devices = live[rs.workload].pop(idx)
-            ledger.give_back(node, allocation.workload.demand, devices)
-        resize_adds.append(rs)
+        with ledger.statement() as statement:
+            for idx in rs.remove:
+                node, devices = live[rs.workload].pop(idx)
+                statement.give_back(node, allocation.workload.demand, devices)
+            statement.commit()
+        resize_adds.append((index, rs))
 
     moved: set[tuple[str, int]] = set()
     for mig in plan.migrations:
@@ -191,48 +234,48 @@ def validate_plan(
             if types and snapshot.nodes[mig.to.node].accelerator_type not in types:
                 reason = f"{workload.key} may not mix accelerator types"
         if not reason:
-            try:  # make before break: the target must fit before the source is released
-                devices = ledger.take(mig.to.node, workload.demand, mig.to.devices)
-            except CapacityError as err:
-                reason = str(err)
+            with ledger.statement() as statement:
+                try:  # make before break: the target must fit before the source is released
+                    devices = statement.take(mig.to.node, workload.demand, mig.to.devices)
+                except CapacityError as err:
+                    reason = str(err)
+                else:
+                    statement.give_back(src_node, workload.demand, src_devices)
+                    statement.commit()
         if reason:
             rejected.append(Rejection(mig, reason))
             continue
-        ledger.give_back(src_node, workload.demand, src_devices)
         live[mig.workload][mig.replica] = (mig.to.node, devices)
         moved.add((mig.workload, mig.replica))
         accepted_mig.append(mig)
 
     placed: set[str] = set()
+    # beneficiary -> why its (first) placement was rejected
+    not_placed: dict[str, str] = {}
     for pl in plan.placements:
-        candidate = pending_by_key.get(pl.workload)
-        if candidate is None:
-            rejected.append(Rejection(pl, f"{pl.workload} is not pending"))
-            continue
-        workload = candidate
-        if pl.workload in placed or pl.workload in snapshot.allocations:
-            rejected.append(Rejection(pl, f"{pl.workload} is already placed"))
-            continue
-        n = len(pl.replicas)
-        if not workload.gang_min <= n <= workload.max_replicas:
-            rejected.append(
-                Rejection(
-                    pl,
-                    f"{pl.workload}: gang of {n} replicas is outside "
-                    f"[{workload.gang_min}, {workload.max_replicas}]",
-                )
-            )
-            continue
-        reason = _check_replicas(snapshot, workload, [a.node for a in pl.replicas])
+        reason = _check_placement(snapshot, pending_by_key, pl, placed)
         if not reason:
-            reason = _take_all(ledger, workload.demand, pl.replicas)
+            workload = pending_by_key[pl.workload]
+            reason = _check_replicas(snapshot, workload, [a.node for a in pl.replicas])
+            reason = reason or _take_all(ledger, workload.demand, pl.replicas)
         if reason:
+            not_placed.setdefault(pl.workload, reason)
             rejected.append(Rejection(pl, reason))
             continue
         placed.add(pl.workload)
         accepted_pl.append(pl)
 
-    for rs in resize_adds:
+    for index, beneficiary in enabling.items():
+        if beneficiary not in placed:
+            failed[("preemption", index)] = (
+                f"preempted for {beneficiary}, whose placement was rejected: {not_placed[beneficiary]}"
+            )
+
+    refused_adds = {i: r for (kind, i), r in refused.items() if kind == "resize"}
+    for index, rs in _in_plan_order(resize_adds, refused_adds, plan.resizes):
+        if index in refused_adds:
+            rejected.append(Rejection(rs, refused_adds[index]))
+            continue
         allocation = snapshot.allocations[rs.workload]
         workload = allocation.workload
         kept = [node for node, _ in live[rs.workload].values()]
@@ -245,10 +288,10 @@ def validate_plan(
         )
         reason = reason or _take_all(ledger, workload.demand, rs.add)
         if reason:
-            # undo the removals of this resize: it is rejected whole
-            for idx in rs.remove:
-                rp = next(r for r in allocation.replicas if r.replica == idx)
-                ledger.take(rp.node, workload.demand, rp.devices, strict=False)
+            if rs.remove:
+                # its removals were freed for the actions before this one: not undoable
+                # here, so the attempt is redone with this resize refused (see validate_plan)
+                failed[("resize", index)] = reason
             rejected.append(Rejection(rs, reason))
             continue
         accepted_res.append(rs)
@@ -260,7 +303,44 @@ def validate_plan(
         migrations=tuple(accepted_mig),
         unplaced=plan.unplaced,
     )
-    return ValidatedPlan(accepted, tuple(rejected), ledger)
+    return ValidatedPlan(accepted, tuple(rejected), ledger), failed
+
+
+def _in_plan_order(
+    checked: Sequence[tuple[int, Resize]], refused: Mapping[int, str], resizes: Sequence[Resize]
+) -> list[tuple[int, Resize]]:
+    """The resizes that reach the growing step: those that passed the shrinking checks
+    and those refused up front, in the order of the plan."""
+    return sorted([*checked, *((i, resizes[i]) for i in refused)], key=lambda item: item[0])
+
+
+def _check_preemption(
+    snapshot: ClusterSnapshot, pre: Preemption, allocation: Allocation | None, evicted: set[str]
+) -> str:
+    if allocation is None:
+        return f"{pre.workload} is not running"
+    if pre.workload in evicted:
+        return f"{pre.workload} is preempted twice"
+    if pre.after_failure:
+        if not lost_replicas(snapshot, allocation):
+            return f"{pre.workload} lost no replica; nothing to release after failure"
+    elif not allocation.workload.preemptible:
+        return f"{pre.workload} is not preemptible"
+    return ""
+
+
+def _check_placement(
+    snapshot: ClusterSnapshot, pending_by_key: Mapping[str, Workload], pl: Placement, placed: set[str]
+) -> str:
+    workload = pending_by_key.get(pl.workload)
+    if workload is None:
+        return f"{pl.workload} is not pending"
+    if pl.workload in placed or pl.workload in snapshot.allocations:
+        return f"{pl.workload} is already placed"
+    n = len(pl.replicas)
+    if not workload.gang_min <= n <= workload.max_replicas:
+        return f"{pl.workload}: gang of {n} replicas is outside [{workload.gang_min}, {workload.max_replicas}]"
+    return ""
 
 
 def lost_replicas(snapshot: ClusterSnapshot, allocation: Allocation) -> tuple[int, ...]:
@@ -286,10 +366,13 @@ class _LiveReplicas(dict[str, dict[int, tuple[str, tuple[int, ...]]]]):
         return value
 
 
-def _check_resize(rs: Resize, allocation: Allocation | None, evicted: set[str]) -> str:
+def _check_resize(
+    rs: Resize, allocation: Allocation | None, evicted: set[str], live: _LiveReplicas
+) -> str:
     if allocation is None or rs.workload in evicted:
         return f"{rs.workload} is not running"
-    indices = {rp.replica for rp in allocation.replicas}
+    # the replicas still there: an earlier resize of this plan may have removed some
+    indices = set(live[rs.workload])
     if len(set(rs.remove)) != len(rs.remove) or not set(rs.remove) <= indices:
         return f"{rs.workload}: resize removes unknown replicas {sorted(set(rs.remove) - indices)}"
     return ""
@@ -298,15 +381,14 @@ def _check_resize(rs: Resize, allocation: Allocation | None, evicted: set[str]) 
 def _take_all(
     ledger: CapacityLedger, demand: ReplicaDemand, replicas: Sequence[ReplicaAssignment]
 ) -> str:
-    """Reserve every replica or none (gang all-or-nothing on the ledger)."""
-    taken: list[tuple[str, tuple[int, ...]]] = []
-    for assignment in replicas:
-        try:
-            taken.append((assignment.node, ledger.take(assignment.node, demand, assignment.devices)))
-        except CapacityError as err:
-            for node, devices in taken:
-                ledger.give_back(node, demand, devices)
-            return str(err)
+    """Reserve every replica or none (gang all-or-nothing, one statement on the ledger)."""
+    with ledger.statement() as statement:
+        for assignment in replicas:
+            try:
+                statement.take(assignment.node, demand, assignment.devices)
+            except CapacityError as err:
+                return str(err)  # the statement is discarded on exit
+        statement.commit()
     return ""
 
 

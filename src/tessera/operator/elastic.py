@@ -50,7 +50,7 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
-from tessera.core.resharding import sharding_for
+from tessera.core.elastic import sharding_for
 from tessera.core.sharding import ShardingPlan, plan_sharding
 from tessera.engine import CycleResult, Engine
 from tessera.operator import labels as L

@@ -544,20 +544,19 @@ def _apply_preemption(
     for key, indices in remove.items():
         allocation = snapshot.allocations[key]
         released += [(allocation.workload.demand, rp) for rp in allocation.replicas if rp.replica in indices]
-    for demand, rp in released:
-        ledger.give_back(rp.node, demand, rp.devices)
     demand = gang.workload.demand
     taken: list[ReplicaAssignment] = []
-    try:
-        for node in sorted(units):
-            for _ in range(units[node] * gang.unit_replicas):
-                taken.append(ReplicaAssignment(node, ledger.take(node, demand)))
-    except Exception:  # CapacityError: aggregate room but not per device; undo
-        for a in taken:
-            ledger.give_back(a.node, demand, a.devices)
-        for d, rp in released:
-            ledger.take(rp.node, d, rp.devices, strict=False)
-        return None
+    # one statement: the victims leave and the beneficiary lands, or the ledger is as before
+    with ledger.statement() as statement:
+        for victim_demand, rp in released:
+            statement.give_back(rp.node, victim_demand, rp.devices)
+        try:
+            for node in sorted(units):
+                for _ in range(units[node] * gang.unit_replicas):
+                    taken.append(ReplicaAssignment(node, statement.take(node, demand)))
+        except Exception:  # CapacityError: aggregate room but not per device
+            return None  # the statement is discarded on exit
+        statement.commit()
     return tuple(taken)
 
 

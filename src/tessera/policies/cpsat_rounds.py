@@ -272,12 +272,12 @@ class RoundPlanner:
             here = (allocation.replicas[0].accelerator_type or "", len(allocation.replicas))
             if config is not None and (config.accelerator_type, config.replicas) == here:
                 for rp in allocation.replicas:
-                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    ledger.hold(rp.node, allocation.workload.demand, rp.devices)
             elif config is not None and self.resize_in_place and config.accelerator_type == here[0]:
                 # same type, another size: reshard in place; the kept replicas keep running
                 ordered = sorted(allocation.replicas, key=lambda rp: rp.replica)
                 for rp in ordered[:config.replicas]:
-                    ledger.take(rp.node, allocation.workload.demand, rp.devices, strict=False)
+                    ledger.hold(rp.node, allocation.workload.demand, rp.devices)
                 if config.replicas < here[1]:
                     resizes.append(Resize(key, remove=tuple(rp.replica for rp in ordered[config.replicas:]),
                                           reason=f"round: shrinks to {config.replicas} x {config.accelerator_type} "
@@ -317,7 +317,7 @@ class RoundPlanner:
                 if key in running:  # no room on the nodes after all: it stays where it is
                     del stopping[key]
                     for rp in running[key].replicas:
-                        ledger.take(rp.node, workload.demand, rp.devices, strict=False)
+                        ledger.hold(rp.node, workload.demand, rp.devices)
                 continue
             if key in running:
                 # stopped now and placed in the follow-up decision: the room taken here on

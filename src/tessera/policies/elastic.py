@@ -69,7 +69,7 @@ from tessera.core import (
     WorkloadKind,
     lost_replicas,
 )
-from tessera.core.resharding import (  # noqa: F401  (re-exported: the policy's documented names)
+from tessera.core.elastic import (
     ALLOW_UNEVEN_ATTRIBUTE,
     DP_STATE_ATTRIBUTE,
     REMAINING_SECONDS_ATTRIBUTE,
@@ -84,6 +84,20 @@ from tessera.policies.greedy import BestFit
 from tessera.policy import Decision, Policy, PolicyContext
 from tessera.policy.capabilities import BackedByArtifact, DecidesInRounds, ReportsDecisionStats
 
+__all__ = [
+    "ALLOW_UNEVEN_ATTRIBUTE",
+    "DP_STATE_ATTRIBUTE",
+    "REMAINING_SECONDS_ATTRIBUTE",
+    "RESHARD_COST_ATTRIBUTE",
+    "ElasticBestFit",
+    "ElasticSettings",
+    "ElasticWrapper",
+    "ReplicaSetChoice",
+    "in_memory_reshard_seconds",
+    "replica_set_throughput",
+    "resize_cost_seconds",
+    "sharding_for",
+]
 
 @dataclass(frozen=True, slots=True)
 class ElasticSettings:
@@ -223,7 +237,7 @@ class ElasticWrapper:
         for placement in inner_plan.placements:
             if placement.workload in demands:
                 for assignment in placement.replicas:
-                    ledger.take(assignment.node, demands[placement.workload], assignment.devices, strict=False)
+                    ledger.hold(assignment.node, demands[placement.workload], assignment.devices)
         for pre in inner_plan.preemptions:
             evicted = shadow.allocations.get(pre.workload)
             if evicted is not None and pre.workload not in touched:

@@ -351,7 +351,7 @@ class GavelLAS:
                     # nowhere to go: keep it where it is
                     preemptions = [p for p in preemptions if p.workload != w.key]
                     for rp in running[w.key].replicas:
-                        ledger.take(rp.node, w.demand, rp.devices, strict=False)
+                        ledger.hold(rp.node, w.demand, rp.devices)
                 else:
                     unplaced[w.key] = "LAS round: selected, but no node of an allowed type has room for the gang"
                 continue

@@ -28,13 +28,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from tessera.core import WorkloadKind
-from tessera.policies.elastic import (
-    DP_STATE_ATTRIBUTE,
-    RESHARD_COST_ATTRIBUTE,
-    ElasticSettings,
-    ElasticWrapper,
-    in_memory_reshard_seconds,
-)
+from tessera.core.elastic import DP_STATE_ATTRIBUTE, RESHARD_COST_ATTRIBUTE, in_memory_reshard_seconds
+from tessera.policies.elastic import ElasticSettings, ElasticWrapper
 from tessera.policy import Policy
 from tessera.sim.simulator import Observer, RestartOnFailure, register_failure_mode
 

@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tessera.core import Node, Spread, Topology
-from tessera.policies.elastic import DP_STATE_ATTRIBUTE, ElasticSettings
+from tessera.core.elastic import DP_STATE_ATTRIBUTE
+from tessera.policies.elastic import ElasticSettings
 from tessera.sim import generators
 from tessera.sim.loaders import azure_llm, gavel, philly, sia, splitwise
 from tessera.sim.models import LoadSeries, NodeEvent, SimWorkload

@@ -53,7 +53,7 @@ from tessera.core import (
     ReplicaPlacement,
     Workload,
 )
-from tessera.core.resharding import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
+from tessera.core.elastic import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
 from tessera.engine import CycleResult, Engine
 from tessera.policy import Policy
 from tessera.sim import events as ev

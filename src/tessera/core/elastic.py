@@ -1,8 +1,9 @@
-"""Elastic resharding rules every part of Tessera shares: the sharding plan of a job on a
-replica set, and what one resize costs it.
+"""Facts about elastic training workloads that every layer reads the same way.
 
-The elastic policy decides with them, the operator writes the plan its pods follow with
-them, and the simulator charges resizes with them, so the three cannot disagree.
+The workload attributes an elastic job declares, what one resize costs it, and the
+sharding plan it would follow on a replica set.  The elastic policy
+(:mod:`tessera.policies.elastic`) decides with them; the operator and the simulator
+read them too, so they live here rather than in the policy.
 """
 
 from __future__ import annotations
