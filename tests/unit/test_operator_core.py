@@ -309,3 +309,19 @@ def test_a_deposed_leader_stalled_mid_gang_never_deletes_what_its_successor_boun
     assert running(kube, "gang") and len(kube.pods_of("gang")) == 2
     assert set(kube.binds.values()) == {1}
     assert any("lost the scheduler lease" in e for e in report.errors), report.errors
+
+
+def test_a_burst_is_decided_in_batches_and_a_blocked_head_never_starves_the_rest() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.add(elasticjob("giant", accelerators=8, replicas=2, priority=10))  # never fits on one node
+    for i in range(3):
+        kube.add(elasticjob(f"small-{i}", accelerators=2, replicas=1, created=f"2026-01-0{i + 2}T00:00:00Z"))
+    s = scheduler(kube, clock)
+    s.batch_size = 1
+    first = s.run_cycle()
+    assert first.deferred == 3 and not first.bound  # only the giant (highest priority) was decided
+    second = s.run_cycle()  # the giant waits behind the others now
+    assert second.bound == ["ns/small-0-0"]
+    settle(s, 4)
+    assert all(running(kube, f"small-{i}") for i in range(3))
+    assert kube.condition("giant")["reason"] == "Unschedulable"

@@ -49,6 +49,8 @@ class CycleReport:
     errors: list[str] = field(default_factory=list)
     #: workload key -> why acting on it failed this cycle (a bulkhead caught it)
     failed: dict[str, str] = field(default_factory=dict)
+    #: pending workloads left for the next cycle (beyond the batch): run it at once
+    deferred: int = 0
 
 
 class Actuator:

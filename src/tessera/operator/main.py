@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=8,
                         help="threads writing to the API server for different workloads at once (pod creates, "
                              "Bindings, admission dry runs); 1 acts on one workload after another")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="pending workloads decided per cycle at most (highest priority, then oldest first); "
+                             "the rest are decided right after, so a burst starts binding early (0: no limit)")
     parser.add_argument("--time-budget-seconds", type=float, default=1.0, help="time a policy may take per decision")
     parser.add_argument("--seed", type=int, default=0, help="seed of the policy's random generator")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0 disables)")
@@ -162,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
                           rebalancer=rebalancer, hooks=hooks, workers=args.workers,
+                          batch_size=args.batch_size,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
     log.info("tessera operator starting: policy %s %s%s, capabilities %s, identity %s", policy.name, policy.version,
              f" {arguments}" if arguments else "", ", ".join(capabilities_of(policy)) or "none", args.identity)

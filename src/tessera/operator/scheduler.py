@@ -132,6 +132,7 @@ class Scheduler:
         elastic: ElasticSettings | None = None,
         hooks: FaultHooks = NO_FAULTS,
         workers: int = 8,
+        batch_size: int = 256,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -159,6 +160,14 @@ class Scheduler:
         #: many threads at once; 1 acts on one workload after another
         self.workers = max(1, workers)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tessera-act") if self.workers > 1 else None
+        #: at most this many pending workloads are decided per cycle (highest priority, then
+        #: oldest first); the rest are decided in the cycles right after, so the first of a
+        #: burst are bound while later ones are still to be decided (0: no limit)
+        self.batch_size = max(0, batch_size)
+        #: workloads the last cycle decided and could not place: the next batch takes the
+        #: others first (as kube-scheduler's unschedulable queue), so a blocked head of the
+        #: queue never starves what could run behind it
+        self._unschedulable: frozenset[str] = frozenset()
 
     # --- the loop ------------------------------------------------------------------
 
@@ -170,6 +179,8 @@ class Scheduler:
                 report = await asyncio.to_thread(self.run_cycle)
                 for error in report.errors:
                     log.warning("%s", error)
+                if report.deferred and report.bound:
+                    continue  # more of the queue to decide and the last batch moved: the next one at once
             except KubeError as err:  # API trouble (missing CRDs, RBAC, a restarting server): retry
                 log.warning("scheduling cycle failed: %s", err)
             except Exception:  # the loop must survive any one bad cycle
@@ -309,6 +320,7 @@ class Scheduler:
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the
         # cycle started with (scale-up decisions see modified snapshots)
         self.metrics.record_cluster(state.snapshot, state.pending, {**waiting, **backing_off})
+        self._unschedulable = frozenset(k for k in waiting if k in {w.key for w in pending})
         blocked = self._write_waiting(state, waiting, report)
         self._write_steady(state, blocked, report)
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
@@ -321,12 +333,18 @@ class Scheduler:
         (:mod:`tessera.operator.admission`) and they are not backing off after failures
         (those go to ``backing_off``; their ActionFailed condition already says why)."""
         candidates: list[tuple[Workload, WorkloadView]] = []
-        for unit in state.pending:
+        order = sorted(state.pending, key=lambda w: (w.key in self._unschedulable, -w.priority,
+                                                     w.submitted_at_seconds, w.key))
+        for unit in order:
             view = state.workloads.get(state.pending_owner.get(unit.key, ""))
             if view is None:
                 continue
             if reason := self.backoff.waiting(view.uid, view.generation):
                 backing_off[unit.key] = reason
+                continue
+            if self.batch_size and len(candidates) >= self.batch_size:
+                backing_off[unit.key] = "queued for the next batch"
+                report.deferred += 1
                 continue
             candidates.append((unit, view))
         problems: dict[str, str] = {}
