@@ -142,6 +142,9 @@ class FakeKube:
         pod["metadata"]["uid"] = f"pod-{meta['name']}-{next(_uids)}"
         pod["metadata"]["resourceVersion"] = self._version()
         pod["status"] = {"phase": "Pending"}
+        if pod["spec"].get("nodeName"):  # created bound: a bind without the Binding subresource
+            pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            self.binds[pod["metadata"]["uid"]] += 1
         self.pods[key] = pod
         return copy.deepcopy(pod), True
 
