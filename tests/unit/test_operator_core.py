@@ -84,9 +84,9 @@ def bound_gpus(kube: FakeKube) -> Counter[str]:
     return used
 
 
-def running(kube: FakeKube, name: str) -> bool:
-    raw = kube.workload(name)
-    pods = kube.pods_of(name)
+def running(kube: FakeKube, name: str, namespace: str = "ns") -> bool:
+    raw = kube.workload(name, namespace)
+    pods = [p for p in kube.pods_of(name) if p["metadata"]["namespace"] == namespace]
     return (raw.get("status") or {}).get("phase") == "Running" and bool(pods) and all(
         p["spec"].get("nodeName") for p in pods)
 
