@@ -325,3 +325,19 @@ def test_a_burst_is_decided_in_batches_and_a_blocked_head_never_starves_the_rest
     settle(s, 4)
     assert all(running(kube, f"small-{i}") for i in range(3))
     assert kube.condition("giant")["reason"] == "Unschedulable"
+
+
+def test_accelerators_asked_beside_accelerators_per_replica_are_refused() -> None:
+    kube, clock = cluster(1), Clock()
+    sidecar = {"name": "side", "image": "s:1", "resources": {"limits": {"nvidia.com/gpu": "2"}}}
+    job = elasticjob("sneaky", accelerators=4, replicas=1)
+    job["spec"]["template"]["spec"]["containers"].append(sidecar)
+    kube.add(job)
+    ok = elasticjob("warm", accelerators=4, replicas=1, created="2026-01-02T00:00:00Z")
+    ok["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "w", "image": "w:1", "resources": {"limits": {"nvidia.com/gpu": "4"}}}]  # shared: fine
+    kube.add(ok)
+    settle(scheduler(kube, clock), 2)
+    cond = kube.condition("sneaky")
+    assert cond["reason"] == "InvalidSpec" and "containers[1].resources.limits[nvidia.com/gpu]" in cond["message"]
+    assert not kube.pods_of("sneaky") and running(kube, "warm")

@@ -209,7 +209,42 @@ def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
             workload = inferenceservice_workload(key, model.spec, submitted)
     except Exception as err:
         return WorkloadView(kind, raw, model, f"invalid {kind}: {err}", None)
+    problem = accelerator_requests_problem(dict(model.spec.template.spec), model.spec.acceleratorsPerReplica)
+    if problem:
+        return WorkloadView(kind, raw, model, f"invalid {kind}: {problem}", None)
     return WorkloadView(kind, raw, model, "", workload)
+
+
+def accelerator_requests_problem(spec: Mapping[str, Any], devices: int) -> str:
+    """Why a pod template's own accelerator requests would make its pods hold more than
+    ``acceleratorsPerReplica`` ("" when they do not).
+
+    Tessera gives each replica ``devices`` accelerators on its first container.  Kubernetes
+    counts a pod's extended resources as the sum over its containers, or the largest init
+    container when that is more: a second container asking for accelerators, or an init
+    container asking for more than ``devices``, would hold devices Tessera never counted.
+    """
+    for field_name, containers, limit in (("containers", (spec.get("containers") or [])[1:], 0),
+                                          ("initContainers", spec.get("initContainers") or [], devices)):
+        offset = 1 if field_name == "containers" else 0
+        for i, container in enumerate(containers):
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            for part in ("limits", "requests"):
+                asked = (resources or {}).get(part) if isinstance(resources, Mapping) else None
+                for name in VENDOR_RESOURCES:
+                    value = (asked or {}).get(name) if isinstance(asked, Mapping) else None
+                    if value is None:
+                        continue
+                    try:
+                        count = to_int(value)
+                    except (TypeError, ValueError):
+                        count = limit + 1
+                    if count > limit:
+                        where = f"spec.template.spec.{field_name}[{i + offset}].resources.{part}[{name}]"
+                        return (f"{where} asks for {value}; Tessera gives each replica acceleratorsPerReplica "
+                                f"({devices}) on its first container, init containers may use at most that "
+                                "many and other containers none (or the pod would hold devices no one counted)")
+    return ""
 
 
 def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> ReplicaDemand:
