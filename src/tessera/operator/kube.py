@@ -197,14 +197,16 @@ class Kube:
                 self.delete_pod(namespace, meta["name"], meta["uid"])
         return len(pods)
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource (elasticjobs/status, inferenceservices/status: patch)."""
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status subresource (elasticjobs/status, inferenceservices/status:
+        patch); returns the object as the API server stored it."""
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            response = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status}, _preload_content=False
             )
         except ApiException as err:
             raise _error(err, f"patch status of {kind} {namespace}/{name}") from err
+        return dict(_json(response))
 
     def post_event(self, kind: str, raw: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on the workload (events: create). Failures are logged, never raised."""

@@ -12,18 +12,20 @@ import inspect
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from tessera.engine import Engine
+from tessera.operator.cache import CachedKube, WatchCache
 from tessera.operator.elastic import DEFAULT_FAILURE_GRACE_SECONDS, GRACE_ENV, ElasticSettings
 from tessera.operator.faults import NO_FAULTS, ExitAfter, FaultHooks
 from tessera.operator.kube import Kube
 from tessera.operator.lease import LeaderElector
 from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
 from tessera.operator.metrics import OperatorMetrics
+from tessera.operator.ports import KubePort
 from tessera.operator.rebalance import Rebalancer
 from tessera.operator.scheduler import Scheduler, WallClock
 from tessera.policy import (
@@ -54,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=8,
                         help="threads writing to the API server for different workloads at once (pod creates, "
                              "Bindings, admission dry runs); 1 acts on one workload after another")
+    parser.add_argument("--watch-cache", action=argparse.BooleanOptionalAction, default=True,
+                        help="read the cluster from a LIST-then-WATCH cache with the operator's own writes applied "
+                             "at once, instead of LISTing it every cycle (default: on)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="pending workloads decided per cycle at most (highest priority, then oldest first); "
                              "the rest are decided right after, so a burst starts binding early (0: no limit)")
@@ -118,7 +123,7 @@ def rebalance_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
-def build_rebalancer(args: argparse.Namespace, kube: Kube, metrics: OperatorMetrics,
+def build_rebalancer(args: argparse.Namespace, kube: KubePort, metrics: OperatorMetrics,
                      elector: LeaderElector) -> Rebalancer:
     """The move executor, with a rebalancing engine when a period is set."""
     engine = None
@@ -155,15 +160,18 @@ def run(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     metrics.instrument(kube.api)  # tessera_api_errors_total
     metrics.serve(args.metrics_port)
+    wake_hook = WakeHook()
+    cache = WatchCache(kube, on_change=wake_hook) if args.watch_cache else None
+    port: KubePort = CachedKube(kube, cache) if cache is not None else kube
     engine = build_engine(policy, args, metrics)
-    elector = LeaderElector(kube, args.lease_namespace, args.lease_name, args.identity,
+    elector = LeaderElector(port, args.lease_namespace, args.lease_name, args.identity,
                             args.lease_duration_seconds)
     try:
-        rebalancer = build_rebalancer(args, kube, metrics, elector)
+        rebalancer = build_rebalancer(args, port, metrics, elector)
     except (PolicyLoadError, ValueError) as err:
         log.error("%s", err)
         return 2
-    scheduler = Scheduler(kube, engine, elector, metrics, interval_seconds=args.interval_seconds,
+    scheduler = Scheduler(port, engine, elector, metrics, interval_seconds=args.interval_seconds,
                           rebalancer=rebalancer, hooks=hooks, workers=args.workers,
                           batch_size=args.batch_size,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
@@ -172,7 +180,13 @@ def run(args: argparse.Namespace) -> int:
     rounds = policy.round_seconds if isinstance(policy, DecidesInRounds) else 0
     if rounds:
         log.info("round mode: every %gs the policy re-decides every running and waiting job", rounds)
-    asyncio.run(_serve(scheduler, kube, args.liveness))
+    if cache is not None:
+        cache.start()
+    try:
+        asyncio.run(_serve(scheduler, kube, args.liveness, wake_hook))
+    finally:
+        if cache is not None:
+            cache.stop()
     return 0
 
 
@@ -244,12 +258,30 @@ def build_engine(policy: Policy, args: argparse.Namespace, metrics: OperatorMetr
                   metrics=metrics, params=policy_params(getattr(args, "policy_param", None) or []))
 
 
-async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None) -> None:
+class WakeHook:
+    """Wakes the scheduling loop from the watch cache's threads (set once the loop runs)."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        if self.target is not None:
+            self.target()
+
+
+async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None,
+                 wake_hook: WakeHook | None = None) -> None:
     # importing the handler modules registers them with kopf's default registry
     from tessera.operator import elasticjob, handlers, inferenceservice, nodes  # noqa: F401
 
     stop = asyncio.Event()
     wake = asyncio.Event()
+    if wake_hook is not None:
+        loop = asyncio.get_running_loop()
+        def wake_from_thread() -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        wake_hook.target = wake_from_thread
     memo = kopf.Memo(kube=kube, wake=wake)
     loop_task = asyncio.create_task(scheduler.loop(stop, wake), name="tessera-scheduler")
     try:
