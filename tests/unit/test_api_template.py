@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tessera.api.crdgen import crd_objects
+from tessera.api.models import API_VERSION
 from tessera.api.template import (
     CONTAINER_FIELDS,
     ENV_VAR_FIELDS,
@@ -144,3 +147,14 @@ def test_the_crd_types_the_cheap_parts_of_the_pod_spec(crd):
     assert container["properties"]["env"]["items"]["properties"]["value"]["type"] == "string"
     quantity = container["properties"]["resources"]["properties"]["limits"]["additionalProperties"]
     assert quantity["x-kubernetes-int-or-string"] is True and quantity["pattern"].startswith("^")
+
+
+def test_the_examples_have_no_template_problems():
+    root = Path(__file__).resolve().parents[2]
+    checked = 0
+    for path in sorted((root / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion") == API_VERSION:
+                assert check_pod_template(doc["spec"]["template"]) == [], path
+                checked += 1
+    assert checked >= 3
