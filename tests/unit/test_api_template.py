@@ -158,3 +158,16 @@ def test_the_examples_have_no_template_problems():
                 assert check_pod_template(doc["spec"]["template"]) == [], path
                 checked += 1
     assert checked >= 3
+
+
+def test_workload_problems_combine_the_name_and_the_template():
+    from tessera.api.admission import workload_problems
+
+    good = {"metadata": {"name": "llm"}, "spec": {"template": GOOD}}
+    assert workload_problems(good) == []
+    bad = {"metadata": {"name": "llm.v2"}, "spec": {"template": with_container(resource={})}}
+    problems = workload_problems(bad)
+    assert len(problems) == 2
+    assert problems[0].startswith("metadata.name must be a DNS-1035 label")
+    assert problems[1].startswith("spec.template.spec.containers[0].resource: unknown Container field")
+    assert workload_problems({"metadata": {"name": "x"}, "spec": {}}) == ["spec.template is required"]
