@@ -171,3 +171,15 @@ def test_workload_problems_combine_the_name_and_the_template():
     assert problems[0].startswith("metadata.name must be a DNS-1035 label")
     assert problems[1].startswith("spec.template.spec.containers[0].resource: unknown Container field")
     assert workload_problems({"metadata": {"name": "x"}, "spec": {}}) == ["spec.template is required"]
+
+
+def test_inline_text_of_all_containers_is_bounded():
+    from tessera.api.template import MAX_INLINE_TEXT
+
+    chunk = "x" * (MAX_STRING_LENGTH - 16)
+    template = with_container(args=[chunk] * 3, env=[{"name": "A", "value": chunk}])
+    assert check_pod_template(template) == []  # 4 x (32 KiB - 16) plus the command fits
+    template["spec"]["initContainers"][0]["args"] = [chunk, chunk]
+    problems = check_pod_template(template)
+    assert len(problems) == 1 and f"more than {MAX_INLINE_TEXT}" in problems[0], problems
+    assert problems[0].startswith("spec.template.spec: command, args and env values")

@@ -73,6 +73,23 @@ MAX_STRING_LENGTH = 32_768
 MAX_CONTAINERS = 32
 #: most items in one container's command, args or env
 MAX_LIST_ITEMS = 1_024
+#: most characters in all command/args/env values of a template together (docs/crds.md,
+#: "Size": kopf keeps the last handled spec in a 256 KiB annotation)
+MAX_INLINE_TEXT = 131_072
+
+# CEL: characters of command, args and env values of each container list
+_TEXT_OF = (
+    "(has(c.command) ? c.command.map(a, a.size()).sum() : 0)"
+    " + (has(c.args) ? c.args.map(a, a.size()).sum() : 0)"
+    " + (has(c.env) ? c.env.map(e, has(e.value) ? e.value.size() : 0).sum() : 0)"
+)
+_INLINE_TEXT_RULE = {
+    "rule": f"self.containers.map(c, {_TEXT_OF}).sum()"
+    f" + (has(self.initContainers) ? self.initContainers.map(c, {_TEXT_OF}).sum() : 0) <= {MAX_INLINE_TEXT}",
+    "message": f"spec.template.spec: command, args and env values of all containers together must be at most "
+    f"{MAX_INLINE_TEXT} characters; mount a ConfigMap for more (a larger workload cannot be handled, "
+    "see docs/crds.md, Size)",
+}
 
 # --- the CRD side ----------------------------------------------------------------------
 
@@ -118,6 +135,7 @@ _CONTAINER: dict[str, Any] = {
 POD_SPEC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "x-kubernetes-preserve-unknown-fields": True,
+    "x-kubernetes-validations": [_INLINE_TEXT_RULE],
     "required": ["containers"],
     "properties": {
         "containers": {"type": "array", "minItems": 1, "maxItems": MAX_CONTAINERS, "items": _CONTAINER},
@@ -181,6 +199,11 @@ def check_pod_spec(spec: Mapping[str, Any], path: str = "spec.template.spec") ->
         problems += _check_quantities(spec["overhead"], f"{path}.overhead")
     if "nodeSelector" in spec:
         problems += _check_string_map(spec["nodeSelector"], f"{path}.nodeSelector")
+    inline = sum(_inline_text(c) for field in ("containers", "initContainers")
+                 for c in (spec.get(field) if isinstance(spec.get(field), list) else []))
+    if inline > MAX_INLINE_TEXT:
+        problems.append(f"{path}: command, args and env values of all containers together are {inline} characters, "
+                        f"more than {MAX_INLINE_TEXT}; mount a ConfigMap instead")
     volumes = spec.get("volumes")
     if volumes is not None:
         if not isinstance(volumes, list):
@@ -190,6 +213,21 @@ def check_pod_spec(spec: Mapping[str, Any], path: str = "spec.template.spec") ->
                 if not isinstance(volume, Mapping) or not isinstance(volume.get("name"), str):
                     problems.append(f"{path}.volumes[{i}].name is required (a string)")
     return problems
+
+
+def _inline_text(container: Any) -> int:
+    """Characters of a container's command, args and env values (what the CEL rule counts)."""
+    if not isinstance(container, Mapping):
+        return 0
+    total = 0
+    for field in ("command", "args"):
+        items = container.get(field)
+        if isinstance(items, list):
+            total += sum(len(item) for item in items if isinstance(item, str))
+    env = container.get("env")
+    if isinstance(env, list):
+        total += sum(len(var["value"]) for var in env if isinstance(var, Mapping) and isinstance(var.get("value"), str))
+    return total
 
 
 def _check_container(container: Any, path: str, names: set[str]) -> list[str]:
