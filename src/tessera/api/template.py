@@ -199,8 +199,11 @@ def check_pod_spec(spec: Mapping[str, Any], path: str = "spec.template.spec") ->
         problems += _check_quantities(spec["overhead"], f"{path}.overhead")
     if "nodeSelector" in spec:
         problems += _check_string_map(spec["nodeSelector"], f"{path}.nodeSelector")
-    inline = sum(_inline_text(c) for field in ("containers", "initContainers")
-                 for c in (spec.get(field) if isinstance(spec.get(field), list) else []))
+    inline = 0
+    for field in ("containers", "initContainers"):
+        items = spec.get(field)
+        if isinstance(items, list):
+            inline += sum(_inline_text(c) for c in items)
     if inline > MAX_INLINE_TEXT:
         problems.append(f"{path}: command, args and env values of all containers together are {inline} characters, "
                         f"more than {MAX_INLINE_TEXT}; mount a ConfigMap instead")
