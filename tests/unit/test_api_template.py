@@ -183,3 +183,12 @@ def test_inline_text_of_all_containers_is_bounded():
     problems = check_pod_template(template)
     assert len(problems) == 1 and f"more than {MAX_INLINE_TEXT}" in problems[0], problems
     assert problems[0].startswith("spec.template.spec: command, args and env values")
+
+
+def test_workload_problems_bound_the_spec_size():
+    from tessera.api.admission import MAX_SPEC_BYTES, workload_problems
+
+    big = copy.deepcopy(GOOD)
+    big["spec"]["volumes"] = [{"name": f"v{i}", "emptyDir": {}} for i in range(MAX_SPEC_BYTES // 20)]
+    problems = workload_problems({"metadata": {"name": "big"}, "spec": {"template": big}})
+    assert len(problems) == 1 and problems[0].startswith("spec is ") and f"more than {MAX_SPEC_BYTES}" in problems[0]
