@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tessera.api.crdgen import crd_objects
 from tessera.api.names import MAX_WORKLOAD_NAME_LENGTH
 
 JOB: dict[str, Any] = {
@@ -166,3 +169,37 @@ def test_too_much_inline_text_is_refused(crds: Any, namespace: str) -> None:
     assert proc.returncode != 0, "the API server accepted more inline text than the limit"
     assert "command, args and env values of all containers together must be at most" in proc.stderr, \
         proc.stderr[-2000:]
+
+
+def test_a_workload_stored_before_the_name_rule_can_still_be_updated_and_deleted(crds: Any, namespace: str) -> None:
+    # Upgrade path: the rules run on create only (optionalOldSelf), so an object with a name
+    # the rules refuse, stored by an older CRD, keeps working: its finalizer can be removed.
+    cluster = crds
+    path = "tessera.dev_elasticjobs.yaml"
+    old_crd = crd_objects()[path]
+    del old_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    new_crd = Path(__file__).resolve().parents[2] / "crds" / path
+
+    def install(manifest: str) -> None:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifest)
+        cluster.kubectl("wait", "--for=condition=Established", "crd/elasticjobs.tessera.dev", "--timeout=60s")
+
+    legacy = changed(JOB, "metadata.name", "llama.v2")
+    legacy["metadata"]["finalizers"] = ["tessera.dev/test"]
+    try:
+        install(yaml.safe_dump(old_crd))
+        cluster.wait_for(lambda: cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(legacy),
+                                                 check=False).returncode == 0,
+                         timeout=30, what="the old CRD (without the name rules) to be served")
+    finally:
+        install(new_crd.read_text())
+    # the current CRD refuses that name for a new object ...
+    cluster.wait_for(lambda: create(cluster, namespace, changed(JOB, "metadata.name", "llama.v3")).returncode != 0,
+                     timeout=30, what="the current CRD (with the name rules) to be served")
+    # ... while the stored one can be changed, and deleted through its finalizer
+    cluster.kubectl("label", "elasticjob", "llama.v2", "-n", namespace, "touched=yes")
+    cluster.kubectl("delete", "elasticjob", "llama.v2", "-n", namespace, "--wait=false")
+    cluster.kubectl("patch", "elasticjob", "llama.v2", "-n", namespace, "--type=merge",
+                    "-p", '{"metadata": {"finalizers": null}}')
+    cluster.wait_for(lambda: cluster.kubectl("get", "elasticjob", "llama.v2", "-n", namespace,
+                                             check=False).returncode != 0, timeout=30, what="llama.v2 deleted")

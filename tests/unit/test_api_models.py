@@ -281,5 +281,7 @@ def test_the_crds_check_metadata_name_with_cel_at_the_root(crd):
     assert f"size() <= {MAX_WORKLOAD_NAME_LENGTH}" in rules[0]["rule"]
     assert rules[0]["message"].startswith("metadata.name must be at most 50 characters")
     assert DNS1035_LABEL in rules[1]["rule"]
+    # create only: an object stored before the rules must stay updatable (its finalizer)
+    assert all(r["optionalOldSelf"] is True and r["rule"].startswith("oldSelf.hasValue() || ") for r in rules)
     # a CRD may constrain metadata only through name/generateName
     assert set(root["properties"]["metadata"].get("properties", {})) <= {"name", "generateName"}

@@ -18,6 +18,7 @@ CRDs enforce it with a CEL rule on ``metadata.name`` (:func:`name_rules`), and
 from __future__ import annotations
 
 import re
+from typing import Any
 
 #: a DNS-1035 label (Service names): lower case alphanumerics and '-', starting with a letter
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -52,27 +53,34 @@ def name_problems(name: str) -> list[str]:
     return problems
 
 
-def name_rules() -> list[dict[str, str]]:
+def name_rules() -> list[dict[str, Any]]:
     """The CEL rules (``x-kubernetes-validations`` at the schema root) enforcing :func:`name_problems`.
 
     A CRD schema may not constrain ``metadata`` itself beyond ``name``/``generateName``,
     but a rule at the root sees ``self.metadata.name`` (already generated from
     ``generateName`` when the rule runs).
+
+    The rules run on create only (``optionalOldSelf``: on an update ``oldSelf`` has a
+    value and they pass).  A name cannot change, and a rule on the root would otherwise
+    run on every update of an object stored before the rule existed, refusing even the
+    removal of its finalizer: such a workload could never be deleted.
     """
     return [
         {
-            "rule": f"self.metadata.name.size() <= {MAX_WORKLOAD_NAME_LENGTH}",
+            "rule": f"oldSelf.hasValue() || self.metadata.name.size() <= {MAX_WORKLOAD_NAME_LENGTH}",
             "message": f"metadata.name must be at most {MAX_WORKLOAD_NAME_LENGTH} characters: the operator "
             f"creates <name>-tessera-plan, <name>-headless and pods <name>-<replica>, which must stay "
             f"{DNS_LABEL_MAX_LENGTH}-character DNS labels",
             "fieldPath": ".metadata.name",
             "reason": "FieldValueInvalid",
+            "optionalOldSelf": True,
         },
         {
-            "rule": f"self.metadata.name.matches('{DNS1035_LABEL}')",
+            "rule": f"oldSelf.hasValue() || self.metadata.name.matches('{DNS1035_LABEL}')",
             "message": "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting "
             "with a letter; no dots): the headless Service <name>-headless must be one",
             "fieldPath": ".metadata.name",
             "reason": "FieldValueInvalid",
+            "optionalOldSelf": True,
         },
     ]
