@@ -171,13 +171,19 @@ def test_too_much_inline_text_is_refused(crds: Any, namespace: str) -> None:
         proc.stderr[-2000:]
 
 
-def test_a_workload_stored_before_the_name_rule_can_still_be_updated_and_deleted(crds: Any, namespace: str) -> None:
-    # Upgrade path: the rules run on create only (optionalOldSelf), so an object with a name
-    # the rules refuse, stored by an older CRD, keeps working: its finalizer can be removed.
+def test_a_workload_stored_before_the_rules_can_still_be_updated_and_deleted(crds: Any, namespace: str) -> None:
+    """Upgrade path: objects an older, laxer CRD stored (a name, numbers and a template the
+    current rules refuse) keep working after the CRDs are upgraded: labels, status and,
+    above all, the removal of their finalizer, or they could never be deleted.
+
+    The root name rules and the inline-text rule run on create only (optionalOldSelf);
+    the API server ratchets type, bound and length checks of unchanged fields."""
     cluster = crds
     path = "tessera.dev_elasticjobs.yaml"
     old_crd = crd_objects()[path]
-    del old_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    root = old_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    del root["x-kubernetes-validations"]
+    root["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     new_crd = Path(__file__).resolve().parents[2] / "crds" / path
 
     def install(manifest: str) -> None:
@@ -186,18 +192,26 @@ def test_a_workload_stored_before_the_name_rule_can_still_be_updated_and_deleted
 
     legacy = changed(JOB, "metadata.name", "llama.v2")
     legacy["metadata"]["finalizers"] = ["tessera.dev/test"]
+    legacy["spec"]["priority"] = 2**40
+    legacy = changed(legacy, "spec.acceleratorTypes.0.relativeThroughput", 1e308)
+    legacy = changed(legacy, f"{CONTAINER}.env", [{"name": "EPOCHS", "value": 5}])
+    legacy = changed(legacy, f"{CONTAINER}.resources", {"limits": {"cpu": 0.5}})
+    legacy = changed(legacy, f"{CONTAINER}.args", ["x" * 40_000] * 5)
     try:
         install(yaml.safe_dump(old_crd))
         cluster.wait_for(lambda: cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(legacy),
                                                  check=False).returncode == 0,
-                         timeout=30, what="the old CRD (without the name rules) to be served")
+                         timeout=30, what="the old CRD to be served and take the legacy object")
     finally:
         install(new_crd.read_text())
-    # the current CRD refuses that name for a new object ...
-    cluster.wait_for(lambda: create(cluster, namespace, changed(JOB, "metadata.name", "llama.v3")).returncode != 0,
-                     timeout=30, what="the current CRD (with the name rules) to be served")
-    # ... while the stored one can be changed, and deleted through its finalizer
+    # the current CRD refuses such an object when it is new ...
+    cluster.wait_for(lambda: create(cluster, namespace, changed(legacy, "metadata.name", "llama.v3")).returncode != 0,
+                     timeout=30, what="the current CRD to be served")
+    assert create(cluster, namespace, changed(legacy, "metadata.name", "llama-v3")).returncode != 0
+    # ... while the stored one can be labelled, get status, and be deleted through its finalizer
     cluster.kubectl("label", "elasticjob", "llama.v2", "-n", namespace, "touched=yes")
+    cluster.kubectl("patch", "elasticjob", "llama.v2", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", '{"status": {"phase": "Failed", "message": "invalid spec"}}')
     cluster.kubectl("delete", "elasticjob", "llama.v2", "-n", namespace, "--wait=false")
     cluster.kubectl("patch", "elasticjob", "llama.v2", "-n", namespace, "--type=merge",
                     "-p", '{"metadata": {"finalizers": null}}')
