@@ -122,3 +122,15 @@ def test_sharding_scaling_leaves_ordinary_plans_unchanged() -> None:
     b = plan_sharding(["H100", "A100", "A100"], global_batch_size=96, max_micro_batch=8,
                       throughput={"H100": 3.0 * 2**40, "A100": 2.0**40})
     assert a == b
+
+
+@pytest.mark.parametrize(("name", "params"), [("cpsat", {"round_seconds": 60}),
+                                              *[(p.name, {}) for p in available_policies()]])
+def test_elastic_gangs_with_hostile_throughputs_do_not_fail_a_decision(name: str, params: dict) -> None:
+    # gang throughput = per-replica throughput x replicas: 4 x 1e308 is infinite
+    pending = [gang("ns/huge", (1, 4), 1, [("H100", HUGE), ("A100", HUGE)]),
+               gang("ns/mixed", (2, 4), 2, [("H100", HUGE), ("A100", 1.0)], submitted=1)]
+    engine = Engine(load_policy(name, **params), FixedClock(), time_budget_seconds=2.0, deterministic=True)
+    result = engine.decide(_snapshot(), pending)
+    assert not result.error, result.error
+    assert not result.rejected, result.rejected
