@@ -40,7 +40,7 @@ def second_namespace(cluster: Any) -> Iterator[str]:
 
 def test_default_render_passes_server_side_dry_run(cluster: Any, namespace: str) -> None:
     out, count = dry_run(cluster, render_text(namespace=namespace, release=f"d{namespace[2:]}").stdout)
-    assert count == 7 and out.count("(server dry run)") == count
+    assert count == 9 and out.count("(server dry run)") == count  # 2 ClusterRoles, 2 ClusterRoleBindings
 
 
 def test_non_default_render_passes_server_side_dry_run(cluster: Any, namespace: str, second_namespace: str) -> None:
@@ -51,7 +51,7 @@ def test_non_default_render_passes_server_side_dry_run(cluster: Any, namespace: 
     rendered = render_text(values, namespace=namespace).stdout
     assert "kind: ServiceMonitor" in rendered
     out, count = dry_run(cluster, rendered)
-    assert count == 8 and out.count("(server dry run)") == count  # + the dashboard ConfigMap
+    assert count == 10 and out.count("(server dry run)") == count  # + the dashboard ConfigMap
 
 
 def test_a_broken_manifest_fails_server_side_dry_run(cluster: Any, namespace: str) -> None:

@@ -172,6 +172,7 @@ NEEDED = [
     ("create", "configmaps", "ws", None),
     ("patch", "configmaps", "ws", None),
     ("create", "services", "ws", None),
+    ("get", "services", "ws", None),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("create", "leases.coordination.k8s.io", "own", None),
     ("update", "leases.coordination.k8s.io", "own", "lease"),
@@ -287,3 +288,98 @@ def test_the_operator_schedules_the_examples_as_the_chart_identity(
     finally:
         proc.stop()
         print(f"----- operator log\n{proc.log()[-6000:]}")
+
+
+# --- rbac.namespaces: the workload rights only where the admin lists them ----------------
+
+#: every write the operator makes where workloads live (the chart's <fullname>-workloads)
+WORKLOAD_WRITES = [
+    ("create", "pods"), ("delete", "pods"), ("create", "pods/binding"),
+    ("patch", "elasticjobs.tessera.dev"), ("patch", "inferenceservices.tessera.dev"),
+    ("patch", "elasticjobs.tessera.dev/status"), ("update", "elasticjobs.tessera.dev/finalizers"),
+    ("get", "configmaps"), ("create", "configmaps"), ("patch", "configmaps"),
+    ("get", "services"), ("create", "services"), ("create", "events"),
+]
+#: what stays cluster-wide (capacity and the workloads are read everywhere)
+CLUSTER_READS = [("list", "nodes", None), ("watch", "pods", None), ("get", "pods", "kube-system"),
+                 ("list", "elasticjobs.tessera.dev", None)]
+
+
+@dataclass
+class NarrowIdentity:
+    release: str
+    namespace: str
+    service_account: str
+    listed: str
+    unlisted: str
+
+
+@pytest.fixture(scope="module")
+def narrow(cluster: Any) -> Iterator[NarrowIdentity]:
+    """A release with rbac.namespaces=[listed]; another namespace stays unlisted."""
+    release = f"n{uuid.uuid4().hex[:6]}"
+    namespace, listed, unlisted = f"tessera-{release}", f"{release}-team", f"{release}-other"
+    for ns in (listed, unlisted):
+        cluster.kubectl("create", "namespace", ns)
+    helm("install", release, str(CHART), "--namespace", namespace, "--create-namespace",
+         "--kubeconfig", str(cluster.kubeconfig), "--set", "replicaCount=0",
+         "--set", f"rbac.namespaces={{{listed}}}", env=cluster.env)
+    try:
+        yield NarrowIdentity(release, namespace, f"{release}-tessera", listed, unlisted)
+    finally:
+        helm("uninstall", release, "--namespace", namespace, "--kubeconfig", str(cluster.kubeconfig),
+             env=cluster.env, check=False)
+        for ns in (namespace, listed, unlisted):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def can_i(cluster: Any, who: NarrowIdentity, verb: str, target: str, namespace: str | None) -> bool:
+    """`kubectl auth can-i --as system:serviceaccount:...` (the admin asks for the ServiceAccount)."""
+    where = ["-n", namespace] if namespace else ["--all-namespaces"]
+    resource, _, subresource = target.partition("/")
+    extra = [f"--subresource={subresource}"] if subresource else []
+    proc = cluster.kubectl("auth", "can-i", verb, resource, *extra, *where,
+                           f"--as=system:serviceaccount:{who.namespace}:{who.service_account}", check=False)
+    answer = proc.stdout.strip()
+    assert answer in {"yes", "no"}, (proc.stdout, proc.stderr)
+    return answer == "yes"
+
+
+def test_narrowed_identity_may_write_in_a_listed_namespace(cluster: Any, narrow: NarrowIdentity) -> None:
+    refused = [(v, r) for v, r in WORKLOAD_WRITES if not can_i(cluster, narrow, v, r, narrow.listed)]
+    assert not refused, f"rbac.namespaces=[{narrow.listed}] lacks there: {refused}"
+
+
+@pytest.mark.parametrize("where", ["unlisted", "kube-system", "default", "release"])
+def test_narrowed_identity_may_not_write_elsewhere(cluster: Any, narrow: NarrowIdentity, where: str) -> None:
+    namespace = {"unlisted": narrow.unlisted, "release": narrow.namespace}.get(where, where)
+    allowed = [(v, r) for v, r in WORKLOAD_WRITES if can_i(cluster, narrow, v, r, namespace)]
+    assert not allowed, f"rbac.namespaces=[{narrow.listed}] still allows in {namespace}: {allowed}"
+
+
+def test_narrowed_identity_keeps_the_cluster_wide_reads(cluster: Any, narrow: NarrowIdentity) -> None:
+    refused = [(v, r, ns) for v, r, ns in CLUSTER_READS if not can_i(cluster, narrow, v, r, ns)]
+    assert not refused, refused
+
+
+def test_narrowed_identity_is_refused_a_real_pod_in_kube_system(cluster: Any, narrow: NarrowIdentity,
+                                                                tmp_path: Path) -> None:
+    # not only the review: a real create with the ServiceAccount's token is refused (403),
+    # in kube-system and in the unlisted namespace; a dry run in the listed one passes
+    kubeconfig = token_kubeconfig(cluster, narrow.namespace, narrow.service_account, tmp_path / "kubeconfig")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+           "spec": {"schedulerName": "tessera", "containers": [{"name": "c", "image": "busybox"}]}}
+    for ns in ("kube-system", narrow.unlisted):
+        proc = cluster.kubectl("--kubeconfig", str(kubeconfig), "create", "-n", ns, "-f", "-",
+                               input=json.dumps(pod), check=False)
+        assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
+    cluster.kubectl("--kubeconfig", str(kubeconfig), "create", "-n", narrow.listed, "--dry-run=server",
+                    "-f", "-", input=json.dumps(pod))
+
+
+def test_default_identity_may_write_in_kube_system_as_documented(cluster: Any, identity: Identity) -> None:
+    # the default (rbac.namespaces empty) is cluster-wide, kube-system included: docs/helm.md
+    # and docs/security.md say so; this test keeps them honest
+    who = NarrowIdentity(identity.release, identity.namespace, identity.service_account, "", "")
+    assert can_i(cluster, who, "create", "pods", "kube-system")
+    assert can_i(cluster, who, "patch", "configmaps", "kube-system")

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
+from tessera.api import elastic_contract as contract
 from tessera.api.convert import elasticjob_workload, inferenceservice_workload, pod_spec_requests
 from tessera.api.crdgen import crd_objects, drift, render_crds
-from tessera.api.models import ElasticJob, ElasticJobSpec, InferenceService, InferenceServiceSpec
+from tessera.api.models import (
+    MAX_ACCELERATOR_TYPES,
+    MAX_ACCELERATORS_PER_REPLICA,
+    MAX_BATCH_SIZE,
+    MAX_PRIORITY,
+    MAX_REPLICAS,
+    ElasticJob,
+    ElasticJobSpec,
+    InferenceService,
+    InferenceServiceSpec,
+)
+from tessera.api.names import (
+    CHILD_NAME_SUFFIXES,
+    DNS1035_LABEL,
+    MAX_WORKLOAD_NAME_LENGTH,
+    REPLICA_INDEX_DIGITS,
+    name_problems,
+)
 from tessera.api.schema import structural_schema
 from tessera.core import Spread, WorkloadKind
 
@@ -110,7 +129,7 @@ def _walk(node, path="$"):
 @pytest.mark.parametrize("model", [ElasticJobSpec, InferenceServiceSpec])
 def test_schema_is_structural(model):
     for path, node in _walk(structural_schema(model)):
-        assert "type" in node, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string") is True, path
         for forbidden in ("$ref", "anyOf", "oneOf", "allOf", "title", "$defs"):
             assert forbidden not in node, f"{path} has {forbidden}"
         assert node.get("additionalProperties", True) is not False, path
@@ -151,6 +170,7 @@ def test_examples_parse_into_the_models():
                 continue
             model = {"ElasticJob": ElasticJob, "InferenceService": InferenceService}[doc["kind"]]
             model.model_validate(doc)
+            assert name_problems(doc["metadata"]["name"]) == [], path
 
 
 def test_elasticjob_deadline_is_optional_rfc3339_and_reaches_the_workload():
@@ -172,3 +192,96 @@ def test_elasticjob_deadline_is_optional_rfc3339_and_reaches_the_workload():
 def test_elasticjob_bad_deadline_is_rejected_naming_the_field(bad):
     with pytest.raises(ValidationError, match=r"spec\.deadline must be an RFC 3339 time"):
         ElasticJobSpec.model_validate(ej_spec(deadline=bad))
+
+
+# --- issue #15: numbers with bounds, names the operator can use -------------------------
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"replicas": {"min": 1, "max": MAX_REPLICAS + 1}}, "max"),
+        ({"acceleratorsPerReplica": MAX_ACCELERATORS_PER_REPLICA + 8}, "acceleratorsPerReplica"),
+        ({"acceleratorTypes": [{"name": "H100", "relativeThroughput": 1e308}]}, "relativeThroughput"),
+        ({"acceleratorTypes": [{"name": "x" * 64}]}, "name"),
+        ({"acceleratorTypes": [{"name": f"t{i}"} for i in range(MAX_ACCELERATOR_TYPES + 1)]}, "acceleratorTypes"),
+        ({"globalBatchSize": MAX_BATCH_SIZE * 2, "microBatchSize": 2}, "globalBatchSize"),
+        ({"microBatchSize": MAX_BATCH_SIZE + 1}, "microBatchSize"),
+        ({"priority": MAX_PRIORITY + 1}, "priority"),
+        ({"priority": -MAX_PRIORITY - 1}, "priority"),
+        ({"parallelism": {"pipeline": 10**6}}, "pipeline"),
+    ],
+)
+def test_elasticjob_numbers_have_upper_bounds(overrides, field):
+    with pytest.raises(ValidationError, match=field):
+        ElasticJobSpec.model_validate(ej_spec(**overrides))
+
+
+def test_inferenceservice_numbers_have_upper_bounds():
+    base = {"acceleratorTypes": [{"name": "A100"}], "template": TEMPLATE}
+    for bad, field in [({"acceleratorTypes": [{"name": "A100", "capacityPerReplica": 1e308}]}, "capacityPerReplica"),
+                       ({"replicas": MAX_REPLICAS + 1}, "replicas"),
+                       ({"replicaRange": {"min": 1, "max": MAX_REPLICAS + 1}, "replicas": 1}, "max"),
+                       ({"priority": 2**63}, "priority")]:
+        with pytest.raises(ValidationError, match=field):
+            InferenceServiceSpec.model_validate({**base, **bad})
+    # the limits themselves are accepted
+    InferenceServiceSpec.model_validate({**base, "replicas": MAX_REPLICAS, "priority": MAX_PRIORITY,
+                                         "acceleratorTypes": [{"name": "A100", "capacityPerReplica": 1e9}]})
+
+
+def test_the_crds_carry_the_bounds():
+    ej = crd_objects()["tessera.dev_elasticjobs.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = ej["properties"]["spec"]["properties"]
+    assert spec["replicas"]["properties"]["max"]["maximum"] == MAX_REPLICAS
+    assert spec["acceleratorTypes"]["items"]["properties"]["relativeThroughput"]["maximum"] == 1e6
+    assert spec["acceleratorTypes"]["maxItems"] == MAX_ACCELERATOR_TYPES
+    assert spec["priority"]["minimum"] == -MAX_PRIORITY and spec["priority"]["maximum"] == MAX_PRIORITY
+    isvc = crd_objects()["tessera.dev_inferenceservices.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    types = isvc["properties"]["spec"]["properties"]["acceleratorTypes"]["items"]["properties"]
+    assert types["capacityPerReplica"]["maximum"] == 1e9
+
+
+def test_the_name_limit_comes_from_the_longest_child_suffix():
+    # grep the operator's naming helpers: every child suffix is in CHILD_NAME_SUFFIXES
+    assert contract.headless_service_name("j").removeprefix("j") in CHILD_NAME_SUFFIXES
+    assert contract.configmap_name("j").removeprefix("j") in CHILD_NAME_SUFFIXES
+    assert len(contract.pod_name("j", 10**REPLICA_INDEX_DIGITS - 1)) - 1 <= max(map(len, CHILD_NAME_SUFFIXES))
+    assert MAX_WORKLOAD_NAME_LENGTH == 63 - len("-tessera-plan") == 50
+    longest = "a" * MAX_WORKLOAD_NAME_LENGTH
+    for child in (contract.headless_service_name(longest), contract.configmap_name(longest),
+                  contract.pod_name(longest, 10**REPLICA_INDEX_DIGITS - 1)):
+        assert len(child) <= 63 and re.fullmatch(DNS1035_LABEL.strip("^$"), child), child
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("a" * (MAX_WORKLOAD_NAME_LENGTH + 1), "at most 50 characters"),
+        ("llama.finetune", "DNS-1035 label"),
+        ("7b-finetune", "DNS-1035 label"),
+        ("Llama", "DNS-1035 label"),
+        ("job-", "DNS-1035 label"),
+    ],
+)
+def test_names_the_operator_cannot_use_are_problems(name, needle):
+    problems = name_problems(name)
+    assert problems and any(needle in p and p.startswith("metadata.name") for p in problems), problems
+
+
+def test_good_names_are_not_problems():
+    for name in ("a", "llama-7b-finetune", "a" * MAX_WORKLOAD_NAME_LENGTH):
+        assert name_problems(name) == []
+
+
+@pytest.mark.parametrize("crd", ["tessera.dev_elasticjobs.yaml", "tessera.dev_inferenceservices.yaml"])
+def test_the_crds_check_metadata_name_with_cel_at_the_root(crd):
+    root = crd_objects()[crd]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = root["x-kubernetes-validations"]
+    assert [r["fieldPath"] for r in rules] == [".metadata.name", ".metadata.name"]
+    assert f"size() <= {MAX_WORKLOAD_NAME_LENGTH}" in rules[0]["rule"]
+    assert rules[0]["message"].startswith("metadata.name must be at most 50 characters")
+    assert DNS1035_LABEL in rules[1]["rule"]
+    # create only: an object stored before the rules must stay updatable (its finalizer)
+    assert all(r["optionalOldSelf"] is True and r["rule"].startswith("oldSelf.hasValue() || ") for r in rules)
+    # a CRD may constrain metadata only through name/generateName
+    assert set(root["properties"]["metadata"].get("properties", {})) <= {"name", "generateName"}

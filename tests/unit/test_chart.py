@@ -70,7 +70,8 @@ def test_default_render_has_the_expected_objects() -> None:
     objects = render()
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"]
+        ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Role",
+         "RoleBinding", "Service", "Deployment"]
     )
     for obj in objects:
         labels = obj["metadata"]["labels"]
@@ -221,7 +222,8 @@ def rendered_rules(objects: list[dict[str, Any]]) -> set[tuple[str, str, str, st
     """(scope, group, resource, verb, resourceName or '') for every rule."""
     out = set()
     for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
-        scope = "cluster" if role["kind"] == "ClusterRole" else "release namespace"
+        scope = ("release namespace" if role["kind"] == "Role"
+                 else "workload namespaces" if role["metadata"]["name"].endswith("-workloads") else "cluster")
         for rule in role["rules"]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
@@ -266,7 +268,52 @@ def test_rbac_has_no_wildcards_secrets_or_escalation() -> None:
     # elastic plan delivery: ConfigMaps and Services are created/updated, never deleted or listed
     configmap_verbs = {verb for _s, g, r, verb, _n in rules if (g, r) == ("", "configmaps")}
     assert configmap_verbs == {"get", "create", "patch"}
-    assert {verb for _s, g, r, verb, _n in rules if (g, r) == ("", "services")} == {"create"}
+    assert {verb for _s, g, r, verb, _n in rules if (g, r) == ("", "services")} == {"get", "create"}
+    # every write is a workload-namespace right, never a cluster-scope one
+    writes = {(g, r, verb) for scope, g, r, verb, _n in rules
+              if scope == "cluster" and verb not in {"get", "list", "watch"}}
+    assert not writes, writes
+
+
+def bindings(objects: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(kind, namespace or '') -> role name, for every binding of the chart's ServiceAccount."""
+    out = {}
+    for binding in by_kind(objects, "ClusterRoleBinding") + by_kind(objects, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tessera", "namespace": "tessera-system"}]
+        out[(binding["kind"], binding["metadata"].get("namespace", ""), binding["roleRef"]["name"])] = \
+            binding["roleRef"]["kind"]
+    return out
+
+
+def test_by_default_the_workload_rights_are_cluster_wide() -> None:
+    # documented as such (docs/helm.md, docs/security.md): kube-system included
+    assert bindings(render()) == {
+        ("ClusterRoleBinding", "", "tessera"): "ClusterRole",
+        ("ClusterRoleBinding", "", "tessera-workloads"): "ClusterRole",
+        ("RoleBinding", "tessera-system", "tessera-leader"): "Role",
+    }
+
+
+def test_rbac_namespaces_grant_the_workload_rights_only_there() -> None:
+    objects = render({"rbac": {"create": True, "namespaces": ["team-a", "team-b"]}})
+    assert bindings(objects) == {
+        ("ClusterRoleBinding", "", "tessera"): "ClusterRole",
+        ("RoleBinding", "team-a", "tessera-workloads"): "ClusterRole",
+        ("RoleBinding", "team-b", "tessera-workloads"): "ClusterRole",
+        ("RoleBinding", "tessera-system", "tessera-leader"): "Role",
+    }
+    # the rules themselves do not change with the scope
+    assert rendered_rules(objects) == rendered_rules(render())
+    # nothing grants the workload rights cluster-wide any more
+    workloads = next(r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"] == "tessera-workloads")
+    assert not [b for b in by_kind(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == workloads["metadata"]["name"]]
+
+
+@pytest.mark.parametrize("namespaces", [["Team-A"], ["a", "a"], "team-a", [""], ["x" * 64]])
+def test_schema_rejects_bad_rbac_namespaces(namespaces: Any) -> None:
+    proc = render_text({"rbac": {"create": True, "namespaces": namespaces}}, check=False)
+    assert proc.returncode != 0, f"helm accepted rbac.namespaces={namespaces!r}"
+    assert "rbac" in proc.stderr and "namespaces" in proc.stderr, proc.stderr
 
 
 def test_rbac_can_be_left_to_the_user() -> None:

@@ -19,9 +19,32 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tessera.api.template import POD_SPEC_SCHEMA
+
 GROUP = "tessera.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+# Upper bounds on numbers (issue #15): generous for any real workload, far from where the
+# solver's integer arithmetic or a pod count could misbehave.
+#: most replicas (pods) of one workload
+MAX_REPLICAS = 10_000
+#: most accelerators one replica (one pod, on one node) may ask for
+MAX_ACCELERATORS_PER_REPLICA = 256
+#: most pipeline stages
+MAX_PIPELINE_DEGREE = 1_024
+#: largest relativeThroughput (a ratio between accelerator types)
+MAX_RELATIVE_THROUGHPUT = 1e6
+#: largest capacityPerReplica (requests/s of one replica)
+MAX_CAPACITY_PER_REPLICA = 1e9
+#: largest global / micro batch size (samples)
+MAX_BATCH_SIZE = 100_000_000
+#: priorities span the same range as a PriorityClass' value
+MAX_PRIORITY = 1_000_000_000
+#: most accelerator types one workload may list
+MAX_ACCELERATOR_TYPES = 64
+#: accelerator type names come from node label values (<= 63 characters)
+MAX_TYPE_NAME_LENGTH = 63
 
 # x-kubernetes-* keys are copied verbatim into the OpenAPI schema by the generator.
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -78,8 +101,8 @@ class ReplicaRange(_Model):
         },
     )
 
-    min: int = Field(1, ge=1, description="Fewest replicas the workload can run with (its gang size).")
-    max: int = Field(..., ge=1, description="Most replicas the workload can use.")
+    min: int = Field(1, ge=1, le=MAX_REPLICAS, description="Fewest replicas the workload can run with (its gang size).")
+    max: int = Field(..., ge=1, le=MAX_REPLICAS, description="Most replicas the workload can use.")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ReplicaRange:
@@ -100,8 +123,9 @@ class InferenceReplicaRange(_Model):
         },
     )
 
-    min: int = Field(1, ge=0, description="Fewest replicas that must run together for the service to start.")
-    max: int = Field(..., ge=1, description="Most replicas the service may scale to.")
+    min: int = Field(1, ge=0, le=MAX_REPLICAS,
+                     description="Fewest replicas that must run together for the service to start.")
+    max: int = Field(..., ge=1, le=MAX_REPLICAS, description="Most replicas the service may scale to.")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> InferenceReplicaRange:
@@ -132,8 +156,9 @@ class PodTemplate(_Model):
     )
     spec: dict[str, Any] = Field(
         ...,
-        description="A core/v1 PodSpec (containers, volumes, ...). Validated by the API server when pods are created.",
-        json_schema_extra=_PRESERVE,
+        description="A core/v1 PodSpec (containers, volumes, ...). Container names, command, args, env values "
+        "and resource quantities are checked here; the rest by the API server when pods are created.",
+        json_schema_extra=POD_SPEC_SCHEMA,
     )
 
 
@@ -189,17 +214,19 @@ class WorkloadStatus(_Lenient):
 class TrainingAcceleratorType(_Model):
     """An accelerator type a training job may run on."""
 
-    name: str = Field(..., min_length=1, description="Accelerator type, e.g. H100, A100, Ascend910B.")
+    name: str = Field(..., min_length=1, max_length=MAX_TYPE_NAME_LENGTH,
+                      description="Accelerator type, e.g. H100, A100, Ascend910B.")
     relativeThroughput: float | None = Field(
-        None, gt=0, description="Per-replica throughput on this type relative to the others (default 1)."
+        None, gt=0, le=MAX_RELATIVE_THROUGHPUT,
+        description="Per-replica throughput on this type relative to the others (default 1).",
     )
 
 
 class Parallelism(_Model):
     """Model-parallel degrees. The data-parallel degree follows from the replica count."""
 
-    tensor: int = Field(1, ge=1, description="Tensor-parallel degree (within one replica).")
-    pipeline: int = Field(1, ge=1, description="Pipeline-parallel degree (stages).")
+    tensor: int = Field(1, ge=1, le=MAX_ACCELERATORS_PER_REPLICA, description="Tensor-parallel degree (within one replica).")
+    pipeline: int = Field(1, ge=1, le=MAX_PIPELINE_DEGREE, description="Pipeline-parallel degree (stages).")
 
 
 class ElasticJobSpec(_Model):
@@ -227,10 +254,13 @@ class ElasticJobSpec(_Model):
     )
 
     replicas: ReplicaRange = Field(..., description="Replica bounds; min replicas start together (gang).")
-    acceleratorsPerReplica: int = Field(1, ge=1, description="Whole accelerators each replica (pod) needs.")
+    acceleratorsPerReplica: int = Field(
+        1, ge=1, le=MAX_ACCELERATORS_PER_REPLICA, description="Whole accelerators each replica (pod) needs."
+    )
     acceleratorTypes: list[TrainingAcceleratorType] = Field(
         ...,
         min_length=1,
+        max_length=MAX_ACCELERATOR_TYPES,
         description="Allowed accelerator types; the job runs on one of them.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
@@ -240,11 +270,16 @@ class ElasticJobSpec(_Model):
         description="Tensor and pipeline degrees.",
         json_schema_extra={"default": {}},
     )
-    globalBatchSize: int | None = Field(None, ge=1, description="Global batch size (samples per optimizer step).")
-    microBatchSize: int | None = Field(None, ge=1, description="Micro-batch size (samples per forward pass).")
-    priority: int = Field(0, description="Higher runs first.")
+    globalBatchSize: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, description="Global batch size (samples per optimizer step)."
+    )
+    microBatchSize: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, description="Micro-batch size (samples per forward pass)."
+    )
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
     deadline: str | None = Field(
         None,
+        max_length=64,
         description="Optional RFC 3339 time (e.g. 2026-11-23T18:00:00Z) by which the job should finish. "
         "Deadline-aware policies (edd, mdd, learned) order waiting jobs by it; a missed deadline "
         "does not stop the job.",
@@ -335,9 +370,11 @@ class ElasticJob(_Lenient):
 class InferenceAcceleratorType(_Model):
     """An accelerator type an inference service may run on."""
 
-    name: str = Field(..., min_length=1, description="Accelerator type, e.g. A100, L4, Ascend910B.")
+    name: str = Field(..., min_length=1, max_length=MAX_TYPE_NAME_LENGTH,
+                      description="Accelerator type, e.g. A100, L4, Ascend910B.")
     capacityPerReplica: float | None = Field(
-        None, gt=0, description="Requests/s one replica sustains on this type (relative; default 1)."
+        None, gt=0, le=MAX_CAPACITY_PER_REPLICA,
+        description="Requests/s one replica sustains on this type (relative; default 1).",
     )
 
 
@@ -358,19 +395,22 @@ class InferenceServiceSpec(_Model):
         },
     )
 
-    replicas: int = Field(1, ge=0, description="Desired replica count (the scale subresource).")
+    replicas: int = Field(1, ge=0, le=MAX_REPLICAS, description="Desired replica count (the scale subresource).")
     replicaRange: InferenceReplicaRange | None = Field(
         None, description="Bounds on spec.replicas; min replicas must fit together before the service starts."
     )
-    acceleratorsPerReplica: int = Field(1, ge=1, description="Whole accelerators each replica (pod) needs.")
+    acceleratorsPerReplica: int = Field(
+        1, ge=1, le=MAX_ACCELERATORS_PER_REPLICA, description="Whole accelerators each replica (pod) needs."
+    )
     acceleratorTypes: list[InferenceAcceleratorType] = Field(
         ...,
         min_length=1,
+        max_length=MAX_ACCELERATOR_TYPES,
         description="Allowed accelerator types with per-replica capacity.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     spread: Literal["Node", "None"] = Field("Node", description="Node: at most one replica per node.")
-    priority: int = Field(0, description="Higher runs first.")
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
     template: PodTemplate = Field(..., description="Pod template of one replica.")
 
     @model_validator(mode="after")

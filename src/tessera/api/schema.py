@@ -81,6 +81,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], defaults: bool) -> dict
         out["additionalProperties"] = _convert(additional, defs, defaults)
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
-    if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields") and not out.get(
+        "x-kubernetes-int-or-string"
+    ):
         raise ValueError(f"schema node without a type: {node}")
     return out

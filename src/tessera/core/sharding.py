@@ -30,6 +30,7 @@ Pure and stdlib-only; no clock, no randomness.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,8 @@ ShardingResult = ShardingPlan | ShardingInfeasible
 #: an uneven or heterogeneous split may be this much slower (relative step time) than the
 #: finest possible split in exchange for a larger micro-batch
 BALANCE_TOLERANCE = 0.05
+#: slowest rate relative to the fastest that a plan tells apart (slower ones count as this)
+MIN_RELATIVE_RATE = 1e-12
 
 
 def divisors(n: int) -> list[int]:
@@ -257,6 +260,13 @@ def _plan_for_ranks(
     rates = [throughput.get(t or "", 1.0) if t is not None else 1.0 for _, t in ranks]
     if any(r <= 0 for r in rates):
         return "throughput must be positive for every accelerator type in use"
+    if any(math.isnan(r) or math.isinf(r) for r in rates):
+        return "throughput must be a finite number for every accelerator type in use"
+    # Scale by a power of two so the fastest rate lies in [0.5, 1): exact in floating point
+    # (the same plan, bit for bit), and sums and products below stay finite for rates up to
+    # the float maximum; rates more than MIN_RELATIVE_RATE below the fastest are raised to it.
+    exponent = math.frexp(max(rates, default=1.0))[1]
+    rates = [max(math.ldexp(r, -exponent), MIN_RELATIVE_RATE) for r in rates]
     heterogeneous = len(set(rates)) > 1
     candidates: list[tuple[float, ShardingPlan]] = []
     for micro_batch in reversed(divisors(global_batch_size)):

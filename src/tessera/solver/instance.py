@@ -18,6 +18,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tessera.core import (
     CapacityLedger,
@@ -27,6 +28,8 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+
+_Key = TypeVar("_Key")
 
 #: free capacity of one node with device order forgotten (devices sorted, fullest last):
 #: identical shapes pool together
@@ -217,6 +220,24 @@ def gang_weight(workload: Workload, prio_weight: int, now_seconds: float, weight
     return max(1, round(prio_weight * 100 * (1.0 + bonus)))
 
 
+def normalised_throughputs(throughputs: Mapping[_Key, float]) -> dict[_Key, float]:
+    """Each throughput divided by the largest, so every value is finite and in [0, 1].
+
+    Dividing first (never ``scale * throughput / best``) keeps any finite input finite:
+    ``10000 * 1e308`` is infinity, and ``round(inf)`` raised ``OverflowError`` for every
+    decision of the cycle.  NaN and values <= 0 count as 0; infinite values count as the
+    best (1.0) and every finite one as 0 next to them.  The API bounds these numbers, but
+    a policy or a simulator trace may hand the solver anything.
+    """
+    clean = {t: (v if v > 0 else 0.0) if not math.isnan(v) else 0.0 for t, v in throughputs.items()}
+    if any(math.isinf(v) for v in clean.values()):
+        return {t: 1.0 if math.isinf(v) else 0.0 for t, v in clean.items()}
+    best = max(clean.values(), default=0.0)
+    if best <= 0.0:
+        return dict.fromkeys(clean, 0.0)
+    return {t: v / best for t, v in clean.items()}
+
+
 def build_instance(
     ledger: CapacityLedger,
     pending: Sequence[Workload],
@@ -254,9 +275,9 @@ def build_instance(
         min_units = math.ceil(workload.gang_min / u)
         max_units = workload.target_replicas // u
         allowed = {t or None for t in present if workload.allows(t or None)}
-        best = max((workload.throughput_on(t) for t in allowed), default=1.0) or 1.0
+        relative = normalised_throughputs({t: workload.throughput_on(t) for t in allowed})
         unit_value = {
-            t: max(1, round(weights.throughput * workload.throughput_on(t) / best * u / max(1, workload.target_replicas)))
+            t: max(1, round(weights.throughput * relative[t] * u / max(1, workload.target_replicas)))
             for t in allowed
         }
         spec = GangSpec(index, workload, u, min_units, max_units,

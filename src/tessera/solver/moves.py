@@ -7,6 +7,8 @@ gain over a horizon beats the restart penalty (as Sia charges it):
 
     gain = weight x [(thr_new - thr_old) x horizon - thr_new x restart_cost] / thr_best
 
+(each throughput is divided by ``thr_best`` first, so no finite input overflows).
+
 Variables: ``move[j, t]`` (bool: running workload ``j`` moves to accelerator type ``t``).
 Constraint families: one destination per workload, the free room of each type, a budget
 of moves per decision.  Moves only go
@@ -15,6 +17,7 @@ to strictly faster types, so they never oscillate.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from tessera.core import Allocation
-from tessera.solver.instance import Pool, replicas_fitting
+from tessera.solver.instance import Pool, normalised_throughputs, replicas_fitting
 from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
 
 
@@ -53,18 +56,24 @@ def move_candidates(
         if not allocation.replicas or len(types) != 1 or not workload.preemptible or not workload.options:
             continue
         here = allocation.replicas[0].accelerator_type
-        now_thr = workload.throughput_on(here)
-        best = max(o.throughput for o in workload.options) or 1.0
+        # throughputs relative to the best option (each in [0, 1]): any finite input stays finite
+        raw = {o.accelerator_type: o.throughput for o in workload.options}
+        relative = normalised_throughputs(raw)
+        if here in relative:
+            now_thr = relative[here]
+        else:  # not an option: throughput_on says 1.0, relative to the best option
+            best = max((v for v in raw.values() if 0 < v < math.inf), default=1.0)
+            now_thr = min(1.0, 1.0 / best)
         candidate = MoveCandidate(allocation)
         room: dict[str, int] = defaultdict(int)
         for pool in pools:
             if pool.accelerator_type and pool.accelerator_type != here and workload.allows(pool.accelerator_type):
                 room[pool.accelerator_type] += replicas_fitting(pool.shape, workload.demand) * pool.size
         for t, fits in room.items():
-            new_thr = workload.throughput_on(t)
+            new_thr = relative.get(t, 0.0)
             if new_thr <= now_thr or fits < len(allocation.replicas):
                 continue
-            gain = ((new_thr - now_thr) * horizon_seconds - new_thr * workload.restart_cost_seconds) / best
+            gain = (new_thr - now_thr) * horizon_seconds - new_thr * workload.restart_cost_seconds
             value = round(weight_of.get(workload.key, 1) * scale * gain / max(1.0, horizon_seconds))
             if value > 0:
                 candidate.gains[t] = value

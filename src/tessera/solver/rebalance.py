@@ -119,12 +119,20 @@ class RebalanceResult:
         return self.baseline_seconds - self.objective_seconds
 
 
+#: utilisation is capped here: a replica loaded a thousand times past its capacity is as
+#: overloaded as the model needs to know, and the cap keeps the integer coefficients far
+#: from overflow whatever capacityPerReplica (down to 5e-324) or load it is given
+MAX_UTILISATION = 1_000.0
+
+
 def replica_utilisation(workload: Workload, load_per_second: float, node: Node) -> float:
-    """Utilisation of one replica of ``workload`` carrying ``load_per_second`` on ``node``."""
+    """Utilisation of one replica of ``workload`` carrying ``load_per_second`` on ``node``
+    (in [0, :data:`MAX_UTILISATION`]; NaN counts as 0)."""
     if workload.kind is not WorkloadKind.INFERENCE:
         return 1.0
     capacity = workload.throughput_on(node.accelerator_type)
-    return load_per_second / capacity if capacity > 0 else 0.0
+    util = load_per_second / capacity if capacity > 0 else 0.0
+    return min(MAX_UTILISATION, util) if util > 0 else 0.0
 
 
 def replica_items(
