@@ -307,6 +307,10 @@ def test_rbac_namespaces_grant_the_workload_rights_only_there() -> None:
     # nothing grants the workload rights cluster-wide any more
     workloads = next(r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"] == "tessera-workloads")
     assert not [b for b in by_kind(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == workloads["metadata"]["name"]]
+    # and the operator schedules (and runs kopf's handlers) in those namespaces only
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith("--namespace=")] == ["--namespace=team-a", "--namespace=team-b"]
+    assert not [a for a in container(render())["args"] if a.startswith("--namespace")]
 
 
 @pytest.mark.parametrize("namespaces", [["Team-A"], ["a", "a"], "team-a", [""], ["x" * 64]])

@@ -341,3 +341,20 @@ def test_accelerators_asked_beside_accelerators_per_replica_are_refused() -> Non
     cond = kube.condition("sneaky")
     assert cond["reason"] == "InvalidSpec" and "containers[1].resources.limits[nvidia.com/gpu]" in cond["message"]
     assert not kube.pods_of("sneaky") and running(kube, "warm")
+
+
+def test_an_operator_limited_to_namespaces_leaves_the_others_alone() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.add(elasticjob("mine", "team-a", accelerators=4, replicas=1))
+    kube.add(elasticjob("theirs", "team-b", accelerators=4, replicas=1, created="2026-01-02T00:00:00Z"))
+    other = scheduler(kube, clock)
+    other.namespaces = frozenset({"team-b"})
+    settle(other, 2)  # another operator runs team-b's job
+    assert running(kube, "theirs", "team-b")
+    clock.t += 20
+    mine = scheduler(kube, clock)
+    mine.namespaces = frozenset({"team-a"})
+    settle(mine, 2)
+    assert running(kube, "mine", "team-a")
+    assert running(kube, "theirs", "team-b")  # not an orphan to it: never deleted
+    assert max(bound_gpus(kube).values()) <= 8

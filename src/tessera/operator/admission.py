@@ -11,7 +11,10 @@ than a validating webhook: it needs no certificate, no extra Deployment and no f
 policy decision, it checks exactly the pod Tessera will send (template plus what Tessera
 adds), and it runs every admission plugin of the cluster, not only the schema.
 
-The answer is kept per (uid, metadata.generation): a new spec is checked again.
+Before the dry run, :func:`tessera.api.admission.workload_problems` checks what the API
+server cannot see in a preserved template (typos such as ``resource:``), names whose child
+objects would be invalid, and the spec's size.  The answer is kept per (uid,
+metadata.generation): a new spec is checked again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from tessera.api.admission import workload_problems
 from tessera.operator import labels as L
 from tessera.operator.kube import KubeError
 from tessera.operator.pods import build_pod
@@ -59,6 +63,11 @@ class Admission:
 
     def _ask(self, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
         assert view.workload is not None
+        # first what Tessera itself can tell (names its child objects could not take,
+        # template typos the preserved schema lets through, an oversized spec)
+        problems = workload_problems(view.raw)
+        if problems:
+            return "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
         # the pod as it would be on a node of the first allowed type present (extended
         # resource and toleration included); any node when none is present
         allowed = set(view.workload.allowed_types)

@@ -8,14 +8,17 @@ from typing import Any
 import kopf
 
 from tessera.api.models import GROUP, VERSION, ElasticJob
-from tessera.operator.handlers import delete_pods, validate, wake
+from tessera.operator.handlers import delete_pods, report_invalid, wake
 
 
-@kopf.on.resume(GROUP, VERSION, ElasticJob.plural)
-@kopf.on.create(GROUP, VERSION, ElasticJob.plural)
-@kopf.on.update(GROUP, VERSION, ElasticJob.plural, field="spec")
-async def elasticjob_changed(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
-    validate(ElasticJob, body, logger)
+# an event handler, not create/update handlers: those make kopf store the whole spec in an
+# annotation after each change (its diff base), which fails for specs near the 256 KiB
+# annotation limit and then blocks even the deletion; the loop needs no diff, only a wake-up
+@kopf.on.event(GROUP, VERSION, ElasticJob.plural)
+async def elasticjob_changed(body: kopf.Body, type: str | None, memo: Any,
+                         logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    if type != "DELETED":
+        report_invalid(ElasticJob, body, logger)
     wake(memo)
 
 

@@ -1,7 +1,7 @@
 """What the kopf handlers of both kinds share: validate, wake the scheduler, clean up pods.
 
 Handlers stay thin: they parse the object into its api model (a spec the model refuses
-is a PermanentError: retrying cannot fix it), wake the scheduling loop, and on deletion
+is logged; the loop records InvalidSpec on it), wake the scheduling loop, and on deletion
 remove the workload's pods (the garbage collector may not run in every control plane).
 They are idempotent, so it is harmless that every operator replica runs them; only the
 Lease holder schedules.
@@ -22,14 +22,16 @@ from tessera.operator import labels as L
 from tessera.operator.kube import Kube, KubeError
 
 
-def validate(model: type[BaseModel], body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """Raise kopf.PermanentError when ``body`` does not parse into ``model``."""
+def report_invalid(model: type[BaseModel], body: Mapping[str, Any],
+                   logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Log when ``body`` does not parse into ``model``; the scheduling loop writes the
+    InvalidSpec condition the user sees (one writer of status)."""
     try:
         model.model_validate(dict(body))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise kopf.PermanentError(f"invalid spec at {where}: {first.get('msg')}") from err
+        logger.warning("invalid spec at %s: %s", where, first.get("msg"))
 
 
 def wake(memo: Any) -> None:

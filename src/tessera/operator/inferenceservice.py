@@ -8,15 +8,18 @@ from typing import Any
 import kopf
 
 from tessera.api.models import GROUP, VERSION, InferenceService
-from tessera.operator.handlers import delete_pods, validate, wake
+from tessera.operator.handlers import delete_pods, report_invalid, wake
 
 
-@kopf.on.resume(GROUP, VERSION, InferenceService.plural)
-@kopf.on.create(GROUP, VERSION, InferenceService.plural)
-@kopf.on.update(GROUP, VERSION, InferenceService.plural, field="spec")
-async def inferenceservice_changed(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+# an event handler, not create/update handlers: those make kopf store the whole spec in an
+# annotation after each change (its diff base), which fails for specs near the 256 KiB
+# annotation limit and then blocks even the deletion; the loop needs no diff, only a wake-up
+@kopf.on.event(GROUP, VERSION, InferenceService.plural)
+async def inferenceservice_changed(body: kopf.Body, type: str | None, memo: Any,
+                         logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     # spec.replicas changes (kubectl scale, an HPA) arrive here too
-    validate(InferenceService, body, logger)
+    if type != "DELETED":
+        report_invalid(InferenceService, body, logger)
     wake(memo)
 
 

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=8,
                         help="threads writing to the API server for different workloads at once (pod creates, "
                              "Bindings, admission dry runs); 1 acts on one workload after another")
+    parser.add_argument("--namespace", action="append", default=[], dest="namespaces", metavar="NAME",
+                        help="schedule the workloads of this namespace only (repeatable; default: all). Pods "
+                             "elsewhere still count on their nodes. The chart sets one per rbac.namespaces entry")
     parser.add_argument("--watch-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="read the cluster from a LIST-then-WATCH cache with the operator's own writes applied "
                              "at once, instead of LISTing it every cycle (default: on)")
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     scheduler = Scheduler(port, engine, elector, metrics, interval_seconds=args.interval_seconds,
                           rebalancer=rebalancer, hooks=hooks, workers=args.workers,
-                          batch_size=args.batch_size,
+                          batch_size=args.batch_size, namespaces=frozenset(args.namespaces),
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
     log.info("tessera operator starting: policy %s %s%s, capabilities %s, identity %s", policy.name, policy.version,
              f" {arguments}" if arguments else "", ", ".join(capabilities_of(policy)) or "none", args.identity)
@@ -183,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if cache is not None:
         cache.start()
     try:
-        asyncio.run(_serve(scheduler, kube, args.liveness, wake_hook))
+        asyncio.run(_serve(scheduler, kube, args.liveness, wake_hook, namespaces=list(args.namespaces)))
     finally:
         if cache is not None:
             cache.stop()
@@ -270,7 +273,7 @@ class WakeHook:
 
 
 async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None,
-                 wake_hook: WakeHook | None = None) -> None:
+                 wake_hook: WakeHook | None = None, namespaces: list[str] | None = None) -> None:
     # importing the handler modules registers them with kopf's default registry
     from tessera.operator import elasticjob, handlers, inferenceservice, nodes  # noqa: F401
 
@@ -286,7 +289,9 @@ async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None,
     loop_task = asyncio.create_task(scheduler.loop(stop, wake), name="tessera-scheduler")
     try:
         # standalone: exclusion is the scheduler Lease, not kopf peering (no peering CRDs needed)
-        await kopf.operator(clusterwide=True, standalone=True, memo=memo, liveness_endpoint=liveness)
+        # with --namespace, kopf handles (finalizers, deletions) only there, where RBAC allows it
+        await kopf.operator(clusterwide=not namespaces, namespaces=namespaces or [], standalone=True, memo=memo,
+                            liveness_endpoint=liveness)
     finally:
         stop.set()
         wake.set()

@@ -125,6 +125,7 @@ class Scheduler:
         hooks: FaultHooks = NO_FAULTS,
         workers: int = 8,
         batch_size: int = 256,
+        namespaces: frozenset[str] = frozenset(),
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -157,6 +158,8 @@ class Scheduler:
         #: oldest first); the rest are decided in the cycles right after, so the first of a
         #: burst are bound while later ones are still to be decided (0: no limit)
         self.batch_size = max(0, batch_size)
+        #: the namespaces whose workloads this operator schedules (empty: all)
+        self.namespaces = namespaces
         #: workloads the last cycle decided and could not place: the next batch takes the
         #: others first (as kube-scheduler's unschedulable queue), so a blocked head of the
         #: queue never starves what could run behind it
@@ -263,7 +266,7 @@ class Scheduler:
         pods = self.kube.list_pods()
         nodes = self.kube.list_nodes()
         now = self.clock()
-        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled)
+        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces)
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)

@@ -81,8 +81,12 @@ def build_state(
     workloads: Iterable[tuple[str, Mapping[str, Any]]],
     now_seconds: float,
     keep_lost: bool = False,
+    namespaces: frozenset[str] = frozenset(),
 ) -> ClusterState:
     """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
+
+    ``namespaces`` (empty: all): the namespaces this operator manages; workloads elsewhere
+    are not its own, and their pods only hold capacity (never orphans it deletes).
 
     ``keep_lost`` (an elastic policy runs): an ElasticJob's lost replicas stay in its
     allocation on a node that does not exist (:data:`LOST_NODE_PREFIX`), so the policy
@@ -91,7 +95,8 @@ def build_state(
     node_views = {v.node.name: v for v in (node_view(n) for n in nodes)}
     views: dict[str, WorkloadView] = {}
     by_uid: dict[str, WorkloadView] = {}
-    live = [(kind, raw) for kind, raw in workloads if not raw.get("metadata", {}).get("deletionTimestamp")]
+    live = [(kind, raw) for kind, raw in workloads if not raw.get("metadata", {}).get("deletionTimestamp")
+            and (not namespaces or raw.get("metadata", {}).get("namespace", "default") in namespaces)]
     # the delete handler removes a deleted workload's pods; they still hold capacity until gone
     for kind, raw in sorted(live, key=_age):
         view = workload_view(kind, raw)
@@ -126,7 +131,8 @@ def build_state(
             external.append(pod)  # not ours, terminating, or orphaned: holds capacity while bound
             if pod.workload_uid:
                 leaving.append(pod)
-        if pod.workload_uid and owner is None and not pod.terminating:
+        if pod.workload_uid and owner is None and not pod.terminating \
+                and (not namespaces or pod.namespace in namespaces):
             orphans.append(pod)  # its workload is gone (or being deleted)
 
     pending: list[Workload] = []
