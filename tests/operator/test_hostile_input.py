@@ -171,3 +171,29 @@ spec:
     operator.wait_cycles(3)
     assert len(pods_of(cluster, namespace, "twin")) == 1  # only the ElasticJob's pod
     assert max(gpus_per_node(cluster).values()) <= GPUS_PER_NODE
+
+
+def test_a_spec_too_large_for_an_annotation_is_refused_and_can_be_deleted(cluster, namespace, operator, tmp_path):
+    # finding 6: a 270 KB spec (here a pod annotation; command/args/env are capped by CEL)
+    # used to stay Terminating forever: kopf could not write its last-handled annotation
+    import json
+
+    big = {
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "ElasticJob",
+        "metadata": {"name": "huge", "namespace": namespace},
+        "spec": {"replicas": {"min": 1, "max": 1}, "acceleratorsPerReplica": 1,
+                 "acceleratorTypes": [{"name": "H100"}],
+                 "template": {"metadata": {"annotations": {"blob": "x" * 270_000}},
+                              "spec": {"containers": [{"name": "c", "image": "c:1"}]}}},
+    }
+    manifest = tmp_path / "huge.json"
+    manifest.write_text(json.dumps(big))
+    cluster.kubectl("create", "-f", str(manifest))
+    refused = cluster.wait_for(
+        lambda: (c := condition(status_of(cluster, "huge", namespace), "Scheduled")).get("reason") == "InvalidSpec"
+        and c, timeout=30, what="the huge job refused")
+    assert "bytes as JSON" in refused["message"]
+    assert not pods_of(cluster, namespace, "huge")
+    cluster.kubectl("delete", "elasticjob", "huge", "-n", namespace, "--wait=false")
+    cluster.wait_for(lambda: cluster.kubectl("get", "elasticjob", "huge", "-n", namespace,
+                                             check=False).returncode != 0, timeout=30, what="the huge job deleted")
