@@ -50,7 +50,12 @@ def plain_pod(index: int) -> dict[str, Any]:
         "metadata": {"name": f"plain-{index:05d}", "namespace": NAMESPACE, "labels": {"app": "bench-burst"}},
         "spec": {"containers": [{"name": "c", "image": "registry.example.com/worker:1",
                                  "resources": {"requests": resources, "limits": resources}}],
-                 "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]},
+                 # the cluster runs no node lifecycle controller, so nothing lifts the taint the API
+                 # server puts on new nodes (node.kubernetes.io/not-ready); Tessera reads the Ready
+                 # condition instead, so kube-scheduler's pods tolerate the taint to compare alike
+                 "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"},
+                                 {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                                  "effect": "NoSchedule"}]},
     }
 
 
