@@ -127,7 +127,7 @@ class Mirror:
                                   timeout_seconds=self.watch_timeout_seconds, _preload_content=False)
         try:
             buffer = b""
-            for chunk in response.stream(64 * 1024, decode_content=True):
+            for chunk in response.stream(amt=None, decode_content=False):
                 if self.stopped.is_set():
                     break
                 buffer += chunk
