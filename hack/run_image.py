@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 # everything below runs inside `unshare --mount`; $1 = rootfs, $2 = userspec, then
-# "mounts" SRC DST MODE triples up to "--", then the environment up to "--", then argv
+# SRC TARGET MODE triples (TARGET: the host path under the rootfs) up to "--", then the
+# environment up to "--", then argv
 SETUP = r"""
 set -euo pipefail
 r="$1" user="$2"; shift 2
@@ -36,7 +37,7 @@ mount -t tmpfs -o size=1m,mode=755 tmpfs "$r/dev"
 for n in null zero full random urandom tty; do touch "$r/dev/$n"; mount --bind "/dev/$n" "$r/dev/$n"; done
 ln -s /proc/self/fd "$r/dev/fd"
 while [[ "$1" != "--" ]]; do
-  src="$1" dst="$r$2" mode="$3"; shift 3
+  src="$1" dst="$2" mode="$3"; shift 3
   mount --bind "$src" "$dst"
   [[ "$mode" == ro ]] && mount -o remount,bind,ro "$dst"
 done
@@ -62,6 +63,28 @@ def image_config(layout: Path, tag: str) -> dict[str, Any]:
     return config
 
 
+def in_root(rootfs: Path, path: str) -> Path:
+    """``path`` inside the container, as a host path under ``rootfs``: symlinks resolved
+    relative to the container's root (Debian's /var/run -> /run must not lead to the host's /run)."""
+    parts = [p for p in path.split("/") if p]
+    current, links = rootfs, 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != rootfs else rootfs
+        elif (current / part).is_symlink():
+            links += 1
+            if links > 40:
+                raise SystemExit(f"run_image: too many symlinks in {path}")
+            target = os.readlink(current / part)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                current = rootfs
+        else:
+            current = current / part
+    return current
+
+
 def unpack(layout: Path, tag: str, bundle: Path) -> Path:
     """BUNDLE/rootfs, unpacked by umoci unless it is there already."""
     rootfs = bundle / "rootfs"
@@ -84,13 +107,13 @@ def command(layout: Path, tag: str, bundle: Path, mounts: list[str], env: list[s
     for spec in mounts:
         src, dst, *mode = spec.split(":")
         # the mount point, as a runtime would create it (on the bundle's copy, not the image)
-        target = rootfs / dst.lstrip("/")
+        target = in_root(rootfs, dst)
         if Path(src).is_dir():
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)
-        mount_args += [src, dst, mode[0] if mode else "rw"]
+        mount_args += [src, str(target), mode[0] if mode else "rw"]
     merged: dict[str, str] = dict(e.split("=", 1) for e in config.get("Env") or [])
     merged.update(dict(e.split("=", 1) for e in env))
     argv = [*(config.get("Entrypoint") or []), *(args or config.get("Cmd") or [])]

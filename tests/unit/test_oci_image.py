@@ -127,3 +127,20 @@ def test_umoci_unpacks_the_layout(tmp_path: Path) -> None:
     assert not (rootfs / "skip").exists()
     spec = json.loads((tmp_path / "bundle" / "config.json").read_text())
     assert spec["process"]["args"] == ["/bin/tool"]
+
+
+def test_run_image_resolves_mount_points_inside_the_root(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("run_image", ROOT / "hack" / "run_image.py")
+    assert spec and spec.loader
+    run_image = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_image)
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "run").mkdir(parents=True)
+    (rootfs / "usr" / "bin").mkdir(parents=True)
+    (rootfs / "var").mkdir()
+    (rootfs / "var" / "run").symlink_to("/run")  # absolute, as in Debian: must not reach the host's /run
+    (rootfs / "bin").symlink_to("usr/bin")
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert run_image.in_root(rootfs, sa) == rootfs / "run/secrets/kubernetes.io/serviceaccount"
+    assert run_image.in_root(rootfs, "/bin/sh") == rootfs / "usr/bin/sh"
+    assert run_image.in_root(rootfs, "/../../etc/passwd") == rootfs / "etc/passwd"
