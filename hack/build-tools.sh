@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (or reuse) the pinned binaries of the local control plane:
-#   etcd, kube-apiserver, kubectl, kwok, kwokctl, helm.
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl, helm.
 # They are built from source through the Go module proxy (no prebuilt downloads are
 # reachable on our machines) and cached per version under $TESSERA_TOOLS_CACHE
 # (default ~/.cache/tessera/tools), outside the work tree, so a fresh clone on the same
@@ -30,10 +30,12 @@ fi
 # link NAME CACHED_PATH: expose a cached binary in .local-cluster/bin
 link() { ln -sf "$2" "$BIN/$1"; }
 
-# --- Kubernetes: kube-apiserver and kubectl from k8s.io/kubernetes --------------------
+# --- Kubernetes: the control plane binaries and kubectl from k8s.io/kubernetes ---------
+# Each binary is cached on its own: a cache built before a command joined the list only
+# builds the new one (the others are reused as they are).
 build_kube() {
   local out="$CACHE/kubernetes-$KUBE_VERSION"
-  local cmds=(kube-apiserver kubectl kube-controller-manager) missing=() c
+  local cmds=(kube-apiserver kubectl kube-controller-manager kube-scheduler) missing=() c
   for c in "${cmds[@]}"; do [[ -x "$out/$c" ]] || missing+=("$c"); done
   if [[ ${#missing[@]} == 0 ]]; then
     log "kubernetes $KUBE_VERSION: cached"
