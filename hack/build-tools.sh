@@ -128,9 +128,20 @@ build_kwok() {
     sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 }
 
+# helm's default Kubernetes version (used by `helm template` and `helm lint` without
+# --kube-version, and checked against a chart's kubeVersion) comes from ldflags; without
+# them it is v1.20.0 and our chart (kubeVersion >= 1.27) refuses to render.  Stamp the
+# pinned Kubernetes minor, like helm's own release Makefile does from its client-go.  The
+# cache folder names the stamp, so an older unstamped helm in the cache is never reused.
 build_helm() {
-  EXTRA_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-  build_module helm "$CACHE/helm-$HELM_VERSION" "helm.sh/helm/v3@$HELM_VERSION" \
+  local major="${KUBE_VERSION#v}"; major="${major%%.*}"
+  local minor="${KUBE_VERSION#v*.}"; minor="${minor%%.*}"
+  local ld="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  EXTRA_LDFLAGS="$ld" \
+  build_module helm "$CACHE/helm-$HELM_VERSION-k8s$major.$minor" "helm.sh/helm/v3@$HELM_VERSION" \
     helm.sh/helm/v3/cmd/helm
 }
 
