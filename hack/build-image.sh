@@ -103,7 +103,7 @@ build_base() {
   mkdir -p "$r/opt/tessera"        # the mount point of layer 2 while it is built
   # device nodes and mounted filesystems are the runtime's, not the image's
   find "$r/dev" -mindepth 1 -delete
-  "$PYTHON" "$ROOT/hack/oci_image.py" layer "$r" "$tmp/layer" --exclude opt/tessera
+  "$PYTHON" "$ROOT/hack/oci_image.py" layer "$r" "$tmp/layer" --exclude opt/tessera >/dev/null
   rm -rf "$BASE"; mv "$tmp" "$BASE"
 }
 if [[ $rebuild_base == 1 || ! -f "$BASE/layer.json" ]]; then
@@ -129,50 +129,79 @@ else
   download
 fi
 
+# The layer is cached under a key of everything it is made from (the base, the pins, the
+# source, this script, the OCI writer, the epoch): an unchanged tree is not rebuilt.
+# TESSERA_IMAGE_NO_CACHE=1 rebuilds it anyway (the reproducibility test compares both).
+app_key="$(
+  cd "$ROOT"
+  {
+    cat "$BASE/layer.json" operator/requirements.txt operator/requirements-build.txt \
+      hack/build-image.sh hack/oci_image.py pyproject.toml README.md
+    echo "$PIP_VERSION $SOURCE_DATE_EPOCH"
+    find src -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-16
+)"
+APP="$CACHE/app-$app_key"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tessera-image.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/opt-tessera" "$WORK/src" "$WORK/mnt"
-cp "$ROOT/pyproject.toml" "$ROOT/README.md" "$WORK/src/"
-cp -r "$ROOT/src" "$WORK/src/src"
-find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
-cp "$ROOT/operator/requirements.txt" "$ROOT/operator/requirements-build.txt" "$WORK/"
+build_app() {
+  local started=$SECONDS
+  mkdir -p "$WORK/opt-tessera" "$WORK/src" "$WORK/mnt"
+  cp "$ROOT/pyproject.toml" "$ROOT/README.md" "$WORK/src/"
+  cp -r "$ROOT/src" "$WORK/src/src"
+  find "$WORK/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+  cp "$ROOT/operator/requirements.txt" "$ROOT/operator/requirements-build.txt" "$WORK/"
 
-# inside a private mount namespace: the base read-only, /opt/tessera and /tmp writable,
-# the wheels and the source read-only; no network is needed (--no-index)
-log "building the venv in /opt/tessera"
-unshare --mount --propagation private bash -euo pipefail -c '
-  base="$1" work="$2" wheels="$3"
-  m="$work/mnt"
-  mount --bind "$base/rootfs" "$m"; mount -o remount,bind,ro "$m"
-  mount --bind "$work/opt-tessera" "$m/opt/tessera"
-  mount -t tmpfs -o size=512m tmpfs "$m/tmp"
-  mount -t proc proc "$m/proc"
-  mount --bind /dev "$m/dev"
-  mkdir "$m/tmp/wheels" "$m/tmp/src"
-  mount --bind -o ro "$wheels" "$m/tmp/wheels"
-  mount --bind "$work/src" "$m/tmp/src"
-  cp "$work/requirements.txt" "$work/requirements-build.txt" "$m/tmp/"
-  pipwhl="$(cd "$wheels" && ls pip-"$4"-*.whl)"
-  run() { chroot "$m" env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
-        PIP_ROOT_USER_ACTION=ignore "$@"; }
-  pip() { run /opt/tessera/bin/python "/tmp/wheels/$pipwhl/pip" --disable-pip-version-check \
-            --no-cache-dir --no-input "$@"; }
-  run /usr/bin/python3.11 -m venv --without-pip /opt/tessera
-  pip install --quiet --no-index --find-links /tmp/wheels --no-deps --only-binary=:all: --no-compile \
-    -r /tmp/requirements.txt -r /tmp/requirements-build.txt
-  pip install --quiet --no-index --no-deps --no-build-isolation --no-compile /tmp/src
-  pip uninstall --quiet --yes setuptools wheel
-  # bytecode compiled now, with hashes instead of mtimes (valid whatever the clamped
-  # mtimes, and identical between builds): the root filesystem is read-only at run time
-  run /opt/tessera/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/tessera/lib
-  run /opt/tessera/bin/python -c "import tessera.cli, kopf, ortools, prometheus_client"
-  run /opt/tessera/bin/tessera --help >/dev/null
-' build "$BASE" "$WORK" "$WHEELS" "$PIP_VERSION"
+  # inside a private mount namespace: the base read-only, /opt/tessera and /tmp writable,
+  # the wheels and the source read-only; no network is needed (--no-index)
+  log "building the venv in /opt/tessera"
+  unshare --mount --propagation private bash -euo pipefail -c '
+    base="$1" work="$2" wheels="$3"
+    m="$work/mnt"
+    mount --bind "$base/rootfs" "$m"; mount -o remount,bind,ro "$m"
+    mount --bind "$work/opt-tessera" "$m/opt/tessera"
+    mount -t tmpfs -o size=512m tmpfs "$m/tmp"
+    mount -t proc proc "$m/proc"
+    mount --bind /dev "$m/dev"
+    mkdir "$m/tmp/wheels" "$m/tmp/src"
+    mount --bind -o ro "$wheels" "$m/tmp/wheels"
+    mount --bind "$work/src" "$m/tmp/src"
+    cp "$work/requirements.txt" "$work/requirements-build.txt" "$m/tmp/"
+    pipwhl="$(cd "$wheels" && ls pip-"$4"-*.whl)"
+    run() { chroot "$m" env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
+          PIP_ROOT_USER_ACTION=ignore "$@"; }
+    pip() { run /opt/tessera/bin/python "/tmp/wheels/$pipwhl/pip" --disable-pip-version-check \
+              --no-cache-dir --no-input "$@"; }
+    run /usr/bin/python3.11 -m venv --without-pip /opt/tessera
+    pip install --quiet --no-index --find-links /tmp/wheels --no-deps --only-binary=:all: --no-compile \
+      -r /tmp/requirements.txt -r /tmp/requirements-build.txt
+    pip install --quiet --no-index --no-deps --no-build-isolation --no-compile /tmp/src
+    pip uninstall --quiet --yes setuptools wheel
+    # bytecode compiled now, with hashes instead of mtimes (valid whatever the clamped
+    # mtimes, and identical between builds): the root filesystem is read-only at run time
+    run /opt/tessera/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/tessera/lib
+    run /opt/tessera/bin/python -c "import tessera.cli, kopf, ortools, prometheus_client"
+    run /opt/tessera/bin/tessera --help >/dev/null
+  ' build "$BASE" "$WORK" "$WHEELS" "$PIP_VERSION"
+  log "venv built in $((SECONDS - started)) s"; started=$SECONDS
+  mkdir -p "$WORK/app"
+  "$PYTHON" "$ROOT/hack/oci_image.py" layer "$WORK/opt-tessera" "$WORK/app/layer" --prefix opt/tessera >/dev/null
+  log "layer written in $((SECONDS - started)) s"
+}
+if [[ -f "$APP/layer.json" && "${TESSERA_IMAGE_NO_CACHE:-}" != 1 ]]; then
+  log "/opt/tessera: cached ($APP)"
+elif [[ "${TESSERA_IMAGE_NO_CACHE:-}" == 1 ]]; then
+  build_app; APP="$WORK/app"
+else
+  build_app
+  rm -rf "$APP"; mv "$WORK/app" "$APP"
+  # keep the layers of the three newest trees
+  ls -dt "$CACHE"/app-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
+fi
 
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n1)"
-"$PYTHON" "$ROOT/hack/oci_image.py" layer "$WORK/opt-tessera" "$WORK/layer2" --prefix opt/tessera
 "$PYTHON" "$ROOT/hack/oci_image.py" assemble "$OUT" --tag "$VERSION" \
-  --layer "$BASE/layer" --layer "$WORK/layer2" \
+  --layer "$BASE/layer" --layer "$APP/layer" \
   --user "$UID_GID:$UID_GID" \
   --env PATH=/opt/tessera/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env PYTHONDONTWRITEBYTECODE=1 --env PYTHONUNBUFFERED=1 --env LANG=C.UTF-8 \
