@@ -23,7 +23,8 @@
 #   TESSERA_DEBIAN_MIRROR  Debian mirror for debootstrap (default http://deb.debian.org/debian)
 #   TESSERA_DEBIAN_SECURITY_MIRROR  for the security updates (default .../debian-security)
 #   SOURCE_DATE_EPOCH      timestamp for every file of the image (default: last commit's time)
-# Options: --base-only (only build/reuse the cached base), --rebuild-base
+# Options: --base-only (only build/reuse the cached base), --rebuild-base,
+#          --tools-only (only install the Debian tools: debootstrap, umoci)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,12 +41,13 @@ PYTHON="${PYTHON:-python3}"
 log() { printf '[build-image] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-base_only=0 rebuild_base=0
+base_only=0 rebuild_base=0 tools_only=0
 for arg in "$@"; do
   case "$arg" in
     --base-only) base_only=1 ;;
     --rebuild-base) rebuild_base=1 ;;
-    *) die "unknown option $arg (--base-only, --rebuild-base)" ;;
+    --tools-only) tools_only=1 ;;
+    *) die "unknown option $arg (--base-only, --rebuild-base, --tools-only)" ;;
   esac
 done
 
@@ -58,6 +60,7 @@ if (( ${#missing_pkgs[@]} )); then
   log "installing ${missing_pkgs[*]} from Debian"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
 fi
+(( tools_only )) && exit 0
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || die "$PYTHON is not Python 3.11: the wheels are chosen for the image's Python 3.11"
 

@@ -114,9 +114,11 @@ def test_the_layout_is_consistent(tmp_path: Path) -> None:
         assert tar.getnames() == ["opt", "opt/f"]
 
 
-@pytest.mark.skipif(shutil.which("umoci") is None or os.geteuid() != 0,
-                    reason="umoci (installed by hack/build-image.sh) and root are needed to unpack")
+@pytest.mark.skipif(os.geteuid() != 0, reason="umoci needs root to unpack with the layers' owners")
 def test_umoci_unpacks_the_layout(tmp_path: Path) -> None:
+    if shutil.which("umoci") is None:  # installed from Debian by the image build's own script
+        subprocess.run(["bash", str(ROOT / "hack" / "build-image.sh"), "--tools-only"], check=True,
+                       capture_output=True, timeout=600)
     oci.write_layer(tree(tmp_path / "a"), tmp_path / "l1", exclude=("skip",))
     layout = tmp_path / "layout"
     oci.assemble(layout, "1.0", [tmp_path / "l1"], {"Entrypoint": ["/bin/tool"]}, ["one"])
