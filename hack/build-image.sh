@@ -9,8 +9,8 @@
 # The layers, the image config, the manifest and the index are written by hack/oci_image.py
 # as an OCI image layout (build/image/tessera-operator by default; tag = the project version),
 # deterministically: sorted entries, numeric owners, mtimes clamped to SOURCE_DATE_EPOCH
-# (default: the last commit's time), gzip without a timestamp.  Given the same cached base,
-# building twice gives the same image digest.  Push it with skopeo:
+# (default: the last commit that changed the image's inputs), gzip without a timestamp.
+# Given the same cached base, building twice gives the same image digest.  Push it with skopeo:
 #   skopeo copy oci:build/image/tessera-operator:0.1.0 docker://REGISTRY/tessera-operator:0.1.0
 #
 # Needs root (debootstrap and chroot); installs debootstrap and umoci from Debian when they
@@ -22,7 +22,8 @@
 #   TESSERA_IMAGE_OUT      OCI layout folder (default build/image/tessera-operator)
 #   TESSERA_DEBIAN_MIRROR  Debian mirror for debootstrap (default http://deb.debian.org/debian)
 #   TESSERA_DEBIAN_SECURITY_MIRROR  for the security updates (default .../debian-security)
-#   SOURCE_DATE_EPOCH      timestamp for every file of the image (default: last commit's time)
+#   SOURCE_DATE_EPOCH      latest mtime in the image (default: time of the last commit that
+#                          changed src/, pyproject.toml, README.md, the pins or these scripts)
 # Options: --base-only (only build/reuse the cached base), --rebuild-base,
 #          --tools-only (only install the Debian tools: debootstrap, umoci)
 set -euo pipefail
@@ -64,7 +65,14 @@ fi
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || die "$PYTHON is not Python 3.11: the wheels are chosen for the image's Python 3.11"
 
-export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}"
+# the time of the last commit that changed what goes into /opt/tessera, so commits to docs
+# or tests leave the layer (and its cache entry) as it is
+INPUTS=(src pyproject.toml README.md operator/requirements.txt operator/requirements-build.txt
+        hack/build-image.sh hack/oci_image.py)
+if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
+  SOURCE_DATE_EPOCH="$(git -C "$ROOT" log -1 --format=%ct -- "${INPUTS[@]}" 2>/dev/null || true)"
+fi
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-0}"
 mkdir -p "$CACHE" "$(dirname "$OUT")"
 
 # --- layer 1: the base root filesystem (cached) --------------------------------------
