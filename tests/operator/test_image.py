@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,13 +62,15 @@ def build(out: Path, no_cache: bool = False) -> Image:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     if os.geteuid() != 0:
         reason = "building and running the image needs root (debootstrap, mount namespace, chroot)"
         if os.environ.get("TESSERA_REQUIRE_CLUSTER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    return build(tmp_path_factory.mktemp("image") / "tessera-operator")
+    folder = tmp_path_factory.mktemp("image")
+    yield build(folder / "tessera-operator")
+    shutil.rmtree(folder, ignore_errors=True)  # 150 MB; pytest keeps its last temp folders
 
 
 def blob(layout: Path, digest: str) -> Any:
@@ -90,16 +93,21 @@ def test_the_image_config_is_the_charts_contract(image: Image) -> None:
 
 def test_the_image_is_reproducible(image: Image, tmp_path: Path) -> None:
     # /opt/tessera built again from scratch (not from the layer cache), from the cached base
-    again = build(tmp_path / "again", no_cache=True)
-    assert again.digest == image.digest
+    try:
+        again = build(tmp_path / "again", no_cache=True)
+        assert again.digest == image.digest
+    finally:
+        shutil.rmtree(tmp_path / "again", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def bundle(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The image unpacked by umoci (which verifies every blob against its digest)."""
-    path = tmp_path_factory.mktemp("bundle") / "b"
-    subprocess.run(["umoci", "unpack", "--image", image.ref, str(path)], check=True, capture_output=True, timeout=300)
-    return path
+    folder = tmp_path_factory.mktemp("bundle")
+    path = folder / "b"
+    subprocess.run(["umoci", "unpack", "--image", image.ref, str(path)], check=True, capture_output=True, timeout=600)
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)  # 570 MB unpacked
 
 
 def test_the_unpacked_image_has_the_venv_and_no_pip(bundle: Path) -> None:
