@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (or reuse) the pinned binaries of the local control plane:
-#   etcd, kube-apiserver, kubectl, kwok, kwokctl, helm.
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl, helm.
 # They are built from source through the Go module proxy (no prebuilt downloads are
 # reachable on our machines) and cached per version under $TESSERA_TOOLS_CACHE
 # (default ~/.cache/tessera/tools), outside the work tree, so a fresh clone on the same
@@ -30,10 +30,12 @@ fi
 # link NAME CACHED_PATH: expose a cached binary in .local-cluster/bin
 link() { ln -sf "$2" "$BIN/$1"; }
 
-# --- Kubernetes: kube-apiserver and kubectl from k8s.io/kubernetes --------------------
+# --- Kubernetes: the control plane binaries and kubectl from k8s.io/kubernetes ---------
+# Each binary is cached on its own: a cache built before a command joined the list only
+# builds the new one (the others are reused as they are).
 build_kube() {
   local out="$CACHE/kubernetes-$KUBE_VERSION"
-  local cmds=(kube-apiserver kubectl kube-controller-manager) missing=() c
+  local cmds=(kube-apiserver kubectl kube-controller-manager kube-scheduler) missing=() c
   for c in "${cmds[@]}"; do [[ -x "$out/$c" ]] || missing+=("$c"); done
   if [[ ${#missing[@]} == 0 ]]; then
     log "kubernetes $KUBE_VERSION: cached"
@@ -126,9 +128,20 @@ build_kwok() {
     sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 }
 
+# helm's default Kubernetes version (used by `helm template` and `helm lint` without
+# --kube-version, and checked against a chart's kubeVersion) comes from ldflags; without
+# them it is v1.20.0 and our chart (kubeVersion >= 1.27) refuses to render.  Stamp the
+# pinned Kubernetes minor, like helm's own release Makefile does from its client-go.  The
+# cache folder names the stamp, so an older unstamped helm in the cache is never reused.
 build_helm() {
-  EXTRA_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-  build_module helm "$CACHE/helm-$HELM_VERSION" "helm.sh/helm/v3@$HELM_VERSION" \
+  local major="${KUBE_VERSION#v}"; major="${major%%.*}"
+  local minor="${KUBE_VERSION#v*.}"; minor="${minor%%.*}"
+  local ld="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  EXTRA_LDFLAGS="$ld" \
+  build_module helm "$CACHE/helm-$HELM_VERSION-k8s$major.$minor" "helm.sh/helm/v3@$HELM_VERSION" \
     helm.sh/helm/v3/cmd/helm
 }
 

@@ -9,6 +9,8 @@
 #   TESSERA_NODES         node fixture files or folders to apply (default: examples/nodes)
 #   TESSERA_PORT_BASE     first of three consecutive loopback ports (default: chosen free)
 #   TESSERA_NO_CONTROLLER_MANAGER=1  do not start kube-controller-manager
+#   TESSERA_KUBE_SCHEDULER=1  also start the real kube-scheduler (hack/kube-scheduler-up.sh);
+#                         off by default: then only Tessera binds pods
 # Idempotent: when the cluster in TESSERA_CLUSTER_DIR answers, it is reused.
 set -euo pipefail
 
@@ -42,6 +44,9 @@ if [[ -f "$KUBECONFIG_PATH" ]] && running kube-apiserver && running etcd && runn
    && kubectl get --raw /readyz >/dev/null 2>&1; then
   log "reusing the running cluster in $DIR"
   kubectl apply -f "$NODES" >/dev/null
+  if [[ "${TESSERA_KUBE_SCHEDULER:-}" == 1 ]]; then
+    TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kube-scheduler-up.sh" >/dev/null
+  fi
   echo "$KUBECONFIG_PATH"
   exit 0
 fi
@@ -191,6 +196,9 @@ kubectl get serviceaccount default -n default >/dev/null 2>&1 \
 log "applying node fixtures from $NODES"
 kubectl apply -f "$NODES" >/dev/null
 wait_for kwok 60 bash -c "! '$BIN/kubectl' --kubeconfig '$KUBECONFIG_PATH' get nodes --no-headers | grep -v ' Ready '"
+if [[ "${TESSERA_KUBE_SCHEDULER:-}" == 1 ]]; then
+  TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kube-scheduler-up.sh" >/dev/null
+fi
 log "cluster ready: export KUBECONFIG=$KUBECONFIG_PATH"
 kubectl get nodes -L nvidia.com/gpu.product,accelerator,topology.kubernetes.io/zone >&2
 echo "$KUBECONFIG_PATH"

@@ -19,9 +19,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "tessera"
 BIN = Path(os.environ.get("TESSERA_BIN_DIR", ROOT / ".local-cluster" / "bin"))
-# helm built from the module proxy lacks the release ldflags that set its default
-# Kubernetes version (it assumes v1.20, below the chart's kubeVersion); any supported
-# version will do for rendering
+# `make tools` stamps helm's default Kubernetes version (v1.34); a helm found on PATH may
+# not be, and then assumes v1.20, below the chart's kubeVersion: say it explicitly
 KUBE_VERSION = "1.34.0"
 
 
