@@ -358,3 +358,24 @@ def test_an_operator_limited_to_namespaces_leaves_the_others_alone() -> None:
     assert running(kube, "mine", "team-a")
     assert running(kube, "theirs", "team-b")  # not an orphan to it: never deleted
     assert max(bound_gpus(kube).values()) <= 8
+
+
+def test_status_never_describes_replicas_that_no_longer_run() -> None:
+    kube, clock = cluster(2), Clock()
+    svc = kube.add({
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "chat", "namespace": "ns", "uid": "uid-chat", "generation": 1,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"replicas": 2, "acceleratorsPerReplica": 8, "acceleratorTypes": [{"name": "H100"}],
+                 "template": {"spec": {"containers": [{"name": "srv", "image": "srv:1"}]}}},
+    })
+    s = scheduler(kube, clock)
+    settle(s, 2)
+    assert len(kube.pods_of("chat")) == 2
+    svc["spec"]["replicas"] = 1
+    svc["metadata"]["generation"] = 2
+    settle(s, 2)
+    (left,) = kube.pods_of("chat")
+    message = kube.condition("chat", kind="InferenceService")["message"]
+    assert f"{left['metadata']['name']} -> {left['spec']['nodeName']}" in message
+    assert message.count("->") == 1, message

@@ -310,6 +310,10 @@ class Actuator:
             return None
         plan = self._plan_for(view, full)
         if plan is None:
+            if view.workload is not None and view.workload.global_batch_size is not None:
+                # never run without a plan: the pods could not agree on who does what
+                raise KubeError(f"no sharding plan splits globalBatchSize {view.workload.global_batch_size} over "
+                                f"{len(full)} replica(s); not starting it without one")
             return None
         owner = owner_reference(view.kind, view.raw)
         self.kube.ensure_service({

@@ -438,8 +438,10 @@ class ElasticActuator:
                               f"{message} (recovered in {last['recoverySeconds']:.2f}s)")
 
     def settle(self, view: WorkloadView) -> None:
-        """A running job whose reshard a restart completed: close the record, sync the plan."""
-        if not self.enabled or not isinstance(view.model, ElasticJob):
+        """A running job whose reshard a restart completed: close the record; and whatever the
+        policy, the plan (status, ConfigMap) follows the replicas that run (a replica dropped
+        above min, a reshard's bind undone)."""
+        if not isinstance(view.model, ElasticJob):
             return
         if view.in_flight or view.rollback_reason or not view.placement:
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 
-from tessera.api.models import InferenceService
+from tessera.api.models import InferenceService, ReplicaStatus
 from tessera.operator import labels as L
 from tessera.operator.actuator import CycleReport
 from tessera.operator.state import SCALE_UP_SUFFIX, ClusterState, WorkloadView
@@ -92,10 +92,12 @@ class Reporter:
             return  # being bound this cycle; the actuator writes the outcome
         full = sorted(view.placement.values(), key=lambda r: r.replica)
         scheduled = condition(view.status, SCHEDULED)
-        if view.status.get("phase") == Phase.RUNNING.value and scheduled.get("status") == "True":
-            message = str(scheduled.get("message", ""))
-        else:
-            message = f"{len(full)} replica(s) running"
+        kept = str(scheduled.get("message", ""))
+        if view.status.get("phase") == Phase.RUNNING.value and scheduled.get("status") == "True" \
+                and _describes(kept, full):
+            message = kept
+        else:  # never a stale message: after a scale-down or a lost replica it says what runs now
+            message = f"{len(full)} replica(s) running: " + ", ".join(f"{r.pod} -> {r.node}" for r in full)
         status = self.status.running(view, full, message)
         if view.key in blocked:  # keep the scale-up explanation _write_waiting just wrote
             status["message"] = view.status.get("message", message)
@@ -107,3 +109,9 @@ class Reporter:
         else:
             status["conditions"] = [c for c in status["conditions"] if c["type"] != SPEC_APPLIED]
         self.status.write(view, status)
+
+
+def _describes(message: str, full: list[ReplicaStatus]) -> bool:
+    """Whether a "pod -> node" message names exactly the replicas that run."""
+    pairs = {part.strip() for part in message.split(":", 1)[-1].split(",") if "->" in part}
+    return pairs == {f"{r.pod} -> {r.node}" for r in full}
