@@ -379,3 +379,29 @@ def test_status_never_describes_replicas_that_no_longer_run() -> None:
     message = kube.condition("chat", kind="InferenceService")["message"]
     assert f"{left['metadata']['name']} -> {left['spec']['nodeName']}" in message
     assert message.count("->") == 1, message
+
+
+def test_a_node_that_keeps_failing_is_counted_failed_although_each_outage_is_short() -> None:
+    from tessera.operator.status import rfc3339
+
+    kube, clock = cluster(3), Clock()
+    kube.add(elasticjob("train", accelerators=8, globalBatchSize=96, microBatchSize=8, replicas=2, min_replicas=1))
+    s = scheduler(kube, clock)
+    s.elastic.settings = ElasticSettings(failure_grace_seconds=5)
+    settle(s, 2)
+    flappy = kube.pods_of("train")[0]["spec"]["nodeName"]
+
+    def set_ready(ready: bool) -> None:
+        kube.nodes[flappy]["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False",
+                                                       "lastTransitionTime": rfc3339(clock.t)}]
+
+    for _ in range(12):  # down 4 s of every 5: no outage outlasts the 5 s grace
+        set_ready(False)
+        for _ in range(4):
+            clock.t += 1
+            s.run_cycle()
+        set_ready(True)
+        clock.t += 1
+        s.run_cycle()
+    assert all(p["spec"]["nodeName"] != flappy for p in kube.pods_of("train")), "still on the flapping node"
+    assert running(kube, "train")

@@ -145,18 +145,24 @@ def grace_left(failed_since: float | None, now_seconds: float, grace_seconds: fl
 
 
 def apply_failure_grace(
-    state: ClusterState, raw_nodes: Iterable[Mapping[str, Any]], now_seconds: float, grace_seconds: float
+    state: ClusterState, raw_nodes: Iterable[Mapping[str, Any]], now_seconds: float, grace_seconds: float,
+    flapping: frozenset[str] = frozenset(),
 ) -> tuple[frozenset[str], float | None]:
     """Show nodes still in their grace as usable but full; returns them and the next deadline.
 
     Replaces ``state.snapshot``.  The deadline (Unix seconds) is when the first of them
-    turns into a counted failure, so the scheduler can run a cycle right then.
+    turns into a counted failure, so the scheduler can run a cycle right then.  Nodes in
+    ``flapping`` get no grace and count as failed even while momentarily Ready.
     """
+    if flapping:
+        snapshot = state.snapshot
+        state.snapshot = snapshot.with_changes(nodes=[replace(n, ready=False) if n.name in flapping else n
+                                                      for n in snapshot.nodes.values()])
     in_grace: dict[str, float] = {}
     for raw in raw_nodes:
         name = (raw.get("metadata") or {}).get("name", "")
         view = state.nodes.get(name)
-        if view is None or view.node.usable:
+        if view is None or view.node.usable or name in flapping:
             continue
         left = grace_left(node_failed_since(raw), now_seconds, grace_seconds)
         if left > 0:
@@ -168,6 +174,52 @@ def apply_failure_grace(
     holds = [_hold(snapshot, name) for name in sorted(in_grace)]
     state.snapshot = ClusterSnapshot(nodes, [*snapshot.allocations.values(), *holds], snapshot.now_seconds)
     return frozenset(in_grace), min(in_grace.values())
+
+
+class FlapDetector:
+    """Counts a node that keeps failing as failed, even when no single outage outlasts the grace.
+
+    Per node it keeps the outages seen over the last ``window_seconds`` (from the node's own
+    timestamps where it has them: when Ready turned False, when it turned True again).  A
+    node down for more than ``max_down_fraction`` of the window in at least two outages is
+    flapping: its replicas are resharded away and nothing new lands there until it has been
+    steady long enough.  A node down 4 s of every 5 with a 5 s grace was otherwise never
+    counted as failed.  The history is a detector's memory, not a decision: a restarted
+    operator learns it again within one window.
+    """
+
+    def __init__(self, window_seconds: float = 60.0, max_down_fraction: float = 0.5) -> None:
+        self.window_seconds = window_seconds
+        self.max_down_fraction = max_down_fraction
+        #: node -> [down_since, up_at or None (still down)]
+        self._outages: dict[str, list[list[float | None]]] = {}
+
+    def observe(self, raw: Mapping[str, Any], usable: bool, now_seconds: float) -> None:
+        name = (raw.get("metadata") or {}).get("name", "")
+        outages = self._outages.setdefault(name, [])
+        is_open = bool(outages) and outages[-1][1] is None
+        if not usable and not is_open:
+            since = node_failed_since(raw)
+            outages.append([since if since else now_seconds, None])
+        elif usable and is_open:
+            ready: Mapping[str, Any] = next(
+                (c for c in (raw.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+            outages[-1][1] = max(float(outages[-1][0] or 0.0), parse_timestamp(ready.get("lastTransitionTime")) or now_seconds)
+        start = now_seconds - self.window_seconds
+        self._outages[name] = [o for o in outages if o[1] is None or float(o[1]) > start]
+
+    def flapping(self, name: str, now_seconds: float) -> bool:
+        outages = self._outages.get(name) or []
+        if len(outages) < 2:
+            return False
+        start = now_seconds - self.window_seconds
+        down = sum(max(0.0, (now_seconds if o[1] is None else float(o[1])) - max(start, float(o[0] or 0.0)))
+                   for o in outages)
+        return down > self.max_down_fraction * self.window_seconds
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in set(self._outages) - set(names):
+            del self._outages[name]
 
 
 def _hold(snapshot: ClusterSnapshot, name: str) -> Allocation:
@@ -272,6 +324,7 @@ class ElasticActuator:
         #: Unix seconds when the next node leaves its grace (the loop wakes then)
         self.next_deadline: float | None = None
         self._raw_nodes: dict[str, Mapping[str, Any]] = {}
+        self.flaps = FlapDetector()
 
     @property
     def enabled(self) -> bool:
@@ -292,7 +345,14 @@ class ElasticActuator:
         if not isinstance(policy, ReshardsOnFailure):
             self.next_deadline = None
             return
-        _, grace_deadline = apply_failure_grace(state, raw_nodes, now_seconds, self.settings.failure_grace_seconds)
+        for raw in raw_nodes:
+            view = state.nodes.get((raw.get("metadata") or {}).get("name", ""))
+            if view is not None:
+                self.flaps.observe(raw, view.node.usable, now_seconds)
+        self.flaps.forget(state.nodes)
+        flapping = frozenset(n for n in state.nodes if self.flaps.flapping(n, now_seconds))
+        _, grace_deadline = apply_failure_grace(state, raw_nodes, now_seconds, self.settings.failure_grace_seconds,
+                                                flapping)
         # a node leaving its grace and a job's growth hysteresis ending are changes no watch
         # reports: the loop wakes for the earliest of them
         hysteresis = policy.growth_hysteresis_seconds(self.engine.params)
