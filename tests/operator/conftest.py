@@ -105,9 +105,8 @@ def crds(cluster: LocalCluster) -> LocalCluster:
     return cluster
 
 
-@pytest.fixture
-def namespace(cluster: LocalCluster) -> Iterator[str]:
-    """A fresh namespace (with its default ServiceAccount) for one test."""
+def fresh_namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount), deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     # the ServiceAccount admission plugin needs "default"; the controller manager makes it,
@@ -116,3 +115,15 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         cluster.kubectl("create", "serviceaccount", "default", "-n", name, check=False)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount) for one test."""
+    yield from fresh_namespace(cluster)
+
+
+@pytest.fixture
+def other_namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A second fresh namespace, for tests where another team's workload must not suffer."""
+    yield from fresh_namespace(cluster)

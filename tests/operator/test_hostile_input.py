@@ -9,7 +9,6 @@ add up, init containers take the largest).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,16 +61,6 @@ def gpus_per_node(cluster: Any) -> dict[str, int]:
         if node and pod["status"].get("phase") not in ("Succeeded", "Failed"):
             used[node] = used.get(node, 0) + effective_gpus(pod)
     return used
-
-
-@pytest.fixture
-def other_namespace(cluster: Any) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    if cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
-        cluster.kubectl("create", "serviceaccount", "default", "-n", name, check=False)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
