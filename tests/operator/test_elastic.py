@@ -9,6 +9,7 @@ Every test restores the nodes it touched.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -62,18 +63,48 @@ def a100_nodes(cluster: Any) -> list[str]:
                   if "A100" in (n["metadata"].get("labels") or {}).get("nvidia.com/gpu.product", ""))
 
 
-def set_ready(cluster: Any, node: str, ready: bool) -> None:
-    """Fail a kwok node (kwok stops managing its status) or bring it back."""
+#: node -> the thread keeping it NotReady (see set_ready)
+_KEEPERS: dict[str, tuple[threading.Event, threading.Thread]] = {}
+
+
+def _patch_ready(cluster: Any, node: str, ready: bool, since: str) -> None:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if not ready:
-        cluster.kubectl("annotate", "node", node, "kwok.x-k8s.io/status=custom", "--overwrite")
     cond = {"type": "Ready", "status": "True" if ready else "False",
             "reason": "KubeletReady" if ready else "KubeletNotReady", "message": "set by test_elastic",
-            "lastHeartbeatTime": now, "lastTransitionTime": now}
+            "lastHeartbeatTime": now, "lastTransitionTime": since}
     cluster.kubectl("patch", "node", node, "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": {"conditions": [cond]}}))
+
+
+def set_ready(cluster: Any, node: str, ready: bool) -> None:
+    """Fail a kwok node (kwok stops managing its status) or bring it back.
+
+    kwok can still play a heartbeat it queued before the node was taken from it (seen ~13 s
+    later on a loaded machine): the node would turn Ready for a moment, which a test reads as
+    a recovery.  While a node is failed a keeper thread puts NotReady back at once, with the
+    original transition time (a dead kubelet does not come back)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    keeper = _KEEPERS.pop(node, None)
+    if keeper is not None:
+        keeper[0].set()
+        keeper[1].join(timeout=10)
+    if not ready:
+        cluster.kubectl("annotate", "node", node, "kwok.x-k8s.io/status=custom", "--overwrite")
+    _patch_ready(cluster, node, ready, now)
     if ready:
         cluster.kubectl("annotate", "node", node, "kwok.x-k8s.io/status-")
+        return
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(0.2):
+            conditions = (cluster.get_json("node", node).get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions) and not stop.is_set():
+                _patch_ready(cluster, node, False, now)
+
+    thread = threading.Thread(target=keep, daemon=True)
+    thread.start()
+    _KEEPERS[node] = (stop, thread)
 
 
 def running_on(cluster: Any, name: str, namespace: str, count: int, *, avoid: set[str] = frozenset(),
