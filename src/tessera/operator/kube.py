@@ -72,14 +72,19 @@ class Kube:
     api: client.ApiClient
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Kube:
-        """From ``kubeconfig`` (or $KUBECONFIG / ~/.kube/config), else the in-cluster service account."""
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None, *, connections: int = 32) -> Kube:
+        """From ``kubeconfig`` (or $KUBECONFIG / ~/.kube/config), else the in-cluster service account.
+
+        ``connections``: kept-alive connections to the API server (the worker pool, the
+        watches and the Lease share them; too few and every write pays a new TLS handshake).
+        """
         try:
             configuration = client.Configuration()
             config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
         except (config.ConfigException, FileNotFoundError, TypeError):
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, connections)
         return cls(client.ApiClient(configuration))
 
     @property

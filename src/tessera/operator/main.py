@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.failure_handling:
         policy = with_failure_handling(policy)
-    kube = Kube.connect(args.kubeconfig, args.context)
+    kube = Kube.connect(args.kubeconfig, args.context, connections=args.workers + 8)
     metrics = OperatorMetrics()
     metrics.instrument(kube.api)  # tessera_api_errors_total
     metrics.serve(args.metrics_port)
