@@ -7,11 +7,12 @@ BIN := .local-cluster/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TESSERA_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help venv tools prometheus cluster-up cluster-down crds demo test test-unit bench lint train train-jct clean helm-lint kind-up kind-down
+.PHONY: help venv torch demo-torch tools prometheus cluster-up cluster-down crds demo test test-unit bench lint train train-jct clean helm-lint kind-up kind-down
 
 help:
 	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
 	@echo "make test          run the whole test suite (unit + real control plane)"
+	@echo "make demo-torch    a real PyTorch job (DDP, CPU) shrunk on a node failure and grown back"
 	@echo "make cluster-up    start (or reuse) the local control plane with fake GPU/NPU nodes"
 	@echo "make cluster-down  stop it"
 	@echo "make crds          regenerate crds/ and the chart's CRDs from tessera.api"
@@ -28,6 +29,14 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.stamp
+
+# PyTorch (the [torch] extra) for the real elastic-training test, bench and demo. Its own
+# stamp: a venv rebuild reinstalls it from pip's cache; a cached machine pays nothing.
+$(VENV)/.torch-stamp: $(VENV)/.stamp
+	$(PY) -m pip install --quiet -e '.[dev,torch]'
+	touch $@
+
+torch: $(VENV)/.torch-stamp
 
 tools:
 	bash hack/build-tools.sh
@@ -49,7 +58,11 @@ crds: venv
 demo: venv tools
 	bash hack/demo.sh
 
-test: venv tools prometheus
+# real PyTorch training resharded by the operator (private cluster; --path torchrun: DEMO_TORCH_ARGS)
+demo-torch: torch tools
+	$(PY) hack/demo_torch.py $(DEMO_TORCH_ARGS)
+
+test: venv torch tools prometheus
 	TESSERA_REQUIRE_CLUSTER=1 $(PY) -m pytest
 
 test-unit: venv
