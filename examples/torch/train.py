@@ -241,18 +241,21 @@ def emit(args: argparse.Namespace, record: dict[str, Any], *, log: bool) -> None
 
 
 class Stores:
-    """TCPStores by (host, port): the plan's master hosts one and keeps it across generations
-    (each generation uses its own key prefix); everyone else connects as a client."""
+    """The plan's master hosts a TCPStore and keeps it while it stays master (each generation
+    uses its own key prefix); everyone else connects anew for each generation (a connection to
+    an earlier master may be dead)."""
 
     def __init__(self) -> None:
-        self.stores: dict[tuple[str, int, bool], dist.TCPStore] = {}
+        self.servers: dict[tuple[str, int], dist.TCPStore] = {}
 
     def get(self, host: str, port: int, is_master: bool, timeout_seconds: float) -> dist.TCPStore:
-        key = (host, port, is_master)
-        if key not in self.stores:
-            self.stores[key] = dist.TCPStore(host, port, is_master=is_master, wait_for_workers=False,
-                                             timeout=timedelta(seconds=timeout_seconds))
-        return self.stores[key]
+        timeout = timedelta(seconds=timeout_seconds)
+        if not is_master:
+            return dist.TCPStore(host, port, is_master=False, wait_for_workers=False, timeout=timeout)
+        if (host, port) not in self.servers:
+            self.servers[(host, port)] = dist.TCPStore(host, port, is_master=True, wait_for_workers=False,
+                                                       timeout=timeout)
+        return self.servers[(host, port)]
 
 
 def wait_for_plan(replica: int, newer_than: int, timeout_seconds: float) -> dict[str, Any]:
@@ -408,7 +411,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="in-place mode: keep the in-memory state on a new plan, or reload the checkpoint")
     parser.add_argument("--loss-log", default="", help="append the group rank 0's JSON lines here")
     parser.add_argument("--step-delay-seconds", type=float, default=0.0, help="sleep after each step (demos, tests)")
-    parser.add_argument("--timeout-seconds", type=float, default=30.0, help="process-group and store timeout")
+    parser.add_argument("--timeout-seconds", type=float, default=90.0,
+                        help="process-group and store timeout (a joining replica may take a while to import torch)")
     parser.add_argument("--plan-timeout-seconds", type=float, default=120.0,
                         help="how long to wait for a new plan after a failed step")
     parser.add_argument("--hold", action="store_true", help="after the last step, wait for SIGTERM")
