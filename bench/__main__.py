@@ -1,4 +1,7 @@
-"""Run every benchmark (``python -m bench``) or the named ones (``python -m bench fgd gavel``)."""
+"""Run every benchmark (``python -m bench``) or the named ones (``python -m bench fgd gavel``).
+
+Options after the names go to each named benchmark (``python -m bench torch_elastic --trials 2``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     here = Path(__file__).resolve().parent
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
-    wanted = argv or names
+    first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    wanted, options = argv[:first_option] or names, argv[first_option:]
     unknown = set(wanted) - set(names)
     if unknown:
         print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; available: {', '.join(names)}")
@@ -20,7 +24,7 @@ def main(argv: list[str]) -> int:
     for name in wanted:
         print(f"== bench {name}", flush=True)
         module = importlib.import_module(f"bench.bench_{name}")
-        status |= int(module.main([]) or 0)
+        status |= int(module.main(list(options)) or 0)
     return status
 
 

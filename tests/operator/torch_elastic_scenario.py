@@ -35,9 +35,12 @@ GLOBAL_BATCH, MICRO_BATCH = 48, 4  # dp 4 -> 3 micro-batches per rank, dp 3 -> 4
 HYSTERESIS_SECONDS = 4.0
 PATHS = ("in_memory", "torchrun")
 #: torchrun: notice a dead agent within ~2 s and close a round 1 s after min nodes joined
-#: (its defaults, 5 s x 3 heartbeats and a 30 s last call, are for large fleets)
+#: (its defaults, 5 s x 3 heartbeats and a 30 s last call, are for large fleets).  Workers get
+#: a fresh store per round (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): on the agent's shared
+#: store, agents whose restart counts differ (a failed worker counts, a membership change does
+#: not) read each other's stale keys and time out connecting to dead workers.
 TORCHRUN_ENV = {"PET_RDZV_CONF": "last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=2,join_timeout=120",
-                "PET_MONITOR_INTERVAL": "0.2", "LOGLEVEL": "INFO"}
+                "PET_MONITOR_INTERVAL": "0.2", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "LOGLEVEL": "INFO"}
 
 
 def free_port() -> int:
