@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import os
@@ -294,11 +295,14 @@ def run_in_place(args: argparse.Namespace) -> int:
             source = "memory" if args.reshard_from == "memory" else "checkpoint"
             restored = trainer.sync_state(source)
             trainer.wrap()
+            # forming may wait long for a replica that is still starting; a step must not: a
+            # peer that died silently (no reset) fails the step after this and we wait for a plan
+            dist.set_timeout(timedelta(seconds=args.collective_timeout_seconds))
         except (RuntimeError, dist.DistBackendError, TimeoutError) as err:
             # a peer of this generation died while forming: wait for the operator's next plan
             emit(args, {"event": "form-failed", "generation": generation, "error": str(err)[:200], "t": time.time()},
                  log=False)
-            _drop_group()
+            _drop_group(trainer)
             plan = wait_for_plan(replica, generation, args.plan_timeout_seconds)
             continue
         emit(args, {"event": "formed", "generation": generation, "world_size": world, "rank": rank,
@@ -322,7 +326,7 @@ def run_in_place(args: argparse.Namespace) -> int:
                 trainer.save_checkpoint()
             if args.step_delay_seconds:
                 time.sleep(args.step_delay_seconds)
-        _drop_group()
+        _drop_group(trainer)
         if trainer.step >= args.steps:
             break
         if args.reshard_from == "checkpoint":
@@ -331,7 +335,13 @@ def run_in_place(args: argparse.Namespace) -> int:
     return finish(args)
 
 
-def _drop_group() -> None:
+def _drop_group(trainer: Trainer | None = None) -> None:
+    """Destroy the process group and every reference to it (DDP's reducer holds one), so its
+    connections close now and peers blocked in a collective with us fail at once instead of
+    waiting for the timeout."""
+    if trainer is not None:
+        trainer.ddp = None
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -413,6 +423,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--step-delay-seconds", type=float, default=0.0, help="sleep after each step (demos, tests)")
     parser.add_argument("--timeout-seconds", type=float, default=90.0,
                         help="process-group and store timeout (a joining replica may take a while to import torch)")
+    parser.add_argument("--collective-timeout-seconds", type=float, default=15.0,
+                        help="in place: timeout of a step's collectives once the group is formed")
     parser.add_argument("--plan-timeout-seconds", type=float, default=120.0,
                         help="how long to wait for a new plan after a failed step")
     parser.add_argument("--hold", action="store_true", help="after the last step, wait for SIGTERM")
