@@ -83,20 +83,29 @@ def main(argv: list[str]) -> int:
             kubectl("create", "namespace", NAMESPACE)
             with contextlib.suppress(subprocess.CalledProcessError):
                 kubectl("create", "serviceaccount", "default", "-n", NAMESPACE)
-            with log_path.open("wb") as log:
-                operator = subprocess.Popen(
-                    [sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(kubeconfig), "--policy", "elastic",
-                     "--metrics-port", "0", "--interval-seconds", "0.5", "--lease-duration-seconds", "3",
-                     "--failure-grace-seconds=0", "--policy-param",
-                     f"elastic_hysteresis_seconds={scenario.HYSTERESIS_SECONDS}", "--log-level", "WARNING"],
-                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
             reference = scenario.baseline(tmp / "baseline", STEPS)
-            for trial in range(args.trials):
-                for path in paths:
+            for path in paths:
+                # one operator per path: the growth hysteresis differs (scenario.HYSTERESIS_SECONDS)
+                with log_path.open("ab") as log:
+                    operator = subprocess.Popen(
+                        [sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(kubeconfig), "--policy",
+                         "elastic", "--metrics-port", "0", "--interval-seconds", "0.5", "--lease-duration-seconds",
+                         "3", "--failure-grace-seconds=0", "--policy-param",
+                         f"elastic_hysteresis_seconds={scenario.HYSTERESIS_SECONDS[path]}", "--log-level", "WARNING"],
+                        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                        env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+                for trial in range(args.trials):
                     started = time.monotonic()
-                    run = scenario.run_job(kubeconfig, NAMESPACE, path, tmp / f"{path}-{trial}", steps=STEPS,
-                                           step_delay=STEP_DELAY_SECONDS, fail_after_step=FAIL_AFTER_STEP,
-                                           name=f"torch-{trial}-{path.replace('_', '-')}")
+                    try:
+                        run = scenario.run_job(kubeconfig, NAMESPACE, path, tmp / f"{path}-{trial}", steps=STEPS,
+                                               step_delay=STEP_DELAY_SECONDS, fail_after_step=FAIL_AFTER_STEP,
+                                               name=f"torch-{trial}-{path.replace('_', '-')}")
+                    except AssertionError as err:  # a trial that did not recover is a result, not a crash
+                        records.append({"trial": trial, "path": path, "recovery_seconds": float("nan"),
+                                        "loss_max_rel_diff": float("nan"), "error": str(err)[:300],
+                                        "wall_seconds": round(time.monotonic() - started, 1)})
+                        print(f"trial {trial} {path}: FAILED: {err}", flush=True)
+                        continue
                     steps = [r["step"] for r in scenario.steps_of(run.records)]
                     record = {
                         "trial": trial, "path": path,
@@ -104,36 +113,46 @@ def main(argv: list[str]) -> int:
                         "loss_max_rel_diff": scenario.max_rel_diff(run, reference),
                         "redone_steps": len(steps) - len(set(steps)),
                         "shrink_generation": run.shrink_generation, "grow_generation": run.grow_generation,
+                        "node_blips": run.node_blips,
                         "wall_seconds": round(time.monotonic() - started, 1),
                     }
                     records.append(record)
                     print(f"trial {trial} {path}: recovery {record['recovery_seconds']:.2f} s, loss max rel diff "
                           f"{record['loss_max_rel_diff']:.3g}, redone steps {record['redone_steps']}", flush=True)
+                stop(operator)
+                operator = None
         except Exception as err:
             print(f"bench_torch_elastic failed: {err}\n{log_path.read_text()[-4000:] if log_path.exists() else ''}")
             return 1
         finally:
             if operator is not None:
-                operator.terminate()
-                try:
-                    operator.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
+                stop(operator)
             subprocess.run(["bash", str(ROOT / "hack" / "cluster-down.sh")], env=env, capture_output=True, timeout=60)
     return report(records, paths, args)
+
+
+def stop(operator: subprocess.Popen[bytes]) -> None:
+    operator.terminate()
+    try:
+        operator.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        operator.kill()
+        operator.wait()
 
 
 def report(records: list[dict[str, Any]], paths: list[str], args: argparse.Namespace) -> int:
     summary = []
     for path in paths:
         mine = [r for r in records if r["path"] == path]
-        recovery = [r["recovery_seconds"] for r in mine]
+        ok = [r for r in mine if "error" not in r]
+        recovery = [r["recovery_seconds"] for r in ok]
+        nan = float("nan")
         summary.append({
-            "path": path, "trials": len(mine),
-            "recovery_seconds_median": statistics.median(recovery),
-            "recovery_seconds_max": max(recovery),
-            "loss_max_rel_diff": max(r["loss_max_rel_diff"] for r in mine),
-            "redone_steps_median": statistics.median(r["redone_steps"] for r in mine),
+            "path": path, "trials": len(mine), "recovered": len(ok),
+            "recovery_seconds_median": statistics.median(recovery) if ok else nan,
+            "recovery_seconds_max": max(recovery) if ok else nan,
+            "loss_max_rel_diff": max(r["loss_max_rel_diff"] for r in ok) if ok else nan,
+            "redone_steps_median": statistics.median(r["redone_steps"] for r in ok) if ok else nan,
         })
     command = f".venv/bin/python -m bench torch_elastic --trials {args.trials} --paths {args.paths}"
     notes = (f"{len(records)} runs on a local kube-apiserver + kwok; a 4-replica ElasticJob (min 2, 1 A100 each, one "
@@ -144,7 +163,7 @@ def report(records: list[dict[str, Any]], paths: list[str], args: argparse.Names
              f"largest relative difference of any logged step from an uninterrupted 4-replica run. Shared 2-core "
              f"machine (other builds ran beside it).")
     write_results(args.name, records, summary, command=command, notes=notes,
-                  columns=["path", "trials", "recovery_seconds_median", "recovery_seconds_max", "loss_max_rel_diff",
+                  columns=["path", "trials", "recovered", "recovery_seconds_median", "recovery_seconds_max", "loss_max_rel_diff",
                            "redone_steps_median"])
     if args.json:
         Path(args.json).write_text(json.dumps({"command": command, "summary": summary, "records": records}, indent=1))

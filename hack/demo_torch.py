@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
             operator = subprocess.Popen(
                 [sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(kubeconfig), "--policy", "elastic",
                  "--metrics-port", "0", "--interval-seconds", "0.5", "--failure-grace-seconds=0", "--policy-param",
-                 f"elastic_hysteresis_seconds={scenario.HYSTERESIS_SECONDS}"],
+                 f"elastic_hysteresis_seconds={scenario.HYSTERESIS_SECONDS[args.path]}"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
         work = state / f"run-{args.path}"
         with contextlib.suppress(FileNotFoundError):

@@ -382,9 +382,16 @@ def run_under_torchrun(args: argparse.Namespace) -> int:
                 "restored": restored, "step": trainer.step, "restart_count": restart, "t": time.time()},
          log=dist.get_rank() == 0)
     while trainer.step < args.steps:
-        # a collective failing because a peer died raises: we exit non-zero and torchrun
-        # restarts us in a new rendezvous (so does a node joining, by SIGTERM)
-        loss = trainer.train_step(plan, dp_rank)
+        # a collective failing because a peer died: exit non-zero at once and torchrun restarts
+        # us in a new rendezvous (so does a node joining, by SIGTERM).  os._exit skips the
+        # interpreter's teardown, where the broken group's threads held the exit up for ~10 s
+        try:
+            loss = trainer.train_step(plan, dp_rank)
+        except (RuntimeError, dist.DistBackendError) as err:
+            emit(args, {"event": "step-failed", "step": trainer.step, "error": str(err)[:200], "t": time.time()},
+                 log=False)
+            sys.stdout.flush()
+            os._exit(1)
         emit(args, {"step": trainer.step - 1, "loss": loss, "world_size": world, "generation": generation,
                     "path": "torchrun", "t": time.time()}, log=dist.get_rank() == 0)
         if args.checkpoint and dist.get_rank() == 0 and trainer.step % args.checkpoint_every == 0:

@@ -190,7 +190,7 @@ class PodRunner:
     """Polls pods, nodes and ConfigMaps of one namespace; runs the pods bound to ``nodes``."""
 
     def __init__(self, api: client.ApiClient, namespace: str, nodes: set[str], work_dir: Path,
-                 port_base: int, interval_seconds: float = 0.05) -> None:
+                 port_base: int, interval_seconds: float = 0.1) -> None:
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.nodes = nodes
@@ -370,7 +370,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", required=True, help="comma-separated node names")
     parser.add_argument("--work-dir", required=True, help="per-pod folders: mounted files and output.log")
     parser.add_argument("--port-base", type=int, default=31000, help="first loopback port handed to jobs")
-    parser.add_argument("--interval-seconds", type=float, default=0.05)
+    parser.add_argument("--interval-seconds", type=float, default=0.1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     configuration = client.Configuration()
