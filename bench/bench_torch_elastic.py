@@ -155,6 +155,8 @@ def report(records: list[dict[str, Any]], paths: list[str], args: argparse.Names
             "redone_steps_median": statistics.median(r["redone_steps"] for r in ok) if ok else nan,
         })
     command = f".venv/bin/python -m bench torch_elastic --trials {args.trials} --paths {args.paths}"
+    if args.name != "torch_elastic":
+        command += f" --name {args.name}"
     notes = (f"{len(records)} runs on a local kube-apiserver + kwok; a 4-replica ElasticJob (min 2, 1 A100 each, one "
              f"per node) of examples/torch/train.py (3-layer MLP, float64, DDP over gloo, CPU, global batch "
              f"{scenario_constants()}, {STEPS} steps, {STEP_DELAY_SECONDS} s pause per step) run as local processes "
