@@ -34,6 +34,8 @@ pytestmark = pytest.mark.cluster
 STEPS = 36
 STEP_DELAY_SECONDS = 0.2
 FAIL_AFTER_STEP = 7
+TORCHRUN_STEPS = 60
+TORCHRUN_STEP_DELAY_SECONDS = 0.5
 
 if importlib.util.find_spec("torch") is None:
     reason = "PyTorch is not installed (pip install -e '.[torch]', or make torch)"
@@ -45,7 +47,8 @@ if importlib.util.find_spec("torch") is None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
     """The uninterrupted 4-replica run (local processes, one fixed plan)."""
-    return baseline(tmp_path_factory.mktemp("baseline"), STEPS)
+    steps = TORCHRUN_STEPS if os.environ.get("TESSERA_TORCHRUN_TEST") == "1" else STEPS
+    return baseline(tmp_path_factory.mktemp("baseline"), steps)
 
 
 @pytest.fixture
@@ -89,15 +92,18 @@ def test_in_place_reshard_keeps_the_loss_curve(crds, namespace, operator, refere
 
 @pytest.mark.skipif(
     os.environ.get("TESSERA_TORCHRUN_TEST") != "1",
-    reason="torchrun path not yet reliable here: after the lost agent the survivors' agents hung in "
-           "'Rendezvous'ing worker group' for > 60 s (torch 2.15, c10d, 2-core machine under load); "
-           "opt in with TESSERA_TORCHRUN_TEST=1. The in-place path (test above) is the proven one.")
+    reason="torchrun path not yet reliable here (torch 2.15, c10d, 2-core machine under load): the survivors "
+           "re-formed in 25-46 s or hung > 60 s in 'Rendezvous'ing worker group', and once an agent failed "
+           "the first rendezvous; opt in with TESSERA_TORCHRUN_TEST=1. The in-place path (test above) is "
+           "the proven one (docs/elastic.md).")
 def test_torchrun_restart_resumes_from_the_checkpoint(crds, namespace, operator, reference, tmp_path):
     operator("torchrun")
-    run = run_job(crds.kubeconfig, namespace, "torchrun", tmp_path / "job", steps=STEPS,
-                  step_delay=STEP_DELAY_SECONDS, fail_after_step=FAIL_AFTER_STEP)
+    # torchrun re-forms on the survivors in ~25 s here and grows only after its 30 s hysteresis:
+    # slower steps leave steps for 3 and then for 4 replicas
+    run = run_job(crds.kubeconfig, namespace, "torchrun", tmp_path / "job", steps=TORCHRUN_STEPS,
+                  step_delay=TORCHRUN_STEP_DELAY_SECONDS, fail_after_step=FAIL_AFTER_STEP)
     records = steps_of(run.records)
-    assert {r["step"] for r in records} == set(range(STEPS))
+    assert {r["step"] for r in records} == set(range(TORCHRUN_STEPS))
     assert world_sizes(run)[:3] == [4, 3, 4] and world_sizes(run)[-1] == 4
     # each restart went back to a checkpoint (a multiple of 5 steps), never further than needed
     restarts = [(a["step"], b["step"]) for a, b in itertools.pairwise(records) if b["step"] <= a["step"]]

@@ -159,11 +159,14 @@ class NodeDown:
     kwok plays a heartbeat it had already queued before the node was taken from it (seen
     ~13 s after the annotation with kwok v0.7.0): the node turns Ready again for a moment.
     test_elastic.py's failures are shorter than that; here a watcher puts NotReady back at
-    once, keeping the original transition time (a dead kubelet does not come back)."""
+    once, keeping the original transition time (a dead kubelet does not come back), and the
+    node is cordoned meanwhile so that nothing is bound there during such a moment."""
 
     def __init__(self, core: client.CoreV1Api, node: str) -> None:
         self.core, self.node = core, node
         self.since = set_ready(core, node, False)
+        # and cordoned: the operator once bound a replacement in the few ms a blip lasted
+        core.patch_node(node, {"spec": {"unschedulable": True}})
         self.blips = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, daemon=True)
@@ -183,6 +186,7 @@ class NodeDown:
         self._stop.set()
         self._thread.join(timeout=5)
         set_ready(self.core, self.node, True)
+        self.core.patch_node(self.node, {"spec": {"unschedulable": None}})
 
 
 def a100_nodes(core: client.CoreV1Api) -> list[str]:
