@@ -7,11 +7,12 @@ BIN := .local-cluster/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TESSERA_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help venv tools image prometheus cluster-up cluster-down crds demo test test-unit bench lint train train-jct clean helm-lint kind-up kind-down
+.PHONY: help venv torch demo-torch tools image prometheus cluster-up cluster-down crds demo test test-unit bench lint train train-jct clean helm-lint kind-up kind-down
 
 help:
 	@echo "make demo          set everything up, start a local cluster, run the operator, place the examples"
 	@echo "make test          run the whole test suite (unit + real control plane)"
+	@echo "make demo-torch    a real PyTorch job (DDP, CPU) shrunk on a node failure and grown back"
 	@echo "make cluster-up    start (or reuse) the local control plane with fake GPU/NPU nodes"
 	@echo "make cluster-down  stop it"
 	@echo "make crds          regenerate crds/ and the chart's CRDs from tessera.api"
@@ -29,6 +30,17 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.stamp
+
+# PyTorch (the [torch] extra) for the real elastic-training test, bench and demo. Its own
+# stamp; its wheels (~3 GB with the nvidia-* libraries PyPI's Linux wheel needs) are kept in
+# $(WHEELS), so a venv rebuild installs them without downloading again.
+WHEELS ?= $(HOME)/.cache/tessera/wheels
+$(VENV)/.torch-stamp: $(VENV)/.stamp
+	$(PY) -m pip download --quiet --dest $(WHEELS) 'torch>=2.4'
+	$(PY) -m pip install --quiet --find-links $(WHEELS) -e '.[dev,torch]'
+	touch $@
+
+torch: $(VENV)/.torch-stamp
 
 tools:
 	bash hack/build-tools.sh
@@ -54,7 +66,11 @@ crds: venv
 demo: venv tools
 	bash hack/demo.sh
 
-test: venv tools prometheus
+# real PyTorch training resharded by the operator (private cluster; --path torchrun: DEMO_TORCH_ARGS)
+demo-torch: torch tools
+	$(PY) hack/demo_torch.py $(DEMO_TORCH_ARGS)
+
+test: venv torch tools prometheus
 	TESSERA_REQUIRE_CLUSTER=1 $(PY) -m pytest
 
 test-unit: venv

@@ -90,3 +90,20 @@ def test_reshard_history_is_bounded_and_measures_recovery():
     pending = reshard_record(reason="x", from_replicas=3, to_replicas=4, generation=2, detected_at_seconds=1.0)
     assert pending["recoverySeconds"] is None
     assert append_history(None, pending, limit=0) == []
+
+
+def test_env_carries_torchrun_elastic_launch():
+    plan = make_plan(replicas=(1, 3), generation=2)
+    env = pod_env("llama", "team-a", plan, 3, min_replicas=2, max_replicas=4)
+    assert env["PET_NNODES"] == "2:4"  # elastic: torchrun admits any count in the job's range
+    assert env["PET_NPROC_PER_NODE"] == "8"
+    assert env["PET_RDZV_BACKEND"] == "c10d"
+    # the store lives on the plan's first replica (replica 0 was lost), at torchrun's port
+    assert env["PET_RDZV_ENDPOINT"] == "llama-1.llama-headless.team-a.svc:29400"
+    assert env["PET_RDZV_ID"] == "team-a-llama"
+    assert int(env["PET_MAX_RESTARTS"]) > 0
+    # without the range (a caller that does not know it) the plan's size, fixed
+    assert pod_env("llama", "team-a", plan, 3)["PET_NNODES"] == "2"
+    assert pod_env("llama", "team-a", plan, 3, min_replicas=4, max_replicas=4)["PET_NNODES"] == "4"
+    with pytest.raises(ValueError, match="min <= max"):
+        pod_env("llama", "team-a", plan, 3, min_replicas=5, max_replicas=4)

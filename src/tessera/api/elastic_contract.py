@@ -33,6 +33,12 @@ from tessera.core.sharding import ShardingPlan
 PLAN_MOUNT_PATH = "/etc/tessera/plan"
 #: the default rendezvous / process-group port (PyTorch's usual default)
 DEFAULT_MASTER_PORT = 29500
+#: torchrun's c10d rendezvous port (torchrun's own default; distinct from MASTER_PORT, which a
+#: script that re-forms its group in place uses for its own store)
+DEFAULT_RDZV_PORT = 29400
+#: worker-group restarts torchrun may make after failures (a lost replica costs every survivor
+#: one; membership changes such as a grow do not count)
+DEFAULT_MAX_RESTARTS = 100
 #: ConfigMap keys
 PLAN_KEY = "plan.json"
 GENERATION_KEY = "generation"
@@ -95,23 +101,41 @@ def plan_json(job: str, namespace: str, plan: ShardingPlan, master_port: int = D
     return json.dumps(plan_document(job, namespace, plan, master_port), sort_keys=True, separators=(",", ":"))
 
 
+def torchrun_nnodes(min_replicas: int, max_replicas: int) -> str:
+    """torchrun's ``--nnodes``: ``"min:max"`` for an elastic job, ``"n"`` for a fixed one."""
+    if not 1 <= min_replicas <= max_replicas:
+        raise ValueError(f"need 1 <= min <= max replicas, got {min_replicas}:{max_replicas}")
+    return str(max_replicas) if min_replicas == max_replicas else f"{min_replicas}:{max_replicas}"
+
+
 def pod_env(
     job: str,
     namespace: str,
     plan: ShardingPlan,
     replica_index: int,
     master_port: int = DEFAULT_MASTER_PORT,
+    *,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    rdzv_port: int = DEFAULT_RDZV_PORT,
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
 ) -> dict[str, str]:
     """Environment of replica ``replica_index`` under ``plan`` (all values are strings).
 
     The torchrun launcher variables (``PET_*``) let ``torchrun train.py`` start without
-    arguments; the ``WORLD_SIZE``/``RANK``/``LOCAL_WORLD_SIZE`` trio serves scripts that
-    spawn their own processes (``RANK`` is the global rank of this pod's first process).
-    Env vars are fixed for a pod's life: a script that survives a reshard in place must
-    re-read the mounted plan (:func:`configmap_data`), see ``docs/elastic.md``.
+    arguments as an *elastic* run: ``PET_NNODES=min:max`` (the job's replica range; the
+    plan's size when not given), c10d rendezvous on the plan's master
+    (``PET_RDZV_ENDPOINT=<job>-<first replica>.<job>-headless.<ns>.svc:29400``, the pod
+    whose address it is hosts the store), one rendezvous id per job.  The
+    ``WORLD_SIZE``/``RANK``/``LOCAL_WORLD_SIZE`` trio serves scripts that spawn their own
+    processes (``RANK`` is the global rank of this pod's first process).  Env vars are
+    fixed for a pod's life: a script that survives a reshard in place must re-read the
+    mounted plan (:func:`configmap_data`), see ``docs/elastic.md``.
     """
     rank = node_rank(plan, replica_index)
     nnodes = len(plan.replicas_used)
+    low = nnodes if min_replicas is None else min_replicas
+    high = max(nnodes, low) if max_replicas is None else max_replicas
     local = plan.devices_per_replica
     address = master_addr(job, namespace, plan)
     return {
@@ -123,11 +147,15 @@ def pod_env(
         "NNODES": str(nnodes),
         "MASTER_ADDR": address,
         "MASTER_PORT": str(master_port),
-        "PET_NNODES": str(nnodes),
+        "PET_NNODES": torchrun_nnodes(low, high),
         "PET_NODE_RANK": str(rank),
         "PET_NPROC_PER_NODE": str(local),
         "PET_MASTER_ADDR": address,
         "PET_MASTER_PORT": str(master_port),
+        "PET_RDZV_BACKEND": "c10d",
+        "PET_RDZV_ENDPOINT": f"{address}:{rdzv_port}",
+        "PET_RDZV_ID": f"{namespace}-{job}",
+        "PET_MAX_RESTARTS": str(max_restarts),
         "TESSERA_JOB": job,
         "TESSERA_NAMESPACE": namespace,
         "TESSERA_REPLICA_INDEX": str(replica_index),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.api import elastic_contract as contract
-from tessera.api.models import API_VERSION
+from tessera.api.models import API_VERSION, ReplicaRange
 from tessera.core.sharding import ShardingPlan
 from tessera.operator import labels as L
 from tessera.operator.state import WorkloadView
@@ -49,7 +49,8 @@ def build_pod(
         if not any(t.get("key") == resource_name for t in tolerations):
             tolerations.append({"key": resource_name, "operator": "Exists", "effect": "NoSchedule"})
     if plan is not None and replica in plan.replicas_used:
-        _add_plan(spec, view.name, view.namespace, plan, replica)
+        bounds = view.model.spec.replicas
+        _add_plan(spec, view.name, view.namespace, plan, replica, bounds if isinstance(bounds, ReplicaRange) else None)
     pod_labels = {
         **template.metadata.labels,
         L.WORKLOAD: view.name,
@@ -86,11 +87,14 @@ def owner_reference(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _add_plan(spec: dict[str, Any], job: str, namespace: str, plan: ShardingPlan, replica: int) -> None:
+def _add_plan(spec: dict[str, Any], job: str, namespace: str, plan: ShardingPlan, replica: int,
+              replicas: ReplicaRange | None) -> None:
     """Env, DNS identity and the mounted plan of one elastic replica (the pod contract)."""
     spec["hostname"] = contract.pod_name(job, replica)
     spec["subdomain"] = contract.headless_service_name(job)
-    env = contract.pod_env(job, namespace, plan, replica)
+    # the job's [min, max] makes torchrun elastic (PET_NNODES=min:max)
+    env = contract.pod_env(job, namespace, plan, replica, min_replicas=replicas.min if replicas else None,
+                           max_replicas=replicas.max if replicas else None)
     volume = "tessera-plan"
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") != volume]
     volumes.append({"name": volume, "configMap": {"name": contract.configmap_name(job)}})
