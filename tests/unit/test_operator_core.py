@@ -405,3 +405,30 @@ def test_a_node_that_keeps_failing_is_counted_failed_although_each_outage_is_sho
         s.run_cycle()
     assert all(p["spec"]["nodeName"] != flappy for p in kube.pods_of("train")), "still on the flapping node"
     assert running(kube, "train")
+
+
+def test_a_node_back_from_an_outage_takes_new_replicas_only_after_the_grace() -> None:
+    from tessera.operator.status import rfc3339
+
+    kube, clock = cluster(2), Clock()
+    kube.add(elasticjob("train", accelerators=8, globalBatchSize=96, microBatchSize=8, replicas=2, min_replicas=1))
+    chosen = with_failure_handling(load_policy("best-fit"))
+    engine = Engine(chosen, clock, params={"elastic_hysteresis_seconds": 0.0})
+    s = Scheduler(kube, engine, LeaderElector(kube, "default", "l", "me", 15, clock=clock), OperatorMetrics(),
+                  clock=clock, elastic=ElasticSettings(failure_grace_seconds=5), workers=1)
+    settle(s, 2)
+    victim = kube.pods_of("train")[0]["spec"]["nodeName"]
+    kube.nodes[victim]["status"]["conditions"] = [{"type": "Ready", "status": "False",
+                                                   "lastTransitionTime": rfc3339(clock.t)}]
+    clock.t += 7
+    settle(s, 2)
+    assert len(kube.pods_of("train")) == 1  # resharded away after the grace
+    kube.nodes[victim]["status"]["conditions"] = [{"type": "Ready", "status": "True",
+                                                   "lastTransitionTime": rfc3339(clock.t)}]
+    clock.t += 1
+    settle(s, 2)
+    assert len(kube.pods_of("train")) == 1  # Ready for a moment only: not grown onto it yet
+    assert s.wait_seconds() <= 5
+    clock.t += 6
+    settle(s, 2)
+    assert len(kube.pods_of("train")) == 2 and running(kube, "train")

@@ -217,6 +217,13 @@ class FlapDetector:
                    for o in outages)
         return down > self.max_down_fraction * self.window_seconds
 
+    def recovered_at(self, name: str) -> float | None:
+        """When the node's last outage ended (None: no outage seen, or still down)."""
+        outages = self._outages.get(name) or []
+        if not outages or outages[-1][1] is None:
+            return None
+        return float(outages[-1][1])
+
     def forget(self, names: Iterable[str]) -> None:
         for name in set(self._outages) - set(names):
             del self._outages[name]
@@ -353,12 +360,23 @@ class ElasticActuator:
         flapping = frozenset(n for n in state.nodes if self.flaps.flapping(n, now_seconds))
         _, grace_deadline = apply_failure_grace(state, raw_nodes, now_seconds, self.settings.failure_grace_seconds,
                                                 flapping)
+        # a node back from an outage takes new replicas only once it has stayed Ready for the
+        # grace too: a moment of Ready (a late heartbeat, a flap) must not pull work onto it
+        recovering = {n: at + self.settings.failure_grace_seconds for n in state.nodes
+                      if (at := self.flaps.recovered_at(n)) is not None
+                      and at + self.settings.failure_grace_seconds > now_seconds}
+        held = [n for n in sorted(recovering) if n in state.snapshot.nodes and state.snapshot.nodes[n].usable]
+        if held:  # usable but full: what runs there stays, nothing new lands
+            snapshot = state.snapshot
+            state.snapshot = snapshot.with_changes(
+                allocations=[*snapshot.allocations.values(), *(_hold(snapshot, n) for n in held)])
         # a node leaving its grace and a job's growth hysteresis ending are changes no watch
         # reports: the loop wakes for the earliest of them
         hysteresis = policy.growth_hysteresis_seconds(self.engine.params)
         deadlines = growth_deadlines(state.snapshot, hysteresis, now_seconds)
         if grace_deadline is not None:
             deadlines.append(grace_deadline)
+        deadlines.extend(recovering.values())
         self.next_deadline = min(deadlines) if deadlines else None
 
     def wait_seconds(self, now_seconds: float, default: float) -> float:

@@ -53,6 +53,16 @@ async def delete_pods(memo: Any, namespace: str, uid: str, logger: logging.Logge
     wake(memo)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff base that keeps nothing (kopf's change detection is not used)."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf settings: watch timeouts, tessera.dev-prefixed finalizer and storage, quiet events."""
@@ -62,9 +72,10 @@ def configure_kopf(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.persistence.finalizer = L.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    # no diff base: Tessera's handlers react to events, never to diffs, and kopf's
+    # annotation diff base holds the whole spec, which fails near the 256 KiB annotation
+    # limit and then blocks even the object's deletion (issue #15, finding 6)
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Tessera posts its own Events (placements, failures); kopf's per-handler ones are noise
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 4

@@ -180,7 +180,7 @@ class OperatorMetrics:
             ["accelerator_type", "node_pool"], registry=r,
         )
         self.bound_pods = Counter(
-            "tessera_pods_bound_total", "Pods bound through the Binding subresource.", registry=r
+            "tessera_pods_bound_total", "Pods bound, through the Binding subresource or created bound (single-pod decisions).", registry=r
         )
         self.api_errors = Counter(
             "tessera_api_errors_total", "Failed Kubernetes API requests of the scheduler (HTTP status, 0: no answer).",
