@@ -186,3 +186,42 @@ def test_a_spec_too_large_for_an_annotation_is_refused_and_can_be_deleted(cluste
     cluster.kubectl("delete", "elasticjob", "huge", "-n", namespace, "--wait=false")
     cluster.wait_for(lambda: cluster.kubectl("get", "elasticjob", "huge", "-n", namespace,
                                              check=False).returncode != 0, timeout=30, what="the huge job deleted")
+
+
+def test_never_partial_never_stale(cluster, namespace, operator):
+    # finding 7: a job whose global batch no plan can split over its replicas does not run
+    # without a plan; a scaled-down service's status names only what runs
+    cluster.apply(job("unsplittable", replicas=2, gpus=8).replace(
+        "  priority: 0\n", "  priority: 0\n  globalBatchSize: 7\n  microBatchSize: 8\n"), namespace)
+    waiting = cluster.wait_for(
+        lambda: (c := condition(status_of(cluster, "unsplittable", namespace), "Scheduled")).get("status") == "False"
+        and "plan" in c.get("message", "") and c, timeout=30, what="unsplittable waiting for a plan")
+    assert waiting["reason"] in ("Unschedulable", "BindFailed"), waiting
+    operator.wait_cycles(3)
+    assert not pods_of(cluster, namespace, "unsplittable")
+    assert cluster.kubectl("get", "configmap", "unsplittable-tessera-plan", "-n", namespace,
+                           check=False).returncode != 0
+    cluster.apply(f"""
+apiVersion: tessera.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat, namespace: {namespace}}}
+spec:
+  replicas: 2
+  acceleratorsPerReplica: 1
+  acceleratorTypes: [{{name: A100}}]
+  template:
+    spec:
+      containers: [{{name: server, image: server:1}}]
+""")
+    cluster.wait_for(lambda: len([p for p in pods_of(cluster, namespace, "chat") if p["spec"].get("nodeName")]) == 2,
+                     timeout=40, what="two chat replicas")
+    cluster.kubectl("scale", "inferenceservices.tessera.dev/chat", "-n", namespace, "--replicas=1")
+
+    def one_left() -> dict[str, Any] | None:
+        pods = [p for p in pods_of(cluster, namespace, "chat") if not p["metadata"].get("deletionTimestamp")]
+        status = cluster.get_json("inferenceservices.tessera.dev", "chat", "-n", namespace).get("status") or {}
+        message = condition(status, "Scheduled").get("message", "")
+        return status if len(pods) == 1 and message.count("->") == 1 and pods[0]["metadata"]["name"] in message \
+            else None
+
+    cluster.wait_for(one_left, timeout=30, what="the scaled-down service's status naming only what runs")
