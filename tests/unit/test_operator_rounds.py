@@ -4,6 +4,7 @@ on, attained service after a restart, and the intentions a scale-up decision mus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import pytest
@@ -87,19 +88,24 @@ def test_a_bad_constructor_value_is_refused_with_its_name() -> None:
 
 
 def test_a_fresh_policy_credits_running_jobs_with_their_run_since_start() -> None:
-    """After an operator restart the first decision knows each job's service since status.startTime."""
+    """After an operator restart the first decision knows each job's service: the tally of its
+    earlier runs (status.attainedService) plus its run since status.startTime."""
     types = [("A100", 2.0), ("T4", 1.0)]
     old, young = gang("ns/old", 1, 4, types), gang("ns/young", 1, 4, types)
+    # 'old' ran 300 s on 4 A100s before an earlier preemption (4 x 300 service-seconds)
+    old = dataclasses.replace(old, attained_service_seconds=1_200.0)
     nodes = [node("fast-0", "A100", 8)]
     running = [Allocation(old, (ReplicaPlacement(0, "fast-0", "A100", (0, 1, 2, 3)),), started_at_seconds=400.0),
-               Allocation(young, (ReplicaPlacement(0, "fast-0", "A100", (4, 5, 6, 7)),), started_at_seconds=0.0)]
+               # start unknown (no status.startTime): the operator says so with service since now
+               Allocation(young, (ReplicaPlacement(0, "fast-0", "A100", (4, 5, 6, 7)),), started_at_seconds=0.0,
+                          service_since_seconds=1_000.0)]
     policy = CpSat(round_seconds=60.0)
     ctx = PolicyContext(now_seconds=1_000.0, deterministic=True, time_budget_seconds=2.0)
     policy.decide(ClusterSnapshot(nodes, running, now_seconds=1_000.0), [], ctx)
     planner = policy._rounds
     assert planner is not None
-    assert planner.attained_seconds("ns/old") == pytest.approx(600.0)  # on its fastest type: full speed
-    assert planner.attained_seconds("ns/young") == 0.0  # start unknown (no startTime): nothing credited
+    assert planner.attained_seconds("ns/old") == pytest.approx(900.0)  # 300 earlier + 600 now, on its fastest type
+    assert planner.attained_seconds("ns/young") == 0.0  # nothing credited for an unknown start
 
 
 def test_record_cycle_counts_rounds() -> None:

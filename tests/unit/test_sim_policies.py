@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from tessera.core import Allocation, ReplicaPlacement, validate_plan
-from tessera.policies.jct import GavelLAS, normalised_throughput
+from tessera.core.service import folded, normalised_throughput
+from tessera.policies.jct import GavelLAS
 from tessera.policy import PolicyContext, load_policy
 from tessera.testing import gang, node, nodes, snapshot
 
@@ -69,13 +70,17 @@ def test_gavel_preempts_the_job_with_most_attained_service_at_a_round():
     plan0 = policy.decide(snap0, [old], ctx(0.0))
     assert [p.workload for p in plan0.placements] == ["old"]
     # 'old' has run one round; 'new' waits with no service: the next round swaps them
-    snap1 = snapshot(cluster, running(old, "v-0", "V100", 1), now=360.0)
+    ran = running(old, "v-0", "V100", 1)
+    snap1 = snapshot(cluster, ran, now=360.0)
     plan1 = policy.decide(snap1, [new], ctx(360.0))
     assert [p.workload for p in plan1.preemptions] == ["old"]
     assert policy.attained_service("old") == 360.0
-    # the room is free after the preemption: the follow-up (same instant, not a round) places 'new'
+    # the room is free after the preemption: the follow-up (same instant, not a round) places 'new';
+    # the stopped 'old' carries the service it attained (the operator keeps it in status)
+    stopped = folded(ran, 360.0)
+    assert stopped.attained_service_seconds == 360.0
     snap2 = snapshot(cluster, now=360.0)
-    plan2 = policy.decide(snap2, [old, new], ctx(360.0))
+    plan2 = policy.decide(snap2, [stopped, new], ctx(360.0))
     assert [p.workload for p in plan2.placements] == ["new"]
 
 

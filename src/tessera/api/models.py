@@ -186,6 +186,14 @@ class ReplicaStatus(_Lenient):
 Phase = Literal["Pending", "Binding", "Running", "Failed"]
 
 
+class RestartIntent(_Lenient):
+    """A scheduling round's decision for a job it stopped to move: restart it on this type."""
+
+    acceleratorType: str = Field(..., description="Accelerator type to restart on.")
+    replicas: int | None = Field(None, description="Replica count to restart with (unset: the job's target).")
+    decidedAt: float = Field(0.0, description="Unix seconds of the round that decided it; it holds until the next round.")
+
+
 class WorkloadStatus(_Lenient):
     """Observed state written by the operator."""
 
@@ -206,6 +214,14 @@ class WorkloadStatus(_Lenient):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     message: str = Field("", description="Last scheduling message.")
+    attainedService: float = Field(
+        0.0, description="Service earned by earlier runs, in accelerator-seconds on the workload's best type "
+        "(the current run adds its time since startTime or lastResizeTime). Least-attained-service "
+        "policies rank by it; kept here so a restarted or newly elected operator ranks the same.",
+    )
+    restartIntent: RestartIntent | None = Field(
+        None, description="Where the last scheduling round wants this stopped workload to restart.",
+    )
 
 
 # --- ElasticJob ----------------------------------------------------------------------

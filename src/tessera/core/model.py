@@ -119,6 +119,25 @@ class AcceleratorOption:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartIntent:
+    """Where a scheduling round wants a workload it stopped (to move it) to restart.
+
+    Decision state: it travels with the workload (the operator keeps it in
+    ``status.restartIntent``), so whichever leader makes the follow-up decision places the
+    workload as the round meant. A round's intent holds until the next round has decided.
+    """
+
+    accelerator_type: str
+    #: replica count to restart with; None = the workload's target
+    replicas: int | None = None
+    decided_at_seconds: float = 0.0
+
+    def holds_at(self, now_seconds: float, round_seconds: float) -> bool:
+        """Whether the intent still holds (made by the current round or the one before now)."""
+        return now_seconds <= self.decided_at_seconds + round_seconds + 1e-6
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     """A schedulable unit: a gang of identical replicas (training) or a service (inference).
 
@@ -146,6 +165,12 @@ class Workload:
     deadline_seconds: float | None = None
     #: work lost and time spent when the workload is restarted or resharded
     restart_cost_seconds: float = 60.0
+    #: service earned by earlier runs (see tessera.core.service); decision state kept with
+    #: the workload (the operator: status.attainedService) so a restart or new leader has it
+    attained_service_seconds: float = 0.0
+    #: where the last scheduling round wanted this stopped workload to restart; kept in
+    #: status.restartIntent by the operator, so the follow-up decision of any leader honours it
+    restart_intent: RestartIntent | None = None
     #: free-form facts for models (e.g. the model name a simulator profiles)
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
 
@@ -230,6 +255,9 @@ class Allocation:
     #: when the replica set last changed (elastic resize); None = never since the start.
     #: Kept in the workload's status by the operator so resize hysteresis survives restarts.
     resized_at_seconds: float | None = None
+    #: since when the run's service is not yet in ``workload.attained_service_seconds``;
+    #: None = ``stable_since_seconds`` (see tessera.core.service)
+    service_since_seconds: float | None = None
 
     @property
     def key(self) -> str:

@@ -18,6 +18,7 @@ from tessera.core.model import (
     CapacityLedger,
     ClusterSnapshot,
     ReplicaDemand,
+    RestartIntent,
     Spread,
     Workload,
 )
@@ -54,6 +55,9 @@ class Preemption:
     #: cordoned nodes and cannot go on with the survivors.  Not a choice to evict, so it
     #: applies to non-preemptible workloads too; valid only if a replica really was lost.
     after_failure: bool = False
+    #: where the policy wants the workload to restart (a round moving it to another type);
+    #: kept with the workload so the follow-up decision of any leader honours it
+    restart_on: RestartIntent | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from tessera.api import elastic_contract as contract
 from tessera.api.models import ElasticJob, ReplicaStatus
-from tessera.core import Placement
+from tessera.core import Placement, RestartIntent
 from tessera.core.sharding import ShardingPlan
 from tessera.operator import labels as L
 from tessera.operator.faults import NO_FAULTS, CrashPoint, FaultHooks
@@ -280,8 +280,10 @@ class Actuator:
         view.lost = {}
         return True
 
-    def preempt(self, view: WorkloadView, reason: str, report: CycleReport) -> bool:
-        """Evict a running workload whole (graceful: the pods' own grace period)."""
+    def preempt(self, view: WorkloadView, reason: str, report: CycleReport, *,
+                restart_on: RestartIntent | None = None) -> bool:
+        """Evict a running workload whole (graceful: the pods' own grace period); ``restart_on``
+        (where the policy wants it to restart) is recorded with the release, in status."""
         log.info("%s %s: preempting (%s)", view.kind, view.key, reason)
 
         def delete() -> None:
@@ -290,7 +292,11 @@ class Actuator:
                 # does the next cycle see the room free for the beneficiary
                 self.delete(pod, report)
 
-        if not self.release(view, self.status.released(view, reason, PREEMPTED, PREEMPTED), report,
+        status = self.status.released(view, reason, PREEMPTED, PREEMPTED)
+        if restart_on is not None:
+            status["restartIntent"] = {"acceleratorType": restart_on.accelerator_type,
+                                       "replicas": restart_on.replicas, "decidedAt": restart_on.decided_at_seconds}
+        if not self.release(view, status, report,
                             crash_point=CrashPoint.EVICTION_RECORDED, delete=delete):
             return False
         report.preempted.append(view.key)

@@ -66,6 +66,7 @@ from tessera.operator.state import (
     parse_timestamp,
 )
 from tessera.operator.status import INSUFFICIENT, REQUEUED, Phase
+from tessera.operator.views import attained_service_now
 from tessera.policy import ReshardsOnFailure
 
 log = logging.getLogger("tessera.operator.elastic")
@@ -449,6 +450,8 @@ class ElasticActuator:
             "replicas": len(kept),
             "observedGeneration": view.generation,
             "message": message,
+            # the run changes shape: the service of the old shape goes into the tally
+            "attainedService": attained_service_now(view, now),
             "lastResizeTime": precise_rfc3339(now),
             "reshardHistory": history,
         }

@@ -10,6 +10,7 @@ A crashed holder blocks scheduling for at most ``duration_seconds``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,14 @@ from typing import Any
 
 from tessera.operator.ports import KubePort
 from tessera.operator.state import parse_timestamp
+from tessera.policy import DecidesInRounds, ResumesRounds
 
 log = logging.getLogger("tessera.operator.lease")
+
+#: annotations on the Lease that carry a leader's decision state to its successor
+KEPT_PREFIX = "tessera.dev/"
+#: the round clock: unix seconds of the last scheduling round (tessera.policy.ResumesRounds)
+LAST_ROUND = KEPT_PREFIX + "last-round"
 
 
 class LeaseLost(Exception):
@@ -56,6 +63,9 @@ class LeaderElector:
         self.is_leader = False
         self._renewed_at = 0.0
         self._lock = threading.RLock()  # binds run on a pool of threads; one renewal at a time
+        #: decision state the leader keeps on the Lease (annotations, e.g. the round clock):
+        #: written with every renewal, inherited by whoever takes the Lease over
+        self.kept: dict[str, str] = {}
 
     def _spec(self, now: float, acquired: float, transitions: int) -> dict[str, Any]:
         return {
@@ -110,6 +120,10 @@ class LeaderElector:
         renewed = parse_timestamp(spec.get("renewTime"))
         duration = int(spec.get("leaseDurationSeconds") or self.duration_seconds)
         transitions = int(spec.get("leaseTransitions") or 0)
+        annotations = dict((lease.get("metadata") or {}).get("annotations") or {})
+        if not self.is_leader:  # taking over (or back): continue from what the last leader kept
+            self.kept = {k: str(v) for k, v in annotations.items() if k.startswith(KEPT_PREFIX)}
+        lease.setdefault("metadata", {})["annotations"] = annotations | self.kept
         if holder == self.identity:
             lease["spec"] = self._spec(now, parse_timestamp(spec.get("acquireTime")) or now, transitions)
         elif not holder or renewed + duration < now:
@@ -120,6 +134,21 @@ class LeaderElector:
                 log.warning("lost the scheduler lease to %s", holder)
             return self._set(False, now)
         return self._set(self.kube.replace_lease(self.namespace, self.name, lease), now)
+
+    def keep(self, key: str, value: str) -> None:
+        """Keep decision state ``key`` (under :data:`KEPT_PREFIX`) on the Lease now, so a
+        successor continues from it. A failed write is retried with the next renewal."""
+        if not key.startswith(KEPT_PREFIX):
+            raise ValueError(f"kept state goes under {KEPT_PREFIX}: {key}")
+        with self._lock:
+            if self.kept.get(key) == value:
+                return
+            self.kept[key] = value
+            if self.is_leader:
+                try:
+                    self._acquire_or_renew()
+                except Exception:  # the next renewal writes it
+                    log.warning("could not write %s to the scheduler lease yet", key, exc_info=True)
 
     def release(self) -> None:
         """Give the Lease up on a clean shutdown so a successor need not wait for expiry."""
@@ -138,3 +167,27 @@ class LeaderElector:
         if won:
             self._renewed_at = now
         return won
+
+
+def resume_decision_state(policy: object, elector: LeaderElector) -> None:
+    """Newly elected: continue the round clock the last leader kept on the Lease (the rest
+    of the decision state, attained service and restart intents, is in workload status)."""
+    kept = elector.kept.get(LAST_ROUND)
+    if kept is None or not isinstance(policy, ResumesRounds):
+        return
+    try:
+        last_round = float(kept)
+    except ValueError:
+        log.warning("ignoring an unreadable round clock on the lease: %r", kept)
+        return
+    policy.resume_rounds(last_round)
+    log.info("continuing the last leader's round clock: last round at %s", kept)
+
+
+def keep_decision_state(policy: object, elector: LeaderElector) -> None:
+    """After a decision: keep the round clock on the Lease (written only when it moved)."""
+    if not isinstance(policy, DecidesInRounds) or policy.round_seconds <= 0:
+        return
+    due = policy.next_round_seconds()
+    if isinstance(due, int | float) and math.isfinite(due):
+        elector.keep(LAST_ROUND, repr(float(due - policy.round_seconds)))

@@ -41,7 +41,7 @@ from tessera.operator.elastic import ElasticActuator, ElasticSettings, plan_for,
 from tessera.operator.executable import executable_placements, old_pods_going
 from tessera.operator.faults import NO_FAULTS, FaultHooks
 from tessera.operator.kube import KubeError
-from tessera.operator.lease import LeaderElector, LeaseLost
+from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.ports import KubePort
 from tessera.operator.rebalance import Rebalancer
@@ -254,6 +254,7 @@ class Scheduler:
     def _run_cycle(self) -> CycleReport:
         report = CycleReport()
         started = time.perf_counter()
+        was_leader = self.elector.is_leader
         try:
             report.leader = self.elector.acquire_or_renew()
         except KubeError as err:
@@ -262,6 +263,8 @@ class Scheduler:
         self.metrics.leader.set(1 if report.leader else 0)
         if not report.leader:
             return report
+        if not was_leader:
+            resume_decision_state(self.engine.policy, self.elector)
         workloads = self.kube.list_workloads()
         pods = self.kube.list_pods()
         nodes = self.kube.list_nodes()
@@ -278,6 +281,7 @@ class Scheduler:
         pending = [w for w in pending if w not in scale_ups]
         result = self.engine.decide(state.snapshot, pending)
         report.result = result
+        keep_decision_state(self.engine.policy, self.elector)
         executable = executable_placements(result, pending, leaving_pods=len(state.leaving))
         if result.error:
             report.errors.append(result.error)
@@ -380,7 +384,8 @@ class Scheduler:
                     report.errors.append(f"preemption of {pre.workload}: not a running Tessera workload")
                     released = False
                 else:
-                    released = self.actuator.preempt(view, pre.reason or f"preempted by {result.policy}", report)
+                    released = self.actuator.preempt(view, pre.reason or f"preempted by {result.policy}", report,
+                                                    restart_on=pre.restart_on)
                     if released:
                         self.metrics.preemptions.labels(policy=result.policy).inc()
                 if released:

@@ -165,7 +165,7 @@ def build_state(
             in_flight.append(view)
             continue
         if view.placement or view.lost:
-            allocations.append(_allocation(view, node_views))
+            allocations.append(_allocation(view, node_views, now_seconds))
             allocations.extend(_drift(view, node_views))
             extra = _scale_up(view)
             if extra is not None:
@@ -191,7 +191,7 @@ def build_state(
                     allocations.append(_held(pod, node_views))
                     leaving.append(pod)
         else:
-            allocations.append(_allocation(view, node_views))
+            allocations.append(_allocation(view, node_views, now_seconds))
 
     snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
     warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
@@ -335,7 +335,7 @@ def _scale_up(view: WorkloadView) -> Workload | None:
     return unit
 
 
-def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView]) -> Allocation:
+def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView], now_seconds: float) -> Allocation:
     assert view.workload is not None
     replicas = tuple(
         ReplicaPlacement(r.replica, r.node, nodes[r.node].node.accelerator_type if r.node in nodes else None)
@@ -347,9 +347,12 @@ def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView]) -> Allocation
     # policies that account attained service (Gavel) read when the gang started; the
     # elastic policy's growth hysteresis reads the last resize (kept in status)
     resized = parse_timestamp(view.status.get("lastResizeTime"))
+    started = parse_timestamp(view.status.get("startTime"))
+    # attained service (tessera.core.service): the status tally plus this run since its start
+    # or last resize; a run whose start is not recorded is credited nothing
     return Allocation(view.workload, tuple(sorted(replicas, key=lambda r: r.replica)),
-                      started_at_seconds=parse_timestamp(view.status.get("startTime")),
-                      resized_at_seconds=resized or None)
+                      started_at_seconds=started, resized_at_seconds=resized or None,
+                      service_since_seconds=None if started or resized else now_seconds)
 
 
 def _reserve(ledger: CapacityLedger, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from tessera.api.models import InferenceService, ReplicaStatus
 from tessera.operator import labels as L
 from tessera.operator.state import WorkloadView
+from tessera.operator.views import attained_service_now
 
 log = logging.getLogger("tessera.operator.status")
 
@@ -178,6 +179,7 @@ class StatusWriter:
         status: dict[str, Any] = {
             "phase": Phase.RUNNING.value,
             "startTime": view.status.get("startTime") or self.now(),
+            "restartIntent": None,  # carried out (or overtaken): no later decision reads it
             "replicas": len(full),
             "placement": [r.model_dump() for r in sorted(full, key=lambda r: r.replica)],
             "acceleratorType": ",".join(types),
@@ -202,6 +204,8 @@ class StatusWriter:
         conditions = self.conditions(view, condition_type, "True", condition_reason, reason, base=conditions)
         return {
             "phase": Phase.PENDING.value,
+            # the run ends: its service goes into the tally least-attained-service policies read
+            "attainedService": attained_service_now(view, self.clock()),
             "startTime": None,
             "placement": [],
             "replicas": 0,

@@ -7,6 +7,8 @@ these views into what one scheduling cycle needs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,9 +18,10 @@ from pydantic import ValidationError
 
 from tessera.api.convert import elasticjob_workload, inferenceservice_workload, pod_spec_requests
 from tessera.api.discovery import VENDOR_RESOURCES, Discovery, discover
-from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus
+from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus, WorkloadStatus
 from tessera.api.quantity import to_int, to_mib, to_milli
-from tessera.core import Node, ReplicaDemand, Topology, Workload
+from tessera.core import Allocation, Node, ReplicaDemand, ReplicaPlacement, RestartIntent, Topology, Workload
+from tessera.core.service import attained_service
 from tessera.operator import labels as L
 
 TOLERATED_TAINT_KEYS = frozenset(VENDOR_RESOURCES) | {"kwok.x-k8s.io/node"}
@@ -212,7 +215,32 @@ def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
     problem = accelerator_requests_problem(dict(model.spec.template.spec), model.spec.acceleratorsPerReplica)
     if problem:
         return WorkloadView(kind, raw, model, f"invalid {kind}: {problem}", None)
-    return WorkloadView(kind, raw, model, "", workload)
+    return WorkloadView(kind, raw, model, "", with_decision_state(workload, model.status))
+
+
+def with_decision_state(workload: Workload, status: WorkloadStatus) -> Workload:
+    """The workload with the decision state its status keeps (attained service, restart intent)."""
+    intent = status.restartIntent
+    attained = status.attainedService if math.isfinite(status.attainedService) else 0.0
+    return dataclasses.replace(
+        workload, attained_service_seconds=max(0.0, attained),
+        restart_intent=RestartIntent(intent.acceleratorType, intent.replicas, intent.decidedAt) if intent else None,
+    )
+
+
+def attained_service_now(view: WorkloadView, now_seconds: float) -> float:
+    """The workload's attained service at ``now_seconds``, its current run included: the value
+    a status write that ends the run or changes its shape keeps (tessera.core.service)."""
+    if view.workload is None:
+        return float(view.status.get("attainedService") or 0.0)
+    started = parse_timestamp(view.status.get("startTime"))
+    resized = parse_timestamp(view.status.get("lastResizeTime"))
+    if not (started or resized):
+        return view.workload.attained_service_seconds  # no run recorded: nothing to add
+    replicas = tuple(ReplicaPlacement(r.replica, r.node, r.acceleratorType or None)
+                     for r in sorted(view.placement.values(), key=lambda r: r.replica))
+    run = Allocation(view.workload, replicas, started_at_seconds=started, resized_at_seconds=resized or None)
+    return attained_service(view.workload, run, now_seconds)
 
 
 def accelerator_requests_problem(spec: Mapping[str, Any], devices: int) -> str:

@@ -42,6 +42,7 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.core.service import attained_service, per_accelerator
 from tessera.policies.cpsat_fgd import BATCH_BUDGET_SECONDS, BatchState, FragmentationBatch, batch_target
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
 from tessera.policies.cpsat_rounds import RoundPlanner
@@ -139,9 +140,6 @@ class CpSat:
         self.checkpoint_interval_seconds = checkpoint_interval_seconds
         self.placement_budget_share = placement_budget_share
         self.las_after_seconds = las_after_seconds
-        #: attained service (accelerator-seconds) per workload, from the snapshots seen
-        self._service: dict[str, float] = {}
-        self._last_now: float | None = None
         self.moves = moves
         self.move_horizon_seconds = move_horizon_seconds
         self.max_moves = max_moves
@@ -183,6 +181,11 @@ class CpSat:
             return plan
         return self.decide_seeded(snapshot, pending, ctx, None)
 
+    def resume_rounds(self, last_round_seconds: float) -> None:
+        """ResumesRounds: continue a round clock (a new leader's first round when the old one's was due)."""
+        if self._rounds is not None:
+            self._rounds.resume(last_round_seconds)
+
     def next_round_seconds(self) -> float | None:
         """Round mode: when the next round is due on the decision clock (``ctx.now_seconds``;
         -inf before the first decision), so a caller deciding on its own cadence (the
@@ -211,11 +214,6 @@ class CpSat:
         ``started``: when the caller's own work (e.g. producing the seed) counts against
         the budget, the timer reading at which the decision began."""
         started = self._timer() if started is None else started
-        self._account(snapshot, ctx.now_seconds)
-        if len(self._service) > 2 * (len(snapshot.allocations) + len(pending)) + 64:
-            # forget finished workloads (a long-running operator would otherwise grow this forever)
-            live = snapshot.allocations.keys() | {w.key for w in pending}
-            self._service = {k: v for k, v in self._service.items() if k in live}
         ordered = queue_order(pending)
         stats: dict[str, Any] = {"policy": self.name, "pending": len(ordered)}
 
@@ -325,21 +323,14 @@ class CpSat:
                     resizes=tuple(resizes), migrations=tuple(migrations), unplaced=unplaced)
 
     # ------------------------------------------------------------------------------
-    def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
-        """Add the service running work received since the last decision (for LAS)."""
-        last, self._last_now = self._last_now, now
-        if last is None or now <= last:
-            return
-        for key, allocation in snapshot.allocations.items():
-            since = max(last, allocation.started_at_seconds)
-            if now > since:
-                accelerators = len(allocation.replicas) * allocation.workload.demand.accelerator_milli / 1000
-                self._service[key] = self._service.get(key, 0.0) + (now - since) * accelerators
-
-    def attained_per_accelerator(self, workload: Workload, replicas: int | None = None) -> float:
-        """Attained service divided by the gang's accelerators (seconds of full-gang running)."""
-        accelerators = max(1e-9, (replicas or workload.gang_min) * workload.demand.accelerator_milli / 1000)
-        return self._service.get(workload.key, 0.0) / accelerators
+    @staticmethod
+    def attained_per_accelerator(snapshot: ClusterSnapshot, workload: Workload, now_seconds: float,
+                                 replicas: int | None = None) -> float:
+        """Attained service (tessera.core.service) per accelerator of the gang: seconds of
+        full-gang running on its best type. Read from the workload and its run, so a
+        restarted or newly elected operator ranks exactly as the old one did."""
+        service = attained_service(workload, snapshot.allocations.get(workload.key), now_seconds)
+        return per_accelerator(workload, service, replicas)
 
     def _limits(self, ctx: PolicyContext, seconds: float) -> SolverLimits:
         return SolverLimits(time_limit_seconds=seconds, deterministic=ctx.deterministic, seed=ctx.seed,
@@ -373,7 +364,9 @@ class CpSat:
         waiting = [instance.gangs[_index(instance, w.key)] for w in ordered
                    if w.key not in placements and (w.priority > lowest or las)]
         if las:  # least attained service first within a priority level
-            waiting.sort(key=lambda g: (-g.workload.priority, self.attained_per_accelerator(g.workload), g.index))
+            now = ctx.now_seconds
+            waiting.sort(key=lambda g: (-g.workload.priority,
+                                        self.attained_per_accelerator(snapshot, g.workload, now), g.index))
         gone: set[str] = set()
         removed: dict[str, set[int]] = defaultdict(set)
         solves = 0
@@ -407,12 +400,12 @@ class CpSat:
                 continue
             why = f"preempted by {gang.key} (priority {gang.workload.priority})"
             for key in choice.evict:
-                victim = snapshot.allocations[key].workload
+                victim, n_victim = snapshot.allocations[key].workload, len(snapshot.allocations[key].replicas)
                 reason = f"{why}; own priority {victim.priority}"
                 if victim.priority == gang.workload.priority:
                     reason = (f"preempted by {gang.key}: least attained service first "
-                              f"({self.attained_per_accelerator(gang.workload) / 3600:.2f} h vs "
-                              f"{self.attained_per_accelerator(victim, len(snapshot.allocations[key].replicas)) / 3600:.2f} h"
+                              f"({self.attained_per_accelerator(snapshot, gang.workload, ctx.now_seconds) / 3600:.2f} h vs "
+                              f"{self.attained_per_accelerator(snapshot, victim, ctx.now_seconds, n_victim) / 3600:.2f} h"
                               " per accelerator)")
                 preemptions.append(Preemption(key, reason=reason, beneficiary=gang.key))
                 gone.add(key)
@@ -489,8 +482,10 @@ class CpSat:
             return False
         if now_seconds - allocation.started_at_seconds < self.las_after_seconds:
             return False
-        mine = self.attained_per_accelerator(allocation.workload, len(allocation.replicas))
-        return mine >= self.attained_per_accelerator(beneficiary) + self.las_after_seconds
+        workload = allocation.workload
+        mine = per_accelerator(workload, attained_service(workload, allocation, now_seconds), len(allocation.replicas))
+        theirs = per_accelerator(beneficiary, attained_service(beneficiary, None, now_seconds))
+        return mine >= theirs + self.las_after_seconds
 
     def _victims(
         self, snapshot: ClusterSnapshot, beneficiary: Workload, gone: set[str],

@@ -36,8 +36,10 @@ from tessera.core import (
     Plan,
     Preemption,
     Resize,
+    RestartIntent,
     Workload,
 )
+from tessera.core.service import attained_service, per_accelerator
 from tessera.policies.jct import fill_type
 from tessera.policy import PolicyContext
 from tessera.solver import RoundConfig, RoundJob, RoundModel, SolverLimits, config_value
@@ -111,12 +113,10 @@ class RoundPlanner:
         #: (Resize: kept replicas keep running) instead of stopped and restarted
         self.resize_in_place = resize_in_place
         self._limits = limits
-        #: attained service per workload, in seconds at the workload's best speed
+        #: attained service per workload of the current decision, in seconds at the workload's
+        #: best speed; read from the snapshot (tessera.core.service), never carried over
         self._attained: dict[str, float] = {}
-        self._last_now: float | None = None
         self._last_round = -math.inf
-        #: type and size the last round chose for jobs it stopped to move (placed next)
-        self._intended: dict[str, tuple[str, int]] = {}
         #: over every solve so far: how many, how many proved optimal, the largest relative
         #: gap proved, and how many found no solution (benchmarks report these)
         self.solves = 0
@@ -128,32 +128,28 @@ class RoundPlanner:
     def attained_seconds(self, key: str) -> float:
         return self._attained.get(key, 0.0)
 
+    def resume(self, last_round_seconds: float) -> None:
+        """Continue a round clock whose last round was at ``last_round_seconds``."""
+        if math.isfinite(last_round_seconds):
+            self._last_round = max(self._last_round, last_round_seconds)
+
     @property
     def next_round_seconds(self) -> float:
         """When the next round is due on the decision clock (-inf before the first decision)."""
         return self._last_round + self.round_seconds
 
-    def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
-        last, self._last_now = self._last_now, now
-        if last is not None and now <= last:
-            return
+    def _account(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], now: float) -> None:
+        """Attained service of every workload in this decision, from the workloads and their runs:
+        a restarted or newly elected operator sees what the old one saw."""
+        attained: dict[str, float] = {}
+        for workload in pending:
+            attained[workload.key] = per_accelerator(
+                workload, attained_service(workload, None, now), workload.target_replicas)
         for key, allocation in snapshot.allocations.items():
-            # the first decision (a fresh policy, e.g. an operator restart) credits running
-            # jobs with their current run since they started (status.startTime in the
-            # operator); service of runs before an earlier preemption is not known here
-            if last is not None:
-                since = max(last, allocation.started_at_seconds)
-            elif allocation.started_at_seconds > 0:
-                since = allocation.started_at_seconds
-            else:
-                continue  # start unknown
-            if now > since and allocation.replicas:
-                workload = allocation.workload
-                speed = min(_speedup(workload, rp.accelerator_type or "", len(allocation.replicas))
-                            for rp in allocation.replicas)
-                self._attained[key] = self._attained.get(key, 0.0) + (now - since) * speed
-        if len(self._attained) > 2 * len(snapshot.allocations) + 4096:
-            self._attained = {k: v for k, v in self._attained.items() if k in snapshot.allocations}
+            workload = allocation.workload
+            attained[key] = per_accelerator(
+                workload, attained_service(workload, allocation, now), workload.target_replicas)
+        self._attained = attained
 
     def weight(self, key: str) -> float:
         return 1.0 / (1.0 + self.attained_seconds(key) / max(1e-9, self.service_scale_seconds))
@@ -162,7 +158,7 @@ class RoundPlanner:
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext,
                stats: dict[str, Any]) -> Plan:
         now = ctx.now_seconds
-        self._account(snapshot, now)
+        self._account(snapshot, pending, now)
         is_round = now >= self._last_round + self.round_seconds - 1e-9
         if is_round:
             self._last_round = now
@@ -183,7 +179,11 @@ class RoundPlanner:
         capacity = self._capacity(ledger, nodes_of)
         priorities = sorted({w.priority for w in pending} | {a.workload.priority for a in running.values()})
         tier_of = {p: i for i, p in enumerate(priorities)}
-        intended = {k: v for k, v in self._intended.items() if any(w.key == k for w in pending)}
+        # type and size a round chose for jobs it stopped to move (Workload.restart_intent,
+        # kept in status): the follow-up decisions place them so, whichever leader makes them
+        intended = {w.key: (w.restart_intent.accelerator_type, w.restart_intent.replicas or w.target_replicas)
+                    for w in pending
+                    if w.restart_intent is not None and w.restart_intent.holds_at(now, self.round_seconds)}
         jobs: list[RoundJob] = []
         for allocation in running.values():
             jobs.append(self._job(allocation.workload, allocation, nodes_of, tier_of))
@@ -294,15 +294,8 @@ class RoundPlanner:
         todo = [k for k in chosen if k in by_key and (k in stopping or k in growing or k not in running)]
         todo.sort(key=lambda k: (k not in intended, -chosen[k].replicas * by_key[k].demand.accelerator_milli, k))
         placements: list[Placement] = []
-        # a job a round stopped keeps its intended configuration until it is seen running
-        # again: a decision that did not see it (the operator's scale-up decisions see one
-        # service) or whose placement of it was not carried out (the operator holds it
-        # while its old pods terminate) leaves the intention for the next one; a round
-        # forgets intentions of jobs it did not see (gone)
-        seen = {w.key for w in pending} | snapshot.allocations.keys()
-        self._intended = {} if stats.get("round") else {
-            k: v for k, v in self._intended.items() if k not in seen}
         moving = 0
+        intents: dict[str, RestartIntent] = {}
         for key in todo:
             workload, config = by_key[key], chosen[key]
             names = sorted(nodes_of[config.accelerator_type], key=lambda n: (ledger.free(n).whole_devices, n))
@@ -322,13 +315,11 @@ class RoundPlanner:
             if key in running:
                 # stopped now and placed in the follow-up decision: the room taken here on
                 # this decision's ledger is left free by every other placement of this plan
-                self._intended[key] = (config.accelerator_type, config.replicas)
+                intents[key] = RestartIntent(config.accelerator_type, config.replicas, snapshot.now_seconds)
                 moving += 1
             else:
                 placements.append(Placement(key, got, reason=f"cpsat round: {config.accelerator_type} x{len(got)}"))
-                if key in intended:
-                    self._intended[key] = intended[key]
-        preemptions = [Preemption(k, reason=why) for k, why in sorted(stopping.items())]
+        preemptions = [Preemption(k, reason=why, restart_on=intents.get(k)) for k, why in sorted(stopping.items())]
         placed = {p.workload for p in placements}
         unplaced = {}
         for w in pending:

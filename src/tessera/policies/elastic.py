@@ -82,7 +82,7 @@ from tessera.core.sharding import ShardingPlan, plan_throughput
 from tessera.policies.gang import best_fit_score
 from tessera.policies.greedy import BestFit
 from tessera.policy import Decision, Policy, PolicyContext
-from tessera.policy.capabilities import BackedByArtifact, DecidesInRounds, ReportsDecisionStats
+from tessera.policy.capabilities import BackedByArtifact, DecidesInRounds, ReportsDecisionStats, ResumesRounds
 
 __all__ = [
     "ALLOW_UNEVEN_ATTRIBUTE",
@@ -163,6 +163,12 @@ class ElasticWrapper:
     def next_round_seconds(self) -> float | None:
         inner = self.inner
         return inner.next_round_seconds() if isinstance(inner, DecidesInRounds) else None
+
+    def resume_rounds(self, last_round_seconds: float) -> None:
+        """ResumesRounds: the inner policy's round clock."""
+        inner = self.inner
+        if isinstance(inner, ResumesRounds):
+            inner.resume_rounds(last_round_seconds)
 
     @property
     def last_stats(self) -> Mapping[str, Any]:

@@ -16,6 +16,7 @@ only fills free room, in the same order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -28,9 +29,11 @@ from tessera.core import (
     Plan,
     Preemption,
     ReplicaAssignment,
+    RestartIntent,
     Spread,
     Workload,
 )
+from tessera.core.service import attained_service, normalised_throughput
 from tessera.policy import Decision, PolicyContext
 
 
@@ -175,14 +178,6 @@ class Fifo:
         return Plan(placements=tuple(placements), unplaced=unplaced)
 
 
-def normalised_throughput(workload: Workload, accelerator_type: str) -> float:
-    """Throughput on the type relative to the workload's best type (1.0 without options)."""
-    if not workload.options:
-        return 1.0
-    best = max(o.throughput for o in workload.options)
-    return workload.throughput_on(accelerator_type) / best if best > 0 else 0.0
-
-
 class GavelLAS:
     """Gavel-style heterogeneity-aware LAS: rounds, least attained effective service first, preemptive."""
 
@@ -206,32 +201,28 @@ class GavelLAS:
         self._types_by_node = _NodesByType()
         #: bonus to a running job's current type, so it only moves for a real gain
         self.stickiness = stickiness
-        # attained normalised accelerator-seconds per workload, from the snapshots seen
+        # attained service per workload in this decision (tessera.core.service), read from the
+        # snapshot: a restarted or newly elected operator ranks exactly as the old one did
         self._service: dict[str, float] = {}
-        self._last_now: float | None = None
         self._last_round = -math.inf
-        # where the last round wanted a preempted (moving) job to go next
-        self._intended: dict[str, str] = {}
+
+    def next_round_seconds(self) -> float:
+        """DecidesInRounds: when the next round is due (-inf before the first decision)."""
+        return self._last_round + self.round_seconds
+
+    def resume_rounds(self, last_round_seconds: float) -> None:
+        """ResumesRounds: continue a round clock whose last round was at ``last_round_seconds``."""
+        if math.isfinite(last_round_seconds):
+            self._last_round = max(self._last_round, last_round_seconds)
 
     def attained_service(self, key: str) -> float:
         return self._service.get(key, 0.0)
 
-    def _account(self, snapshot: ClusterSnapshot, now: float) -> None:
-        last = self._last_now
-        self._last_now = now
-        if last is None or now <= last:
-            return
-        service = self._service
+    def _account(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], now: float) -> None:
+        service = {w.key: attained_service(w, None, now) for w in pending}
         for key, alloc in snapshot.allocations.items():
-            if not alloc.replicas:
-                continue
-            since = max(last, alloc.started_at_seconds)
-            if now <= since:
-                continue
-            w = alloc.workload
-            norm = normalised_throughput(w, alloc.replicas[0].accelerator_type or "")
-            devices = len(alloc.replicas) * w.demand.accelerator_milli / MILLI_PER_DEVICE
-            service[key] = service.get(key, 0.0) + (now - since) * devices * norm
+            service[key] = attained_service(alloc.workload, alloc, now)
+        self._service = service
 
     def _order_key(self, w: Workload) -> tuple[float, float, float, str]:
         devices = max(1e-9, w.gang_min * w.demand.accelerator_milli / MILLI_PER_DEVICE)
@@ -242,7 +233,7 @@ class GavelLAS:
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         now = ctx.now_seconds
-        self._account(snapshot, now)
+        self._account(snapshot, pending, now)
         self._running = frozenset(snapshot.allocations)
         if now >= self._last_round + self.round_seconds - 1e-9:
             self._last_round = now
@@ -334,7 +325,7 @@ class GavelLAS:
                 ledger.give_back(rp.node, a.workload.demand, rp.devices)
             reason = "LAS round: moves to " + target if target else "LAS round: more attained service than waiting jobs"
             preemptions.append(Preemption(k, reason))
-        self._intended = {}
+        intents: dict[str, RestartIntent] = {}  # where moving jobs restart (kept with the workload)
         to_place: list[Workload] = []
         for w in selected:
             if w.key in assigned and (w.key not in running or assigned[w.key] != current_type[w.key]):
@@ -356,7 +347,8 @@ class GavelLAS:
                     unplaced[w.key] = "LAS round: selected, but no node of an allowed type has room for the gang"
                 continue
             if w.key in running:
-                self._intended[w.key] = snapshot.nodes[got[0].node].accelerator_type or ""
+                intents[w.key] = RestartIntent(snapshot.nodes[got[0].node].accelerator_type or "", None,
+                                               snapshot.now_seconds)
             else:
                 placements.append(Placement(w.key, got, reason=f"LAS round on {snapshot.nodes[got[0].node].accelerator_type}"))
         # moving jobs are placed in the follow-up cycle; their room is kept free here by the ledger
@@ -366,6 +358,7 @@ class GavelLAS:
                     f"LAS round: waiting; attained service {self._service.get(w.key, 0.0) / 3600.0:.2f} "
                     "normalised accelerator-hours is more than the running jobs'"
                 )
+        preemptions = [dataclasses.replace(p, restart_on=intents.get(p.workload)) for p in preemptions]
         return Plan(placements=tuple(placements), preemptions=tuple(preemptions), unplaced=unplaced)
 
     def _fill(
@@ -381,7 +374,9 @@ class GavelLAS:
             return Plan()
         by_type = self._types_by_node(snapshot)
         present = sorted(by_type)
-        intended: Mapping[str, str] = self._intended
+        # where the last round wanted the jobs it stopped to move to restart
+        intended = {w.key: w.restart_intent.accelerator_type for w in pending
+                    if w.restart_intent is not None and w.restart_intent.holds_at(snapshot.now_seconds, self.round_seconds)}
         order = sorted(pending, key=lambda w: (w.key not in intended, *self._order_key(w)))
         for w in order:
             scored = sorted(
@@ -392,6 +387,5 @@ class GavelLAS:
             if got is None:
                 unplaced[w.key] = "waiting for free accelerators (LAS order, next round may preempt)"
             else:
-                self._intended.pop(w.key, None)
                 placements.append(Placement(w.key, got, reason="LAS fill"))
         return Plan(placements=tuple(placements), unplaced=unplaced)

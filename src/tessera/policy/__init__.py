@@ -16,6 +16,7 @@ from tessera.policy.capabilities import (
     DecidesInRounds,
     ReportsDecisionStats,
     ReshardsOnFailure,
+    ResumesRounds,
     capabilities_of,
 )
 from tessera.policy.registry import (
@@ -41,6 +42,7 @@ __all__ = [
     "RegisteredPolicy",
     "ReportsDecisionStats",
     "ReshardsOnFailure",
+    "ResumesRounds",
     "available_policies",
     "capabilities_of",
     "discover",

@@ -12,6 +12,9 @@ conformance suite check that a policy claiming a capability honours its types.
 * :class:`DecidesInRounds`: the policy re-decides running work every ``round_seconds``
   (> 0; 0 means off); ``next_round_seconds()`` says when the next round is due (None: not
   yet known), so the loop wakes for it although no watch event arrives.
+* :class:`ResumesRounds`: ``resume_rounds(last_round_seconds)`` continues another
+  instance's round clock: a newly elected operator runs the next round when the old
+  leader would have (the operator keeps the clock on its Lease), not at once.
 * :class:`ReportsDecisionStats`: ``last_stats`` describes the last decision (solver status,
   objective, gap, which plan was kept); the engine passes it to the metrics.
 * :class:`BackedByArtifact`: ``artifact`` names the trained weights (``name@version``)
@@ -42,6 +45,13 @@ class DecidesInRounds(Protocol):
 
 
 @runtime_checkable
+class ResumesRounds(Protocol):
+    def resume_rounds(self, last_round_seconds: float) -> None:
+        """Continue a round clock whose last round was at ``last_round_seconds``."""
+        ...
+
+
+@runtime_checkable
 class ReportsDecisionStats(Protocol):
     last_stats: Mapping[str, Any]
 
@@ -52,7 +62,8 @@ class BackedByArtifact(Protocol):
     def artifact(self) -> str: ...
 
 
-CAPABILITIES: tuple[type, ...] = (ReshardsOnFailure, DecidesInRounds, ReportsDecisionStats, BackedByArtifact)
+CAPABILITIES: tuple[type, ...] = (ReshardsOnFailure, DecidesInRounds, ResumesRounds, ReportsDecisionStats,
+                                  BackedByArtifact)
 
 
 def capabilities_of(policy: object) -> tuple[str, ...]:
@@ -70,6 +81,8 @@ def capability_problems(policy: object) -> list[str]:
         due = policy.next_round_seconds()
         if due is not None and (not isinstance(due, int | float) or math.isnan(due)):
             problems.append(f"DecidesInRounds: next_round_seconds() must return a number or None, got {due!r}")
+    if isinstance(policy, ResumesRounds) and not isinstance(policy, DecidesInRounds):
+        problems.append("ResumesRounds: a policy that resumes a round clock must decide in rounds (DecidesInRounds)")
     if isinstance(policy, ReportsDecisionStats) and not isinstance(policy.last_stats, Mapping):
         problems.append(f"ReportsDecisionStats: last_stats must be a mapping, got {type(policy.last_stats).__name__}")
     if isinstance(policy, ReshardsOnFailure):

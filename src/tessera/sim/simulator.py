@@ -54,6 +54,7 @@ from tessera.core import (
     Workload,
 )
 from tessera.core.elastic import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
+from tessera.core.service import folded
 from tessera.engine import CycleResult, Engine
 from tessera.policy import Policy
 from tessera.sim import events as ev
@@ -391,7 +392,10 @@ class Simulator:
                 # restarts from its checkpoint like any other
                 self._roll_back(job, job.rollback_pending)
             self.stop_job(job, lose_since_checkpoint=False)
+            if pre.restart_on is not None:  # decision state kept with the workload, as in status
+                job.workload = dataclasses.replace(job.workload, restart_intent=pre.restart_on)
         for rs in plan.resizes:
+            self._fold_service(jobs[rs.workload])  # the run changes shape
             if rs.remove:
                 self._remove_replicas(jobs[rs.workload], rs.remove)
         for mig in plan.migrations:
@@ -524,6 +528,7 @@ class Simulator:
 
     def stop_job(self, job: SimJob, *, lose_since_checkpoint: bool) -> None:
         """Stop a running job and requeue it (preemption or failure)."""
+        self._fold_service(job)
         self._advance(job)
         if lose_since_checkpoint:
             self.lose_since_checkpoint(job)
@@ -542,6 +547,7 @@ class Simulator:
 
     def drop_replicas(self, job: SimJob, replicas: Sequence[int]) -> None:
         """Remove replicas from a running job without stopping it (progress continues)."""
+        self._fold_service(job)
         self._remove_replicas(job, replicas)
         self._after_change(job, penalty=0.0 if job.is_service else job.workload.restart_cost_seconds)
         self.request_cycle()
@@ -792,6 +798,16 @@ class Simulator:
         for node in {rp.node for rp in alloc.replicas}:
             self._node_jobs[node].pop(job, None)
 
+    def _fold_service(self, job: SimJob) -> None:
+        """Put the current run's attained service into the workload's tally (the run ends or
+        changes shape now), as the operator does in status.attainedService."""
+        alloc = job.alloc
+        if alloc is None:
+            return
+        job.workload = folded(alloc, self.now_seconds)
+        job.alloc = dataclasses.replace(alloc, workload=job.workload, service_since_seconds=self.now_seconds)
+        self._allocs[job.key] = job.alloc
+
     def _release_all(self, job: SimJob) -> None:
         alloc = job.alloc
         if alloc is None:
@@ -806,6 +822,8 @@ class Simulator:
     def _start(self, job: SimJob, replicas: Sequence[ReplicaAssignment]) -> None:
         self._account()
         placed = tuple(self._take(job, i, a) for i, a in enumerate(replicas))
+        if job.workload.restart_intent is not None:  # carried out
+            job.workload = dataclasses.replace(job.workload, restart_intent=None)
         job.alloc = Allocation(job.workload, placed, self.now_seconds)
         self._allocs[job.key] = job.alloc
         del self.pending_jobs[job.key]
@@ -863,11 +881,9 @@ class Simulator:
         new = self._take(job, replica, to)  # make before break
         self._give_back(job, old)
         self._unindex(job, alloc)
-        job.alloc = Allocation(
-            job.workload,
-            tuple(new if rp.replica == replica else rp for rp in alloc.replicas),
-            alloc.started_at_seconds,
-        )
+        # a migration keeps the run's start, last resize and service mark
+        job.alloc = dataclasses.replace(
+            alloc, workload=job.workload, replicas=tuple(new if rp.replica == replica else rp for rp in alloc.replicas))
         for rp in job.alloc.replicas:
             self._node_jobs[rp.node][job] = None
         self._allocs[job.key] = job.alloc
