@@ -189,10 +189,10 @@ def test_a_spec_too_large_for_an_annotation_is_refused_and_can_be_deleted(cluste
 
 
 def test_never_partial_never_stale(cluster, namespace, operator):
-    # finding 7: a job whose global batch no plan can split over its replicas does not run
-    # without a plan; a scaled-down service's status names only what runs
+    # finding 7: a job whose global batch no plan can split over its replicas (8 samples, 16
+    # ranks) does not run without a plan; a scaled-down service's status names only what runs
     cluster.apply(job("unsplittable", replicas=2, gpus=8).replace(
-        "  priority: 0\n", "  priority: 0\n  globalBatchSize: 7\n  microBatchSize: 8\n"), namespace)
+        "  priority: 0\n", "  priority: 0\n  globalBatchSize: 8\n  microBatchSize: 8\n"), namespace)
     waiting = cluster.wait_for(
         lambda: (c := condition(status_of(cluster, "unsplittable", namespace), "Scheduled")).get("status") == "False"
         and "plan" in c.get("message", "") and c, timeout=30, what="unsplittable waiting for a plan")
