@@ -9,6 +9,8 @@
 #   TESSERA_NODES         node fixture files or folders to apply (default: examples/nodes)
 #   TESSERA_PORT_BASE     first of three consecutive loopback ports (default: chosen free)
 #   TESSERA_NO_CONTROLLER_MANAGER=1  do not start kube-controller-manager
+#   TESSERA_APISERVER_ARGS  extra kube-apiserver flags (e.g. "--max-mutating-requests-inflight=1"
+#                         to make it answer 429 under load, as tests/operator/test_throttled_apiserver.py does)
 #   TESSERA_KUBE_SCHEDULER=1  also start the real kube-scheduler (hack/kube-scheduler-up.sh);
 #                         off by default: then only Tessera binds pods
 # Idempotent: when the cluster in TESSERA_CLUSTER_DIR answers, it is reused.
@@ -161,7 +163,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 \
   --enable-priority-and-fairness=false \
-  --profiling=false --v=1
+  --profiling=false --v=1 ${TESSERA_APISERVER_ARGS:-}
 wait_for kube-apiserver 90 kubectl get --raw /readyz
 
 if [[ -x "$BIN/kube-controller-manager" && -z "${TESSERA_NO_CONTROLLER_MANAGER:-}" ]]; then

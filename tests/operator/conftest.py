@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from contextlib import contextmanager
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,26 +75,32 @@ class LocalCluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+@contextmanager
+def local_cluster(state: Path, **env_extra: str) -> Iterator[LocalCluster]:
+    """A private control plane in ``state`` (hack/cluster-up.sh with ``env_extra``), stopped afterwards."""
     missing = [b for b in REQUIRED if not (BIN / b).exists()]
     if missing:
         reason = f"control-plane binaries missing in {BIN}: {', '.join(missing)} (run 'make tools')"
         if os.environ.get("TESSERA_REQUIRE_CLUSTER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    state = tmp_path_factory.mktemp("cluster")
-    env = {**os.environ, "TESSERA_CLUSTER_DIR": str(state), "TESSERA_BIN_DIR": str(BIN)}
+    env = {**os.environ, "TESSERA_CLUSTER_DIR": str(state), "TESSERA_BIN_DIR": str(BIN), **env_extra}
     env.pop("TESSERA_PORT_BASE", None)
     up = subprocess.run(["bash", str(ROOT / "hack" / "cluster-up.sh")], env=env, capture_output=True, text=True, timeout=300)
     if up.returncode != 0:
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (state / "logs").glob("*.log"))
+        subprocess.run(["bash", str(ROOT / "hack" / "cluster-down.sh")], env=env, capture_output=True, timeout=60)
         pytest.fail(f"hack/cluster-up.sh failed:\n{up.stderr}\n{logs}")
-    handle = LocalCluster(state, state / "kubeconfig")
     try:
-        yield handle
+        yield LocalCluster(state, state / "kubeconfig")
     finally:
         subprocess.run(["bash", str(ROOT / "hack" / "cluster-down.sh")], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="session")

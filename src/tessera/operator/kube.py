@@ -11,9 +11,14 @@ API verbs used (the Helm chart's ClusterRole mirrors this list; see docs/operato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import random
 import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -65,6 +70,74 @@ def _check_owned(current: dict[str, Any], wanted: dict[str, Any], kind: str) -> 
                         f"{meta['namespace']}; Tessera does not adopt it: delete or rename it", 409)
 
 
+class Throttled:
+    """Retries requests the API server refused with 429 (Too Many Requests), as client-go does.
+
+    A 429 from kube-apiserver's in-flight limit or from priority and fairness is sent before
+    the request is processed, so retrying any verb is safe. Waits the server's Retry-After
+    (capped at ``max_wait_seconds``, with jitter), at most ``attempts`` times, then lets the
+    error through: the caller's ordinary error handling (undo, backoff) takes over.
+    Refusals are counted and logged at most every ``report_seconds``.
+    """
+
+    def __init__(self, request: Callable[..., Any], attempts: int = 5, max_wait_seconds: float = 2.0,
+                 report_seconds: float = 30.0) -> None:
+        self.request, self.attempts, self.max_wait_seconds = request, attempts, max_wait_seconds
+        self.report_seconds = report_seconds
+        self.refused = 0
+        self._unreported = 0
+        self._reported_at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # kubernetes>=33 returns non-2xx answers as responses (ApiException comes later, when
+        # the caller deserialises); older clients raise ApiException here. Both are retried.
+        for attempt in range(self.attempts + 1):
+            last = attempt == self.attempts
+            try:
+                response = self.request(*args, **kwargs)
+            except ApiException as err:
+                if err.status != 429 or last:
+                    raise
+                headers = err.headers
+            else:
+                if getattr(response, "status", 200) != 429 or last:
+                    return response
+                headers = getattr(response, "headers", None)
+                with contextlib.suppress(Exception):  # drain it: the connection goes back to the pool
+                    response.read()
+            self._count()
+            time.sleep(self._wait(headers, attempt))
+        raise AssertionError("unreachable")
+
+    def _wait(self, headers: Any, attempt: int) -> float:
+        retry_after = None
+        with contextlib.suppress(AttributeError, TypeError):
+            retry_after = headers.get("Retry-After")
+        try:
+            wait = float(retry_after) if retry_after else 0.2 * 2 ** attempt
+        except ValueError:
+            wait = 0.2 * 2 ** attempt
+        return min(wait, self.max_wait_seconds) * random.uniform(0.5, 1.0)
+
+    def _count(self) -> None:
+        with self._lock:
+            self.refused += 1
+            self._unreported += 1
+            now = time.monotonic()
+            if now - self._reported_at >= self.report_seconds or self.refused == 1:
+                log.warning("the API server refused %d request(s) with 429 Too Many Requests since the last "
+                            "report; retrying them after its Retry-After", self._unreported)
+                self._unreported, self._reported_at = 0, now
+
+
+def retry_throttled(rest_client: Any) -> Throttled:
+    """Make ``rest_client`` (a kubernetes ``RESTClientObject``) retry 429s."""
+    throttled = Throttled(rest_client.request)
+    rest_client.request = throttled
+    return throttled
+
+
 @dataclass
 class Kube:
     """Typed helpers over the generated client."""
@@ -85,7 +158,9 @@ class Kube:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, connections)
-        return cls(client.ApiClient(configuration))
+        api = client.ApiClient(configuration)
+        retry_throttled(api.rest_client)
+        return cls(api)
 
     @property
     def core(self) -> client.CoreV1Api:
