@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from contextlib import contextmanager
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import LocalCluster, fresh_namespace, local_cluster
 from operator_process import OperatorProcess, clean_up
 from workload_views import condition, gpus, pods_of, status_of
+
+from conftest import LocalCluster, fresh_namespace, local_cluster
 
 pytestmark = pytest.mark.cluster
 

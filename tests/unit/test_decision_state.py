@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 from fake_kube import FakeKube, elasticjob, gpu_node
-from test_operator_core import Clock, T0
+from test_operator_core import T0, Clock
 
 from tessera.core import ClusterSnapshot, Plan, Preemption, RestartIntent, Workload
 from tessera.engine import Engine
