@@ -13,6 +13,8 @@ _COMMANDS = {
     "policies": ("tessera.policy.cli", "list and inspect installed scheduling policies"),
     "operator": ("tessera.operator.main", "run the operator against the current KUBECONFIG"),
     "sim": ("tessera.sim.cli", "run the trace-driven simulator"),
+    "whatif": ("tessera.operator.whatif",
+               "what each policy would do on the live cluster (or a saved snapshot) now; writes nothing"),
 }
 
 
