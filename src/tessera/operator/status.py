@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from tessera.api.models import InferenceService, ReplicaStatus
+from pydantic import BaseModel, ValidationError
+
+from tessera.api.models import ElasticJobStatus, InferenceService, InferenceServiceStatus, ReplicaStatus
 from tessera.operator import labels as L
 from tessera.operator.state import WorkloadView
 from tessera.operator.views import attained_service_now
@@ -106,6 +108,31 @@ def unchanged(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return True
 
 
+#: the typed status of each kind (tessera.api): every patch the writer sends is checked against it
+STATUS_MODELS: dict[str, type[BaseModel]] = {"ElasticJob": ElasticJobStatus, "InferenceService": InferenceServiceStatus}
+
+
+class StatusPatchError(TypeError):
+    """A status patch that does not match the kind's status model (a bug in the operator)."""
+
+
+def check_patch(kind: str, status: Mapping[str, Any]) -> None:
+    """Raise :class:`StatusPatchError` unless ``status`` is a valid merge patch of ``kind``'s
+    status: known fields only, each of its declared type (``None`` removes a field)."""
+    model = STATUS_MODELS.get(kind)
+    if model is None:
+        return
+    unknown = sorted(set(status) - set(model.model_fields))
+    if unknown:
+        raise StatusPatchError(f"{kind} status has no field(s) {', '.join(unknown)}")
+    try:
+        model.model_validate({k: v for k, v in status.items() if v is not None}, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise StatusPatchError(f"{kind} status.{where}: {first.get('msg')}") from err
+
+
 class StatusPort(Protocol):
     """The two API calls the writer needs (a subset of the operator's Kube port)."""
 
@@ -144,6 +171,7 @@ class StatusWriter:
         """Merge-patch ``status`` (skipped when it changes nothing, unless ``force``)."""
         if not force and unchanged(view.status, status):
             return
+        check_patch(view.kind, status)
         if self.leader is not None:
             self.leader("recording a decision")
         self.kube.patch_status(view.kind, view.namespace, view.name, status)
