@@ -432,3 +432,38 @@ def test_a_node_back_from_an_outage_takes_new_replicas_only_after_the_grace() ->
     clock.t += 6
     settle(s, 2)
     assert len(kube.pods_of("train")) == 2 and running(kube, "train")
+
+
+# --- writes per placement -------------------------------------------------------------------
+
+def test_identical_jobs_share_one_dry_run_and_a_placement_costs_two_status_writes() -> None:
+    kube, clock = cluster(4), Clock()
+    for i in range(4):
+        kube.add(elasticjob(f"same-{i}", replicas=1, accelerators=8, created=f"2026-01-01T00:00:0{i}Z"))
+    kube.add(elasticjob("elsewhere", namespace="other", replicas=1, accelerators=8))
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    assert all(running(kube, f"same-{i}") for i in range(4)) or running(kube, "elsewhere", "other")
+    settle(s)
+    # one dry run per (namespace, template): the four identical jobs share one answer
+    assert kube.calls["dry_run_pod"] == 2
+    # each placement: the record (with its sharding plan) and Running, nothing in between;
+    # the job that does not fit (5 x 8 GPUs on 4 nodes) one write saying why it waits
+    placed = sum(running(kube, f"same-{i}") for i in range(4)) + running(kube, "elsewhere", "other")
+    assert placed == 4
+    assert kube.calls["patch_status"] == 2 * placed + 1, kube.calls["patch_status"]
+
+
+def test_a_refused_template_is_not_shared() -> None:
+    kube, clock = cluster(), Clock()
+    # a webhook of this cluster refuses these pods (what the server alone knows)
+    kube.fail("dry_run_pod", lambda body: "bad" in body["metadata"]["name"],
+              KubeError("admission webhook \"policy.example\" denied the request", 403))
+    kube.add(elasticjob("bad-1"))
+    kube.add(elasticjob("bad-2", created="2026-01-01T00:00:03Z"))
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    assert kube.calls["dry_run_pod"] == 2  # each refused job was asked about (never a shared refusal)
+    for name in ("bad-1", "bad-2"):
+        scheduled = next(c for c in kube.workload(name, "ns")["status"]["conditions"] if c["type"] == "Scheduled")
+        assert scheduled["reason"] == "InvalidSpec" and "denied" in scheduled["message"]

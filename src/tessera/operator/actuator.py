@@ -127,14 +127,21 @@ class Actuator:
         ]
         full = sorted(previous + new, key=lambda r: r.replica)
         message = f"binding {len(new)} replica(s): " + ", ".join(f"{r.pod} -> {r.node}" for r in new)
+        record: dict[str, Any] = {
+            "phase": Phase.BINDING.value,
+            "placementGeneration": generation,
+            "placement": [r.model_dump() for r in full],
+            "observedGeneration": view.generation,
+            "message": message,
+        }
+        if isinstance(view.model, ElasticJob) and self._plan_for is not None and self._plan_status is not None:
+            # the sharding plan of this placement goes with its record: one status write, not two
+            # (deliver_plan finds it recorded); no plan here means deliver_plan refuses the bind
+            plan = self._plan_for(view, full)
+            if plan is not None:
+                record["plan"] = self._plan_status(plan)
         try:
-            self.status.write(view, {
-                "phase": Phase.BINDING.value,
-                "placementGeneration": generation,
-                "placement": [r.model_dump() for r in full],
-                "observedGeneration": view.generation,
-                "message": message,
-            }, force=True)
+            self.status.write(view, record, force=True)
         except KubeError as err:
             report.errors.append(f"{view.key}: could not record the placement, not binding: {err}")
             return

@@ -14,15 +14,23 @@ adds), and it runs every admission plugin of the cluster, not only the schema.
 Before the dry run, :func:`tessera.api.admission.workload_problems` checks what the API
 server cannot see in a preserved template (typos such as ``resource:``), names whose child
 objects would be invalid, and the spec's size.  The answer is kept per (uid,
-metadata.generation): a new spec is checked again.
+metadata.generation): a new spec is checked again. An acceptance is also shared for
+``ACCEPTED_TTL_SECONDS`` by workloads of the same kind in the same namespace whose pod
+template, accelerators per replica and accelerator types are identical (a burst of
+identical jobs costs one dry run, not one each); the pods differ only in the names Tessera
+gives them, which :func:`~tessera.api.admission.workload_problems` checks. Refusals are
+never shared.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from tessera.api.admission import workload_problems
 from tessera.operator import labels as L
@@ -35,13 +43,20 @@ log = logging.getLogger("tessera.operator.admission")
 
 #: API statuses that say the pod itself is wrong (not that the API server is unwell)
 REFUSALS = frozenset({400, 403, 409, 413, 422})
+#: how long an acceptance is shared by identical templates (a namespace's quota, Pod
+#: Security level or webhooks may change meanwhile)
+ACCEPTED_TTL_SECONDS = 60.0
 
 
 class Admission:
-    def __init__(self, kube: KubePort, *, memory: int = 4096) -> None:
+    def __init__(self, kube: KubePort, *, memory: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.memory = memory
+        self.clock = clock
         self._answers: OrderedDict[tuple[str, int], str] = OrderedDict()
+        #: template key -> when the API server last accepted a pod of that template
+        self._accepted: OrderedDict[str, float] = OrderedDict()
+        self.dry_runs = 0
         self._lock = threading.Lock()  # checked from a pool of threads
 
     def problem(self, view: WorkloadView, nodes: Mapping[str, NodeView]) -> str:
@@ -79,10 +94,31 @@ class Admission:
         except Exception as err:  # a template Tessera itself cannot turn into a pod
             return f"the pod template cannot be turned into a pod: {type(err).__name__}: {err}"
         body["metadata"]["annotations"].pop(L.TARGET_NODE, None)
+        template = template_key(view)
+        with self._lock:
+            accepted_at = self._accepted.get(template)
+            if accepted_at is not None and self.clock() - accepted_at < ACCEPTED_TTL_SECONDS:
+                return ""
         try:
+            self.dry_runs += 1
             self.kube.dry_run_pod(body)
         except KubeError as err:
             if err.status in REFUSALS:
                 return f"the API server refuses this workload's pods: {err}"
             raise
+        with self._lock:
+            self._accepted[template] = self.clock()
+            self._accepted.move_to_end(template)
+            while len(self._accepted) > self.memory:
+                self._accepted.popitem(last=False)
         return ""
+
+
+def template_key(view: WorkloadView) -> str:
+    """What decides whether the API server accepts a workload's pods, besides their names."""
+    assert view.model is not None
+    spec = view.model.spec
+    what = {"kind": view.kind, "namespace": view.namespace, "template": view.raw.get("spec", {}).get("template"),
+            "accelerators": spec.acceleratorsPerReplica,
+            "types": sorted(view.workload.allowed_types) if view.workload is not None else []}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
