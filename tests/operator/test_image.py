@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 from prometheus_server import free_port
+from workload_views import example_runs_then_goes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
 from chart_helpers import CHART, helm
@@ -221,20 +222,9 @@ def test_the_image_schedules_the_example_as_the_chart_identity(
         assert cmdline[1] == b"/opt/tessera/bin/tessera" and cmdline[2] == b"operator", cmdline
 
         cluster.apply(example, namespace=namespace)
-
-        def running() -> list[dict[str, Any]] | None:
-            status = cluster.get_json("elasticjob", name, "-n", namespace).get("status") or {}
-            pods = cluster.get_json("pods", "-n", namespace)["items"]
-            bound = [p for p in pods if p["spec"].get("nodeName") and p["status"].get("phase") == "Running"]
-            return bound if status.get("phase") == "Running" and len(bound) >= 2 else None
-
-        pods = cluster.wait_for(running, timeout=90, what=f"{name} Running, scheduled by the image")
-        assert all(p["spec"]["schedulerName"] == "tessera" for p in pods)
-        lease = cluster.get_json("lease", f"{identity.fullname}-scheduler", "-n", identity.namespace)
-        assert lease["spec"]["holderIdentity"] == "image-test"
-        cluster.kubectl("delete", "elasticjob", name, "-n", namespace, "--wait=false")
-        cluster.wait_for(lambda: not cluster.get_json("pods", "-n", namespace)["items"], timeout=40,
-                         what="the job's pods deleted by the image's operator")
+        example_runs_then_goes(cluster, namespace, name,
+                               (identity.namespace, f"{identity.fullname}-scheduler"), "image-test",
+                               timeout=90, what="scheduled by the image")
         text = log_path.read_text(errors="replace")
         assert "403" not in text and "forbidden" not in text.lower(), text[-4000:]
         assert "Read-only file system" not in text, text[-4000:]

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from workload_views import example_runs_then_goes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the chart helpers
 from chart_helpers import CHART, ROOT, helm
@@ -268,21 +269,9 @@ def test_the_operator_schedules_the_examples_as_the_chart_identity(
     name = yaml.safe_load(example.read_text())["metadata"]["name"]
     try:
         cluster.apply(example, namespace=namespace)
-
-        def running() -> list[dict[str, Any]] | None:
-            status = cluster.get_json("elasticjob", name, "-n", namespace).get("status") or {}
-            pods = cluster.get_json("pods", "-n", namespace)["items"]
-            bound = [p for p in pods if p["spec"].get("nodeName") and p["status"].get("phase") == "Running"]
-            return bound if status.get("phase") == "Running" and len(bound) >= 2 else None
-
-        pods = cluster.wait_for(running, timeout=60, what=f"{name} Running under the chart's identity")
-        assert all(p["spec"]["schedulerName"] == "tessera" for p in pods)
-        lease = cluster.get_json("lease", f"{identity.fullname}-scheduler", "-n", identity.namespace)
-        assert lease["spec"]["holderIdentity"] == "rbac-test"
-        # deletion goes through the finalizer and the pods are removed, still as the SA
-        cluster.kubectl("delete", "elasticjob", name, "-n", namespace, "--wait=false")
-        cluster.wait_for(lambda: not cluster.get_json("pods", "-n", namespace)["items"], timeout=40,
-                         what="the job's pods deleted by the operator")
+        example_runs_then_goes(cluster, namespace, name,
+                               (identity.namespace, f"{identity.fullname}-scheduler"), "rbac-test",
+                               timeout=60, what="under the chart's identity")
         log = proc.log()
         assert "403" not in log and "forbidden" not in log.lower(), log[-4000:]
     finally:
