@@ -467,3 +467,41 @@ def test_a_refused_template_is_not_shared() -> None:
     for name in ("bad-1", "bad-2"):
         scheduled = next(c for c in kube.workload(name, "ns")["status"]["conditions"] if c["type"] == "Scheduled")
         assert scheduled["reason"] == "InvalidSpec" and "denied" in scheduled["message"]
+
+
+# --- another scheduler on the same nodes ------------------------------------------------------
+
+def _foreign_pod(name: str, node: str, gpus: int) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "other", "uid": f"uid-{name}", "labels": {},
+                         "creationTimestamp": "2027-01-15T08:00:01Z"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i",
+                                                       "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+            "status": {"phase": "Running"}}
+
+
+def test_a_node_over_its_allocatable_sends_the_latest_tessera_workload_elsewhere() -> None:
+    kube, clock = cluster(2), Clock()
+    kube.add(elasticjob("a", replicas=1, accelerators=8))
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    (pod,) = kube.pods_of("a")
+    node = pod["spec"]["nodeName"]
+    # kube-scheduler bound a pod to the same 8 GPUs (it could not see a's pod yet)
+    kube.pods[("other", "plain")] = _foreign_pod("plain", node, 8)
+    for _ in range(4):
+        clock.t += 1
+        s.run_cycle()
+    assert bound_gpus(kube)[node] == 8  # only the foreign pod is left there
+    assert running(kube, "a") and kube.pods_of("a")[0]["spec"]["nodeName"] != node  # placed again elsewhere
+    events = [e for e in kube.events if e[2] == "PlacementRolledBack"]
+    assert events and f"node {node} holds 16 accelerators for its 8" in events[0][3]
+
+
+def test_a_node_over_its_allocatable_from_foreign_pods_alone_is_reported_not_repaired() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.pods[("other", "p1")] = _foreign_pod("p1", "h0", 8)
+    kube.pods[("other", "p2")] = _foreign_pod("p2", "h0", 8)
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    assert set(kube.pods) == {("other", "p1"), ("other", "p2")}  # never someone else's pods
+    assert kube.calls["delete_pod"] == 0

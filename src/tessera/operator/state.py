@@ -36,6 +36,7 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.operator.overcommit import step_back
 from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vocabulary)
     CONDITION_TAINT_KEYS,
     KINDS,
@@ -149,6 +150,12 @@ def build_state(
             view.workload = None
             external.extend(p for p in view.pods if p.node_name)
             view.pods = []
+    # a node over its allocatable (another scheduler bound to the same devices): the latest
+    # Tessera workloads there are rolled back and placed again
+    overcommitted = step_back(views.values(), [p for p in pod_views if p.node_name and not p.terminating],
+                              node_views)
+    for view in views.values():
+        if view.workload is None:
             continue
         # the new pods of moves in flight hold their target nodes (make-before-break)
         external.extend(pod for pod in view.incoming.values() if pod.node_name)
@@ -195,6 +202,8 @@ def build_state(
 
     snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
     warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
+    for name, warning in overcommitted.items():
+        warnings[name] = (*warnings.get(name, ()), warning)
     usable = {name for name, v in node_views.items() if v.node.usable}
     leaving = [p for p in leaving if p.node_name in usable]  # a dead node's pods may never go
     return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving)

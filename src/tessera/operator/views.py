@@ -275,16 +275,15 @@ def accelerator_requests_problem(spec: Mapping[str, Any], devices: int) -> str:
     return ""
 
 
-def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> ReplicaDemand:
-    """What a bound pod takes from its node, counted as Kubernetes counts it: containers add
-    up, init containers run one at a time (the largest counts), pod overhead on top.
-    Accelerators are the node's extended resource ``resource_name`` (limits, else requests)."""
+def pod_accelerators(pod: Mapping[str, Any], resource_name: str | None) -> int:
+    """Whole accelerators a pod holds, counted as the kubelet counts them: containers add up,
+    init containers run one at a time (the largest counts); the node's extended resource
+    ``resource_name`` (limits, else requests)."""
+    if not resource_name:
+        return 0
     spec = pod.get("spec") or {}
-    cpu, mem = pod_spec_requests(spec)
 
     def devices_of(container: Mapping[str, Any]) -> int:
-        if not resource_name:
-            return 0
         resources = container.get("resources") or {}
         value = (resources.get("limits") or {}).get(resource_name) or (resources.get("requests") or {}).get(
             resource_name
@@ -297,7 +296,16 @@ def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> Replic
             return 0
 
     devices = sum(devices_of(c) for c in spec.get("containers") or [])
-    devices = max([devices, *(devices_of(c) for c in spec.get("initContainers") or [])])
+    return max([devices, *(devices_of(c) for c in spec.get("initContainers") or [])])
+
+
+def external_demand(pod: Mapping[str, Any], resource_name: str | None) -> ReplicaDemand:
+    """What a bound pod takes from its node, counted as Kubernetes counts it: containers add
+    up, init containers run one at a time (the largest counts), pod overhead on top.
+    Accelerators are the node's extended resource ``resource_name`` (limits, else requests)."""
+    spec = pod.get("spec") or {}
+    cpu, mem = pod_spec_requests(spec)
+    devices = pod_accelerators(pod, resource_name)
     overhead = spec.get("overhead") or {}
     with contextlib.suppress(TypeError, ValueError):
         cpu += to_milli(overhead["cpu"]) if "cpu" in overhead else 0

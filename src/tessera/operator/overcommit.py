@@ -1,0 +1,87 @@
+"""Nodes over their allocatable: another scheduler bound to the same devices.
+
+Tessera counts every bound pod, whoever bound it. What it cannot see is a pod another
+scheduler (kube-scheduler on shared nodes) has decided but not yet bound: when both bind to
+the same devices at once, the node holds more than it has. A kubelet would reject the pod
+that reaches it second (``OutOf<resource>``); Tessera does not wait for that. Each cycle it
+checks every node's bound accelerator requests against its allocatable and, on a node over
+it, steps back: the Tessera workload whose pod there was created last is rolled back (its
+pods deleted, ``Scheduled=False`` with reason ``PlacementRolledBack`` and a message naming the
+node, a Warning Event) and placed again; then the next, until the node fits. Only Tessera's own
+pods are touched: a node over its allocatable from other pods alone is reported, never
+repaired by deleting someone else's pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from tessera.core import MILLI_PER_DEVICE
+from tessera.operator.views import NodeView, PodView, WorkloadView, pod_accelerators
+
+#: (pod uid, resourceVersion, resource name) -> accelerator milli-units: a pod's requests do not
+#: change without a new resourceVersion, so a steady cycle over thousands of pods parses none
+_MEMO: dict[tuple[str, str, str], int] = {}
+_MEMO_LIMIT = 200_000
+
+
+def accelerator_milli(pod: PodView, node: NodeView) -> int:
+    """Accelerator milli-units ``pod`` holds on ``node``, counted as the kubelet counts them
+    (whole devices of the node's extended resource)."""
+    resource = node.discovery.resource_name or ""
+    key = (pod.uid, str((pod.raw.get("metadata") or {}).get("resourceVersion") or ""), resource)
+    milli = _MEMO.get(key) if pod.uid else None
+    if milli is None:
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        milli = pod_accelerators(pod.raw, resource) * MILLI_PER_DEVICE
+        if pod.uid:
+            _MEMO[key] = milli
+    return milli
+
+
+def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Mapping[str, NodeView]) -> dict[str, str]:
+    """Roll back the latest Tessera workloads on nodes over their accelerator allocatable.
+
+    ``views`` are the reconciled workloads (their ``pods`` are Tessera's bound pods),
+    ``bound`` every pod bound to a node. Sets ``rollback_reason`` on the workloads it steps
+    back and returns node -> a warning for nodes still over it (from pods that are not Tessera's).
+    """
+    used: dict[str, int] = {}
+    for pod in bound:
+        node = nodes.get(pod.node_name)
+        if node is not None and not pod.finished:
+            used[pod.node_name] = used.get(pod.node_name, 0) + accelerator_milli(pod, node)
+    over = {name: milli for name, milli in used.items()
+            if milli > nodes[name].node.accelerator_count * MILLI_PER_DEVICE}
+    warnings: dict[str, str] = {}
+    if not over:
+        return warnings
+    ours: dict[str, list[tuple[str, PodView, WorkloadView]]] = {}
+    for view in views:
+        if view.workload is None or view.rollback_reason:
+            continue
+        for pod in view.pods:
+            if pod.node_name in over:
+                created = str((pod.raw.get("metadata") or {}).get("creationTimestamp") or "")
+                ours.setdefault(pod.node_name, []).append((created, pod, view))
+    for name in sorted(over):
+        node = nodes[name]
+        capacity = node.node.accelerator_count * MILLI_PER_DEVICE
+        # the latest first: the pod a kubelet would most likely have refused
+        for _, _, view in sorted(ours.get(name, []), key=lambda t: (t[0], t[1].name), reverse=True):
+            if used[name] <= capacity:
+                break
+            if view.rollback_reason:
+                continue
+            view.rollback_reason = (
+                f"node {name} holds {used[name] / MILLI_PER_DEVICE:g} accelerators for its {capacity // MILLI_PER_DEVICE} "
+                "(another scheduler bound pods to the same devices); this workload's pods were the latest "
+                "there and are placed again")
+            for pod in view.pods:  # all its pods go, on every node
+                if pod.node_name in used and (target := nodes.get(pod.node_name)) is not None:
+                    used[pod.node_name] -= accelerator_milli(pod, target)
+        if used[name] > capacity:
+            warnings[name] = (f"holds {used[name] / MILLI_PER_DEVICE:g} accelerators for its "
+                              f"{capacity // MILLI_PER_DEVICE} from pods Tessera does not manage")
+    return warnings
