@@ -505,3 +505,18 @@ def test_a_node_over_its_allocatable_from_foreign_pods_alone_is_reported_not_rep
     s.run_cycle()
     assert set(kube.pods) == {("other", "p1"), ("other", "p2")}  # never someone else's pods
     assert kube.calls["delete_pod"] == 0
+
+
+def test_over_means_over_what_the_kubelet_enforces_not_tessera_s_own_count() -> None:
+    # time-slicing: the device plugin advertises 32 while a label tells Tessera 8 devices
+    node = gpu_node("h0", gpus=32)
+    node["metadata"]["labels"]["tessera.dev/accelerator-count"] = "8"
+    kube, clock = FakeKube([node]), Clock()
+    kube.add(elasticjob("a", replicas=1, accelerators=8))
+    s = scheduler(kube, clock)
+    s.run_cycle()
+    assert running(kube, "a")
+    kube.pods[("other", "shared")] = _foreign_pod("shared", "h0", 16)  # 24 of 32: the kubelet admits it
+    clock.t += 1
+    s.run_cycle()
+    assert running(kube, "a") and kube.calls["delete_pod"] == 0

@@ -52,8 +52,11 @@ def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Ma
         node = nodes.get(pod.node_name)
         if node is not None and not pod.finished:
             used[pod.node_name] = used.get(pod.node_name, 0) + accelerator_milli(pod, node)
-    over = {name: milli for name, milli in used.items()
-            if milli > nodes[name].node.accelerator_count * MILLI_PER_DEVICE}
+    # against what the kubelet enforces (the resource's allocatable), not Tessera's own count
+    # (a label may say 8 GPUs where a time-slicing device plugin advertises 32)
+    capacity_of = {name: (nodes[name].allocatable_devices or 0) * MILLI_PER_DEVICE for name in used
+                   if nodes[name].allocatable_devices is not None}
+    over = {name: milli for name, milli in used.items() if name in capacity_of and milli > capacity_of[name]}
     warnings: dict[str, str] = {}
     if not over:
         return warnings
@@ -66,8 +69,7 @@ def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Ma
                 created = str((pod.raw.get("metadata") or {}).get("creationTimestamp") or "")
                 ours.setdefault(pod.node_name, []).append((created, pod, view))
     for name in sorted(over):
-        node = nodes[name]
-        capacity = node.node.accelerator_count * MILLI_PER_DEVICE
+        capacity = capacity_of[name]
         # the latest first: the pod a kubelet would most likely have refused
         for _, _, view in sorted(ours.get(name, []), key=lambda t: (t[0], t[1].name), reverse=True):
             if used[name] <= capacity:

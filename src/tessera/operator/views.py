@@ -80,6 +80,9 @@ def pod_view(raw: Mapping[str, Any]) -> PodView:
 class NodeView:
     node: Node
     discovery: Discovery
+    #: allocatable of the node's accelerator resource as the kubelet enforces it (None: not
+    #: advertised, e.g. a count given by label only)
+    allocatable_devices: int | None = None
 
 
 def node_view(raw: Mapping[str, Any]) -> NodeView:
@@ -117,7 +120,11 @@ def node_view(raw: Mapping[str, Any]) -> NodeView:
         ready=ready,
         schedulable=not spec.get("unschedulable") and not blocking,
     )
-    return NodeView(node, found)
+    devices: int | None = None
+    if found.resource_name and found.resource_name in allocatable:
+        with contextlib.suppress(TypeError, ValueError):
+            devices = max(0, to_int(allocatable[found.resource_name]))
+    return NodeView(node, found, devices)
 
 
 @dataclass
