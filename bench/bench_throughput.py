@@ -144,11 +144,11 @@ def start_kube_scheduler(cluster: Cluster, work: Path) -> subprocess.Popen[bytes
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def start_tessera(cluster: Cluster, work: Path, workers: int) -> subprocess.Popen[bytes]:
+def start_tessera(cluster: Cluster, work: Path, workers: int, log_level: str = "WARNING") -> subprocess.Popen[bytes]:
     log = (work / "operator.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(cluster.kubeconfig),
                              "--metrics-port", "0", "--workers", str(workers), "--lease-namespace", "default",
-                             "--log-level", "WARNING"],
+                             "--log-level", log_level],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**cluster.env, "KUBECONFIG": str(cluster.kubeconfig)})
 
@@ -166,7 +166,8 @@ def run(cluster: Cluster, work: Path, scheduler: str, pods: int, replicas: int, 
         nodes: int) -> dict[str, Any]:
     custom = scheduler == "tessera"
     bodies = [job(i, replicas) for i in range(pods // replicas)] if custom else [plain_pod(i) for i in range(pods)]
-    proc = start_tessera(cluster, work, args.workers) if custom else start_kube_scheduler(cluster, work)
+    proc = start_tessera(cluster, work, args.workers, args.operator_log_level) if custom \
+        else start_kube_scheduler(cluster, work)
     try:
         time.sleep(3)  # let it start and LIST before the burst (both get the same head start)
         started = create_burst(cluster, bodies, args.create_threads, custom)
@@ -191,6 +192,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--create-threads", type=int, default=16)
     parser.add_argument("--timeout-seconds", type=float, default=900)
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--operator-log-level", default="WARNING",
+                        help="the operator's --log-level (its log is operator.log in the run's temporary folder)")
     args = parser.parse_args(argv)
     if not (BIN / "kube-scheduler").exists():
         print(f"kube-scheduler not found in {BIN}: run `make tools` (hack/build-tools.sh builds it)")

@@ -520,3 +520,33 @@ def test_over_means_over_what_the_kubelet_enforces_not_tessera_s_own_count() -> 
     clock.t += 1
     s.run_cycle()
     assert running(kube, "a") and kube.calls["delete_pod"] == 0
+
+
+def test_identical_jobs_checked_at_once_on_the_pool_send_one_dry_run() -> None:
+    import threading
+    import time as _time
+
+    from tessera.operator.admission import Admission
+    from tessera.operator.state import build_state
+
+    kube, clock = cluster(2), Clock()
+    for i in range(8):
+        kube.add(elasticjob(f"same-{i}", replicas=1, accelerators=8))
+    slow = kube.dry_run_pod
+
+    def dry_run(body: dict[str, Any]) -> None:
+        _time.sleep(0.05)  # the answer takes a while: every thread asks before the first returns
+        slow(body)
+
+    kube.dry_run_pod = dry_run  # type: ignore[method-assign]
+    state = build_state(kube.list_nodes(), kube.list_pods(), kube.list_workloads(), clock())
+    admission = Admission(kube)
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda v=v: answers.append(admission.problem(v, state.nodes)))
+               for v in state.workloads.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [""] * 8
+    assert kube.calls["dry_run_pod"] == 1

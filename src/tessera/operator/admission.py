@@ -56,6 +56,8 @@ class Admission:
         self._answers: OrderedDict[tuple[str, int], str] = OrderedDict()
         #: template key -> when the API server last accepted a pod of that template
         self._accepted: OrderedDict[str, float] = OrderedDict()
+        #: template key -> held while that template is being asked about
+        self._asking: dict[str, threading.Lock] = {}
         self.dry_runs = 0
         self._lock = threading.Lock()  # checked from a pool of threads
 
@@ -96,21 +98,29 @@ class Admission:
         body["metadata"]["annotations"].pop(L.TARGET_NODE, None)
         template = template_key(view)
         with self._lock:
-            accepted_at = self._accepted.get(template)
-            if accepted_at is not None and self.clock() - accepted_at < ACCEPTED_TTL_SECONDS:
-                return ""
-        try:
-            self.dry_runs += 1
-            self.kube.dry_run_pod(body)
-        except KubeError as err:
-            if err.status in REFUSALS:
-                return f"the API server refuses this workload's pods: {err}"
-            raise
-        with self._lock:
-            self._accepted[template] = self.clock()
-            self._accepted.move_to_end(template)
-            while len(self._accepted) > self.memory:
-                self._accepted.popitem(last=False)
+            asking = self._asking.setdefault(template, threading.Lock())
+        # one question per template at a time: a burst of identical jobs checked on a pool of
+        # threads waits for the first answer instead of sending one dry run each
+        with asking:
+            with self._lock:
+                accepted_at = self._accepted.get(template)
+                if accepted_at is not None and self.clock() - accepted_at < ACCEPTED_TTL_SECONDS:
+                    return ""
+            try:
+                with self._lock:
+                    self.dry_runs += 1
+                self.kube.dry_run_pod(body)
+            except KubeError as err:
+                if err.status in REFUSALS:
+                    return f"the API server refuses this workload's pods: {err}"
+                raise
+            with self._lock:
+                self._accepted[template] = self.clock()
+                self._accepted.move_to_end(template)
+                while len(self._accepted) > self.memory:
+                    self._accepted.popitem(last=False)
+                if len(self._asking) > 2 * self.memory:  # forget idle locks (a holder keeps its own)
+                    self._asking = {k: v for k, v in self._asking.items() if k in self._accepted or v.locked()}
         return ""
 
 

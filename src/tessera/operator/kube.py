@@ -51,6 +51,20 @@ def _json(response: Any) -> Any:
     return json.loads(data) if data else {}
 
 
+def _drain(response: Any) -> None:
+    """Read a response nobody needs and hand its connection back to the pool.
+
+    With ``_preload_content=False`` the client leaves that to the caller: an unread response
+    keeps its connection checked out, and the next request opens a new TLS connection (a
+    burst then paid a handshake for every other request, on both sides)."""
+    with contextlib.suppress(Exception):
+        response.read()
+    release = getattr(response, "release_conn", None)
+    if release is not None:
+        with contextlib.suppress(Exception):
+            release()
+
+
 def _error(err: ApiException, what: str) -> KubeError:
     detail = ""
     try:
@@ -228,8 +242,8 @@ class Kube:
         (Pod Security, quotas, webhooks) included; raises KubeError with its answer."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            self.core.create_namespaced_pod(namespace, cast(Any, body), dry_run="All",
-                                            field_manager=L.FIELD_MANAGER, _preload_content=False)
+            _drain(self.core.create_namespaced_pod(namespace, cast(Any, body), dry_run="All",
+                                                   field_manager=L.FIELD_MANAGER, _preload_content=False))
         except ApiException as err:
             if err.status == 409:  # a pod of that name exists: the spec itself was accepted
                 return
@@ -246,7 +260,7 @@ class Kube:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:
-            self.core.create_namespaced_pod_binding(name, namespace, cast(Any, body), _preload_content=False)
+            _drain(self.core.create_namespaced_pod_binding(name, namespace, cast(Any, body), _preload_content=False))
         except ApiException as err:
             raise _error(err, f"bind pod {namespace}/{name} to {node}") from err
 
@@ -258,7 +272,7 @@ class Kube:
         if grace_period_seconds is not None:
             options["gracePeriodSeconds"] = grace_period_seconds
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=cast(Any, options), _preload_content=False)
+            _drain(self.core.delete_namespaced_pod(name, namespace, body=cast(Any, options), _preload_content=False))
         except ApiException as err:
             if err.status in (404, 409):  # gone already, or replaced by a newer pod
                 return
@@ -315,7 +329,8 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body), _preload_content=False)
+            _drain(self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body),
+                                                     _preload_content=False))
         except ApiException as err:
             log.warning("could not post event %s on %s %s: %s", reason, kind, meta["name"], err.reason)
 
@@ -325,8 +340,8 @@ class Kube:
         """Create the ConfigMap ``body`` or bring an existing one's ``data`` in line; True when written."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            self.core.create_namespaced_config_map(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
-                                                   _preload_content=False)
+            _drain(self.core.create_namespaced_config_map(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
+                                                          _preload_content=False))
             return True
         except ApiException as err:
             if err.status != 409:
@@ -336,8 +351,8 @@ class Kube:
             _check_owned(current, body, "ConfigMap")
             if current.get("data") == body.get("data"):
                 return False
-            self.core.patch_namespaced_config_map(name, namespace, {"data": body.get("data") or {}},
-                                                  field_manager=L.FIELD_MANAGER, _preload_content=False)
+            _drain(self.core.patch_namespaced_config_map(name, namespace, {"data": body.get("data") or {}},
+                                                         field_manager=L.FIELD_MANAGER, _preload_content=False))
             return True
         except ApiException as err:
             raise _error(err, f"update configmap {namespace}/{name}") from err
@@ -348,8 +363,8 @@ class Kube:
         A Service of that name owned by anything else raises KubeError (never adopted)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            self.core.create_namespaced_service(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
-                                                _preload_content=False)
+            _drain(self.core.create_namespaced_service(namespace, cast(Any, body), field_manager=L.FIELD_MANAGER,
+                                                       _preload_content=False))
             return True
         except ApiException as err:
             if err.status != 409:
@@ -377,7 +392,7 @@ class Kube:
 
     def create_lease(self, namespace: str, body: dict[str, Any]) -> bool:  # leases: create
         try:
-            self.coordination.create_namespaced_lease(namespace, cast(Any, body), _preload_content=False)
+            _drain(self.coordination.create_namespaced_lease(namespace, cast(Any, body), _preload_content=False))
             return True
         except ApiException as err:
             if err.status == 409:
@@ -387,7 +402,8 @@ class Kube:
     def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> bool:  # leases: update
         """Replace with the resourceVersion in ``body``; False when someone else wrote it first."""
         try:
-            self.coordination.replace_namespaced_lease(name, namespace, cast(Any, body), _preload_content=False)
+            _drain(self.coordination.replace_namespaced_lease(name, namespace, cast(Any, body),
+                                                              _preload_content=False))
             return True
         except ApiException as err:
             if err.status == 409:
