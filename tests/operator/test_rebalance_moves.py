@@ -197,6 +197,12 @@ def assert_consistent(cluster: Any, namespace: str, status: dict[str, Any]) -> N
     assert status["replicas"] == REPLICAS
 
 
+def surge_of(status: dict, move: dict) -> dict:
+    """Where the placement records a move's new replica, and which replica it replaces."""
+    [entry] = [r for r in status["placement"] if r["replica"] == move["newReplica"]]
+    return {"node": entry["node"], "surgeFor": entry.get("surgeFor")}
+
+
 def test_a_hot_replica_moves_make_before_break_after_its_cooldown(cluster, namespace, setup):
     # a cooldown longer than the test: the rounds run (with load) but nothing moves
     first = setup.start("cooldown_seconds=3600", metrics_port=(port := free_port()))
@@ -241,7 +247,10 @@ def test_a_restart_after_binding_the_new_replica_finishes_the_move(cluster, name
         # the crash we wanted: the move is recorded, the new pod bound, the old one still there
         status = status_of(cluster, namespace)
         [move] = status["migrations"]
-        assert move["stage"] == "Binding" and move["toNode"] in setup.nodes_h100
+        assert move["toNode"] in setup.nodes_h100
+        # the move is the desired placement: a surge replica beside the one it replaces
+        assert surge_of(status, move) == {"node": move["toNode"], "surgeFor": move["replica"]}
+        assert status["replicas"] == REPLICAS
         pods = {p["metadata"]["name"]: p for p in pods_of(cluster, namespace)}
         assert len(pods) == REPLICAS + 1 and pods[move["newPod"]]["spec"]["nodeName"] == move["toNode"]
         second = setup.start("cooldown_seconds=2")
@@ -261,8 +270,9 @@ def test_a_restart_before_the_new_replica_is_bound_undoes_the_move(cluster, name
     with ReplicaWatcher(cluster, namespace) as watcher:
         setup.open_h100()
         assert first.wait_exit(timeout=60) == 137
-        [move] = status_of(cluster, namespace)["migrations"]
-        assert move["stage"] == "Binding"
+        status = status_of(cluster, namespace)
+        [move] = status["migrations"]
+        assert surge_of(status, move) == {"node": move["toNode"], "surgeFor": move["replica"]}
         assert move["newPod"] not in {p["metadata"]["name"] for p in pods_of(cluster, namespace)}
         # the successor undoes it (the old replica never stopped), then moves again on its own
         setup.start("cooldown_seconds=2")

@@ -224,3 +224,16 @@ class FakeKube:
         lease["metadata"]["resourceVersion"] = self._version()
         self.leases[(namespace, name)] = lease
         return True
+
+
+def inferenceservice(name: str, namespace: str = "ns", *, replicas: int = 2, accelerators: int = 8,
+                     types: tuple[str, ...] = ("H100",), spread: str = "Node",
+                     created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    return {
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}-{next(_uids)}", "generation": 1,
+                     "creationTimestamp": created, "resourceVersion": "1"},
+        "spec": {"replicas": replicas, "acceleratorsPerReplica": accelerators, "spread": spread,
+                 "acceleratorTypes": [{"name": t} for t in types],
+                 "template": {"spec": {"containers": [{"name": "server", "image": "server:1"}]}}},
+    }

@@ -1,5 +1,6 @@
-"""The pure parts of the operator's rebalancer (tessera.operator.rebalance) and its hook in
-tessera.operator.state: moves in flight in status, cooldown from status, which moves start."""
+"""The pure parts of the operator's rebalancer (tessera.operator.moves) and its hook in
+tessera.operator.state: moves in flight as surge replicas of the desired placement, cooldown
+from status, which moves start."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tessera.core import Migration, Plan, ReplicaAssignment
 from tessera.engine import CycleResult
 from tessera.operator import labels as L
 from tessera.operator.main import rebalance_params
-from tessera.operator.rebalance import (
+from tessera.operator.moves import (
     landing_times,
     next_replica_index,
     rebalance_snapshot,
@@ -62,42 +63,55 @@ def placement(workload: str, nodes: list[str], generation: int = 1) -> list[dict
             for i, n in enumerate(nodes)]
 
 
-def move(replica: int, new: int, source: str, target: str, stage: str, generation: int = 2,
+def move(replica: int, new: int, source: str, target: str, generation: int = 2,
          start: str = "2026-01-01T00:10:00Z") -> dict:
     return {"replica": replica, "pod": f"s-{replica}", "fromNode": source, "toNode": target, "newReplica": new,
-            "newPod": f"s-{new}", "generation": generation, "stage": stage, "startTime": start,
+            "newPod": f"s-{new}", "generation": generation, "startTime": start,
             "estimatedCostSeconds": 3.5, "policy": "rebalance-cost-aware", "reason": "rebalance"}
+
+
+def surge(m: dict) -> dict:
+    """The surge replica a move records in the desired placement."""
+    return {"replica": m["newReplica"], "pod": m["newPod"], "node": m["toNode"], "acceleratorType": "H100",
+            "generation": m["generation"], "surgeFor": m["replica"]}
 
 
 NODES = [node("a0", "NVIDIA-A100-SXM4-80GB"), node("a1", "NVIDIA-A100-SXM4-80GB"), node("h0"), node("h1"), node("h2")]
 
 
 def running(moves: list[dict] | None = None, history: list[dict] | None = None, **extra: Any) -> dict:
+    """A running 2-replica service on a0, a1 with ``moves`` in flight (records + surge replicas)."""
     return {"phase": "Running", "placementGeneration": 2, "startTime": "2026-01-01T00:00:00Z",
-            "placement": placement("s", ["a0", "a1"]), "migrations": moves or [],
+            "placement": placement("s", ["a0", "a1"]) + [surge(m) for m in moves or []], "migrations": moves or [],
             "migrationHistory": history or [], **extra}
 
 
 def test_the_new_pod_of_a_move_in_flight_is_kept_holds_its_node_and_is_no_scale_change():
-    status = running([move(0, 2, "a0", "h0", "WaitingReady")])
+    status = running([move(0, 2, "a0", "h0")])
     pods = [pod("s", 0, "a0"), pod("s", 1, "a1"), pod("s", 2, "h0", generation=2, ready=False)]
     state = build_state(NODES, pods, [service("s", 2, status)], 0)
     view = state.workloads["ns/s"]
     assert sorted(view.placement) == [0, 1]  # the moving replica still serves
+    assert list(view.surges) == [2] and view.surges[2].surgeFor == 0
     assert list(view.incoming) == [2] and not view.to_delete  # not stale, not a scale-down
     assert not state.pending  # and no scale-up unit either
     assert state.snapshot.free("h0").whole_devices == 0  # its room is taken
     assert not state.leaving
 
 
-def test_without_the_move_in_status_the_same_pod_is_stale():
+def test_without_the_surge_replica_in_the_placement_the_same_pod_is_stale():
     pods = [pod("s", 0, "a0"), pod("s", 1, "a1"), pod("s", 2, "h0", generation=2)]
     view = build_state(NODES, pods, [service("s", 2, running())], 0).workloads["ns/s"]
     assert [p.name for p in view.to_delete] == ["s-2"] and not view.incoming
+    # a move record alone (an older operator's, without a surge replica) keeps nothing either
+    status = running()
+    status["migrations"] = [move(0, 2, "a0", "h0")]
+    view = build_state(NODES, pods, [service("s", 2, status)], 0).workloads["ns/s"]
+    assert [p.name for p in view.to_delete] == ["s-2"] and not view.incoming and not view.surges
 
 
-def test_after_cut_over_the_old_pod_is_stale_and_deleted():
-    status = running([move(0, 2, "a0", "h0", "Releasing")])
+def test_after_the_take_over_the_old_pod_is_stale_and_deleted():
+    status = running()
     status["placement"] = [placement("s", ["a0", "a1"])[1],
                            {"replica": 2, "pod": "s-2", "node": "h0", "acceleratorType": "H100", "generation": 2}]
     pods = [pod("s", 0, "a0"), pod("s", 1, "a1"), pod("s", 2, "h0", generation=2)]
@@ -114,9 +128,10 @@ def test_landing_times_come_from_history_and_moves_in_flight():
         {"replica": 1, "newReplica": 3, "fromNode": "a1", "toNode": "h1", "startTime": "2026-01-01T00:06:00Z",
          "completionTime": "2026-01-01T00:06:10Z", "outcome": "Aborted"},
     ]
-    status = running([move(1, 4, "a1", "h1", "WaitingReady")], history)
+    status = running([move(1, 4, "a1", "h1")], history)
     status["placement"] = [placement("s", ["a0", "a1"])[1],
-                           {"replica": 2, "pod": "s-2", "node": "h0", "acceleratorType": "H100", "generation": 2}]
+                           {"replica": 2, "pod": "s-2", "node": "h0", "acceleratorType": "H100", "generation": 2},
+                           surge(move(1, 4, "a1", "h1"))]
     pods = [pod("s", 1, "a1"), pod("s", 2, "h0", generation=2), pod("s", 4, "h1", generation=2)]
     state = build_state(NODES, pods, [service("s", 2, status)], 0)
     landed = landing_times(state.workloads["ns/s"])
@@ -146,7 +161,7 @@ def result_of(state: ClusterState, *migrations: Migration, placements: tuple = (
 
 
 def test_moves_start_in_order_with_room_max_unavailable_and_no_second_move_of_a_moving_replica():
-    status = running([move(0, 2, "a0", "h0", "WaitingReady")])
+    status = running([move(0, 2, "a0", "h0")])
     pods = [pod("s", 0, "a0"), pod("s", 1, "a1"), pod("s", 2, "h0", generation=2, ready=False)]
     workloads = [service("s", 2, status, annotations={"tessera.dev/max-unavailable": "2"})]
     state = build_state(NODES, pods, workloads, 0)
@@ -166,7 +181,7 @@ def test_moves_start_in_order_with_room_max_unavailable_and_no_second_move_of_a_
 
 
 def test_max_unavailable_counts_moves_of_earlier_rounds():
-    status = running([move(0, 2, "a0", "h0", "WaitingReady")])
+    status = running([move(0, 2, "a0", "h0")])
     pods = [pod("s", 0, "a0"), pod("s", 1, "a1"), pod("s", 2, "h0", generation=2, ready=False)]
     state = build_state(NODES, pods, [service("s", 2, status)], 0)  # default maxUnavailable 1
     selection = select_moves(state, rebalance_snapshot(state, None, 0),
@@ -195,7 +210,7 @@ def test_a_move_without_room_now_waits_and_defrag_moves_are_labelled():
 
 
 def test_a_fresh_replica_index_avoids_moves_and_terminating_pods():
-    status = running([move(0, 2, "a0", "h0", "WaitingReady")])
+    status = running([move(0, 2, "a0", "h0")])
     pods = [pod("s", 0, "a0"), pod("s", 1, "a1"), pod("s", 2, "h0", generation=2, ready=False),
             pod("s", 3, "h1", terminating=True)]
     state = build_state(NODES, pods, [service("s", 2, status)], 0)
@@ -226,7 +241,8 @@ def test_training_moves_become_one_resize_through_the_elastic_path_and_cool_down
 
     from tessera.core import Resize
     from tessera.operator.metrics import OperatorMetrics
-    from tessera.operator.rebalance import Rebalancer, rebalance_snapshot
+    from tessera.operator.moves import rebalance_snapshot
+    from tessera.operator.rebalance import Rebalancer
 
     resized = "2026-01-01T01:00:00.500Z"
     workloads = [job("a", replicas=(2, 2), status={"phase": "Running", "placementGeneration": 1,

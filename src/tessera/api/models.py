@@ -17,7 +17,15 @@ import re
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tessera.api.template import POD_SPEC_SCHEMA
 
@@ -181,6 +189,18 @@ class ReplicaStatus(_Lenient):
     node: str = Field(..., description="Node the pod is bound to (or is being bound to).")
     acceleratorType: str = Field("", description="Accelerator type of that node.")
     generation: int = Field(0, description="placementGeneration of the decision that placed this replica.")
+    surgeFor: int | None = Field(
+        None, ge=0,
+        description="Set on a surge replica (make-before-break): it replaces this replica index once its pod is "
+                    "Ready; until then both run and the surge replica is not counted in status.replicas.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_surge(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("surgeFor") is None:
+            data.pop("surgeFor", None)  # a plain replica: no null in the stored placement
+        return data
 
 
 Phase = Literal["Pending", "Binding", "Running", "Failed"]
@@ -440,15 +460,13 @@ class InferenceServiceSpec(_Model):
         return self
 
 
-MigrationStage = Literal["Binding", "WaitingReady", "Releasing"]
-
-
 class MigrationStatus(_Lenient):
-    """One replica move in flight, recorded before any pod is touched (make-before-break).
+    """Why and at what cost one replica moves; recorded with the move's surge replica.
 
-    ``Binding``: the new replica's pod is being created and bound on ``toNode``;
-    ``WaitingReady``: it is bound, the old replica serves until it is Ready;
-    ``Releasing``: the new replica is in ``placement``, the old pod is being deleted.
+    The move itself is the desired placement: ``placement`` holds the surge replica
+    (``newReplica`` on ``toNode``, ``surgeFor: replica``) beside the one it replaces, the
+    pods are made to match it, and once the surge pod is Ready one write drops the old
+    replica (its pod is then stale and deleted) and moves this entry to the history.
     """
 
     replica: int = Field(..., description="Replica index that moves (its pod is deleted once the new one is Ready).")
@@ -458,7 +476,6 @@ class MigrationStatus(_Lenient):
     newReplica: int = Field(..., description="Fresh replica index of the new pod on toNode.")
     newPod: str = Field(..., description="Pod of the new replica.")
     generation: int = Field(0, description="placementGeneration label of the new pod.")
-    stage: MigrationStage = Field("Binding", description="Binding, WaitingReady or Releasing.")
     startTime: str = Field("", description="RFC 3339 time the move was recorded.")
     estimatedCostSeconds: float = Field(0.0, description="The policy's estimate, in replica-seconds of lost service.")
     policy: str = Field("", description="Policy that decided the move.")
@@ -474,10 +491,10 @@ class MigrationRecord(_Lenient):
     fromNode: str = Field(..., description="Node left.")
     toNode: str = Field(..., description="Node moved to.")
     startTime: str = Field("", description="RFC 3339 time the move was recorded.")
-    completionTime: str = Field("", description="RFC 3339 time the old replica was gone (or the move was undone).")
+    completionTime: str = Field("", description="RFC 3339 time the new replica took over (or the move was undone).")
     outcome: Literal["Completed", "Aborted"] = Field("Completed", description="Completed or Aborted (undone).")
     estimatedCostSeconds: float = Field(0.0, description="The policy's estimate, in replica-seconds of lost service.")
-    observedSeconds: float = Field(0.0, description="From recording the move to the old replica gone.")
+    observedSeconds: float = Field(0.0, description="From recording the move to the new replica taking over.")
     reason: str = Field("", description="rebalance or defrag; for Aborted moves, why they were undone.")
 
 

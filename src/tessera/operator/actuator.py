@@ -32,6 +32,7 @@ from tessera.operator.pods import build_pod, owner_reference
 from tessera.operator.ports import KubePort
 from tessera.operator.state import ClusterState, PodView, WorkloadView, free_replica_indices, pod_view
 from tessera.operator.status import PREEMPTED, SCHEDULED, Phase, StatusWriter
+from tessera.operator.views import with_surges
 
 log = logging.getLogger("tessera.operator.actuator")
 
@@ -113,8 +114,9 @@ class Actuator:
         scale_up = owner != placement.workload
         previous = list(view.placement.values()) if scale_up else []
         generation = view.placement_generation + 1
-        # indices of moves in flight are taken too (their pods exist, outside the placement)
-        indices = free_replica_indices([r.replica for r in previous] + list(view.incoming), len(placement.replicas))
+        # indices of surge replicas are taken too (moves in flight, outside the allocation)
+        indices = free_replica_indices([r.replica for r in previous] + list(view.surges) + list(view.incoming),
+                                       len(placement.replicas))
         new = [
             ReplicaStatus(
                 replica=index,
@@ -130,7 +132,7 @@ class Actuator:
         record: dict[str, Any] = {
             "phase": Phase.BINDING.value,
             "placementGeneration": generation,
-            "placement": [r.model_dump() for r in full],
+            "placement": [r.model_dump() for r in with_surges(view, full)],
             "observedGeneration": view.generation,
             "message": message,
         }
@@ -171,40 +173,11 @@ class Actuator:
         try:
             plan = self.deliver_plan(view, full)  # ElasticJobs: plan ConfigMap + Service first
             for r in replicas:
-                node = state.nodes.get(r.node)
-                if node is None:
-                    raise KubeError(f"node {r.node} no longer exists")
-                body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
-                                 r.generation or view.placement_generation, plan=plan)
-                if bound_at_create:
-                    body["spec"]["nodeName"] = r.node
-                    self.elector.require_leader("creating a bound pod")
-                pod, fresh = self.kube.create_pod(body)
-                if bound_at_create and fresh:
-                    self.metrics.bound_pods.inc()
-                labels = pod["metadata"].get("labels") or {}
-                if labels.get(L.WORKLOAD_UID) != view.uid or labels.get(L.PLACEMENT_GENERATION) != str(
-                    r.generation or view.placement_generation
-                ):
-                    # a pod of that name from another decision (or workload) is still there
-                    stale = pod_view(pod)
-                    if stale.workload_uid == view.uid:
-                        self.kube.delete_pod(stale.namespace, stale.name, stale.uid, 0)
-                        raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
-                    raise KubeError(f"a pod named {r.pod} that does not belong to this {view.kind} exists in "
-                                    f"namespace {view.namespace}; delete or rename it")
-                created.append((r, pod))
+                created.append((r, self.create(state, view, r, plan=plan, bound=bound_at_create)))
                 self.hooks.reached(CrashPoint.POD_CREATED)
             for r, pod in created:
-                bound_to = (pod.get("spec") or {}).get("nodeName")
-                if bound_to == r.node:
-                    continue  # bound before a restart: never bind twice
-                if bound_to:
-                    raise KubeError(f"pod {r.pod} is bound to {bound_to}, not {r.node}")
-                self.elector.require_leader("binding")  # LeaseLost: never undo a successor's work
-                self.kube.bind_pod(view.namespace, r.pod, r.node, pod["metadata"]["uid"])
-                self.metrics.bound_pods.inc()
-                self.hooks.reached(CrashPoint.BIND)
+                if self.bind_created(view, r, pod):
+                    self.hooks.reached(CrashPoint.BIND)
         except KubeError as err:
             self.undo(view, replicas, previous, str(err), report)
             return False
@@ -214,6 +187,47 @@ class Actuator:
         message = f"{len(replicas)} replica(s) bound ({why}): " + ", ".join(f"{r.pod} -> {r.node}" for r in replicas)
         self.status.write(view, self.status.running(view, full, message),
                           event=("Normal", "Scheduled", message), force=True)
+        return True
+
+    def create(self, state: ClusterState, view: WorkloadView, r: ReplicaStatus, *,
+               plan: ShardingPlan | None = None, bound: bool = False) -> dict[str, Any]:
+        """Create the pod of replica ``r`` (on its node already when ``bound``); the pod of
+        that name is returned when it exists, and must be this decision's (KubeError if not)."""
+        node = state.nodes.get(r.node)
+        if node is None:
+            raise KubeError(f"node {r.node} no longer exists")
+        body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
+                         r.generation or view.placement_generation, plan=plan)
+        if bound:
+            body["spec"]["nodeName"] = r.node
+            self.elector.require_leader("creating a bound pod")
+        pod, fresh = self.kube.create_pod(body)
+        if bound and fresh:
+            self.metrics.bound_pods.inc()
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(L.WORKLOAD_UID) != view.uid or labels.get(L.PLACEMENT_GENERATION) != str(
+            r.generation or view.placement_generation
+        ):
+            # a pod of that name from another decision (or workload) is still there
+            stale = pod_view(pod)
+            if stale.workload_uid == view.uid:
+                self.kube.delete_pod(stale.namespace, stale.name, stale.uid, 0)
+                raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
+            raise KubeError(f"a pod named {r.pod} that does not belong to this {view.kind} exists in "
+                            f"namespace {view.namespace}; delete or rename it")
+        return pod
+
+    def bind_created(self, view: WorkloadView, r: ReplicaStatus, pod: dict[str, Any]) -> bool:
+        """Bind a created pod of replica ``r`` to its node unless it is already (never twice);
+        returns whether this call bound it."""
+        bound_to = (pod.get("spec") or {}).get("nodeName")
+        if bound_to == r.node:
+            return False  # bound at create, or before a restart
+        if bound_to:
+            raise KubeError(f"pod {r.pod} is bound to {bound_to}, not {r.node}")
+        self.elector.require_leader("binding")  # LeaseLost: never undo a successor's work
+        self.kube.bind_pod(view.namespace, r.pod, r.node, pod["metadata"]["uid"])
+        self.metrics.bound_pods.inc()
         return True
 
     def undo(
@@ -242,7 +256,7 @@ class Actuator:
         status: dict[str, Any] = {
             "phase": (Phase.RUNNING if kept else Phase.PENDING).value,
             "startTime": view.status.get("startTime") if kept else None,
-            "placement": [r.model_dump() for r in kept],
+            "placement": [r.model_dump() for r in with_surges(view, kept)],
             "replicas": len(kept),
             "message": message,
             "conditions": self.status.conditions(view, SCHEDULED, "True" if kept else "False", "BindFailed", message),

@@ -144,7 +144,7 @@ class Scheduler:
         #: carries out replica moves (always: moves recorded before a restart must finish)
         #: and runs rebalancing rounds when configured (tessera.operator.rebalance)
         self.rebalancer = rebalancer or Rebalancer(kube, metrics, elector, clock=clock)
-        self.rebalancer.attach(self.status, hooks)
+        self.rebalancer.attach(self.actuator, hooks)
         #: carries out resizes and failure releases, applies the failure grace
         self.elastic = ElasticActuator(self.actuator, engine, metrics, elastic or ElasticSettings.from_env(),
                                        clock=clock)
@@ -273,7 +273,7 @@ class Scheduler:
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)
-        self.rebalancer.advance(state, report.errors, guard=lambda view, step: self._bulkhead(view, step, report))
+        self.rebalancer.advance(state, report, guard=lambda view, step: self._bulkhead(view, step, report))
         held: dict[str, str] = {}
         backing_off: dict[str, str] = {}
         pending = self._admit(state, backing_off, report)
@@ -314,7 +314,7 @@ class Scheduler:
         if not (report.bound or report.preempted or report.rolled_back or report.deleted_pods or state.leaving):
             # only on a settled cycle: the snapshot still describes the cluster
             with self._bulkhead(None, "rebalancing round", report):
-                self.rebalancer.round(state, pending, report.errors,
+                self.rebalancer.round(state, pending, report,
                                       reshard=lambda resize, result: self.elastic.resize(
                                           state, resize, result, report, label="move"))
         # waiting count, demand and capacity gauges once per cycle, from the snapshot the

@@ -20,7 +20,6 @@ Per workload (not being deleted), with ``placement = status.placement``:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,12 +262,16 @@ def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
     generation = view.placement_generation
     phase = view.status.get("phase", "Pending")
     pods_by_replica: dict[int, PodView] = {}
+    # surge replicas (make-before-break moves) run beside the replica they replace and are
+    # no part of the allocation until they take over (tessera.operator.rebalance)
+    view.surges = {r.replica: r for r in recorded if r.surgeFor is not None}
+    recorded = [r for r in recorded if r.surgeFor is None]
     decided = {r.replica: (r.generation or generation) for r in recorded}
-    moving = migration_targets(view.status)
     for pod in view.pods:
-        if pod.replica not in decided and moving.get(pod.replica) == pod.generation \
+        surge = view.surges.get(pod.replica)
+        if surge is not None and (surge.generation or generation) == pod.generation \
                 and pod.replica not in view.incoming:
-            view.incoming[pod.replica] = pod  # the new replica of a move in flight
+            view.incoming[pod.replica] = pod  # the pod of a surge replica
         elif decided.get(pod.replica) != pod.generation or pod.replica in pods_by_replica:
             view.to_delete.append(pod)  # stale: from an older decision or a rolled-back gang
         else:
@@ -317,17 +320,6 @@ def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
             placed = view.placement.pop(replica)
             view.to_delete.extend(p for p in view.pods if p.replica == replica)
             view.notes.append(f"scaled down: removed {placed.pod} from {placed.node}")
-
-
-def migration_targets(status: Mapping[str, Any]) -> dict[int, int]:
-    """New replica -> its pod's placement generation, for moves in flight not yet in the
-    placement (``status.migrations`` in stage Binding or WaitingReady)."""
-    out: dict[int, int] = {}
-    for entry in status.get("migrations") or []:
-        if entry.get("stage") in ("Binding", "WaitingReady"):
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                out[int(entry["newReplica"])] = int(entry.get("generation") or 0)
-    return out
 
 
 def _scale_up(view: WorkloadView) -> Workload | None:

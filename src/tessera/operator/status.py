@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from tessera.api.models import ElasticJobStatus, InferenceService, InferenceServiceStatus, ReplicaStatus
 from tessera.operator import labels as L
 from tessera.operator.state import WorkloadView
-from tessera.operator.views import attained_service_now
+from tessera.operator.views import attained_service_now, with_surges
 
 log = logging.getLogger("tessera.operator.status")
 
@@ -209,7 +209,8 @@ class StatusWriter:
             "startTime": view.status.get("startTime") or self.now(),
             "restartIntent": None,  # carried out (or overtaken): no later decision reads it
             "replicas": len(full),
-            "placement": [r.model_dump() for r in sorted(full, key=lambda r: r.replica)],
+            # surge replicas of moves in flight stay desired beside what runs (not counted)
+            "placement": [r.model_dump() for r in with_surges(view, full)],
             "acceleratorType": ",".join(types),
             "observedGeneration": view.generation,
             "message": message,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -148,8 +148,11 @@ class WorkloadView:
     to_delete: list[PodView] = field(default_factory=list)
     #: human-readable notes for Events (replica lost, scaled down)
     notes: list[str] = field(default_factory=list)
-    #: replica -> pod of a move in flight (status.migrations) not yet in the placement:
-    #: kept (not stale), holding its node; tessera.operator.rebalance drives it
+    #: surge replicas of the recorded placement (``surgeFor`` set: make-before-break moves),
+    #: by their own index; kept out of ``placement`` until they take over
+    surges: dict[int, ReplicaStatus] = field(default_factory=dict)
+    #: surge replica -> its pod: kept (not stale), holding its node while the replica it
+    #: replaces still serves; tessera.operator.rebalance drives the move
     incoming: dict[int, PodView] = field(default_factory=dict)
     #: replicas whose pod failed or vanished, kept (``keep_lost``) for the elastic policy to
     #: reshard around instead of being dropped here (see tessera.operator.elastic)
@@ -189,6 +192,16 @@ class WorkloadView:
     def bound_replicas(self) -> int:
         bound = {p.replica for p in self.pods if p.node_name and not p.terminating}
         return len([r for r in self.placement if r in bound])
+
+
+def with_surges(view: WorkloadView, replicas: Iterable[ReplicaStatus]) -> list[ReplicaStatus]:
+    """``replicas`` plus the view's surge replicas whose replaced replica is among them, by
+    index: the desired placement a status write keeps (a write that drops a replica drops
+    its surge too, and the move is undone)."""
+    full = list(replicas)
+    kept = {r.replica for r in full}
+    full += [s for s in view.surges.values() if s.surgeFor in kept and s.replica not in kept]
+    return sorted(full, key=lambda r: r.replica)
 
 
 def parse_timestamp(value: str | None) -> float:
