@@ -16,7 +16,6 @@ from tessera.operator.elastic import (
     ElasticSettings,
     apply_failure_grace,
     grace_left,
-    new_replica_indices,
     node_failed_since,
     plan_for,
     plan_status,
@@ -139,8 +138,10 @@ def test_resize_time_in_status_feeds_the_growth_hysteresis():
 
 
 def test_new_replica_indices_skip_kept_removed_and_present_ones():
-    assert new_replica_indices([0, 2, 3], 2) == [1, 4]
-    assert new_replica_indices([], 3) == [0, 1, 2]
+    from tessera.operator.state import free_replica_indices  # the one index allocator of every decision
+
+    assert free_replica_indices([0, 2, 3], 2) == [1, 4]
+    assert free_replica_indices([], 3) == [0, 1, 2]
 
 
 BOUND = [pod("a", 0, "n0"), pod("a", 1, "n1")]

@@ -63,6 +63,7 @@ from tessera.operator.state import (
     TOLERATED_TAINT_KEYS,
     ClusterState,
     WorkloadView,
+    free_replica_indices,
     parse_timestamp,
 )
 from tessera.operator.status import INSUFFICIENT, REQUEUED, Phase
@@ -295,18 +296,6 @@ def plan_status(plan: ShardingPlan) -> dict[str, Any]:
     }
 
 
-def new_replica_indices(taken: Iterable[int], count: int) -> list[int]:
-    """``count`` lowest indices not in ``taken`` (kept, removed and still-present replicas)."""
-    used = set(taken)
-    out: list[int] = []
-    i = 0
-    while len(out) < count:
-        if i not in used:
-            out.append(i)
-        i += 1
-    return out
-
-
 # --- carrying decisions out -----------------------------------------------------------------
 
 
@@ -417,7 +406,7 @@ class ElasticActuator:
         kept = [r for i, r in sorted(current.items()) if i not in removed]
         generation = view.placement_generation + 1
         taken = {*current, *(p.replica for p in view.pods)}
-        indices = new_replica_indices(taken, len(resize.add))
+        indices = free_replica_indices(sorted(taken), len(resize.add))
         new = [
             ReplicaStatus(
                 replica=index,
