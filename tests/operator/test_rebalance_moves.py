@@ -306,7 +306,8 @@ def test_a_new_replica_that_never_gets_ready_is_undone_and_the_old_one_keeps_ser
     assert watcher.most_pods <= REPLICAS + 1
     status = status_of(cluster, namespace)
     assert not any(h["outcome"] == "Completed" for h in status["migrationHistory"])
-    assert {r["node"] for r in status["placement"]} <= set(setup.nodes_a100)  # nothing moved
+    # nothing moved: what serves is on A100 (a later move's surge replica may be recorded beside it)
+    assert {r["node"] for r in status["placement"] if r.get("surgeFor") is None} <= set(setup.nodes_a100)
     cluster.wait_for(lambda: scrape_sample(port, "tessera_migrations_aborted_total") >= 1, timeout=10, what="aborted counted")
     assert scrape_sample(port, "tessera_migrations_total", policy=POLICY, reason="rebalance") == 0
     # kwok would never confirm the graceful deletion of the pods it leaves alone: new pods
