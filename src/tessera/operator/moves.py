@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel
 
 from tessera.api.models import ElasticJob, InferenceService, MigrationRecord, MigrationStatus, ReplicaStatus
 from tessera.core import Allocation, CapacityError, CapacityLedger, ClusterSnapshot, Migration, Spread
@@ -22,6 +24,8 @@ from tessera.operator import labels as L
 from tessera.operator.state import ClusterState, PodView, WorkloadView, free_replica_indices, parse_timestamp
 
 log = logging.getLogger("tessera.operator.rebalance")
+
+M = TypeVar("M", bound=BaseModel)
 
 #: finished or undone moves kept in status.migrationHistory per service
 HISTORY_LIMIT = 10
@@ -35,25 +39,24 @@ REASON_REBALANCE = "rebalance"
 REASON_DEFRAG = "defrag"
 
 
+def _entries(view: WorkloadView, field_name: str, model: type[M]) -> list[M]:
+    """The entries of a status list that parse as ``model`` (a malformed one is logged, skipped)."""
+    out = []
+    for raw in view.status.get(field_name) or []:
+        try:
+            out.append(model.model_validate(raw))
+        except ValueError:
+            log.warning("%s: ignoring a malformed status.%s entry %r", view.key, field_name, raw)
+    return out
+
+
 def in_flight(view: WorkloadView) -> list[MigrationStatus]:
     """The moves recorded in a workload's status, in the order they started."""
-    out = []
-    for raw in view.status.get("migrations") or []:
-        try:
-            out.append(MigrationStatus.model_validate(raw))
-        except ValueError:
-            log.warning("%s: ignoring a malformed status.migrations entry %r", view.key, raw)
-    return out
+    return _entries(view, "migrations", MigrationStatus)
 
 
 def history(view: WorkloadView) -> list[MigrationRecord]:
-    out = []
-    for raw in view.status.get("migrationHistory") or []:
-        try:
-            out.append(MigrationRecord.model_validate(raw))
-        except ValueError:
-            continue
-    return out
+    return _entries(view, "migrationHistory", MigrationRecord)
 
 
 def landing_times(view: WorkloadView) -> dict[int, float]:
@@ -219,13 +222,7 @@ def record_of(move: MigrationStatus, outcome: Literal["Completed", "Aborted"], c
 
 def recorded_placement(view: WorkloadView) -> list[ReplicaStatus]:
     """The desired placement as status records it, surge replicas included."""
-    out = []
-    for raw in view.status.get("placement") or []:
-        try:
-            out.append(ReplicaStatus.model_validate(raw))
-        except ValueError:
-            continue
-    return out
+    return _entries(view, "placement", ReplicaStatus)
 
 
 def surge_record(view: WorkloadView, surge: ReplicaStatus) -> MigrationStatus:
