@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
+from tessera.core.quota import QuotaTree
+
 MILLI_PER_DEVICE = 1000
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -173,6 +175,8 @@ class Workload:
     restart_intent: RestartIntent | None = None
     #: free-form facts for models (e.g. the model name a simulator profiles)
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
+    #: the leaf queue it is admitted through (tessera.core.quota); "" = no quota applies
+    queue: str = ""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:
@@ -314,13 +318,14 @@ class ClusterSnapshot:
     that their replicas are lost.
     """
 
-    __slots__ = ("_allocations", "_free", "_nodes", "now_seconds")
+    __slots__ = ("_allocations", "_free", "_nodes", "now_seconds", "quotas")
 
     def __init__(
         self,
         nodes: Iterable[Node],
         allocations: Iterable[Allocation] = (),
         now_seconds: float = 0.0,
+        quotas: QuotaTree | None = None,
     ) -> None:
         node_map: dict[str, Node] = {}
         for node in nodes:
@@ -335,6 +340,8 @@ class ClusterSnapshot:
         self._nodes: Mapping[str, Node] = MappingProxyType(node_map)
         self._allocations: Mapping[str, Allocation] = MappingProxyType(alloc_map)
         self.now_seconds = now_seconds
+        #: the queues and their quotas (None: no queues, nothing is limited by quota)
+        self.quotas = quotas
         ledger = CapacityLedger.empty(node_map.values())
         for key, allocation in alloc_map.items():
             replicas = []
@@ -379,6 +386,7 @@ class ClusterSnapshot:
             self._nodes.values() if nodes is None else nodes,
             self._allocations.values() if allocations is None else allocations,
             self.now_seconds if now_seconds is None else now_seconds,
+            self.quotas,
         )
 
 

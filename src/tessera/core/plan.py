@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from tessera.core import admission
 from tessera.core.model import (
     Allocation,
     CapacityError,
@@ -177,6 +178,8 @@ def _attempt(
     # replicas per running workload after this plan: key -> {replica: (node, devices)},
     # built on first use: a plan touches few of the running workloads (simulator hot path)
     live = _LiveReplicas(snapshot.allocations)
+    # accelerators in use per queue and type after this plan (only with queues)
+    usage = admission.quota_usage(snapshot) if snapshot.quotas is not None else None
 
     # preemption index -> its beneficiary, for the ones whose beneficiary has a placement here
     enabling: dict[int, str] = {}
@@ -186,6 +189,10 @@ def _attempt(
         reason = refused.get(("preemption", index), "")
         if not reason:
             reason = _check_preemption(snapshot, pre, allocation, evicted)
+        if not reason and usage is not None and allocation is not None and not pre.after_failure:
+            running = snapshot.allocations.get(pre.beneficiary)
+            for_whom = pending_by_key.get(pre.beneficiary) or (running.workload if running else None)
+            reason = admission.preemption_problem(snapshot, usage, allocation, for_whom)
         if reason:
             rejected.append(Rejection(pre, reason))
             continue
@@ -194,6 +201,8 @@ def _attempt(
             for rp in allocation.replicas:
                 statement.give_back(rp.node, allocation.workload.demand, rp.devices)
             statement.commit()
+        if usage is not None:
+            admission.give(snapshot, usage, allocation.workload, [rp.node for rp in allocation.replicas])
         evicted.add(pre.workload)
         live.pop(pre.workload, None)
         accepted_pre.append(pre)
@@ -215,6 +224,8 @@ def _attempt(
             for idx in rs.remove:
                 node, devices = live[rs.workload].pop(idx)
                 statement.give_back(node, allocation.workload.demand, devices)
+                if usage is not None:
+                    admission.give(snapshot, usage, allocation.workload, [node])
             statement.commit()
         resize_adds.append((index, rs))
 
@@ -237,6 +248,9 @@ def _attempt(
             types = {snapshot.nodes[n].accelerator_type for n in others if n in snapshot.nodes}
             if types and snapshot.nodes[mig.to.node].accelerator_type not in types:
                 reason = f"{workload.key} may not mix accelerator types"
+        if not reason and usage is not None:
+            # the target's type counts before the source's is released (make before break)
+            reason = admission.placement_problem(snapshot, usage, workload, [mig.to.node])
         if not reason:
             with ledger.statement() as statement:
                 try:  # make before break: the target must fit before the source is released
@@ -249,6 +263,9 @@ def _attempt(
         if reason:
             rejected.append(Rejection(mig, reason))
             continue
+        if usage is not None:
+            admission.take(snapshot, usage, workload, [mig.to.node])
+            admission.give(snapshot, usage, workload, [src_node])
         live[mig.workload][mig.replica] = (mig.to.node, devices)
         moved.add((mig.workload, mig.replica))
         accepted_mig.append(mig)
@@ -261,7 +278,11 @@ def _attempt(
         if not reason:
             workload = pending_by_key[pl.workload]
             reason = _check_replicas(snapshot, workload, [a.node for a in pl.replicas])
+            if usage is not None:
+                reason = reason or admission.placement_problem(snapshot, usage, workload, [a.node for a in pl.replicas])
             reason = reason or _take_all(ledger, workload.demand, pl.replicas)
+            if not reason and usage is not None:
+                admission.take(snapshot, usage, workload, [a.node for a in pl.replicas])
         if reason:
             not_placed.setdefault(pl.workload, reason)
             rejected.append(Rejection(pl, reason))
@@ -290,7 +311,11 @@ def _attempt(
         reason = reason or _check_replicas(
             snapshot, workload, [a.node for a in rs.add], existing=kept
         )
+        if usage is not None:
+            reason = reason or admission.placement_problem(snapshot, usage, workload, [a.node for a in rs.add])
         reason = reason or _take_all(ledger, workload.demand, rs.add)
+        if not reason and usage is not None:
+            admission.take(snapshot, usage, workload, [a.node for a in rs.add])
         if reason:
             if rs.remove:
                 # its removals were freed for the actions before this one: not undoable

@@ -22,6 +22,7 @@ from tessera.core import (
     explain_unfit,
     validate_plan,
 )
+from tessera.core.admission import OVER_QUOTA, admission_problem, quota_usage
 from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
 from tessera.policy import BackedByArtifact, Policy, PolicyContext, ReportsDecisionStats
 
@@ -94,6 +95,10 @@ class Engine:
         error = ""
         failed: dict[str, str] = {}
         started = self._timer()
+        # queues: a workload its queue cannot admit on any type is not offered to the policy
+        # (it would hold room others could use); the plan's placements are checked exactly
+        held = admission_held(snapshot, pending)
+        pending = [w for w in pending if w.key not in held] if held else pending
         try:
             proposed = self.policy.decide(snapshot, pending, ctx)
         except Exception as err:  # a broken policy must not take the scheduler down
@@ -110,6 +115,7 @@ class Engine:
         validated = validate_plan(snapshot, decided, proposed)
         waiting = self._waiting(decided, proposed, validated.accepted, validated.rejected, validated.ledger, error)
         waiting.update(failed)
+        waiting.update(held)
         result = CycleResult(
             policy=self.policy.name,
             policy_version=self.policy.version,
@@ -175,6 +181,8 @@ class Engine:
                 continue
             if error:
                 waiting[workload.key] = error
+            elif workload.key in refused and refused[workload.key].startswith(OVER_QUOTA):
+                waiting[workload.key] = refused[workload.key]  # a wait for quota, not a policy bug
             elif workload.key in refused:
                 waiting[workload.key] = f"policy proposed an invalid placement: {refused[workload.key]}"
             elif workload.key in proposed.unplaced:
@@ -182,3 +190,16 @@ class Engine:
             else:
                 waiting[workload.key] = explain_unfit(ledger, workload)
         return waiting
+
+
+def admission_held(snapshot: ClusterSnapshot, pending: Sequence[Workload]) -> dict[str, str]:
+    """Pending workloads their queue cannot admit now on any type -> why (no queues: none)."""
+    if snapshot.quotas is None:
+        return {}
+    usage = quota_usage(snapshot)
+    held = {}
+    for workload in pending:
+        why = admission_problem(snapshot, usage, workload)
+        if why:
+            held[workload.key] = why
+    return held

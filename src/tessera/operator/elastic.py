@@ -174,7 +174,7 @@ def apply_failure_grace(
     snapshot = state.snapshot
     nodes = [replace(n, ready=True, schedulable=True) if n.name in in_grace else n for n in snapshot.nodes.values()]
     holds = [_hold(snapshot, name) for name in sorted(in_grace)]
-    state.snapshot = ClusterSnapshot(nodes, [*snapshot.allocations.values(), *holds], snapshot.now_seconds)
+    state.snapshot = snapshot.with_changes(nodes=nodes, allocations=[*snapshot.allocations.values(), *holds])
     return frozenset(in_grace), min(in_grace.values())
 
 

@@ -247,6 +247,7 @@ class _SimSnapshot(ClusterSnapshot):
         self._allocations = allocations
         self._free = free
         self.now_seconds = now_seconds
+        self.quotas = None  # the simulator has no queues yet
 
 
 class Simulator:

@@ -1,0 +1,142 @@
+"""Quota on actual placements: what the engine checks for every plan when queues exist.
+
+The rules are :mod:`tessera.core.quota`'s; this module applies them to snapshots,
+allocations and plan actions, per accelerator type of the nodes a replica is placed on
+(never on a sum of requests: two 4-GPU replicas that can only run on two nodes count on
+those nodes' types).  A snapshot without queues (``snapshot.quotas is None``) limits
+nothing.
+
+* :func:`quota_usage`: the tally of what runs, from the snapshot's allocations;
+* :func:`placement_problem` / :func:`take` / :func:`give`: one action's replicas checked
+  against and moved into or out of that tally (plan validation, tessera.core.plan);
+* :func:`admission_problem`: before a policy decides, whether a pending workload could be
+  admitted at all (its smallest gang on any type it allows), so a workload its queue
+  cannot take never holds room in a policy's plan that others could use;
+* :func:`preemption_problem`: a workload is evicted for another only within its own queue,
+  or when its queue borrows (reclaim), never below what its queue is guaranteed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from tessera.core.model import MILLI_PER_DEVICE, Allocation, ClusterSnapshot, ReplicaDemand, Workload
+from tessera.core.quota import Queue, QuotaUsage
+
+#: every quota refusal starts with this (the engine reports it as a wait for quota)
+OVER_QUOTA = "over quota"
+
+
+def _milli(demand: ReplicaDemand) -> int:
+    return demand.accelerators * MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
+
+
+def _per_type(snapshot: ClusterSnapshot, workload: Workload, nodes: Iterable[str]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    milli = _milli(workload.demand)
+    for name in nodes:
+        node = snapshot.nodes.get(name)
+        if node is not None and node.accelerator_type and milli:
+            out[node.accelerator_type] += milli
+    return out
+
+
+def _limited(snapshot: ClusterSnapshot, workload: Workload) -> bool:
+    return snapshot.quotas is not None and bool(workload.queue)
+
+
+def quota_usage(snapshot: ClusterSnapshot) -> QuotaUsage:
+    """Milli-accelerators in use per (queue, type) by the snapshot's allocations."""
+    usage = QuotaUsage()
+    for allocation in snapshot.allocations.values():
+        if _limited(snapshot, allocation.workload):
+            give(snapshot, usage, allocation.workload, _nodes(allocation), sign=1)
+    return usage
+
+
+def _nodes(allocation: Allocation) -> list[str]:
+    return [rp.node for rp in allocation.replicas]
+
+
+def placement_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, nodes: Iterable[str]) -> str:
+    """Why placing replicas of ``workload`` on ``nodes`` breaks its queue's quota ("" if not)."""
+    tree = snapshot.quotas
+    if tree is None or not workload.queue:
+        return ""
+    if workload.queue in tree.problems:
+        return f"{OVER_QUOTA}: queue {workload.queue} cannot admit anything: {tree.problems[workload.queue]}"
+    if workload.queue not in tree.queues:
+        return f"{OVER_QUOTA}: queue {workload.queue} does not exist"
+    if not tree.is_leaf(workload.queue):
+        return f"{OVER_QUOTA}: queue {workload.queue} has child queues; only leaf queues hold workloads"
+    for t, milli in sorted(_per_type(snapshot, workload, nodes).items()):
+        why = tree.why_not(usage, workload.queue, t, milli)
+        if why:
+            return f"{OVER_QUOTA}: {why}"
+    return ""
+
+
+def take(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, nodes: Iterable[str]) -> None:
+    """Count replicas of ``workload`` on ``nodes`` as used (after ``placement_problem`` said yes)."""
+    give(snapshot, usage, workload, nodes, sign=1)
+
+
+def give(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, nodes: Iterable[str],
+         sign: int = -1) -> None:
+    """Count replicas of ``workload`` on ``nodes`` as released (``sign=1``: as used)."""
+    if not _limited(snapshot, workload):
+        return
+    for t, milli in _per_type(snapshot, workload, nodes).items():
+        usage.add(workload.queue, t, sign * milli)
+
+
+def admission_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> str:
+    """Why ``workload`` cannot be admitted now whatever the placement ("" when some type it
+    allows has quota for its smallest gang).  A necessary condition only: the plan's
+    actual placement is checked again by :func:`placement_problem`."""
+    tree = snapshot.quotas
+    if tree is None or not workload.queue:
+        return ""
+    gang = max(1, workload.gang_min)
+    allowed = {o.accelerator_type for o in workload.options} or snapshot.accelerator_types()
+    if not _milli(workload.demand) or not allowed:
+        return ""
+    reasons = []
+    for t in sorted(allowed):
+        node = next((n.name for n in snapshot.nodes.values() if n.accelerator_type == t), None)
+        if node is None:
+            continue  # no node of that type: capacity, not quota, says why
+        why = placement_problem(snapshot, usage, workload, [node] * gang)
+        if not why:
+            return ""
+        reasons.append(why.removeprefix(f"{OVER_QUOTA}: "))
+    return f"{OVER_QUOTA}: " + "; ".join(dict.fromkeys(reasons)) if reasons else ""
+
+
+def preemption_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, victim: Allocation,
+                       beneficiary: Workload | None) -> str:
+    """Why evicting ``victim`` for ``beneficiary`` breaks the queues' guarantees ("" if not).
+
+    Allowed: no queues; a victim outside every queue; a victim in the beneficiary's own
+    queue; a victim whose queue uses more than its quota of a type it holds (borrowed
+    capacity is reclaimed) when the beneficiary's queue is in the same tree.
+    """
+    tree = snapshot.quotas
+    if tree is None or beneficiary is None or not victim.workload.queue:
+        return ""
+    mine, theirs = beneficiary.queue, victim.workload.queue
+    if mine == theirs:
+        return ""
+    if theirs in tree.queues and mine in tree.queues and _root(tree.queues, mine) == _root(tree.queues, theirs):
+        for t in _per_type(snapshot, victim.workload, _nodes(victim)):
+            if tree.borrowed(usage, theirs, t) > 0:
+                return ""
+    return (f"{victim.workload.key} runs within queue {theirs}'s quota; a workload of queue {mine or '(none)'} "
+            "may only reclaim what that queue borrows")
+
+
+def _root(queues: Mapping[str, Queue], name: str) -> str:
+    while queues[name].parent:
+        name = queues[name].parent
+    return name
