@@ -107,7 +107,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def crds(cluster: LocalCluster) -> LocalCluster:
     """The cluster with Tessera's CRDs installed (from the committed crds/ folder)."""
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    for crd in ("elasticjobs.tessera.dev", "inferenceservices.tessera.dev"):
+    for crd in ("elasticjobs.tessera.dev", "inferenceservices.tessera.dev", "queues.tessera.dev"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
     return cluster
 

@@ -168,6 +168,10 @@ NEEDED = [
     ("patch", "elasticjobs.tessera.dev/status", "ws", None),
     ("update", "elasticjobs.tessera.dev/finalizers", "ws", None),
     ("patch", "inferenceservices.tessera.dev/status", "ws", None),
+    ("list", "queues.tessera.dev", None, None),
+    ("list", "namespaces", None, None),
+    ("watch", "queues.tessera.dev", None, None),
+    ("patch", "queues.tessera.dev/status", None, None),
     ("create", "events", "ws", None),
     ("get", "configmaps", "ws", None),
     ("create", "configmaps", "ws", None),
@@ -204,6 +208,8 @@ FORBIDDEN = [
     ("impersonate", "serviceaccounts", "ws", None),
     ("delete", "elasticjobs.tessera.dev", "ws", None),
     ("create", "elasticjobs.tessera.dev", "ws", None),
+    ("create", "queues.tessera.dev", None, None),
+    ("delete", "queues.tessera.dev", None, None),
     ("update", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("update", "leases.coordination.k8s.io", "own", "kube-scheduler"),
     ("update", "leases.coordination.k8s.io", "kube-system", "kube-controller-manager"),
@@ -289,9 +295,11 @@ WORKLOAD_WRITES = [
     ("get", "configmaps"), ("create", "configmaps"), ("patch", "configmaps"),
     ("get", "services"), ("create", "services"), ("create", "events"),
 ]
-#: what stays cluster-wide (capacity and the workloads are read everywhere)
+#: what stays cluster-wide (capacity and the workloads are read everywhere; the Queues are
+#: cluster-scoped, and so is the one write on them, their status)
 CLUSTER_READS = [("list", "nodes", None), ("watch", "pods", None), ("get", "pods", "kube-system"),
-                 ("list", "elasticjobs.tessera.dev", None)]
+                 ("list", "elasticjobs.tessera.dev", None), ("watch", "queues.tessera.dev", None),
+                 ("patch", "queues.tessera.dev/status", None)]
 
 
 @dataclass

@@ -78,6 +78,9 @@ class FakeKube:
         self._faults: list[tuple[str, Callable[..., bool], BaseException]] = []
         #: the dry-run answer: a problem string makes it refuse (422) like the API server
         self.refuse_pod: Callable[[dict[str, Any]], str] = lambda body: ""
+        #: Queue objects (cluster-scoped) by name, and namespace labels
+        self.queues: dict[str, dict[str, Any]] = {}
+        self.namespace_labels: dict[str, dict[str, str]] = {}
 
     # -- test control ----------------------------------------------------------------------
 
@@ -124,6 +127,14 @@ class FakeKube:
     def list_workloads(self) -> list[tuple[str, dict[str, Any]]]:
         self._call("list_workloads")
         return [(kind, copy.deepcopy(raw)) for (kind, _, _), raw in self.workloads.items()]
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        self._call("list_queues")
+        return copy.deepcopy(list(self.queues.values()))
+
+    def list_namespace_labels(self) -> dict[str, dict[str, str]]:
+        self._call("list_namespace_labels")
+        return copy.deepcopy(self.namespace_labels)
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._call("read_pod", namespace, name)
@@ -184,6 +195,15 @@ class FakeKube:
         raw["status"] = _merge(raw.get("status") or {}, status)
         raw["metadata"]["resourceVersion"] = self._version()
 
+    def patch_queue_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self._call("patch_queue_status", name, status)
+        raw = self.queues.get(name)
+        if raw is None:
+            raise KubeError(f"patch status of Queue {name}: 404 Not Found", 404)
+        raw["status"] = _merge(raw.get("status") or {}, status)
+        raw["metadata"]["resourceVersion"] = self._version()
+        return copy.deepcopy(raw)
+
     def post_event(self, kind: str, raw: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         self.events.append((raw["metadata"]["name"], event_type, reason, message))
 
@@ -236,4 +256,15 @@ def inferenceservice(name: str, namespace: str = "ns", *, replicas: int = 2, acc
         "spec": {"replicas": replicas, "acceleratorsPerReplica": accelerators, "spread": spread,
                  "acceleratorTypes": [{"name": t} for t in types],
                  "template": {"spec": {"containers": [{"name": "server", "image": "server:1"}]}}},
+    }
+
+
+def queue(name: str, parent: str = "", weight: float = 1.0, namespaces: dict[str, str] | None = None,
+          **nominal: int) -> dict[str, Any]:
+    """A Queue object; ``nominal``: accelerator type -> quota (e.g. H100=8)."""
+    return {
+        "apiVersion": "tessera.dev/v1alpha1", "kind": "Queue",
+        "metadata": {"name": name, "uid": f"uid-queue-{name}-{next(_uids)}", "generation": 1, "resourceVersion": "1"},
+        "spec": {"parent": parent, "weight": weight, "namespaceSelector": namespaces or {},
+                 "quotas": [{"acceleratorType": t, "nominal": n} for t, n in nominal.items()]},
     }

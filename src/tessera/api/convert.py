@@ -64,6 +64,7 @@ def elasticjob_workload(
         submitted_at_seconds=submitted_at_seconds,
         # epoch seconds, the operator's clock (submitted_at_seconds is creationTimestamp the same way)
         deadline_seconds=rfc3339_seconds(spec.deadline) if spec.deadline is not None else None,
+        queue=spec.queueName,
     )
 
 
@@ -109,4 +110,5 @@ def inferenceservice_workload(
         priority=spec.priority,
         submitted_at_seconds=submitted_at_seconds,
         spread=Spread.NODE if spec.spread == "Node" else Spread.NONE,
+        queue=spec.queueName,
     )

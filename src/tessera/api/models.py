@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from tessera.api.names import MAX_QUEUE_NAME_LENGTH, QUEUE_REFERENCE
 from tessera.api.template import POD_SPEC_SCHEMA
 
 GROUP = "tessera.dev"
@@ -80,6 +81,22 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> Any:
     if field_path:
         out["fieldPath"] = field_path
     return out
+
+
+def _no_schema_default(schema: dict[str, Any]) -> None:
+    # a field added to a stored kind: a server-side default would change the spec of every
+    # existing workload (and wake its update handlers) on the CRD upgrade; unset means ""
+    schema.pop("default", None)
+
+
+def _queue_name_field() -> Any:
+    """``spec.queueName`` of both workload kinds (tessera.api.queue defines the Queue kind)."""
+    return Field(
+        "", max_length=MAX_QUEUE_NAME_LENGTH, pattern=QUEUE_REFERENCE, json_schema_extra=_no_schema_default,
+        description="Queue (tessera.dev/v1alpha1 Queue, cluster-scoped) this workload is admitted through; "
+        "unset or empty: the queue whose namespaceSelector matches its namespace, else the operator's default queue "
+        "(--default-queue, \"default\"), else no queue (not limited by quota).",
+    )
 
 
 class _Model(BaseModel):
@@ -313,6 +330,7 @@ class ElasticJobSpec(_Model):
         None, ge=1, le=MAX_BATCH_SIZE, description="Micro-batch size (samples per forward pass)."
     )
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
+    queueName: str = _queue_name_field()
     deadline: str | None = Field(
         None,
         max_length=64,
@@ -447,6 +465,7 @@ class InferenceServiceSpec(_Model):
     )
     spread: Literal["Node", "None"] = Field("Node", description="Node: at most one replica per node.")
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
+    queueName: str = _queue_name_field()
     template: PodTemplate = Field(..., description="Pod template of one replica.")
 
     @model_validator(mode="after")

@@ -13,6 +13,9 @@ too.  One rule for every child (even the ConfigMap, whose own limit is 253) keep
 rule easy to state and keeps each child name usable as a label value or hostname.  The
 CRDs enforce it with a CEL rule on ``metadata.name`` (:func:`name_rules`), and
 :func:`name_problems` is the same check for code paths that see names first.
+
+Queue names (cluster-scoped, :mod:`tessera.api.queue`) follow their own, simpler rule: see
+:func:`queue_name_problems` and :func:`queue_name_rules` at the end.
 """
 
 from __future__ import annotations
@@ -79,6 +82,50 @@ def name_rules() -> list[dict[str, Any]]:
             "rule": f"oldSelf.hasValue() || self.metadata.name.matches('{DNS1035_LABEL}')",
             "message": "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting "
             "with a letter; no dots): the headless Service <name>-headless must be one",
+            "fieldPath": ".metadata.name",
+            "reason": "FieldValueInvalid",
+            "optionalOldSelf": True,
+        },
+    ]
+
+
+# --- queues ------------------------------------------------------------------------------
+#
+# A Queue (cluster-scoped, tessera.api.queue) has no children named after it, but its name
+# is written where a label value or a DNS label must fit: a workload's spec.queueName, a
+# queue's spec.parent, metric labels.  So it is a DNS-1123 label (<= 63, may start with a
+# digit), stricter than the DNS subdomain the API server accepts for any custom resource.
+
+#: a DNS-1123 label: lower case alphanumerics and '-', starting and ending with one of the former
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: a queue's name, or empty (``spec.queueName`` / ``spec.parent`` unset)
+QUEUE_REFERENCE = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+#: longest queue name
+MAX_QUEUE_NAME_LENGTH = DNS_LABEL_MAX_LENGTH
+
+_QUEUE_LABEL = re.compile(DNS1123_LABEL)
+_QUEUE_NAME_WHY = ("lower-case letters, digits and '-', starting and ending with a letter or digit, "
+                   f"at most {MAX_QUEUE_NAME_LENGTH} characters; no dots")
+
+
+def queue_name_problems(name: str) -> list[str]:
+    """Why ``name`` cannot name a Queue (empty when it can), naming the field."""
+    if len(name) <= MAX_QUEUE_NAME_LENGTH and _QUEUE_LABEL.match(name):
+        return []
+    return [f"metadata.name of a Queue must be a DNS-1123 label ({_QUEUE_NAME_WHY}) (got {name!r})"]
+
+
+def queue_name_rules() -> list[dict[str, Any]]:
+    """The CEL rules at the root of the Queue CRD enforcing :func:`queue_name_problems`.
+
+    Create-only like :func:`name_rules`, for the same reason (an object stored before a
+    rule existed must stay updatable and deletable).
+    """
+    return [
+        {
+            "rule": f"oldSelf.hasValue() || (self.metadata.name.size() <= {MAX_QUEUE_NAME_LENGTH}"
+            f" && self.metadata.name.matches('{DNS1123_LABEL}'))",
+            "message": f"metadata.name of a Queue must be a DNS-1123 label ({_QUEUE_NAME_WHY})",
             "fieldPath": ".metadata.name",
             "reason": "FieldValueInvalid",
             "optionalOldSelf": True,

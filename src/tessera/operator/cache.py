@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+
 from tessera.api.models import GROUP, VERSION
 from tessera.operator.kube import PLURALS, Kube, KubeError
 
@@ -51,8 +53,11 @@ class Mirror:
     """One resource's objects by uid, kept by LIST + WATCH on a thread."""
 
     def __init__(self, name: str, list_call: Callable[..., Any], *, resync_seconds: float,
-                 watch_timeout_seconds: int = 240, on_change: Callable[[], None] | None = None) -> None:
+                 watch_timeout_seconds: int = 240, on_change: Callable[[], None] | None = None,
+                 optional: bool = False) -> None:
         self.name = name
+        #: a resource that may not exist (its CRD not installed): a 404 is an empty mirror
+        self.optional = optional
         self.on_change = on_change
         self.list_call = list_call
         self.resync_seconds = resync_seconds
@@ -116,11 +121,28 @@ class Mirror:
                 self.error = ""
             except _Gone:
                 version = ""  # too old: LIST again
+            except ApiException as err:
+                if not (self.optional and err.status == 404):
+                    failures = self._failed(err, failures)
+                    continue
+                # not installed (an older chart's CRDs): nothing to mirror; look again later
+                with self.lock:
+                    self.objects = {}
+                if not self.synced.is_set():
+                    log.info("%s: not served by this API server (404); looking again every 30s", self.name)
+                self.synced.set()
+                self.error = ""
+                version = ""
+                self.stopped.wait(30.0)
             except Exception as err:  # a cut connection, a restarting API server
-                failures += 1
-                self.error = f"{type(err).__name__}: {err}"
-                log.warning("watch of %s failed (%s); resuming", self.name, self.error)
-                self.stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                failures = self._failed(err, failures)
+
+    def _failed(self, err: Exception, failures: int) -> int:
+        failures += 1
+        self.error = f"{type(err).__name__}: {err}"
+        log.warning("watch of %s failed (%s); resuming", self.name, self.error)
+        self.stopped.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+        return failures
 
     def _watch(self, version: str) -> str:
         response = self.list_call(watch=True, resource_version=version, allow_watch_bookmarks=True,
@@ -174,7 +196,10 @@ class WatchCache:
             kind: Mirror(plural, _custom_list(custom, plural), resync_seconds=resync_seconds, on_change=on_change)
             for kind, plural in PLURALS.items()
         }
-        self.mirrors = [self.nodes, self.pods, *self.workloads.values()]
+        #: Queue objects (tessera.operator.queues); an API server without the Queue CRD has none
+        self.queues = Mirror("queues", _custom_list(custom, "queues"), resync_seconds=resync_seconds,
+                             on_change=on_change, optional=True)
+        self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues]
         #: (namespace, name) -> (pod uid, node) for pods bound by us, not yet seen bound
         self._bound: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -201,6 +226,9 @@ class WatchCache:
 
     def list_workloads(self) -> list[tuple[str, dict[str, Any]]]:
         return [(kind, obj) for kind, mirror in self.workloads.items() for obj in mirror.items()]
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        return self.queues.items()
 
     def list_pods(self) -> list[dict[str, Any]]:
         pods = self.pods.items()
@@ -259,6 +287,7 @@ class CachedKube:
     def __init__(self, kube: Kube, cache: WatchCache) -> None:
         self.kube = kube
         self.cache = cache
+        self._namespaces: tuple[float, dict[str, dict[str, str]]] | None = None
 
     def __getattr__(self, name: str) -> Any:  # leases, events, ConfigMaps, Services, dry runs
         return getattr(self.kube, name)
@@ -280,6 +309,23 @@ class CachedKube:
     def list_workloads(self) -> list[tuple[str, dict[str, Any]]]:
         self._synced()
         return self.cache.list_workloads()
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        self._synced()
+        return self.cache.list_queues()
+
+    def list_namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Namespace labels, read at most every 10 s (only queues' namespaceSelector needs them)."""
+        now = time.monotonic()
+        if self._namespaces is None or now - self._namespaces[0] > 10.0:
+            self._namespaces = (now, self.kube.list_namespace_labels())
+        return self._namespaces[1]
+
+    def patch_queue_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        obj = self.kube.patch_queue_status(name, status)
+        if obj.get("metadata"):
+            self.cache.queues.put(obj)
+        return obj
 
     def create_pod(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         pod, fresh = self.kube.create_pod(body)

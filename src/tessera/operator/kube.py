@@ -211,6 +211,24 @@ class Kube:
             out.extend((kind, item) for item in _json(response)["items"])
         return out
 
+    def list_queues(self) -> list[dict[str, Any]]:  # queues: list
+        """The Queue objects; none when the Queue CRD is not installed (an older chart)."""
+        try:
+            response = self.custom.list_cluster_custom_object(GROUP, VERSION, "queues", _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return []
+            raise _error(err, f"list queues.{GROUP}") from err
+        return list(_json(response)["items"])
+
+    def list_namespace_labels(self) -> dict[str, dict[str, str]]:  # namespaces: list
+        """Namespace name -> its labels (queues' namespaceSelector)."""
+        try:
+            items = _json(self.core.list_namespace(_preload_content=False))["items"]
+        except ApiException as err:
+            raise _error(err, "list namespaces") from err
+        return {i["metadata"]["name"]: dict(i["metadata"].get("labels") or {}) for i in items}
+
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:  # pods: get
         try:
             return dict(_json(self.core.read_namespaced_pod(name, namespace, _preload_content=False)))
@@ -300,6 +318,15 @@ class Kube:
             )
         except ApiException as err:
             raise _error(err, f"patch status of {kind} {namespace}/{name}") from err
+        return dict(_json(response))
+
+    def patch_queue_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch a Queue's status subresource (queues/status: patch); returns the object."""
+        try:
+            response = self.custom.patch_cluster_custom_object_status(GROUP, VERSION, "queues", name,
+                                                                      {"status": status}, _preload_content=False)
+        except ApiException as err:
+            raise _error(err, f"patch status of Queue {name}") from err
         return dict(_json(response))
 
     def post_event(self, kind: str, raw: dict[str, Any], event_type: str, reason: str, message: str) -> None:

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", action="append", default=[], dest="namespaces", metavar="NAME",
                         help="schedule the workloads of this namespace only (repeatable; default: all). Pods "
                              "elsewhere still count on their nodes. The chart sets one per rbac.namespaces entry")
+    parser.add_argument("--default-queue", default="default", metavar="NAME",
+                        help="Queue of workloads without spec.queueName whose namespace no queue selects, when "
+                             "a Queue of that name exists (else they are not limited by quota); '' for none")
     parser.add_argument("--watch-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="read the cluster from a LIST-then-WATCH cache with the operator's own writes applied "
                              "at once, instead of LISTing it every cycle (default: on)")
@@ -177,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     scheduler = Scheduler(port, engine, elector, metrics, interval_seconds=args.interval_seconds,
                           rebalancer=rebalancer, hooks=hooks, workers=args.workers,
                           batch_size=args.batch_size, namespaces=frozenset(args.namespaces),
+                          default_queue=args.default_queue,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
     log.info("tessera operator starting: policy %s %s%s, capabilities %s, identity %s", policy.name, policy.version,
              f" {arguments}" if arguments else "", ", ".join(capabilities_of(policy)) or "none", args.identity)

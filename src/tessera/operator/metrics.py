@@ -155,7 +155,7 @@ class OperatorMetrics:
         )
         self.migration_observed = Histogram(
             "tessera_migration_observed_seconds",
-            "Observed duration of each completed move: from recording it to the old replica gone.",
+            "Observed duration of each completed move: from recording it to the new replica taking over.",
             buckets=_MIGRATION_BUCKETS, registry=r,
         )
         self.pending = Gauge(
@@ -196,6 +196,26 @@ class OperatorMetrics:
         )
         self.leader = Gauge(
             "tessera_scheduler_leader", "1 when this replica holds the scheduler Lease.", registry=r
+        )
+        self.queue_used = Gauge(
+            "tessera_queue_used_accelerators", "Accelerators in use under a queue (its own and its descendants').",
+            ["queue", "accelerator_type"], registry=r,
+        )
+        self.queue_borrowed = Gauge(
+            "tessera_queue_borrowed_accelerators", "Accelerators a queue uses beyond its quota (borrowed).",
+            ["queue", "accelerator_type"], registry=r,
+        )
+        self.queue_nominal = Gauge(
+            "tessera_queue_nominal_accelerators", "A queue's quota: its nominal plus its descendants'.",
+            ["queue", "accelerator_type"], registry=r,
+        )
+        self.queue_pending = Gauge(
+            "tessera_queue_pending_workloads", "Workloads of a queue (and its descendants) waiting to be admitted.",
+            ["queue"], registry=r,
+        )
+        self.queue_admitted = Gauge(
+            "tessera_queue_admitted_workloads", "Workloads of a queue (and its descendants) admitted and placed.",
+            ["queue"], registry=r,
         )
 
     # --- the engine's MetricsSink -------------------------------------------------------
@@ -239,6 +259,25 @@ class OperatorMetrics:
             self.plan_rejections.labels(policy=policy, action=_ACTIONS[type(rejection.action)]).inc()
 
     # --- once per scheduling cycle ---------------------------------------------------
+
+    def record_queue(self, queue: str, usage: Iterable[Mapping[str, Any]], pending: int, admitted: int) -> None:
+        """The gauges of one queue (``usage``: its status rows, one per accelerator type)."""
+        for row in usage:
+            labels = {"queue": queue, "accelerator_type": str(row["acceleratorType"])}
+            self.queue_used.labels(**labels).set(float(row["used"]))
+            self.queue_borrowed.labels(**labels).set(float(row["borrowed"]))
+            self.queue_nominal.labels(**labels).set(float(row["nominal"]))
+        self.queue_pending.labels(queue=queue).set(pending)
+        self.queue_admitted.labels(queue=queue).set(admitted)
+
+    def forget_queue(self, queue: str) -> None:
+        """Drop the gauges of a queue that was deleted."""
+        for gauge in (self.queue_used, self.queue_borrowed, self.queue_nominal):
+            for labels in [k for k in gauge._metrics if k[0] == queue]:
+                gauge.remove(*labels)
+        for gauge in (self.queue_pending, self.queue_admitted):
+            if (queue,) in gauge._metrics:
+                gauge.remove(queue)
 
     def record_cluster(self, snapshot: ClusterSnapshot, pending: Iterable[Workload], waiting: Mapping[str, str]) -> None:
         """Demand and capacity gauges of one cycle.

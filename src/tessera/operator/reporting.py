@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 
 from tessera.api.models import InferenceService, ReplicaStatus
+from tessera.core.admission import OVER_QUOTA
 from tessera.operator import labels as L
 from tessera.operator.actuator import CycleReport
 from tessera.operator.state import SCALE_UP_SUFFIX, ClusterState, WorkloadView
@@ -21,6 +22,9 @@ from tessera.operator.status import (
     StatusWriter,
     condition,
 )
+
+#: Scheduled=False reason of a workload its queue cannot admit now (tessera.core.admission)
+WAITING_FOR_QUOTA = "WaitingForQuota"
 
 #: the scheduler's bulkhead: contains whatever acting on one workload raises
 Bulkhead = Callable[[WorkloadView, str], AbstractContextManager[None]]
@@ -50,7 +54,8 @@ class Reporter:
                     continue  # running (a move or a resize waits): its steady status says so
                 allowed = set(view.workload.allowed_types)
                 no_type = bool(allowed) and not (allowed & present)
-                condition_reason = "NoMatchingAccelerator" if no_type else "Unschedulable"
+                condition_reason = "NoMatchingAccelerator" if no_type else (
+                    WAITING_FOR_QUOTA if reason.startswith(OVER_QUOTA) else "Unschedulable")
                 preempted = condition(view.status, PREEMPTED)
                 requeued = condition(view.status, REQUEUED)
                 if not no_type and preempted.get("status") == "True":

@@ -44,6 +44,7 @@ from tessera.operator.kube import KubeError
 from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.ports import KubePort
+from tessera.operator.queues import DEFAULT_QUEUE, QueueReporter, queue_tree
 from tessera.operator.rebalance import Rebalancer
 from tessera.operator.reporting import Reporter
 from tessera.operator.state import SCALE_UP_SUFFIX, ClusterState, WorkloadView, build_state
@@ -126,6 +127,7 @@ class Scheduler:
         workers: int = 8,
         batch_size: int = 256,
         namespaces: frozenset[str] = frozenset(),
+        default_queue: str = DEFAULT_QUEUE,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -160,6 +162,9 @@ class Scheduler:
         self.batch_size = max(0, batch_size)
         #: the namespaces whose workloads this operator schedules (empty: all)
         self.namespaces = namespaces
+        #: where workloads without spec.queueName (and no namespace selector) go, if it exists
+        self.default_queue = default_queue
+        self.queue_reporter = QueueReporter(kube, metrics)
         #: workloads the last cycle decided and could not place: the next batch takes the
         #: others first (as kube-scheduler's unschedulable queue), so a blocked head of the
         #: queue never starves what could run behind it
@@ -268,8 +273,11 @@ class Scheduler:
         workloads = self.kube.list_workloads()
         pods = self.kube.list_pods()
         nodes = self.kube.list_nodes()
+        queues = queue_tree(self.kube.list_queues())
+        labels = self.kube.list_namespace_labels() if queues.needs_namespace_labels() else {}
         now = self.clock()
-        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces)
+        state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces,
+                            queues=queues, namespace_labels=labels, default_queue=self.default_queue)
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)
@@ -324,6 +332,8 @@ class Scheduler:
         bulkhead = lambda view, step: self._bulkhead(view, step, report)  # noqa: E731
         blocked = self.reporter.waiting(state, waiting, report, bulkhead)
         self.reporter.steady(state, blocked, report, bulkhead, self.elastic.settle)
+        with self._bulkhead(None, "reporting queues", report):
+            self.queue_reporter.report(queues, state.snapshot, state.pending, {**waiting, **backing_off})
         self.metrics.cycle_duration.observe(time.perf_counter() - started)
         return report
 

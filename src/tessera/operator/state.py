@@ -21,7 +21,7 @@ Per workload (not being deleted), with ``placement = status.placement``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.api.convert import inferenceservice_workload
@@ -36,6 +36,7 @@ from tessera.core import (
     WorkloadKind,
 )
 from tessera.operator.overcommit import step_back
+from tessera.operator.queues import Queues, resolve_queue
 from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vocabulary)
     CONDITION_TAINT_KEYS,
     KINDS,
@@ -82,11 +83,18 @@ def build_state(
     now_seconds: float,
     keep_lost: bool = False,
     namespaces: frozenset[str] = frozenset(),
+    queues: Queues | None = None,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    default_queue: str = "",
 ) -> ClusterState:
     """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
 
     ``namespaces`` (empty: all): the namespaces this operator manages; workloads elsewhere
     are not its own, and their pods only hold capacity (never orphans it deletes).
+
+    ``queues`` (tessera.operator.queues): the quota tree goes into the snapshot (the engine
+    enforces it) and each workload gets its queue (``spec.queueName``, a namespace selector,
+    ``default_queue``); ``namespace_labels`` feed the selectors.
 
     ``keep_lost`` (an elastic policy runs): an ElasticJob's lost replicas stay in its
     allocation on a node that does not exist (:data:`LOST_NODE_PREFIX`), so the policy
@@ -100,6 +108,9 @@ def build_state(
     # the delete handler removes a deleted workload's pods; they still hold capacity until gone
     for kind, raw in sorted(live, key=_age):
         view = workload_view(kind, raw)
+        if view.workload is not None and queues is not None and queues.tree is not None:
+            view.workload = replace(view.workload, queue=resolve_queue(
+                view.workload, view.namespace, queues, namespace_labels or {}, default_queue))
         if view.key in views:
             # pods are named <name>-<replica> and workloads are keyed by namespace/name: a
             # second kind with the same name would share both.  The older one keeps the
@@ -185,7 +196,8 @@ def build_state(
     allocations.extend(_held(pod, node_views) for pod in external)
 
     # in-flight decisions keep their nodes only if those still have room
-    base = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
+    tree = queues.tree if queues is not None else None
+    base = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree)
     ledger = base.ledger()
     for view in sorted(in_flight, key=lambda v: v.key):
         reason = _reserve(ledger, view, node_views)
@@ -199,7 +211,7 @@ def build_state(
         else:
             allocations.append(_allocation(view, node_views, now_seconds))
 
-    snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds)
+    snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree)
     warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
     for name, warning in overcommitted.items():
         warnings[name] = (*warnings.get(name, ()), warning)
@@ -333,7 +345,7 @@ def _scale_up(view: WorkloadView) -> Workload | None:
         view.key + SCALE_UP_SUFFIX, view.model.spec, view.workload.submitted_at_seconds,
         replicas=missing, min_replicas=1,
     )
-    return unit
+    return replace(unit, queue=view.workload.queue)  # the service's queue, however it was resolved
 
 
 def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView], now_seconds: float) -> Allocation:
