@@ -43,7 +43,7 @@ def use(**per_queue: int) -> QuotaUsage:
 def test_a_queue_borrows_what_its_siblings_leave_idle_and_no_more():
     t = tree(a={"H100": TypeQuota(8)}, b={"H100": TypeQuota(8)})
     assert t.why_not(use(a=0), "a", "H100", 16 * MILLI) == ""  # b is idle: all of it
-    assert "queue org" in t.why_not(use(a=16), "b", "H100", 1 * MILLI)  # all of org is in use: a reclaim's work
+    assert "borrow under org" in t.why_not(use(a=16), "b", "H100", 1 * MILLI)  # all lent: a reclaim's work
     assert t.borrowed(use(a=12), "a", "H100") == 4 * MILLI and t.borrowed(use(a=12), "org", "H100") == 0
 
 

@@ -176,8 +176,10 @@ class QuotaTree:
                         f"nominal {_acc(self.quota(node, t))})")
             parent = q.parent
             if parent:
+                # what the parent borrows itself (a root never does: rule 1 there)
+                borrows = self.borrowed(trial, parent, t) if self.queues[parent].parent else 0
                 pool = (self.queues[parent].quotas.get(t, TypeQuota()).nominal * MILLI
-                        + sum(self.lend(c, t) for c in self.children[parent]) + self.borrowed(trial, parent, t))
+                        + sum(self.lend(c, t) for c in self.children[parent]) + borrows)
                 beyond = sum(max(0, self.used(trial, c, t) - self.guaranteed(c, t)) for c in self.children[parent])
                 if beyond > pool:
                     return (f"queue {node}: no {t} quota left to borrow under {parent} (its queues would use "
