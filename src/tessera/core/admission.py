@@ -20,12 +20,32 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from tessera.core.model import MILLI_PER_DEVICE, Allocation, ClusterSnapshot, ReplicaDemand, Workload
 from tessera.core.quota import Queue, QuotaUsage
 
 #: every quota refusal starts with this (the engine reports it as a wait for quota)
 OVER_QUOTA = "over quota"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Room a workload waiting for its own queue's quota holds in it (tessera.core.reclaim):
+    it counts as used for every placement but that workload's own."""
+
+    workload: str
+    queue: str
+    accelerator_type: str
+    milli: int
+
+
+def reserved_usage(snapshot: ClusterSnapshot, held: Iterable[Reservation]) -> QuotaUsage:
+    """What runs, plus the room the reservations hold."""
+    usage = quota_usage(snapshot)
+    for r in held:
+        usage.add(r.queue, r.accelerator_type, r.milli)
+    return usage
 
 
 def _milli(demand: ReplicaDemand) -> int:

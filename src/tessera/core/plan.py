@@ -122,7 +122,8 @@ class ValidatedPlan:
 
 
 def validate_plan(
-    snapshot: ClusterSnapshot, pending: Sequence[Workload], plan: Plan
+    snapshot: ClusterSnapshot, pending: Sequence[Workload], plan: Plan,
+    reserved: Sequence[admission.Reservation] = (),
 ) -> ValidatedPlan:
     """Check ``plan`` action by action against ``snapshot``.
 
@@ -142,12 +143,16 @@ def validate_plan(
     failed for); what was accepted then never counted on room that is not freed.  Each
     new attempt refuses at least one more action, so there are few attempts, and a plan
     whose compound actions all hold is checked once.
+
+    With queues (``snapshot.quotas``) every action is also checked against the quotas
+    (tessera.core.admission), with ``reserved`` room counted as used except by the
+    workload that holds it (tessera.core.reclaim).
     """
     ledger = snapshot.ledger()
     refused: dict[tuple[str, int], str] = {}
     while True:
         with ledger.statement() as attempt:
-            result, failed = _attempt(snapshot, pending, plan, ledger, refused)
+            result, failed = _attempt(snapshot, pending, plan, ledger, refused, reserved)
             if not failed:
                 attempt.commit()
                 return result
@@ -163,6 +168,7 @@ def _attempt(
     plan: Plan,
     ledger: CapacityLedger,
     refused: Mapping[tuple[str, int], str],
+    reserved: Sequence[admission.Reservation] = (),
 ) -> tuple[ValidatedPlan, dict[tuple[str, int], str]]:
     """One pass of ``validate_plan`` with the actions in ``refused`` (("preemption" or
     "resize", index in the plan) -> reason) rejected up front.  Returns the result and
@@ -179,7 +185,8 @@ def _attempt(
     # built on first use: a plan touches few of the running workloads (simulator hot path)
     live = _LiveReplicas(snapshot.allocations)
     # accelerators in use per queue and type after this plan (only with queues)
-    usage = admission.quota_usage(snapshot) if snapshot.quotas is not None else None
+    usage = admission.reserved_usage(snapshot, reserved) if snapshot.quotas is not None else None
+    holds = {r.workload: r for r in reserved}
 
     # preemption index -> its beneficiary, for the ones whose beneficiary has a placement here
     enabling: dict[int, str] = {}
@@ -278,11 +285,17 @@ def _attempt(
         if not reason:
             workload = pending_by_key[pl.workload]
             reason = _check_replicas(snapshot, workload, [a.node for a in pl.replicas])
+            hold = holds.pop(pl.workload, None) if usage is not None else None
             if usage is not None:
+                if hold is not None:  # its own reservation is room for it
+                    usage.add(hold.queue, hold.accelerator_type, -hold.milli)
                 reason = reason or admission.placement_problem(snapshot, usage, workload, [a.node for a in pl.replicas])
             reason = reason or _take_all(ledger, workload.demand, pl.replicas)
             if not reason and usage is not None:
                 admission.take(snapshot, usage, workload, [a.node for a in pl.replicas])
+            elif hold is not None and usage is not None:
+                usage.add(hold.queue, hold.accelerator_type, hold.milli)
+                holds[pl.workload] = hold
         if reason:
             not_placed.setdefault(pl.workload, reason)
             rejected.append(Rejection(pl, reason))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -17,12 +17,15 @@ from tessera.core import (
     ClusterSnapshot,
     Placement,
     Plan,
+    Preemption,
     Rejection,
+    Resize,
     Workload,
     explain_unfit,
     validate_plan,
 )
-from tessera.core.admission import OVER_QUOTA, admission_problem, quota_usage
+from tessera.core.admission import OVER_QUOTA, Reservation, admission_problem, reserved_usage
+from tessera.core.reclaim import RECLAIM, reclaim_actions, reservations
 from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
 from tessera.policy import BackedByArtifact, Policy, PolicyContext, ReportsDecisionStats
 
@@ -67,6 +70,7 @@ class Engine:
         params: Mapping[str, Any] | None = None,
         metrics: MetricsSink | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        reclaim_min_runtime_seconds: float = 60.0,
     ) -> None:
         self.policy = policy
         self.clock = clock
@@ -77,6 +81,8 @@ class Engine:
         self.metrics = metrics or NullMetrics()
         self._timer = timer
         self._cycles = 0
+        #: with queues: a borrower runs at least this long before its queue's lenders reclaim
+        self.reclaim_min_runtime_seconds = reclaim_min_runtime_seconds
 
     def context(self) -> PolicyContext:
         # a fresh, seeded generator per cycle: replaying cycle N gives the same draws
@@ -95,9 +101,12 @@ class Engine:
         error = ""
         failed: dict[str, str] = {}
         started = self._timer()
-        # queues: a workload its queue cannot admit on any type is not offered to the policy
+        # queues: workloads waiting for their own queue's quota hold it (no borrower takes it
+        # back); a workload its queue cannot admit on any type is not offered to the policy
         # (it would hold room others could use); the plan's placements are checked exactly
-        held = admission_held(snapshot, pending)
+        reserved = reservations(snapshot, pending) if snapshot.quotas is not None else []
+        held = admission_held(snapshot, pending, reserved)
+        everyone = pending
         pending = [w for w in pending if w.key not in held] if held else pending
         try:
             proposed = self.policy.decide(snapshot, pending, ctx)
@@ -112,10 +121,21 @@ class Engine:
         policy = self.policy
         stats = dict(policy.last_stats) if isinstance(policy, ReportsDecisionStats) and not error else {}
         decided = [w for w in pending if w.key not in failed]
-        validated = validate_plan(snapshot, decided, proposed)
+        validated = validate_plan(snapshot, decided, proposed, reserved)
+        reclaims = self._reclaim(snapshot, everyone, reserved, validated.accepted)
+        if reclaims:
+            validated = validate_plan(snapshot, decided, reclaims, reserved)
         waiting = self._waiting(decided, proposed, validated.accepted, validated.rejected, validated.ledger, error)
         waiting.update(failed)
         waiting.update(held)
+        actions: list[Preemption | Resize] = [*validated.accepted.preemptions, *validated.accepted.resizes]
+        for action in actions:
+            if action.reason.startswith(RECLAIM):
+                for r in reserved:
+                    if r.workload in waiting and action.reason.endswith(f" for {r.workload}"):
+                        verb = "shrinking" if isinstance(action, Resize) else "preempting"
+                        waiting[r.workload] = f"{waiting[r.workload]}; reclaiming its queue's quota: {verb} " \
+                                              f"{action.workload}"
         result = CycleResult(
             policy=self.policy.name,
             policy_version=self.policy.version,
@@ -130,6 +150,24 @@ class Engine:
         )
         self.metrics.record_cycle(result)
         return result
+
+    def _reclaim(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], reserved: Sequence[Reservation],
+                 accepted: Plan) -> Plan | None:
+        """``accepted`` plus the shrinks and preemptions that give waiting reservations their
+        queue's quota back (tessera.core.reclaim); None when there is nothing to reclaim."""
+        placed = {p.workload for p in accepted.placements}
+        waiting = [r for r in reserved if r.workload not in placed]
+        if not waiting:
+            return None
+        busy = {p.workload for p in accepted.preemptions} | {r.workload for r in accepted.resizes} | {
+            m.workload for m in accepted.migrations}
+        actions = reclaim_actions(snapshot, {w.key: w for w in pending}, waiting, self.reclaim_min_runtime_seconds,
+                                  busy=busy)
+        if not actions:
+            return None
+        return replace(accepted,
+                       preemptions=(*accepted.preemptions, *(a for a in actions if isinstance(a, Preemption))),
+                       resizes=(*accepted.resizes, *(a for a in actions if isinstance(a, Resize))))
 
     def _artifact(self) -> dict[str, str]:
         # a policy backed by a trained artifact (weights) names it, so status and metrics show
@@ -192,14 +230,22 @@ class Engine:
         return waiting
 
 
-def admission_held(snapshot: ClusterSnapshot, pending: Sequence[Workload]) -> dict[str, str]:
-    """Pending workloads their queue cannot admit now on any type -> why (no queues: none)."""
+def admission_held(snapshot: ClusterSnapshot, pending: Sequence[Workload],
+                   reserved: Sequence[Reservation] = ()) -> dict[str, str]:
+    """Pending workloads their queue cannot admit now on any type -> why (no queues: none);
+    ``reserved`` room counts as used except by the workload that holds it."""
     if snapshot.quotas is None:
         return {}
-    usage = quota_usage(snapshot)
+    usage = reserved_usage(snapshot, reserved)
+    holds = {r.workload: r for r in reserved}
     held = {}
     for workload in pending:
+        own = holds.get(workload.key)
+        if own is not None:
+            usage.add(own.queue, own.accelerator_type, -own.milli)
         why = admission_problem(snapshot, usage, workload)
+        if own is not None:
+            usage.add(own.queue, own.accelerator_type, own.milli)
         if why:
             held[workload.key] = why
     return held

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tessera.core import Placement, Plan, Preemption, Workload, validate_plan
+from tessera.core.reclaim import RECLAIM
 from tessera.engine import CycleResult
 from tessera.operator.state import SCALE_UP_SUFFIX, ClusterState
 
@@ -54,7 +55,9 @@ def executable_placements(
     preemptions: list[Preemption] = []
     if evict and not leaving_pods:
         for pre in with_evictions.accepted.preemptions:
-            if not pre.beneficiary or pre.beneficiary in freed_by_evictions:
+            # a reclaim makes quota room (its beneficiary's queue gets back what others borrow),
+            # not necessarily node room for a placement in this plan
+            if not pre.beneficiary or pre.beneficiary in freed_by_evictions or pre.reason.startswith(RECLAIM):
                 preemptions.append(pre)
     evicting_for = {p.beneficiary for p in preemptions if p.beneficiary}
     waiting: dict[str, str] = {}

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-queue", default="default", metavar="NAME",
                         help="Queue of workloads without spec.queueName whose namespace no queue selects, when "
                              "a Queue of that name exists (else they are not limited by quota); '' for none")
+    parser.add_argument("--reclaim-min-runtime-seconds", type=float, default=60.0, metavar="SECONDS",
+                        help="a workload borrowing another queue's quota runs at least this long (since it started "
+                             "or was last resized) before that queue reclaims it (docs/queues.md)")
     parser.add_argument("--watch-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="read the cluster from a LIST-then-WATCH cache with the operator's own writes applied "
                              "at once, instead of LISTing it every cycle (default: on)")
@@ -262,7 +265,8 @@ def build_engine(policy: Policy, args: argparse.Namespace, metrics: OperatorMetr
     which plan was kept (``tessera_plan_source_total``).
     """
     return Engine(policy, WallClock(), seed=args.seed, time_budget_seconds=args.time_budget_seconds,
-                  metrics=metrics, params=policy_params(getattr(args, "policy_param", None) or []))
+                  metrics=metrics, params=policy_params(getattr(args, "policy_param", None) or []),
+                  reclaim_min_runtime_seconds=max(0.0, getattr(args, "reclaim_min_runtime_seconds", 60.0)))
 
 
 class WakeHook:
