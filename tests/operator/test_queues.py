@@ -3,12 +3,12 @@ operator (default policy) admits a team's jobs up to its quota plus what it may 
 holds the rest with a condition saying which queue, and reports use on the Queue status.
 
 Queues are cluster-scoped and the cluster is shared by the tests: every name here carries
-the test's namespace, and the queues are deleted at the end.  (Reclaim, preempting a
-borrower for a queue below its quota, is not built yet: tests/unit/test_operator_queues.py.)
+the test's namespace, and the queues are deleted at the end.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,8 @@ def queues(crds: Any, namespace: str, tmp_path: Path) -> Iterator[dict[str, str]
     crds.apply(queue(names["org"]))
     crds.apply(queue(names["a"], names["org"], H100=(8, None)))
     crds.apply(queue(names["b"], names["org"], H100=(8, None)))
-    proc = OperatorProcess(crds.kubeconfig, tmp_path / "operator.log").start()
+    # reclaim without waiting the default minute a borrower may run first
+    proc = OperatorProcess(crds.kubeconfig, tmp_path / "operator.log", "--reclaim-min-runtime-seconds", "0").start()
     try:
         yield names
     finally:
@@ -99,3 +100,35 @@ def test_a_team_runs_its_quota_plus_what_it_may_borrow_and_the_rest_waits_for_qu
 def test_the_crd_refuses_a_lending_limit_above_nominal(crds: Any, namespace: str) -> None:
     result = crds.kubectl("apply", "-f", "-", input=queue(f"bad-{namespace}", H100=(4, 8)), check=False)
     assert result.returncode != 0 and "lendingLimit may not exceed nominal" in result.stderr, result.stderr
+
+
+def test_a_team_below_its_quota_reclaims_it_from_the_team_that_borrows_it(crds: Any, namespace: str,
+                                                                         queues: dict[str, str]) -> None:
+    for name in ("a1", "a2"):
+        crds.apply(job(name, queues["a"]), namespace=namespace)
+    crds.wait_for(lambda: all(status_of(crds, n, namespace).get("phase") == "Running" for n in ("a1", "a2")),
+                  timeout=60, what="team-a running 16 H100 (8 borrowed)")
+    crds.apply(job("b1", queues["b"]), namespace=namespace)
+    peak: dict[str, int] = defaultdict(int)
+
+    def reclaimed() -> dict[str, Any] | None:
+        per_node: dict[str, int] = defaultdict(int)
+        for pod in crds.get_json("pods", "-A")["items"]:
+            if pod["spec"].get("nodeName"):
+                per_node[pod["spec"]["nodeName"]] += gpus(pod)
+        for node, used in per_node.items():
+            peak[node] = max(peak[node], used)
+        statuses = {n: status_of(crds, n, namespace) for n in ("a1", "a2", "b1")}
+        running = [n for n, s in statuses.items() if s.get("phase") == "Running"]
+        return statuses if sorted(running) in (["a1", "b1"], ["a2", "b1"]) else None
+
+    statuses = crds.wait_for(reclaimed, timeout=60, interval=0.5, what="b1 running after reclaiming team-b's quota")
+    [victim] = [n for n in ("a1", "a2") if statuses[n].get("phase") != "Running"]
+    preempted = condition(statuses[victim], "Preempted")
+    assert preempted.get("status") == "True" and f"queue {queues['b']}" in preempted.get("message", ""), preempted
+    events = crds.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={victim}")["items"]
+    assert any("reclaim" in e.get("message", "") and queues["b"] in e.get("message", "") for e in events), events
+    assert max(peak.values()) <= 8, dict(peak)  # no node ever over its allocatable
+    # the victim waits for quota now (team-a is at its own 8 and team-b uses its own 8)
+    crds.wait_for(lambda: condition(status_of(crds, victim, namespace), "Scheduled").get("reason") in (
+        "WaitingForQuota", "Preempted"), timeout=20, what="the victim waiting with a reason")
