@@ -114,3 +114,35 @@ def test_without_queues_the_engine_reclaims_nothing():
     assert not result.plan.preemptions
     placement = Placement("ns/y", (ReplicaAssignment("h-0"),))
     assert placement not in result.plan.placements
+
+
+def with_rules(reclaim: str = "Any", within: str = "LowerPriority") -> QuotaTree:
+    return QuotaTree([Queue("org"), Queue("a", "org", {"H100": TypeQuota(8)}),
+                      Queue("b", "org", {"H100": TypeQuota(8)}, reclaim_within_tree=reclaim, within_queue=within)])
+
+
+def test_a_queue_s_preemption_policy_limits_whom_it_reclaims_from():
+    borrowers = (running("ns/a-high", "a", ["h-0"], priority=5), running("ns/a-low", "a", ["h-1"], priority=-5))
+
+    def victims(rule: str) -> list[str]:
+        state = ClusterSnapshot(nodes("h", 4, "H100", 8), borrowers, NOW, quotas=with_rules(reclaim=rule))
+        return [p.workload for p in engine().decide(state, [b_job()]).plan.preemptions]
+
+    assert victims("Never") == []
+    assert victims("LowerPriority") == ["ns/a-low"]  # b1 has priority 0
+    assert victims("Any") == ["ns/a-low"]  # lowest priority first anyway
+
+
+def test_within_queue_never_refuses_a_policy_s_preemption_inside_the_queue():
+    from tessera.core import Plan, Preemption, validate_plan
+
+    mine = running("ns/b-low", "b", ["h-0"], priority=-5)
+    newcomer = queued(gang("ns/b-high", 1, 8, ["H100"], priority=5), "b")
+    plan = Plan(placements=(Placement("ns/b-high", (ReplicaAssignment("h-0"),)),),
+                preemptions=(Preemption("ns/b-low", "room", beneficiary="ns/b-high"),))
+    for rule, ok in (("Never", False), ("LowerPriority", True)):
+        state = ClusterSnapshot(nodes("h", 1, "H100", 8), (mine,), NOW, quotas=with_rules(within=rule))
+        result = validate_plan(state, [newcomer], plan)
+        assert bool(result.accepted.preemptions) is ok, result.rejected
+        if not ok:
+            assert "withinQueue Never" in result.rejected[0].reason

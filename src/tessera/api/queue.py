@@ -190,4 +190,6 @@ def queue_core(model: Queue) -> CoreQueue:
             for q in model.spec.quotas
         },
         weight=model.spec.weight,
+        reclaim_within_tree=model.spec.preemption.reclaimWithinTree,
+        within_queue=model.spec.preemption.withinQueue,
     )

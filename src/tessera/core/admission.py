@@ -146,9 +146,16 @@ def preemption_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, victim: All
     if tree is None or beneficiary is None or not victim.workload.queue:
         return ""
     mine, theirs = beneficiary.queue, victim.workload.queue
+    rules = tree.queues.get(mine)
     if mine == theirs:
+        if rules is not None and not rules.may_preempt(True, beneficiary.priority, victim.workload.priority):
+            return (f"queue {mine} preempts within itself {'never' if rules.within_queue == 'Never' else 'only lower priority'}"
+                    f" (spec.preemption.withinQueue {rules.within_queue})")
         return ""
-    if theirs in tree.queues and mine in tree.queues and _root(tree.queues, mine) == _root(tree.queues, theirs):
+    if rules is not None and theirs in tree.queues and _root(tree.queues, mine) == _root(tree.queues, theirs):
+        if not rules.may_preempt(False, beneficiary.priority, victim.workload.priority):
+            return (f"queue {mine} reclaims {'nothing' if rules.reclaim_within_tree == 'Never' else 'only from lower priority'}"
+                    f" (spec.preemption.reclaimWithinTree {rules.reclaim_within_tree})")
         for t in _per_type(snapshot, victim.workload, _nodes(victim)):
             if tree.borrowed(usage, theirs, t) > 0:
                 return ""

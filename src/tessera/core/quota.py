@@ -60,6 +60,17 @@ class Queue:
     quotas: Mapping[str, TypeQuota] = field(default_factory=lambda: _NO_QUOTAS)
     #: fair-share weight among siblings
     weight: float = 1.0
+    #: whom its workloads may preempt to get back quota other queues of the tree borrow:
+    #: "Never", "LowerPriority" or "Any" (tessera.core.reclaim)
+    reclaim_within_tree: str = "Any"
+    #: whom its workloads may preempt within the queue: "Never" or "LowerPriority"
+    within_queue: str = "LowerPriority"
+
+    def may_preempt(self, within: bool, mine: int, theirs: int) -> bool:
+        """Whether a workload of this queue at priority ``mine`` may preempt one at
+        ``theirs``, of this queue (``within``) or of another queue that borrows."""
+        rule = self.within_queue if within else self.reclaim_within_tree
+        return rule == "Any" or (rule == "LowerPriority" and theirs < mine)
 
 
 class QuotaUsage:

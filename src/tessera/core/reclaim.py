@@ -104,7 +104,10 @@ def reclaim_actions(snapshot: ClusterSnapshot, pending: Mapping[str, Workload], 
         gang = [node] * max(1, w.gang_min)
         fits = partial(_fits, snapshot, trial, w, gang)
 
+        rules = tree.queues[r.queue]
         for victim in _victims(snapshot, tree, trial, r, min_runtime_seconds, taken):
+            if not rules.may_preempt(False, w.priority, victim.workload.priority):
+                continue  # spec.preemption.reclaimWithinTree: Never, or only lower priority
             if fits():
                 break
             if tree.borrowed(trial, victim.workload.queue, r.accelerator_type) <= 0:
