@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess, clean_up
+from prometheus_server import free_port, scrape_sample
 from workload_views import condition, gpus, pods_of, status_of
 
 pytestmark = pytest.mark.cluster
@@ -59,12 +60,14 @@ def queues(crds: Any, namespace: str, tmp_path: Path) -> Iterator[dict[str, str]
     crds.apply(queue(names["a"], names["org"], H100=(8, None)))
     crds.apply(queue(names["b"], names["org"], H100=(8, None)))
     # reclaim without waiting the default minute a borrower may run first
-    proc = OperatorProcess(crds.kubeconfig, tmp_path / "operator.log", "--reclaim-min-runtime-seconds", "0").start()
+    names["metrics_port"] = str(free_port())
+    proc = OperatorProcess(crds.kubeconfig, tmp_path / "operator.log", "--reclaim-min-runtime-seconds", "0",
+                           "--metrics-port", names["metrics_port"]).start()
     try:
         yield names
     finally:
         clean_up(crds, namespace, "elasticjobs", [proc])
-        crds.kubectl("delete", "queues", *names.values(), "--wait=false", check=False)
+        crds.kubectl("delete", "queues", names["org"], names["a"], names["b"], "--wait=false", check=False)
 
 
 def test_a_team_runs_its_quota_plus_what_it_may_borrow_and_the_rest_waits_for_quota(crds: Any, namespace: str,
@@ -129,6 +132,11 @@ def test_a_team_below_its_quota_reclaims_it_from_the_team_that_borrows_it(crds: 
     events = crds.get_json("events", "-n", namespace, "--field-selector", f"involvedObject.name={victim}")["items"]
     assert any("reclaim" in e.get("message", "") and queues["b"] in e.get("message", "") for e in events), events
     assert max(peak.values()) <= 8, dict(peak)  # no node ever over its allocatable
+    port = int(queues["metrics_port"])
+    assert scrape_sample(port, "tessera_queue_reclaims_total", queue=queues["b"]) == 1
+    assert scrape_sample(port, "tessera_queue_admission_wait_seconds_count", queue=queues["a"]) == 2
+    crds.wait_for(lambda: scrape_sample(port, "tessera_queue_admission_wait_seconds_count", queue=queues["b"]) == 1,
+                  timeout=10, what="b1's admission counted")
     # the victim waits for quota now (team-a is at its own 8 and team-b uses its own 8)
     crds.wait_for(lambda: condition(status_of(crds, victim, namespace), "Scheduled").get("reason") in (
         "WaitingForQuota", "Preempted"), timeout=20, what="the victim waiting with a reason")

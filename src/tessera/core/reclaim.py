@@ -42,6 +42,12 @@ from tessera.core.quota import QuotaTree, QuotaUsage
 RECLAIM = "reclaim"
 
 
+def reclaiming_queue(reason: str) -> str:
+    """The queue a reclaim action's reason names ("" for any other reason)."""
+    prefix = f"{RECLAIM}: queue "
+    return reason[len(prefix):].split(" ", 1)[0] if reason.startswith(prefix) else ""
+
+
 def _milli(workload: Workload) -> int:
     d = workload.demand
     return d.accelerators * MILLI_PER_DEVICE if d.accelerators else d.shared_milli

@@ -20,6 +20,7 @@ from tessera.engine import CycleResult
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _MIGRATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+_ADMISSION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 7 * 86400.0)
 
 #: node labels that name a node pool, most specific first (ours, then the common providers')
 NODE_POOL_LABELS = (
@@ -213,6 +214,16 @@ class OperatorMetrics:
             "tessera_queue_pending_workloads", "Workloads of a queue (and its descendants) waiting to be admitted.",
             ["queue"], registry=r,
         )
+        self.queue_reclaims = Counter(
+            "tessera_queue_reclaims_total",
+            "Preemptions and shrinks carried out so that a queue gets back quota other queues borrowed.",
+            ["queue"], registry=r,
+        )
+        self.queue_admission_wait = Histogram(
+            "tessera_queue_admission_wait_seconds",
+            "From a queued workload's creation to its placement, by queue.",
+            ["queue"], buckets=_ADMISSION_BUCKETS, registry=r,
+        )
         self.queue_admitted = Gauge(
             "tessera_queue_admitted_workloads", "Workloads of a queue (and its descendants) admitted and placed.",
             ["queue"], registry=r,
@@ -271,7 +282,7 @@ class OperatorMetrics:
         self.queue_admitted.labels(queue=queue).set(admitted)
 
     def forget_queue(self, queue: str) -> None:
-        """Drop the gauges of a queue that was deleted."""
+        """Drop the gauges of a queue that was deleted (its counters and wait times stay)."""
         for gauge in (self.queue_used, self.queue_borrowed, self.queue_nominal):
             for labels in [k for k in gauge._metrics if k[0] == queue]:
                 gauge.remove(*labels)

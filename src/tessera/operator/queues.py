@@ -30,6 +30,7 @@ from tessera.api.queue import Queue, queue_core
 from tessera.core import ClusterSnapshot, Workload
 from tessera.core.admission import quota_usage
 from tessera.core.quota import MILLI, QuotaTree
+from tessera.core.reclaim import reclaiming_queue
 from tessera.operator.kube import KubeError, now_rfc3339
 
 log = logging.getLogger("tessera.operator.queues")
@@ -158,3 +159,18 @@ class QueueReporter:
         for gone in self._reported - names:
             self.metrics.forget_queue(gone)
         self._reported = set(names)
+
+
+def count_reclaim(metrics: Any, reason: str) -> None:
+    """A preemption or shrink the operator carried out: counted for the reclaiming queue
+    when it was a reclaim (tessera.core.reclaim)."""
+    queue = reclaiming_queue(reason)
+    if queue:
+        metrics.queue_reclaims.labels(queue=queue).inc()
+
+
+def count_admission(metrics: Any, workload: Workload | None, now_seconds: float) -> None:
+    """A queued workload was placed: how long it waited since it was submitted."""
+    if workload is not None and workload.queue:
+        metrics.queue_admission_wait.labels(queue=workload.queue).observe(
+            max(0.0, now_seconds - workload.submitted_at_seconds))

@@ -44,7 +44,7 @@ from tessera.operator.kube import KubeError
 from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.ports import KubePort
-from tessera.operator.queues import DEFAULT_QUEUE, QueueReporter, queue_tree
+from tessera.operator.queues import DEFAULT_QUEUE, QueueReporter, count_admission, count_reclaim, queue_tree
 from tessera.operator.rebalance import Rebalancer
 from tessera.operator.reporting import Reporter
 from tessera.operator.state import SCALE_UP_SUFFIX, ClusterState, WorkloadView, build_state
@@ -398,6 +398,7 @@ class Scheduler:
                                                     restart_on=pre.restart_on)
                     if released:
                         self.metrics.preemptions.labels(policy=result.policy).inc()
+                        count_reclaim(self.metrics, pre.reason)
                 if released:
                     done.add(pre.workload)
         return done
@@ -416,7 +417,8 @@ class Scheduler:
             if state.leaving and not resize.add and not self.elastic.removes_lost(state, resize):
                 continue
             with self._bulkhead(view, "resharding it", report):
-                self.elastic.resize(state, resize, result, report)
+                if self.elastic.resize(state, resize, result, report):
+                    count_reclaim(self.metrics, resize.reason)
 
     def _place(self, state: ClusterState, placement: Placement, why: str, report: CycleReport) -> None:
         view = state.workloads.get(state.pending_owner.get(placement.workload, ""))
@@ -428,6 +430,8 @@ class Scheduler:
                 self.backoff.failed(view.uid, view.generation, str(view.status.get("message") or "bind failed"))
             else:
                 self.backoff.succeeded(view.uid)
+                if placement.workload == view.key and view.placement:  # bound (not only recorded)
+                    count_admission(self.metrics, view.workload, self.clock())
 
     def _scale_up(
         self, state: ClusterState, units: list[Workload], first: CycleResult, report: CycleReport
