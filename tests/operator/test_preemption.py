@@ -141,3 +141,33 @@ def test_a_crash_after_recording_an_eviction_is_finished_by_the_next_operator(cl
         second = start_operator()
         check_outcome(cluster, namespace, h100, watcher)
     assert "bind failed" not in second.log()
+
+
+def with_priority_class(manifest: str, klass: str) -> str:
+    """An ElasticJob manifest from elasticjob() whose pod template names ``klass`` instead of a priority."""
+    return manifest.replace("  priority: 0\n", "").replace(
+        "    spec:\n      containers:", f"    spec:\n      priorityClassName: {klass}\n      containers:")
+
+
+def test_a_priority_class_gives_the_priority_and_never_means_never_preempt(cluster, namespace, start_operator):
+    suffix = namespace
+    for name, policy in ((f"urgent-{suffix}", "PreemptLowerPriority"), (f"polite-{suffix}", "Never")):
+        cluster.apply(f"apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {{name: {name}}}\n"
+                      f"value: 10\npreemptionPolicy: {policy}\n")
+    operator = start_operator()
+    try:
+        fill_h100(cluster, namespace)
+        # the polite job (priority 10 by its class) waits: its class never preempts
+        cluster.apply(with_priority_class(elasticjob("polite", 2, priority=0), f"polite-{suffix}"), namespace)
+        operator.wait_cycles(3)
+        assert status_of(cluster, "polite", namespace).get("phase") == "Pending"
+        assert status_of(cluster, "low", namespace).get("phase") == "Running"
+        # the urgent one (same value, a class that preempts) evicts the low gang
+        cluster.apply(with_priority_class(elasticjob("urgent", 2, priority=0), f"urgent-{suffix}"), namespace)
+        cluster.wait_for(lambda: status_of(cluster, "urgent", namespace).get("phase") == "Running", timeout=60,
+                         what="urgent Running after preempting low")
+        preempted = condition(status_of(cluster, "low", namespace), "Preempted")
+        assert preempted.get("status") == "True" and f"preempted by {namespace}/urgent" in preempted["message"]
+        # (polite may run now in the room urgent's eviction left over: it took it, it did not evict for it)
+    finally:
+        cluster.kubectl("delete", "priorityclass", f"urgent-{suffix}", f"polite-{suffix}", check=False)

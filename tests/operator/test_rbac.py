@@ -170,6 +170,8 @@ NEEDED = [
     ("patch", "inferenceservices.tessera.dev/status", "ws", None),
     ("list", "queues.tessera.dev", None, None),
     ("list", "namespaces", None, None),
+    ("list", "priorityclasses.scheduling.k8s.io", None, None),
+    ("watch", "priorityclasses.scheduling.k8s.io", None, None),
     ("watch", "queues.tessera.dev", None, None),
     ("patch", "queues.tessera.dev/status", None, None),
     ("create", "events", "ws", None),

@@ -81,6 +81,8 @@ class FakeKube:
         #: Queue objects (cluster-scoped) by name, and namespace labels
         self.queues: dict[str, dict[str, Any]] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
+        #: PriorityClasses by name
+        self.priority_classes: dict[str, dict[str, Any]] = {}
 
     # -- test control ----------------------------------------------------------------------
 
@@ -131,6 +133,10 @@ class FakeKube:
     def list_queues(self) -> list[dict[str, Any]]:
         self._call("list_queues")
         return copy.deepcopy(list(self.queues.values()))
+
+    def list_priority_classes(self) -> list[dict[str, Any]]:
+        self._call("list_priority_classes")
+        return copy.deepcopy(list(self.priority_classes.values()))
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:
         self._call("list_namespace_labels")
@@ -268,3 +274,9 @@ def queue(name: str, parent: str = "", weight: float = 1.0, namespaces: dict[str
         "spec": {"parent": parent, "weight": weight, "namespaceSelector": namespaces or {},
                  "quotas": [{"acceleratorType": t, "nominal": n} for t, n in nominal.items()]},
     }
+
+
+def priority_class(name: str, value: int, preemption_policy: str = "PreemptLowerPriority") -> dict[str, Any]:
+    return {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name, "uid": f"uid-pc-{name}", "resourceVersion": "1"},
+            "value": value, "preemptionPolicy": preemption_policy}

@@ -99,6 +99,14 @@ def _queue_name_field() -> Any:
     )
 
 
+def _one_priority(priority: int, template: Any) -> None:
+    """A workload's priority comes from spec.priority or from the PriorityClass its pod
+    template names (the class's value), not both."""
+    if priority and (template.spec or {}).get("priorityClassName"):
+        raise ValueError("set spec.priority or spec.template.spec.priorityClassName (a PriorityClass's value), "
+                         "not both")
+
+
 class _Model(BaseModel):
     # Unknown fields are an error in the operator too (the API server prunes or, with
     # fieldValidation=Strict, rejects them before they get here).
@@ -358,6 +366,7 @@ class ElasticJobSpec(_Model):
         names = [t.name for t in self.acceleratorTypes]
         if len(set(names)) != len(names):
             raise ValueError("spec.acceleratorTypes lists a type twice")
+        _one_priority(self.priority, self.template)
         return self
 
 
@@ -476,6 +485,7 @@ class InferenceServiceSpec(_Model):
         names = [t.name for t in self.acceleratorTypes]
         if len(set(names)) != len(names):
             raise ValueError("spec.acceleratorTypes lists a type twice")
+        _one_priority(self.priority, self.template)
         return self
 
 

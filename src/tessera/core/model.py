@@ -177,6 +177,8 @@ class Workload:
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
     #: the leaf queue it is admitted through (tessera.core.quota); "" = no quota applies
     queue: str = ""
+    #: whether it may preempt others (a PriorityClass with preemptionPolicy: Never: no)
+    preempts: bool = True
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < 1 or self.min_replicas > self.max_replicas:

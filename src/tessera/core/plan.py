@@ -196,6 +196,8 @@ def _attempt(
         reason = refused.get(("preemption", index), "")
         if not reason:
             reason = _check_preemption(snapshot, pre, allocation, evicted)
+        if not reason and pre.beneficiary in pending_by_key and not pending_by_key[pre.beneficiary].preempts:
+            reason = f"{pre.beneficiary} never preempts (its PriorityClass has preemptionPolicy: Never)"
         if not reason and usage is not None and allocation is not None and not pre.after_failure:
             running = snapshot.allocations.get(pre.beneficiary)
             for_whom = pending_by_key.get(pre.beneficiary) or (running.workload if running else None)

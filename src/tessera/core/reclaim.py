@@ -102,8 +102,9 @@ def reclaim_actions(snapshot: ClusterSnapshot, pending: Mapping[str, Workload], 
     actions: list[Preemption | Resize] = []
     for r in held:
         w = pending.get(r.workload)
-        if w is None:
-            continue
+        if w is None or not w.preempts:
+            usage.add(r.queue, r.accelerator_type, r.milli)  # it still holds its room while it waits
+            continue  # gone, or it never preempts
         trial = usage.copy()
         chosen: list[Preemption | Resize] = []
         node = next(n.name for n in snapshot.nodes.values() if n.accelerator_type == r.accelerator_type)

@@ -199,7 +199,10 @@ class WatchCache:
         #: Queue objects (tessera.operator.queues); an API server without the Queue CRD has none
         self.queues = Mirror("queues", _custom_list(custom, "queues"), resync_seconds=resync_seconds,
                              on_change=on_change, optional=True)
-        self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues]
+        #: PriorityClasses (a workload's pod template may name one)
+        self.priority_classes = Mirror("priorityclasses", kube.scheduling.list_priority_class,
+                                       resync_seconds=resync_seconds, on_change=on_change)
+        self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues, self.priority_classes]
         #: (namespace, name) -> (pod uid, node) for pods bound by us, not yet seen bound
         self._bound: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -313,6 +316,10 @@ class CachedKube:
     def list_queues(self) -> list[dict[str, Any]]:
         self._synced()
         return self.cache.list_queues()
+
+    def list_priority_classes(self) -> list[dict[str, Any]]:
+        self._synced()
+        return self.cache.priority_classes.items()
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:
         """Namespace labels, read at most every 10 s (only queues' namespaceSelector needs them)."""

@@ -184,6 +184,10 @@ class Kube:
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
+    @property
+    def scheduling(self) -> client.SchedulingV1Api:
+        return client.SchedulingV1Api(self.api)
+
     # --- reads ---------------------------------------------------------------------
 
     def list_nodes(self) -> list[dict[str, Any]]:  # nodes: list
@@ -220,6 +224,14 @@ class Kube:
                 return []
             raise _error(err, f"list queues.{GROUP}") from err
         return list(_json(response)["items"])
+
+    def list_priority_classes(self) -> list[dict[str, Any]]:  # priorityclasses: list
+        """The PriorityClasses (a workload's pod template may name one: its value is the
+        workload's priority)."""
+        try:
+            return list(_json(self.scheduling.list_priority_class(_preload_content=False))["items"])
+        except ApiException as err:
+            raise _error(err, "list priorityclasses") from err
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:  # namespaces: list
         """Namespace name -> its labels (queues' namespaceSelector)."""

@@ -54,6 +54,7 @@ from tessera.operator.status import (
     Phase,
     StatusWriter,
 )
+from tessera.operator.views import priority_classes
 from tessera.policy import DecidesInRounds
 
 __all__ = ["CycleReport", "Scheduler", "WallClock", "gc_paused", "round_wait_seconds"]
@@ -277,7 +278,8 @@ class Scheduler:
         labels = self.kube.list_namespace_labels() if queues.needs_namespace_labels() else {}
         now = self.clock()
         state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces,
-                            queues=queues, namespace_labels=labels, default_queue=self.default_queue)
+                            queues=queues, namespace_labels=labels, default_queue=self.default_queue,
+                            classes=priority_classes(self.kube.list_priority_classes()))
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)

@@ -49,6 +49,7 @@ from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vo
     node_view,
     parse_timestamp,
     pod_view,
+    with_priority_class,
     workload_view,
 )
 
@@ -86,6 +87,7 @@ def build_state(
     queues: Queues | None = None,
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     default_queue: str = "",
+    classes: Mapping[str, tuple[int, bool]] | None = None,
 ) -> ClusterState:
     """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
 
@@ -108,6 +110,8 @@ def build_state(
     # the delete handler removes a deleted workload's pods; they still hold capacity until gone
     for kind, raw in sorted(live, key=_age):
         view = workload_view(kind, raw)
+        if classes:
+            with_priority_class(view, classes)  # the template's PriorityClass sets its priority
         if view.workload is not None and queues is not None and queues.tree is not None:
             view.workload = replace(view.workload, queue=resolve_queue(
                 view.workload, view.namespace, queues, namespace_labels or {}, default_queue))
@@ -345,7 +349,8 @@ def _scale_up(view: WorkloadView) -> Workload | None:
         view.key + SCALE_UP_SUFFIX, view.model.spec, view.workload.submitted_at_seconds,
         replicas=missing, min_replicas=1,
     )
-    return replace(unit, queue=view.workload.queue)  # the service's queue, however it was resolved
+    # the service's queue and priority, however they were resolved
+    return replace(unit, queue=view.workload.queue, priority=view.workload.priority, preempts=view.workload.preempts)
 
 
 def _allocation(view: WorkloadView, nodes: Mapping[str, NodeView], now_seconds: float) -> Allocation:

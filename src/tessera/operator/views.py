@@ -204,6 +204,26 @@ def with_surges(view: WorkloadView, replicas: Iterable[ReplicaStatus]) -> list[R
     return sorted(full, key=lambda r: r.replica)
 
 
+def priority_classes(objects: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, bool]]:
+    """PriorityClass name -> (value, may preempt): ``preemptionPolicy: Never`` may not."""
+    out: dict[str, tuple[int, bool]] = {}
+    for obj in objects:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            out[str(obj["metadata"]["name"])] = (int(obj.get("value") or 0), obj.get("preemptionPolicy") != "Never")
+    return out
+
+
+def with_priority_class(view: WorkloadView, classes: Mapping[str, tuple[int, bool]]) -> None:
+    """The workload's priority from the PriorityClass its pod template names (if it exists:
+    a missing class is reported by the pod dry run)."""
+    if view.workload is None or view.model is None:
+        return
+    name = (view.model.spec.template.spec or {}).get("priorityClassName")
+    found = classes.get(name) if isinstance(name, str) else None
+    if found is not None:
+        view.workload = dataclasses.replace(view.workload, priority=found[0], preempts=found[1])
+
+
 def parse_timestamp(value: str | None) -> float:
     """Seconds since the epoch of an RFC 3339 time from the API (0.0 when absent or malformed)."""
     if not value:

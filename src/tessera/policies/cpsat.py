@@ -374,6 +374,9 @@ class CpSat:
         for gang in waiting:
             if gang.excluded or before.fits_alone(gang):
                 continue
+            if not gang.workload.preempts:  # its PriorityClass says never: it waits for room
+                tried[gang.key] = "waits for room: it never preempts (preemptionPolicy: Never)"
+                continue
             if solves >= self.max_preemptors:
                 tried[gang.key] = f"not considered for preemption this round (at most {self.max_preemptors} per decision)"
                 continue
