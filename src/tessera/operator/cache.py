@@ -54,10 +54,12 @@ class Mirror:
 
     def __init__(self, name: str, list_call: Callable[..., Any], *, resync_seconds: float,
                  watch_timeout_seconds: int = 240, on_change: Callable[[], None] | None = None,
-                 optional: bool = False) -> None:
+                 optional: bool = False, tolerate: tuple[int, ...] = (404,)) -> None:
         self.name = name
-        #: a resource that may not exist (its CRD not installed): a 404 is an empty mirror
+        #: a resource that may not exist (its CRD not installed) or not be readable (an older
+        #: chart's RBAC): an answer in ``tolerate`` is an empty mirror
         self.optional = optional
+        self.tolerate = tolerate
         self.on_change = on_change
         self.list_call = list_call
         self.resync_seconds = resync_seconds
@@ -122,14 +124,15 @@ class Mirror:
             except _Gone:
                 version = ""  # too old: LIST again
             except ApiException as err:
-                if not (self.optional and err.status == 404):
+                if not (self.optional and err.status in self.tolerate):
                     failures = self._failed(err, failures)
                     continue
-                # not installed (an older chart's CRDs): nothing to mirror; look again later
+                # not installed, or not readable: nothing to mirror; look again later
                 with self.lock:
                     self.objects = {}
                 if not self.synced.is_set():
-                    log.info("%s: not served by this API server (404); looking again every 30s", self.name)
+                    log.warning("%s: the API server answers %s; taken as none, looking again every 30s",
+                                self.name, err.status)
                 self.synced.set()
                 self.error = ""
                 version = ""
@@ -201,7 +204,8 @@ class WatchCache:
                              on_change=on_change, optional=True)
         #: PriorityClasses (a workload's pod template may name one)
         self.priority_classes = Mirror("priorityclasses", kube.scheduling.list_priority_class,
-                                       resync_seconds=resync_seconds, on_change=on_change)
+                                       resync_seconds=resync_seconds, on_change=on_change, optional=True,
+                                       tolerate=(403, 404))  # an older chart's RBAC: classes not read
         self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues, self.priority_classes]
         #: (namespace, name) -> (pod uid, node) for pods bound by us, not yet seen bound
         self._bound: dict[tuple[str, str], tuple[str, str]] = {}
