@@ -231,6 +231,9 @@ class Kube:
         try:
             return list(_json(self.scheduling.list_priority_class(_preload_content=False))["items"])
         except ApiException as err:
+            if err.status in (403, 404):  # an older chart's RBAC: classes are not read (logged)
+                log.warning("cannot list priorityclasses (%s): workloads' PriorityClasses are not applied", err.status)
+                return []
             raise _error(err, "list priorityclasses") from err
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:  # namespaces: list
