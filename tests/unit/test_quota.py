@@ -221,3 +221,17 @@ def test_no_accepted_plan_breaks_a_quota_rule(case: tuple[list[Queue], list[Work
         usage[w.queue] = usage.get(w.queue, 0) + w.demand.accelerators
     assert _oracle(queues, usage) == []
     assert quota_usage(snapshot).of("l0", "H100") == 0
+
+
+def test_a_policy_is_offered_only_the_types_the_queue_admits_so_it_never_keeps_proposing_a_refused_one():
+    quotas = QuotaTree([Queue("team", quotas={"A100": TypeQuota(8)})])  # no H100 quota
+    job = queued(gang("ns/j", 1, 8, [("H100", 3.0), ("A100", 1.0)]), "team")  # H100 is 3x faster
+
+    class Clock:
+        def now(self) -> float:
+            return 0.0
+
+    snapshot = ClusterSnapshot([*nodes("h", 1, "H100", 8), *nodes("a", 1, "A100", 8)], quotas=quotas)
+    for policy in ("cpsat", "best-fit"):
+        result = Engine(load_policy(policy), Clock()).decide(snapshot, [job])
+        assert [(p.workload, p.replicas[0].node) for p in result.plan.placements] == [("ns/j", "a-0")], policy

@@ -20,9 +20,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from tessera.core.model import MILLI_PER_DEVICE, Allocation, ClusterSnapshot, ReplicaDemand, Workload
+from tessera.core.model import (
+    MILLI_PER_DEVICE,
+    AcceleratorOption,
+    Allocation,
+    ClusterSnapshot,
+    ReplicaDemand,
+    Workload,
+)
 from tessera.core.quota import Queue, QuotaUsage
 
 #: every quota refusal starts with this (the engine reports it as a wait for quota)
@@ -115,23 +122,44 @@ def admission_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Wo
     """Why ``workload`` cannot be admitted now whatever the placement ("" when some type it
     allows has quota for its smallest gang).  A necessary condition only: the plan's
     actual placement is checked again by :func:`placement_problem`."""
+    _types, reasons = _by_type(snapshot, usage, workload)
+    return f"{OVER_QUOTA}: " + "; ".join(dict.fromkeys(reasons)) if reasons and not _types else ""
+
+
+def within_quota(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> Workload:
+    """``workload`` allowed only the accelerator types its queue can admit its smallest gang
+    on now (the same workload when quota rules out none of its types): a policy then never
+    spends a plan on a type the engine would refuse, and never keeps proposing it."""
+    types, reasons = _by_type(snapshot, usage, workload)
+    if not reasons or not types:
+        return workload
+    if workload.options:
+        options = tuple(o for o in workload.options if o.accelerator_type in types)
+    else:
+        options = tuple(AcceleratorOption(t) for t in sorted(types))
+    return replace(workload, options=options)
+
+
+def _by_type(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> tuple[set[str], list[str]]:
+    """The types (with nodes) the queue admits ``workload``'s smallest gang on, and why not
+    on the others."""
     tree = snapshot.quotas
-    if tree is None or not workload.queue:
-        return ""
+    if tree is None or not workload.queue or not _milli(workload.demand):
+        return set(), []
     gang = max(1, workload.gang_min)
     allowed = {o.accelerator_type for o in workload.options} or snapshot.accelerator_types()
-    if not _milli(workload.demand) or not allowed:
-        return ""
+    admitted: set[str] = set()
     reasons = []
     for t in sorted(allowed):
         node = next((n.name for n in snapshot.nodes.values() if n.accelerator_type == t), None)
         if node is None:
             continue  # no node of that type: capacity, not quota, says why
         why = placement_problem(snapshot, usage, workload, [node] * gang)
-        if not why:
-            return ""
-        reasons.append(why.removeprefix(f"{OVER_QUOTA}: "))
-    return f"{OVER_QUOTA}: " + "; ".join(dict.fromkeys(reasons)) if reasons else ""
+        if why:
+            reasons.append(why.removeprefix(f"{OVER_QUOTA}: "))
+        else:
+            admitted.add(t)
+    return admitted, reasons
 
 
 def preemption_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, victim: Allocation,

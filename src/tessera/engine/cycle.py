@@ -24,7 +24,7 @@ from tessera.core import (
     explain_unfit,
     validate_plan,
 )
-from tessera.core.admission import OVER_QUOTA, Reservation, admission_problem, reserved_usage
+from tessera.core.admission import OVER_QUOTA, Reservation, admission_problem, reserved_usage, within_quota
 from tessera.core.reclaim import RECLAIM, reclaim_actions, reservations
 from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
 from tessera.policy import BackedByArtifact, Policy, PolicyContext, ReportsDecisionStats
@@ -108,6 +108,8 @@ class Engine:
         held = admission_held(snapshot, pending, reserved)
         everyone = pending
         pending = [w for w in pending if w.key not in held] if held else pending
+        if snapshot.quotas is not None:  # and only the types its queue admits it on
+            pending = within_quotas(snapshot, pending, reserved)
         try:
             proposed = self.policy.decide(snapshot, pending, ctx)
         except Exception as err:  # a broken policy must not take the scheduler down
@@ -249,3 +251,19 @@ def admission_held(snapshot: ClusterSnapshot, pending: Sequence[Workload],
         if why:
             held[workload.key] = why
     return held
+
+
+def within_quotas(snapshot: ClusterSnapshot, pending: Sequence[Workload],
+                  reserved: Sequence[Reservation] = ()) -> list[Workload]:
+    """Each workload allowed only the types its queue admits it on now (tessera.core.admission)."""
+    usage = reserved_usage(snapshot, reserved)
+    holds = {r.workload: r for r in reserved}
+    out = []
+    for workload in pending:
+        own = holds.get(workload.key)
+        if own is not None:
+            usage.add(own.queue, own.accelerator_type, -own.milli)
+        out.append(within_quota(snapshot, usage, workload))
+        if own is not None:
+            usage.add(own.queue, own.accelerator_type, own.milli)
+    return out
