@@ -17,16 +17,11 @@ from tessera.core.model import (
     MILLI_PER_DEVICE,
     AcceleratorOption,
     Allocation,
-    CapacityError,
-    CapacityLedger,
-    ClusterSnapshot,
     Node,
-    NodeFree,
     ReplicaDemand,
     ReplicaPlacement,
     RestartIntent,
     Spread,
-    Statement,
     Topology,
     Workload,
     WorkloadKind,
@@ -44,6 +39,7 @@ from tessera.core.plan import (
     lost_replicas,
     validate_plan,
 )
+from tessera.core.snapshot import CapacityError, CapacityLedger, ClusterSnapshot, NodeFree, Statement
 
 __all__ = [
     "MILLI_PER_DEVICE",

@@ -26,11 +26,11 @@ from tessera.core.model import (
     MILLI_PER_DEVICE,
     AcceleratorOption,
     Allocation,
-    ClusterSnapshot,
     ReplicaDemand,
     Workload,
 )
 from tessera.core.quota import Queue, QuotaUsage
+from tessera.core.snapshot import ClusterSnapshot
 
 #: every quota refusal starts with this (the engine reports it as a wait for quota)
 OVER_QUOTA = "over quota"

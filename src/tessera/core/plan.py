@@ -15,14 +15,12 @@ from types import MappingProxyType
 from tessera.core import admission
 from tessera.core.model import (
     Allocation,
-    CapacityError,
-    CapacityLedger,
-    ClusterSnapshot,
     ReplicaDemand,
     RestartIntent,
     Spread,
     Workload,
 )
+from tessera.core.snapshot import CapacityError, CapacityLedger, ClusterSnapshot
 
 _NO_REASONS: Mapping[str, str] = MappingProxyType({})
 

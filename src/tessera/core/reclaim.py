@@ -34,9 +34,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 
 from tessera.core.admission import Reservation, placement_problem, quota_usage
-from tessera.core.model import MILLI_PER_DEVICE, Allocation, ClusterSnapshot, Workload
+from tessera.core.model import (
+    MILLI_PER_DEVICE,
+    Allocation,
+    Workload,
+)
 from tessera.core.plan import Preemption, Resize
 from tessera.core.quota import QuotaTree, QuotaUsage
+from tessera.core.snapshot import ClusterSnapshot
 
 #: the reason a reclaim's preemptions and resizes carry (prefix; the queue and workload follow)
 RECLAIM = "reclaim"

@@ -1,6 +1,6 @@
 """The scheduling engine and the ports it talks through."""
 
-from tessera.engine.cycle import CycleResult, Engine
+from tessera.engine.cycle import Engine
 from tessera.engine.ports import (
     Actuator,
     Clock,
@@ -10,6 +10,7 @@ from tessera.engine.ports import (
     NullMetrics,
     with_load,
 )
+from tessera.engine.result import CycleResult
 
 __all__ = [
     "Actuator",

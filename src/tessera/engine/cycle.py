@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -27,24 +27,8 @@ from tessera.core import (
 from tessera.core.admission import OVER_QUOTA, Reservation, admission_problem, reserved_usage, within_quota
 from tessera.core.reclaim import RECLAIM, reclaim_actions, reservations
 from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
+from tessera.engine.result import CycleResult
 from tessera.policy import BackedByArtifact, Policy, PolicyContext, ReportsDecisionStats
-
-
-@dataclass(frozen=True, slots=True)
-class CycleResult:
-    """What one cycle decided."""
-
-    policy: str
-    policy_version: str
-    snapshot: ClusterSnapshot
-    plan: Plan
-    rejected: tuple[Rejection, ...]
-    #: pending workloads left waiting -> why, in words a user can act on
-    waiting: Mapping[str, str]
-    decision_seconds: float
-    cycle: int
-    error: str = ""
-    stats: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class Engine:

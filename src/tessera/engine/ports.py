@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tessera.core import ClusterSnapshot, Workload
-
-if TYPE_CHECKING:
-    from tessera.engine.cycle import CycleResult
+from tessera.engine.result import CycleResult
 
 
 class Clock(Protocol):
