@@ -73,3 +73,15 @@ def test_the_command_saves_and_reads_a_snapshot(tmp_path: Path, capsys: pytest.C
         load_snapshot(bad)
     assert main(["whatif", "--snapshot", str(bad)]) == 2
     assert main(["whatif", "--snapshot", str(saved), "--policy", "no-such-policy"]) == 2
+
+
+def test_the_snapshot_s_queues_limit_the_plans_as_in_the_operator() -> None:
+    from fake_kube import queue
+
+    data = snapshot()
+    for _kind, raw in data["workloads"][1:]:
+        raw["spec"]["queueName"] = "small"
+    data["queues"] = [queue("small", A100=2)]  # 2 A100: neither 4-GPU x 2 job fits its quota
+    (record,) = decide(data, ["best-fit"], {})
+    assert not record["placements"]
+    assert all(why.startswith("over quota") for why in record["waiting"].values()), record["waiting"]

@@ -1,6 +1,6 @@
 """``tessera whatif``: what would a policy do on my cluster now?
 
-Reads the live cluster (nodes, pods, ElasticJobs, InferenceServices; read-only, the same
+Reads the live cluster (nodes, pods, ElasticJobs, InferenceServices, Queues, PriorityClasses; read-only, the same
 ``get``/``list`` rights ``kubectl`` needs) or a snapshot saved earlier with ``--save``, builds
 the cycle's input exactly as the operator does (:func:`tessera.operator.state.build_state`:
 the same accounting of running pods, lost replicas and decision state kept in status) and
@@ -28,7 +28,9 @@ from typing import Any
 from tessera.core import Plan
 from tessera.engine import Engine
 from tessera.operator.main import constructor_arguments, policy_params
+from tessera.operator.queues import DEFAULT_QUEUE, queue_tree
 from tessera.operator.state import build_state
+from tessera.operator.views import priority_classes
 from tessera.policy import PolicyLoadError, load_policy, with_failure_handling
 
 SNAPSHOT_VERSION = 1
@@ -58,8 +60,12 @@ def read_cluster(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
     from tessera.operator.kube import Kube  # the Kubernetes client only when a cluster is read
 
     kube = Kube.connect(kubeconfig, context, connections=4)
+    queues = kube.list_queues()
     return {"version": SNAPSHOT_VERSION, "takenAt": time.time(), "nodes": kube.list_nodes(),
-            "pods": kube.list_pods(), "workloads": [[kind, raw] for kind, raw in kube.list_workloads()]}
+            "pods": kube.list_pods(), "workloads": [[kind, raw] for kind, raw in kube.list_workloads()],
+            # what decides a workload's queue and priority, as in the operator
+            "queues": queues, "priorityClasses": kube.list_priority_classes(),
+            "namespaceLabels": kube.list_namespace_labels() if queue_tree(queues).needs_namespace_labels() else {}}
 
 
 def load_snapshot(path: Path) -> dict[str, Any]:
@@ -88,11 +94,15 @@ def plan_record(plan: Plan, nodes: Mapping[str, Any]) -> dict[str, Any]:
 
 def decide(snapshot: Mapping[str, Any], policies: Sequence[str], params: Mapping[str, object], *,
            failure_handling: bool = True, namespaces: frozenset[str] = frozenset(), seed: int = 0,
-           time_budget_seconds: float = 10.0) -> list[dict[str, Any]]:
-    """Each policy's plan for ``snapshot`` (raw objects), as :func:`plan_record` records."""
+           time_budget_seconds: float = 10.0, default_queue: str = DEFAULT_QUEUE) -> list[dict[str, Any]]:
+    """Each policy's plan for ``snapshot`` (raw objects), as :func:`plan_record` records; with
+    the Queues and PriorityClasses of the snapshot applied as the operator applies them."""
     now = float(snapshot.get("takenAt") or time.time())
     state = build_state(snapshot["nodes"], snapshot["pods"], [(k, r) for k, r in snapshot["workloads"]], now,
-                        keep_lost=failure_handling, namespaces=namespaces)
+                        keep_lost=failure_handling, namespaces=namespaces,
+                        queues=queue_tree(snapshot.get("queues") or []),
+                        namespace_labels=snapshot.get("namespaceLabels") or {}, default_queue=default_queue,
+                        classes=priority_classes(snapshot.get("priorityClasses") or []))
     nodes = {name: view.node for name, view in state.nodes.items()}
     out = []
     for name in policies:
@@ -109,6 +119,8 @@ def decide(snapshot: Mapping[str, Any], policies: Sequence[str], params: Mapping
         result = engine.decide(state.snapshot, state.pending)
         record = {"policy": name, "pending": len(state.pending), "running": len(state.snapshot.allocations),
                   "decision_seconds": round(result.decision_seconds, 3), **plan_record(result.plan, nodes)}
+        # the engine's reasons too (a queue's quota, a policy's refused proposal)
+        record["waiting"] = dict(sorted({**result.waiting, **record["waiting"]}.items()))
         if result.error:
             record["error"] = result.error
         out.append(record)
