@@ -15,6 +15,7 @@ from tessera.sim.loaders.errors import TraceFormatError
 from tessera.sim.report import Timeline, format_table, job_records, summarize
 from tessera.sim.scenario import Scenario, ScenarioError, load_scenario
 from tessera.sim.simulator import FAILURE_MODES, Simulator
+from tessera.sim.tenancy import QueueObserver
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +87,8 @@ def run_scenario(
             node_events=scenario.node_events_for(seed),
             failure_process=scenario.failure_process,
             failure_handler=FAILURE_MODES[mode](),
-            observers=[failures.GoodputObserver(), *([Timeline()] if timeline else [])],
+            observers=[failures.GoodputObserver(), *([Timeline()] if timeline else []),
+                       *([QueueObserver(quotas)] if (quotas := scenario.quotas) is not None else [])],
             progress=callback,
         )
         sim.run()

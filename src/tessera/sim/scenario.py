@@ -21,11 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tessera.core import Node, Spread, Topology
 from tessera.core.elastic import DP_STATE_ATTRIBUTE
+from tessera.core.quota import QuotaTree
 from tessera.policies.elastic import ElasticSettings
 from tessera.sim import generators
 from tessera.sim.loaders import azure_llm, gavel, philly, sia, splitwise
 from tessera.sim.models import LoadSeries, NodeEvent, SimWorkload
 from tessera.sim.simulator import FailureProcess, SimConfig
+from tessera.sim.tenancy import QueueSpec, TenantsSpec, assign, quota_tree
 
 
 class ScenarioError(ValueError):
@@ -128,6 +130,8 @@ class TraceWorkload(_Strict):
     #: non-adaptive schedulers run them)
     adaptive: bool = False
     adaptive_max_factor: float = Field(default=2.0, ge=1)
+    #: philly: which queue each job goes to, by its ``cluster`` (virtual cluster) column
+    tenants: TenantsSpec | None = None
 
 
 TrainingSpec = Annotated[
@@ -286,6 +290,8 @@ class ScenarioSpec(_Strict):
     policy_params: dict[str, dict[str, Any]] = {}
     cluster: ClusterSpec
     workload: WorkloadSpec
+    #: tenants' queues, with the operator's quota rules (tessera.sim.tenancy, docs/queues.md)
+    queues: list[QueueSpec] = []
     failures: FailureSpec | None = None
     sim: SimSpec = SimSpec()
     #: a rebalancing experiment (skewed inference load, migrations in simulated time): run
@@ -381,7 +387,16 @@ class Scenario:
             checkpoint_interval_seconds=s.checkpoint_interval_seconds,
             cycle_when_idle=s.cycle_when_idle,
             expose_remaining_seconds=s.expose_remaining_seconds,
+            quotas=self.quotas,
         )
+
+    @property
+    def quotas(self) -> QuotaTree | None:
+        """The scenario's queues as the operator's quota tree (None without queues)."""
+        try:
+            return quota_tree(self.spec.queues)
+        except ValueError as err:
+            raise ScenarioError(str(err)) from err
 
     def workloads(self, seed: int) -> tuple[list[SimWorkload], frozenset[str] | None]:
         """The workload for ``seed`` and the keys inside the measurement window (None: all)."""
@@ -590,6 +605,8 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
                 trace, accelerator_types=tuple(training.accelerator_types),
                 restart_cost_seconds=training.restart_cost_seconds,
             )
+            if training.tenants is not None:
+                out = assign(out, [j.cluster for j in trace.jobs], training.tenants)
         else:
             if training.profiles is None:
                 raise ScenarioError("workload.training: a sia workload needs 'profiles' (the traces/ folder)")

@@ -54,6 +54,7 @@ from tessera.core import (
     Workload,
 )
 from tessera.core.elastic import REMAINING_SECONDS_ATTRIBUTE, resize_cost_seconds
+from tessera.core.quota import QuotaTree
 from tessera.core.service import folded
 from tessera.engine import CycleResult, Engine
 from tessera.policy import Policy
@@ -225,6 +226,9 @@ class SimConfig:
     #: by hand; the elastic policy weighs growth against it).  Off by default: it touches
     #: every running job each cycle.
     expose_remaining_seconds: bool = False
+    #: queues and their quotas (tessera.core.quota): the engine enforces them, reclaims
+    #: lent quota, as in the operator (None: no queues)
+    quotas: QuotaTree | None = None
 
 
 class _SimSnapshot(ClusterSnapshot):
@@ -242,12 +246,13 @@ class _SimSnapshot(ClusterSnapshot):
         allocations: Mapping[str, Allocation],
         free: Mapping[str, NodeFree],
         now_seconds: float,
+        quotas: QuotaTree | None = None,
     ) -> None:
         self._nodes = nodes
         self._allocations = allocations
         self._free = free
         self.now_seconds = now_seconds
-        self.quotas = None  # the simulator has no queues yet
+        self.quotas = quotas
 
 
 class Simulator:
@@ -373,6 +378,7 @@ class Simulator:
             MappingProxyType(dict(self._allocs)),
             MappingProxyType(dict(self._free_cache)),
             self.now_seconds,
+            self.config.quotas,
         )
 
     def pending(self) -> Sequence[Workload]:
