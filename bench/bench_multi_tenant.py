@@ -9,12 +9,12 @@ reclaim set beyond the run) to show what reclaim does.  Records carry the issue'
 ``policy``, ``seed``, ``avg_jct_seconds``, ``jain_index``, ``below_nominal_pending_seconds_max``,
 ``round_seconds``.  A PNG shows each queue's use over time against its quota (seed 0, best-fit).
 
-    nice -n 10 .venv/bin/python -m bench multi_tenant            # ~6 min
+    nice -n 10 .venv/bin/python -m bench multi_tenant            # ~10 min
     nice -n 10 .venv/bin/python -m bench.bench_multi_tenant --seeds 0 --policies best-fit
 
-Not the issue's comparison yet: the ``kueue-like`` and DRF baselines are not built, and
-Philly jobs carry no per-type speeds (every type is as fast), so heterogeneity-aware
-placement cannot show here.
+``kueue-like`` is Kueue's admission as a policy (tessera.policies.kueue_like). The DRF
+baseline is not built, and Philly jobs carry no per-type speeds (every type is as fast), so
+heterogeneity-aware placement cannot show here.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def plot(observer: QueueObserver, path: Path) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench multi_tenant", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--policies", default="fifo,best-fit,cpsat")
+    parser.add_argument("--policies", default="fifo,kueue-like,best-fit,cpsat")
     parser.add_argument("--name", default="multi_tenant")
     args = parser.parse_args(argv)
     try:

@@ -235,3 +235,40 @@ def test_a_policy_is_offered_only_the_types_the_queue_admits_so_it_never_keeps_p
     for policy in ("cpsat", "best-fit"):
         result = Engine(load_policy(policy), Clock()).decide(snapshot, [job])
         assert [(p.workload, p.replicas[0].node) for p in result.plan.placements] == [("ns/j", "a-0")], policy
+
+
+def test_kueue_like_takes_the_first_flavor_with_quota_and_room_not_the_fastest():
+    quotas = QuotaTree([Queue("team", quotas={"A100": TypeQuota(8), "H100": TypeQuota(8)})])  # A100 listed first
+    fast = queued(gang("ns/j", 1, 8, [("H100", 3.0), ("A100", 1.0)], submitted=0), "team")
+    blocked = queued(gang("ns/big", 1, 16, [("H100", 1.0)], submitted=-1), "team")  # first in line, cannot run
+
+    class Clock:
+        def now(self) -> float:
+            return 0.0
+
+    snapshot = ClusterSnapshot([*nodes("h", 2, "H100", 8), *nodes("a", 1, "A100", 8)], quotas=quotas)
+    result = Engine(load_policy("kueue-like"), Clock()).decide(snapshot, [blocked, fast])
+    # BestEffortFIFO: the head that cannot be admitted (16 > its 8 H100) does not block ns/j,
+    # which takes A100, its queue's first flavor, although H100 is three times faster
+    assert [(p.workload, p.replicas[0].node) for p in result.plan.placements] == [("ns/j", "a-0")]
+    best = Engine(load_policy("best-fit"), Clock()).decide(snapshot, [blocked, fast])
+    assert [p.replicas[0].node for p in best.plan.placements] == ["h-0"]  # speed-aware
+
+
+def test_a_queue_uses_its_own_quota_before_it_borrows():
+    quotas = QuotaTree([Queue("org"), Queue("a", "org", {"H100": TypeQuota(0), "A100": TypeQuota(8)}),
+                        Queue("b", "org", {"H100": TypeQuota(8)})])
+    job = queued(gang("ns/j", 1, 8, [("H100", 3.0), ("A100", 1.0)]), "a")  # H100 faster, but only borrowable
+
+    class Clock:
+        def now(self) -> float:
+            return 0.0
+
+    snapshot = ClusterSnapshot([*nodes("h", 1, "H100", 8), *nodes("a", 1, "A100", 8)], quotas=quotas)
+    result = Engine(load_policy("best-fit"), Clock()).decide(snapshot, [job])
+    assert [p.replicas[0].node for p in result.plan.placements] == ["a-0"]
+    # no room on its own A100 now (another pod holds the node): it borrows H100 instead of waiting
+    blocker = Allocation(gang("pod:ns/other", 1, 8, ["A100"]), (ReplicaPlacement(0, "a-0", "A100"),))
+    busy = ClusterSnapshot([*nodes("h", 1, "H100", 8), *nodes("a", 1, "A100", 8)], (blocker,), quotas=quotas)
+    result = Engine(load_policy("best-fit"), Clock()).decide(busy, [job])
+    assert [p.replicas[0].node for p in result.plan.placements] == ["h-0"]

@@ -129,8 +129,18 @@ def admission_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Wo
 def within_quota(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> Workload:
     """``workload`` allowed only the accelerator types its queue can admit its smallest gang
     on now (the same workload when quota rules out none of its types): a policy then never
-    spends a plan on a type the engine would refuse, and never keeps proposing it."""
+    spends a plan on a type the engine would refuse, and never keeps proposing it.  Where
+    its queue's **own** remaining quota takes the gang on some types, only those: a queue
+    uses its own quota before it borrows (borrowed room is what reclaim takes back), when
+    there is room for the gang on those types now (else borrowing beats waiting)."""
     types, reasons = _by_type(snapshot, usage, workload)
+    tree = snapshot.quotas
+    if tree is not None and types:
+        need = max(1, workload.gang_min) * _milli(workload.demand)
+        own = {t for t in types if tree.used(usage, workload.queue, t) + need <= tree.quota(workload.queue, t)
+               and _room(snapshot, t) >= need}  # and room for it there now (else borrowing beats waiting)
+        if own and own != types:
+            types, reasons = own, [*reasons, "borrowing"]
     if not reasons or not types:
         return workload
     if workload.options:
@@ -138,6 +148,12 @@ def within_quota(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workloa
     else:
         options = tuple(AcceleratorOption(t) for t in sorted(types))
     return replace(workload, options=options)
+
+
+def _room(snapshot: ClusterSnapshot, accelerator_type: str) -> int:
+    """Free milli-accelerators on the usable nodes of a type (a bound, not a packing)."""
+    return sum(sum(snapshot.free(n.name).devices_milli) for n in snapshot.nodes.values()
+               if n.accelerator_type == accelerator_type and n.usable)
 
 
 def _by_type(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> tuple[set[str], list[str]]:
