@@ -7,6 +7,7 @@ from tessera.core.accelerators import (
     accelerator_info,
     known_accelerator_types,
 )
+from tessera.core.explain import explain_unfit
 from tessera.core.migration import (
     LinkModel,
     MigrationCostModel,
@@ -35,7 +36,6 @@ from tessera.core.plan import (
     ReplicaAssignment,
     Resize,
     ValidatedPlan,
-    explain_unfit,
     lost_replicas,
     validate_plan,
 )
