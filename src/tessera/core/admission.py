@@ -9,7 +9,7 @@ nothing.
 * :func:`quota_usage`: the tally of what runs, from the snapshot's allocations;
 * :func:`placement_problem` / :func:`take` / :func:`give`: one action's replicas checked
   against and moved into or out of that tally (plan validation, tessera.core.plan);
-* :func:`admission_problem`: before a policy decides, whether a pending workload could be
+* :func:`admit`: before a policy decides, whether a pending workload could be
   admitted at all (its smallest gang on any type it allows), so a workload its queue
   cannot take never holds room in a policy's plan that others could use;
 * :func:`preemption_problem`: a workload is evicted for another only within its own queue,
@@ -19,17 +19,15 @@ nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from tessera.core.model import (
-    MILLI_PER_DEVICE,
     AcceleratorOption,
     Allocation,
-    ReplicaDemand,
     Workload,
 )
-from tessera.core.quota import Queue, QuotaUsage
+from tessera.core.quota import QuotaUsage
 from tessera.core.snapshot import ClusterSnapshot
 
 #: every quota refusal starts with this (the engine reports it as a wait for quota)
@@ -55,13 +53,9 @@ def reserved_usage(snapshot: ClusterSnapshot, held: Iterable[Reservation]) -> Qu
     return usage
 
 
-def _milli(demand: ReplicaDemand) -> int:
-    return demand.accelerators * MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
-
-
 def _per_type(snapshot: ClusterSnapshot, workload: Workload, nodes: Iterable[str]) -> Counter[str]:
     out: Counter[str] = Counter()
-    milli = _milli(workload.demand)
+    milli = workload.demand.accelerator_milli
     for name in nodes:
         node = snapshot.nodes.get(name)
         if node is not None and node.accelerator_type and milli:
@@ -88,6 +82,17 @@ def _nodes(allocation: Allocation) -> list[str]:
 
 def placement_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, nodes: Iterable[str]) -> str:
     """Why placing replicas of ``workload`` on ``nodes`` breaks its queue's quota ("" if not)."""
+    return _quota_problem(snapshot, usage, workload, _per_type(snapshot, workload, nodes))
+
+
+def gang_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, accelerator_type: str,
+                 replicas: int) -> str:
+    """Why ``replicas`` of ``workload`` on ``accelerator_type`` would break its queue's quota ("" if not)."""
+    return _quota_problem(snapshot, usage, workload,
+                          Counter({accelerator_type: replicas * workload.demand.accelerator_milli}))
+
+
+def _quota_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, per_type: Counter[str]) -> str:
     tree = snapshot.quotas
     if tree is None or not workload.queue:
         return ""
@@ -97,8 +102,8 @@ def placement_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Wo
         return f"{OVER_QUOTA}: queue {workload.queue} does not exist"
     if not tree.is_leaf(workload.queue):
         return f"{OVER_QUOTA}: queue {workload.queue} has child queues; only leaf queues hold workloads"
-    for t, milli in sorted(_per_type(snapshot, workload, nodes).items()):
-        why = tree.why_not(usage, workload.queue, t, milli)
+    for t, milli in sorted(per_type.items()):
+        why = tree.why_not(usage, workload.queue, t, milli) if milli else ""
         if why:
             return f"{OVER_QUOTA}: {why}"
     return ""
@@ -118,36 +123,33 @@ def give(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, nodes
         usage.add(workload.queue, t, sign * milli)
 
 
-def admission_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> str:
-    """Why ``workload`` cannot be admitted now whatever the placement ("" when some type it
-    allows has quota for its smallest gang).  A necessary condition only: the plan's
-    actual placement is checked again by :func:`placement_problem`."""
-    _types, reasons = _by_type(snapshot, usage, workload)
-    return f"{OVER_QUOTA}: " + "; ".join(dict.fromkeys(reasons)) if reasons and not _types else ""
-
-
-def within_quota(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> Workload:
-    """``workload`` allowed only the accelerator types its queue can admit its smallest gang
-    on now (the same workload when quota rules out none of its types): a policy then never
-    spends a plan on a type the engine would refuse, and never keeps proposing it.  Where
-    its queue's **own** remaining quota takes the gang on some types, only those: a queue
-    uses its own quota before it borrows (borrowed room is what reclaim takes back), when
-    there is room for the gang on those types now (else borrowing beats waiting)."""
+def admit(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> tuple[Workload | None, str]:
+    """What a policy is offered of ``workload`` before it decides: ``(None, why)`` when its
+    queue cannot admit its smallest gang on any type it allows (a necessary condition only:
+    the plan's actual placement is checked again by :func:`placement_problem`); else the
+    workload allowed only the types its queue admits it on now (itself when quota rules out
+    none), so a policy never spends a plan on a type the engine would refuse, and never
+    keeps proposing it.  Where its queue's **own** remaining quota takes the gang on some
+    types, only those: a queue uses its own quota before it borrows (borrowed room is what
+    reclaim takes back), when there is room for the gang on those types now (else borrowing
+    beats waiting)."""
     types, reasons = _by_type(snapshot, usage, workload)
+    if reasons and not types:
+        return None, f"{OVER_QUOTA}: " + "; ".join(dict.fromkeys(reasons))
     tree = snapshot.quotas
     if tree is not None and types:
-        need = max(1, workload.gang_min) * _milli(workload.demand)
+        need = max(1, workload.gang_min) * workload.demand.accelerator_milli
         own = {t for t in types if tree.used(usage, workload.queue, t) + need <= tree.quota(workload.queue, t)
-               and _room(snapshot, t) >= need}  # and room for it there now (else borrowing beats waiting)
+               and _room(snapshot, t) >= need}
         if own and own != types:
             types, reasons = own, [*reasons, "borrowing"]
     if not reasons or not types:
-        return workload
+        return workload, ""
     if workload.options:
         options = tuple(o for o in workload.options if o.accelerator_type in types)
     else:
         options = tuple(AcceleratorOption(t) for t in sorted(types))
-    return replace(workload, options=options)
+    return replace(workload, options=options), ""
 
 
 def _room(snapshot: ClusterSnapshot, accelerator_type: str) -> int:
@@ -160,17 +162,17 @@ def _by_type(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -
     """The types (with nodes) the queue admits ``workload``'s smallest gang on, and why not
     on the others."""
     tree = snapshot.quotas
-    if tree is None or not workload.queue or not _milli(workload.demand):
+    if tree is None or not workload.queue or not workload.demand.accelerator_milli:
         return set(), []
     gang = max(1, workload.gang_min)
     allowed = {o.accelerator_type for o in workload.options} or snapshot.accelerator_types()
     admitted: set[str] = set()
     reasons = []
+    present = snapshot.accelerator_types()
     for t in sorted(allowed):
-        node = next((n.name for n in snapshot.nodes.values() if n.accelerator_type == t), None)
-        if node is None:
+        if t not in present:
             continue  # no node of that type: capacity, not quota, says why
-        why = placement_problem(snapshot, usage, workload, [node] * gang)
+        why = gang_problem(snapshot, usage, workload, t, gang)
         if why:
             reasons.append(why.removeprefix(f"{OVER_QUOTA}: "))
         else:
@@ -196,7 +198,7 @@ def preemption_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, victim: All
             return (f"queue {mine} preempts within itself {'never' if rules.within_queue == 'Never' else 'only lower priority'}"
                     f" (spec.preemption.withinQueue {rules.within_queue})")
         return ""
-    if rules is not None and theirs in tree.queues and _root(tree.queues, mine) == _root(tree.queues, theirs):
+    if rules is not None and theirs in tree.queues and tree.root(mine) == tree.root(theirs):
         if not rules.may_preempt(False, beneficiary.priority, victim.workload.priority):
             return (f"queue {mine} reclaims {'nothing' if rules.reclaim_within_tree == 'Never' else 'only from lower priority'}"
                     f" (spec.preemption.reclaimWithinTree {rules.reclaim_within_tree})")
@@ -205,9 +207,3 @@ def preemption_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, victim: All
                 return ""
     return (f"{victim.workload.key} runs within queue {theirs}'s quota; a workload of queue {mine or '(none)'} "
             "may only reclaim what that queue borrows")
-
-
-def _root(queues: Mapping[str, Queue], name: str) -> str:
-    while queues[name].parent:
-        name = queues[name].parent
-    return name

@@ -138,6 +138,12 @@ class QuotaTree:
 
     # --- the numbers of the rules (milli) -------------------------------------------------
 
+    def root(self, name: str) -> str:
+        """The root of the tree ``name`` is in (queues of different roots share nothing)."""
+        while self.queues[name].parent:
+            name = self.queues[name].parent
+        return name
+
     def is_leaf(self, name: str) -> bool:
         return name in self.queues and not self.children.get(name)
 

@@ -33,9 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 
-from tessera.core.admission import Reservation, placement_problem, quota_usage
+from tessera.core.admission import Reservation, gang_problem, quota_usage
 from tessera.core.model import (
-    MILLI_PER_DEVICE,
     Allocation,
     Workload,
 )
@@ -51,17 +50,6 @@ def reclaiming_queue(reason: str) -> str:
     """The queue a reclaim action's reason names ("" for any other reason)."""
     prefix = f"{RECLAIM}: queue "
     return reason[len(prefix):].split(" ", 1)[0] if reason.startswith(prefix) else ""
-
-
-def _milli(workload: Workload) -> int:
-    d = workload.demand
-    return d.accelerators * MILLI_PER_DEVICE if d.accelerators else d.shared_milli
-
-
-def _root(tree: QuotaTree, name: str) -> str:
-    while tree.queues[name].parent:
-        name = tree.queues[name].parent
-    return name
 
 
 def _types(snapshot: ClusterSnapshot, workload: Workload) -> list[str]:
@@ -80,9 +68,9 @@ def reservations(snapshot: ClusterSnapshot, pending: Sequence[Workload]) -> list
     usage = quota_usage(snapshot)
     out: list[Reservation] = []
     for w in sorted(pending, key=lambda w: (-w.priority, w.submitted_at_seconds, w.key)):
-        if not tree.is_leaf(w.queue) or not _milli(w):
+        if not tree.is_leaf(w.queue) or not w.demand.accelerator_milli:
             continue
-        need = max(1, w.gang_min) * _milli(w)
+        need = max(1, w.gang_min) * w.demand.accelerator_milli
         for t in _types(snapshot, w):
             if tree.used(usage, w.queue, t) + need > tree.quota(w.queue, t):
                 continue  # beyond its own quota: it would borrow, which waits
@@ -112,9 +100,7 @@ def reclaim_actions(snapshot: ClusterSnapshot, pending: Mapping[str, Workload], 
             continue  # gone, or it never preempts
         trial = usage.copy()
         chosen: list[Preemption | Resize] = []
-        node = next(n.name for n in snapshot.nodes.values() if n.accelerator_type == r.accelerator_type)
-        gang = [node] * max(1, w.gang_min)
-        fits = partial(_fits, snapshot, trial, w, gang)
+        fits = partial(_fits, snapshot, trial, w, r.accelerator_type)
 
         rules = tree.queues[r.queue]
         for victim in _victims(snapshot, tree, trial, r, min_runtime_seconds, taken):
@@ -133,18 +119,18 @@ def reclaim_actions(snapshot: ClusterSnapshot, pending: Mapping[str, Workload], 
     return actions
 
 
-def _fits(snapshot: ClusterSnapshot, usage: QuotaUsage, w: Workload, gang: list[str]) -> bool:
-    return not placement_problem(snapshot, usage, w, gang)
+def _fits(snapshot: ClusterSnapshot, usage: QuotaUsage, w: Workload, accelerator_type: str) -> bool:
+    return not gang_problem(snapshot, usage, w, accelerator_type, max(1, w.gang_min))
 
 
 def _victims(snapshot: ClusterSnapshot, tree: QuotaTree, usage: QuotaUsage, r: Reservation,
              min_runtime_seconds: float, taken: set[str]) -> list[Allocation]:
-    root = _root(tree, r.queue)
+    root = tree.root(r.queue)
     now = snapshot.now_seconds
     out = []
     for a in snapshot.allocations.values():
         q = a.workload.queue
-        if a.key in taken or q == r.queue or q not in tree.queues or _root(tree, q) != root:
+        if a.key in taken or q == r.queue or q not in tree.queues or tree.root(q) != root:
             continue
         if not a.workload.preemptible or now - a.stable_since_seconds < min_runtime_seconds:
             continue
@@ -161,7 +147,7 @@ def _give_back(tree: QuotaTree, usage: QuotaUsage, victim: Allocation, r: Reserv
     """One victim's action, applied to ``usage``: an elastic job above its minimum loses
     replicas on the type one at a time (highest index first) until the reclaimer fits, it
     is at its minimum, or its queue no longer borrows; any other victim is preempted whole."""
-    per_replica = _milli(victim.workload)
+    per_replica = victim.workload.demand.accelerator_milli
     spare = len(victim.replicas) - victim.workload.gang_min
     on_type = sorted((rp for rp in victim.replicas if rp.accelerator_type == r.accelerator_type),
                      key=lambda rp: -rp.replica)

@@ -24,7 +24,7 @@ from tessera.core import (
     explain_unfit,
     validate_plan,
 )
-from tessera.core.admission import OVER_QUOTA, Reservation, admission_problem, reserved_usage, within_quota
+from tessera.core.admission import OVER_QUOTA, Reservation, admit, reserved_usage
 from tessera.core.reclaim import RECLAIM, reclaim_actions, reservations
 from tessera.engine.ports import Actuator, Clock, ClusterSource, MetricsSink, NullMetrics
 from tessera.engine.result import CycleResult
@@ -89,11 +89,8 @@ class Engine:
         # back); a workload its queue cannot admit on any type is not offered to the policy
         # (it would hold room others could use); the plan's placements are checked exactly
         reserved = reservations(snapshot, pending) if snapshot.quotas is not None else []
-        held = admission_held(snapshot, pending, reserved)
         everyone = pending
-        pending = [w for w in pending if w.key not in held] if held else pending
-        if snapshot.quotas is not None:  # and only the types its queue admits it on
-            pending = within_quotas(snapshot, pending, reserved)
+        held, pending = quota_admission(snapshot, pending, reserved)
         try:
             proposed = self.policy.decide(snapshot, pending, ctx)
         except Exception as err:  # a broken policy must not take the scheduler down
@@ -216,38 +213,27 @@ class Engine:
         return waiting
 
 
-def admission_held(snapshot: ClusterSnapshot, pending: Sequence[Workload],
-                   reserved: Sequence[Reservation] = ()) -> dict[str, str]:
-    """Pending workloads their queue cannot admit now on any type -> why (no queues: none);
-    ``reserved`` room counts as used except by the workload that holds it."""
+def quota_admission(snapshot: ClusterSnapshot, pending: Sequence[Workload],
+                    reserved: Sequence[Reservation] = ()) -> tuple[dict[str, str], list[Workload]]:
+    """Pending workloads their queue cannot admit now on any type -> why, and the others as
+    the policy is offered them: only the types their queue admits them on
+    (tessera.core.admission.admit).  ``reserved`` room counts as used except by the
+    workload that holds it.  No queues: nothing held, nothing changed."""
     if snapshot.quotas is None:
-        return {}
+        return {}, list(pending)
     usage = reserved_usage(snapshot, reserved)
     holds = {r.workload: r for r in reserved}
-    held = {}
+    held: dict[str, str] = {}
+    offered = []
     for workload in pending:
         own = holds.get(workload.key)
         if own is not None:
             usage.add(own.queue, own.accelerator_type, -own.milli)
-        why = admission_problem(snapshot, usage, workload)
+        admitted, why = admit(snapshot, usage, workload)
         if own is not None:
             usage.add(own.queue, own.accelerator_type, own.milli)
-        if why:
+        if admitted is None:
             held[workload.key] = why
-    return held
-
-
-def within_quotas(snapshot: ClusterSnapshot, pending: Sequence[Workload],
-                  reserved: Sequence[Reservation] = ()) -> list[Workload]:
-    """Each workload allowed only the types its queue admits it on now (tessera.core.admission)."""
-    usage = reserved_usage(snapshot, reserved)
-    holds = {r.workload: r for r in reserved}
-    out = []
-    for workload in pending:
-        own = holds.get(workload.key)
-        if own is not None:
-            usage.add(own.queue, own.accelerator_type, -own.milli)
-        out.append(within_quota(snapshot, usage, workload))
-        if own is not None:
-            usage.add(own.queue, own.accelerator_type, own.milli)
-    return out
+        else:
+            offered.append(admitted)
+    return held, offered

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from tessera.core import AcceleratorOption, ClusterSnapshot, Placement, Plan, Workload, explain_unfit
-from tessera.core.admission import placement_problem, quota_usage, take
+from tessera.core.admission import gang_problem, quota_usage, take
 from tessera.policies.gang import place_gang, queue_order
 from tessera.policy import Decision, PolicyContext
 
@@ -37,7 +37,6 @@ class KueueLike:
         ledger = snapshot.ledger()
         usage = quota_usage(snapshot)
         present = snapshot.accelerator_types()
-        by_type = {t: next(n.name for n in snapshot.nodes.values() if n.accelerator_type == t) for t in present}
         placements: list[Placement] = []
         unplaced: dict[str, str] = {}
         for workload in queue_order(pending):
@@ -46,8 +45,7 @@ class KueueLike:
             for flavor in self._flavors(snapshot, workload, present):
                 if flavor not in allowed:
                     continue
-                gang = [by_type[flavor]] * max(1, workload.target_replicas)
-                if placement_problem(snapshot, usage, workload, gang):
+                if gang_problem(snapshot, usage, workload, flavor, max(1, workload.target_replicas)):
                     continue  # no quota for it on this flavor: the next one
                 one = dataclasses.replace(workload, options=(AcceleratorOption(flavor, workload.throughput_on(flavor)),))
                 chosen = place_gang(ledger, one)
