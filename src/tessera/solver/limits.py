@@ -93,3 +93,10 @@ def run_solver(model: cp_model.CpModel, limits: SolverLimits) -> tuple[cp_model.
         deterministic_time=solver.deterministic_time if not error else 0.0,
         error=error,
     )
+
+
+def upper_bound(var: cp_model.IntVar) -> int:
+    """The largest value in ``var``'s domain.  (``var.proto.domain[-1]`` reads 0 with
+    ortools 9.15: its repeated fields do not take negative indexes.)"""
+    domain = var.proto.domain
+    return int(domain[len(domain) - 1])

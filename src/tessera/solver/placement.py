@@ -23,7 +23,7 @@ from ortools.sat.python import cp_model
 
 from tessera.core import Spread
 from tessera.solver.instance import PlacementInstance
-from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
+from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver, upper_bound
 
 
 def _put(values: dict[int, tuple[cp_model.IntVar, int]], var: cp_model.IntVar, value: int) -> None:
@@ -114,7 +114,7 @@ class PlacementModel:
             pool = self._pool[p]
             n = pool.size
             variables = [self.units[g, p] for g in gangs]
-            bounds = [self.units[g, p].proto.domain[-1] for g in gangs]
+            bounds = [upper_bound(self.units[g, p]) for g in gangs]
             per_unit = [(self.instance.gangs[g].workload.demand, self.instance.gangs[g].unit_replicas) for g in gangs]
             only_whole = all(d.accelerators for d, _ in per_unit)
             for coefficients, room in (
