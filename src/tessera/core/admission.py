@@ -123,7 +123,8 @@ def give(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, nodes
         usage.add(workload.queue, t, sign * milli)
 
 
-def admit(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> tuple[Workload | None, str]:
+def admit(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload,
+          cache: dict[object, tuple[set[str], list[str]]] | None = None) -> tuple[Workload | None, str]:
     """What a policy is offered of ``workload`` before it decides: ``(None, why)`` when its
     queue cannot admit its smallest gang on any type it allows (a necessary condition only:
     the plan's actual placement is checked again by :func:`placement_problem`); else the
@@ -132,17 +133,18 @@ def admit(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> t
     keeps proposing it.  Where its queue's **own** remaining quota takes the gang on some
     types, only those: a queue uses its own quota before it borrows (borrowed room is what
     reclaim takes back), when there is room for the gang on those types now (else borrowing
-    beats waiting)."""
-    types, reasons = _by_type(snapshot, usage, workload)
+    beats waiting).  ``cache``: answers kept across calls with the same ``usage`` (the
+    answer depends only on the queue, the smallest gang, its demand and allowed types)."""
+    key = (workload.queue, workload.gang_min, workload.demand.accelerator_milli,
+           frozenset(o.accelerator_type for o in workload.options))
+    known = cache.get(key) if cache is not None else None
+    if known is None:
+        known = _types(snapshot, usage, workload)
+        if cache is not None:
+            cache[key] = known
+    types, reasons = known
     if reasons and not types:
         return None, f"{OVER_QUOTA}: " + "; ".join(dict.fromkeys(reasons))
-    tree = snapshot.quotas
-    if tree is not None and types:
-        need = max(1, workload.gang_min) * workload.demand.accelerator_milli
-        own = {t for t in types if tree.used(usage, workload.queue, t) + need <= tree.quota(workload.queue, t)
-               and _room(snapshot, t) >= need}
-        if own and own != types:
-            types, reasons = own, [*reasons, "borrowing"]
     if not reasons or not types:
         return workload, ""
     if workload.options:
@@ -150,6 +152,19 @@ def admit(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> t
     else:
         options = tuple(AcceleratorOption(t) for t in sorted(types))
     return replace(workload, options=options), ""
+
+
+def _types(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload) -> tuple[set[str], list[str]]:
+    """:func:`_by_type`, narrowed to the queue's own quota where that takes the gang now."""
+    types, reasons = _by_type(snapshot, usage, workload)
+    tree = snapshot.quotas
+    if tree is not None and types:
+        need = max(1, workload.gang_min) * workload.demand.accelerator_milli
+        own = {t for t in types if tree.used(usage, workload.queue, t) + need <= tree.quota(workload.queue, t)
+               and _room(snapshot, t) >= need}
+        if own and own != types:
+            types, reasons = own, [*reasons, "borrowing"]
+    return types, reasons
 
 
 def _room(snapshot: ClusterSnapshot, accelerator_type: str) -> int:

@@ -225,11 +225,12 @@ def quota_admission(snapshot: ClusterSnapshot, pending: Sequence[Workload],
     holds = {r.workload: r for r in reserved}
     held: dict[str, str] = {}
     offered = []
+    cache: dict[object, tuple[set[str], list[str]]] = {}  # answers for the unchanged usage
     for workload in pending:
         own = holds.get(workload.key)
         if own is not None:
             usage.add(own.queue, own.accelerator_type, -own.milli)
-        admitted, why = admit(snapshot, usage, workload)
+        admitted, why = admit(snapshot, usage, workload, None if own is not None else cache)
         if own is not None:
             usage.add(own.queue, own.accelerator_type, own.milli)
         if admitted is None:
