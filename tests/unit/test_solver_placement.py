@@ -1,6 +1,9 @@
 """Each constraint family of the CP-SAT placement model on a tiny instance with a known answer."""
 
+import dataclasses
+
 from tessera.core import Allocation, ClusterSnapshot, Node, ReplicaPlacement, Spread, Topology
+from tessera.core.quota import Queue, QuotaTree, TypeQuota
 from tessera.engine import Engine
 from tessera.policies.cpsat import CpSat
 from tessera.policies.greedy import BestFit
@@ -145,6 +148,29 @@ def test_running_work_moves_to_a_faster_type_when_the_gain_beats_the_restart_cos
     assert "faster H100" in move.reason and move.estimated_cost_seconds == job.restart_cost_seconds
 
 
+def test_a_job_that_has_not_run_for_its_restart_cost_since_it_started_is_not_moved():
+    # it would pay a restart again before it earned back the last one: moving jobs back and
+    # forth (each restart placing it where quota or room allows) could go on for ever
+    job = gang("ns/run", 1, 8, [("V100", 1.0), ("H100", 3.0)])
+    snap = ClusterSnapshot([node("v1", "V100", 8), node("h1", "H100", 8)],
+                           [busy_on(job, "v1", "V100", started=-job.restart_cost_seconds / 2)])
+    assert not decide(snap, []).plan.migrations
+
+
+def test_no_move_to_a_type_the_job_s_queue_would_not_admit_it_on():
+    quotas = QuotaTree([Queue("org"), Queue("team", "org", {"V100": TypeQuota(8)}),
+                        Queue("other", "org", {"H100": TypeQuota(8, lending_limit=0)})])
+    job = dataclasses.replace(gang("ns/run", 1, 8, [("V100", 1.0), ("H100", 3.0)]), queue="team")
+    snap = ClusterSnapshot([node("v1", "V100", 8), node("h1", "H100", 8)], [busy_on(job, "v1", "V100")],
+                           quotas=quotas)
+    assert not decide(snap, []).plan.migrations  # H100 is free, but other never lends it
+    lent = QuotaTree([Queue("org"), Queue("team", "org", {"V100": TypeQuota(8)}),
+                      Queue("other", "org", {"H100": TypeQuota(8)})])
+    snap = ClusterSnapshot([node("v1", "V100", 8), node("h1", "H100", 8)], [busy_on(job, "v1", "V100")],
+                           quotas=lent)
+    assert decide(snap, []).plan.migrations
+
+
 def test_no_move_when_the_restart_costs_more_than_the_gain():
     job = gang("ns/run", 1, 8, [("V100", 1.0), ("H100", 1.1)])
     job = type(job)(**{**{f: getattr(job, f) for f in job.__dataclass_fields__}, "restart_cost_seconds": 600.0})
@@ -152,8 +178,10 @@ def test_no_move_when_the_restart_costs_more_than_the_gain():
     assert not decide(snap, []).plan.migrations
 
 
-def busy_on(job, node_name, accelerator_type):
-    return Allocation(job, (ReplicaPlacement(0, node_name, accelerator_type, tuple(range(job.demand.accelerators))),))
+def busy_on(job, node_name, accelerator_type, started=-3600.0):
+    """``job`` running on one node since ``started`` (an hour before the decisions' clock)."""
+    return Allocation(job, (ReplicaPlacement(0, node_name, accelerator_type, tuple(range(job.demand.accelerators))),),
+                      started_at_seconds=started)
 
 
 def test_best_fit_prefers_the_fuller_of_two_used_nodes():

@@ -42,10 +42,12 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.core.admission import quota_usage
 from tessera.core.service import attained_service, per_accelerator
 from tessera.policies.cpsat_fgd import BATCH_BUDGET_SECONDS, BatchState, FragmentationBatch, batch_target
 from tessera.policies.cpsat_reasons import PoolView, explain_waiting
 from tessera.policies.cpsat_rounds import RoundPlanner
+from tessera.policies.cpsat_score import admitted_moves, quota_allows_move, quota_problem, score_placements
 from tessera.policies.gang import queue_order
 from tessera.policy import Decision, PolicyContext
 from tessera.solver import (
@@ -56,6 +58,8 @@ from tessera.solver import (
     PlacementInstance,
     PlacementModel,
     PreemptionModel,
+    QueueState,
+    QuotaTerms,
     SolverLimits,
     VictimSpec,
     build_instance,
@@ -64,7 +68,6 @@ from tessera.solver import (
     greedy_units,
     lost_work_seconds,
     move_candidates,
-    node_fullness,
     restrict_candidates,
     units_from_placements,
     victims_on,
@@ -229,7 +232,11 @@ class CpSat:
         candidates = sum(len(g.capacity) for g in instance.gangs)
         if not self.monolithic and candidates > self.max_unit_vars:
             restrict_candidates(instance, hint, self.pools_per_group)
-        model = PlacementModel(instance)
+        queues = QueueState.of(snapshot)
+        terms = QuotaTerms(queues, self.weights.fair_share) if queues is not None else None
+        model = PlacementModel(instance, terms)
+        if terms is not None:
+            stats.update(quota_rows=terms.rows, quota_rows_closed=terms.closed)
         stats["hint_gangs"] = model.add_hint(hint) if self.use_hint else 0
         stats["hint_objective"] = model.hint_objective
         stats.update(model.size)
@@ -280,7 +287,10 @@ class CpSat:
                 greedy = Packer(greedy_ledger, instance).pack(hint)
                 greedy_score = score_placements(instance, snapshot.ledger(), greedy.placed)
                 stats["greedy_score"] = greedy_score
-                if packed is None or greedy_score > stats["cpsat_score"]:
+                # with queues, best fit ignores what the gangs take from each other's quota:
+                # it is the fallback only when it keeps to the quotas too
+                if packed is None or (greedy_score > stats["cpsat_score"]
+                                      and not quota_problem(snapshot, instance, greedy.placed)):
                     chosen_by, packed, ledger = "greedy", greedy, greedy_ledger
             assert packed is not None
             placements, pack_failures = packed.placed, packed.failed
@@ -432,7 +442,14 @@ class CpSat:
         running = [a for k, a in sorted(snapshot.allocations.items())
                    if k not in changed and a.nodes <= snapshot.nodes.keys()
                    and a.workload.kind is not WorkloadKind.INFERENCE]
+        # a job that has not yet run for its restart cost since it (re)started is not moved
+        # again: moving it back and forth would only ever pay restarts
+        running = [a for a in running
+                   if ctx.now_seconds - a.started_at_seconds >= max(1.0, a.workload.restart_cost_seconds)]
         candidates = move_candidates(running, pools, horizon_seconds=self.move_horizon_seconds, weight_of={})
+        usage = quota_usage(snapshot) if snapshot.quotas is not None else None
+        if usage is not None:
+            candidates = admitted_moves(snapshot, usage, candidates)
         if not candidates:
             return
         budget = ctx.time_budget_seconds * (1 - self.placement_budget_share) / 2
@@ -446,6 +463,8 @@ class CpSat:
             allocation = snapshot.allocations[key]
             workload = allocation.workload
             destination = choice.moves[key]
+            if usage is not None and not quota_allows_move(snapshot, usage, allocation, destination):
+                continue  # an earlier move of this decision took the quota it needed
             # reserve the destination now so later moves in this decision see it taken
             taken: list[ReplicaAssignment] = []
             for _ in allocation.replicas:
@@ -558,33 +577,4 @@ def _apply_preemption(
     return tuple(taken)
 
 
-def score_placements(
-    instance: PlacementInstance, free: CapacityLedger, placements: Mapping[str, Sequence[ReplicaAssignment]]
-) -> float:
-    """The placement model's objective evaluated on a node-level plan (to compare plans)."""
-    w = instance.weights
-    by_key = {g.key: g for g in instance.gangs}
-    opened: set[str] = set()
-    total = 0.0
-    for key, replicas in placements.items():
-        gang = by_key[key]
-        value = 0.0
-        domains, nics = set(), set()
-        for a in replicas:
-            node = free.nodes[a.node]
-            value += gang.unit_value.get(node.accelerator_type, 0) / gang.unit_replicas
-            node_free = free.free(a.node)
-            fullness = node_fullness(node.accelerator_count, node_free.accelerator_milli, node.cpu_milli,
-                                     node_free.cpu_milli)
-            total += w.best_fit * fullness / gang.unit_replicas
-            domains.add(node.topology.domain)
-            nics.add(node.topology.nic)
-            if node.accelerator_count and free.whole_free(a.node) == node.accelerator_count:
-                opened.add(a.node)
-        total += gang.weight * (w.start + value) + gang.order_bonus
-        if gang.prefers_one_domain:
-            total -= w.extra_domain * (len(domains) - 1) + w.extra_nic * (len(nics) - 1)
-    return total - w.open_node * len(opened)
-
-
-__all__ = ["CpSat", "score_placements"]
+__all__ = ["CpSat"]

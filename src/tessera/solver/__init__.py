@@ -43,6 +43,7 @@ from tessera.solver.preemption import (
     lost_work_seconds,
     victims_on,
 )
+from tessera.solver.quota import QueueState, QuotaTerms, relative_speed
 from tessera.solver.rounds import RoundChoice, RoundConfig, RoundJob, RoundModel, config_value
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
     "Pool",
     "PreemptionChoice",
     "PreemptionModel",
+    "QueueState",
+    "QuotaTerms",
     "RoundChoice",
     "RoundConfig",
     "RoundJob",
@@ -81,6 +84,7 @@ __all__ = [
     "move_candidates",
     "node_fullness",
     "pool_counts",
+    "relative_speed",
     "replicas_fitting",
     "restrict_candidates",
     "run_solver",

@@ -138,6 +138,9 @@ class ObjectiveWeights:
     extra_domain: int = 400
     #: charge per extra NIC class a gang spans (heterogeneous NICs slow all-reduce)
     extra_nic: int = 600
+    #: with queues: value per thousandth of the worst-off queue's normalised share (the
+    #: fair-share term, tessera.solver.quota); 0 turns it off
+    fair_share: int = 100
     #: weight ratio between consecutive priority levels
     priority_base: int = 8
     #: at most this many priority levels are told apart (higher ones share the top weight)

@@ -10,7 +10,9 @@ Variables (named containers on the model object):
   / on NIC class ``c`` (bool).
 
 One ``_add_*`` method per constraint family; the objective maximises priority-weighted
-normalised throughput and charges opened nodes and extra domains / NIC classes.
+normalised throughput and charges opened nodes and extra domains / NIC classes.  With
+queues, :class:`tessera.solver.quota.QuotaTerms` adds their quota rows and a fair-share
+term.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ortools.sat.python import cp_model
 from tessera.core import Spread
 from tessera.solver.instance import PlacementInstance
 from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver, upper_bound
+from tessera.solver.quota import QuotaTerms
 
 
 def _put(values: dict[int, tuple[cp_model.IntVar, int]], var: cp_model.IntVar, value: int) -> None:
@@ -41,7 +44,9 @@ class PlacementSolution:
 class PlacementModel:
     """CP-SAT model of one placement decision over pools (see the module docstring)."""
 
-    def __init__(self, instance: PlacementInstance) -> None:
+    def __init__(self, instance: PlacementInstance, queues: QuotaTerms | None = None) -> None:
+        """``queues``: the quota rows and fair-share term of the snapshot's queues
+        (:mod:`tessera.solver.quota`), in the same solve as placement."""
         self.instance = instance
         self.model = cp_model.CpModel()
         self.run: dict[int, cp_model.IntVar] = {}
@@ -62,6 +67,9 @@ class PlacementModel:
         self._add_zone_spread()
         self._add_domain_affinity()
         self._add_fragmentation()
+        self.queues = queues
+        if queues is not None:
+            queues.add(self.model, instance, self.units, self._objective)
         self._set_objective()
 
     # -- variables -------------------------------------------------------------------
