@@ -194,3 +194,23 @@ def test_bounded_pending_list_shows_the_oldest():
     for spec in sim._specs:
         sim.pending_jobs[spec.key] = SimJob(spec)
     assert [w.key for w in sim.pending()] == ["j0", "j1"]
+
+
+class _Flapping:
+    """Stops whatever runs and starts whatever waits, at once: the same work for ever."""
+
+    name: ClassVar[str] = "flapping"
+    version: ClassVar[str] = "0"
+    decides: ClassVar[frozenset[Decision]] = frozenset({Decision.PLACEMENT, Decision.PREEMPTION})
+
+    def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
+        from tessera.core import Placement, Preemption
+
+        return Plan(placements=tuple(Placement(w.key, (ReplicaAssignment("a-0"),)) for w in pending[:1]),
+                    preemptions=tuple(Preemption(k, reason="flap") for k in snapshot.allocations))
+
+
+def test_a_policy_that_stops_and_restarts_work_at_one_instant_for_ever_is_an_error_not_a_hang():
+    # x starts at 0; from y's arrival at 10 every cycle stops one and restarts the other
+    with pytest.raises(RuntimeError, match="cycles at t=10 s without the clock moving on"):
+        run(nodes("a", 1, "A100", 2), [job("x", 100.0), job("y", 100.0, at=10.0)], _Flapping())

@@ -166,6 +166,9 @@ class RestartOnFailure:
         sim.stop_job(job, lose_since_checkpoint=True)
 
 
+#: a run stops with an error past this many cycles at one simulated instant
+MAX_CYCLES_PER_INSTANT = 1_000
+
 #: failure modes by name (``failures.mode`` in a scenario); extensions register theirs here
 FAILURE_MODES: dict[str, Callable[[], FailureHandler]] = {"restart": RestartOnFailure}
 
@@ -327,6 +330,9 @@ class Simulator:
         }
         self._cycle_at: float | None = None
         self._followup_at = -1.0
+        #: cycles run at the current instant (a policy that stops and restarts the same
+        #: work at one instant would otherwise keep the clock from ever moving on)
+        self._instant = (-1.0, 0)
         self._stopped = False
         round_seconds = self.config.round_seconds
         if round_seconds is None:
@@ -707,6 +713,13 @@ class Simulator:
         self._stopped = True
 
     def _cycle(self) -> None:
+        at, count = self._instant
+        self._instant = (self.now_seconds, count + 1 if at == self.now_seconds else 1)
+        if self._instant[1] > MAX_CYCLES_PER_INSTANT:
+            raise RuntimeError(
+                f"policy {getattr(self.engine.policy, 'name', '?')} ran {MAX_CYCLES_PER_INSTANT} cycles at "
+                f"t={self.now_seconds:.0f} s without the clock moving on: its plans keep stopping and "
+                "restarting work at one instant (a preemption or move cycle)")
         if self.config.expose_remaining_seconds:
             self._expose_remaining_seconds()
         result = self.engine.run_cycle(self, self)
