@@ -177,3 +177,19 @@ def test_gavel_trace_jobs_at_unmeasured_scale_are_derived_and_counted(tmp_path: 
     assert workloads[1].model.rate("V100", 4) == 40.0 and workloads[1].model.rate("K80", 4) == 8.0
     with pytest.raises(ValueError, match="no throughput for job type 'Other'"):
         gavel.trace_workloads(gavel.load_trace(write(tmp_path, "y.trace", "Other\tcmd\t-n\t1\t100\t0\t1\n")), table)
+
+
+@pytest.mark.data
+def test_philly_jobs_get_gavel_job_types_with_their_measured_speeds(shared_data: Path):
+    table = gavel.load_throughputs(shared_data / "gavel" / "simulation_throughputs.json")
+    jobs = [(0.0, 3600.0, 1), (10.0, 7200.0, 4), (20.0, 600.0, 16)]
+    first, derived = gavel.typed_jobs(jobs, table, seed=0)
+    again, _ = gavel.typed_jobs(jobs, table, seed=0)
+    assert [w.workload.attributes for w in first] == [w.workload.attributes for w in again]  # seeded
+    assert derived == {"16 GPUs": 1}  # Gavel measured 1-8 GPUs: 16 scales the 1-GPU rate
+    for w, (_, duration, gpus) in zip(first, jobs, strict=True):
+        assert w.workload.min_replicas == gpus
+        # the trace's duration is the time on V100 at that GPU count
+        assert w.work / w.model.rate("V100", gpus) == pytest.approx(duration)
+    job_type = first[0].workload.attributes["job_type"]
+    assert first[0].model.rate("K80", 1) == pytest.approx(table.throughput("K80", job_type, 1))

@@ -81,3 +81,10 @@ def test_the_shipped_multi_tenant_scenario_queues_every_job():
     assert scenario.quotas is not None and scenario.config(0).quotas is not None
     queues = {w.workload.queue for w in workloads}
     assert queues == {"team-b436b2", "team-7f04ca", "team-6214e9", "other"} and len(workloads) == 800
+    # every job has a Gavel job type and its measured speed on each type; the seed draws the types
+    assert all(w.workload.attributes.get("job_type") for w in workloads)
+    speeds = {round(w.workload.throughput_on("K80") / w.workload.throughput_on("V100"), 2)
+              for w in workloads if w.workload.throughput_on("K80") and w.workload.throughput_on("V100")}
+    assert min(speeds) < 0.2 and max(speeds) > 1.0  # K80: far slower for most, faster for Recommendation
+    other, _ = scenario.workloads(1)
+    assert [w.workload.attributes["job_type"] for w in other] != [w.workload.attributes["job_type"] for w in workloads]

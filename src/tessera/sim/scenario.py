@@ -116,8 +116,11 @@ class TraceWorkload(_Strict):
 
     trace: Literal["gavel", "philly", "sia"]
     path: str
-    #: gavel: the throughput JSON; sia: the folder of per-application profiles
+    #: gavel: the throughput JSON; philly: with it, every job gets a Gavel job type drawn
+    #: per seed and runs at that type's measured speed on each accelerator type (the trace's
+    #: duration is its time on V100), instead of equally fast everywhere
     throughputs: str | None = None
+    #: sia: the folder of per-application profiles
     profiles: str | None = None
     #: philly: accelerator types jobs may use (empty: any)
     accelerator_types: list[str] = []
@@ -601,10 +604,24 @@ def _workloads(scenario: Scenario, seed: int) -> tuple[list[SimWorkload], frozen
                 )
             if training.limit:
                 trace = philly.PhillyTrace(trace.jobs[: training.limit], trace.skipped)
-            out = philly.trace_workloads(
-                trace, accelerator_types=tuple(training.accelerator_types),
-                restart_cost_seconds=training.restart_cost_seconds,
-            )
+            if training.throughputs is not None:
+                if training.accelerator_types:
+                    raise ScenarioError("workload.training: a philly trace with 'throughputs' runs on the types "
+                                        "measured there; drop 'accelerator_types'")
+                out, derived = gavel.typed_jobs(
+                    [(j.submit_seconds, j.duration_seconds, j.gpus) for j in trace.jobs],
+                    gavel.load_throughputs(scenario.resolve(training.throughputs)), seed=seed,
+                    restart_cost_seconds=training.restart_cost_seconds,
+                )
+                if derived:
+                    scenario.notes.append(
+                        "Philly jobs at GPU counts Gavel never measured, 1-GPU throughput x GPUs: "
+                        + ", ".join(f"{k}: {v}" for k, v in sorted(derived.items())))
+            else:
+                out = philly.trace_workloads(
+                    trace, accelerator_types=tuple(training.accelerator_types),
+                    restart_cost_seconds=training.restart_cost_seconds,
+                )
             if training.tenants is not None:
                 out = assign(out, [j.cluster for j in trace.jobs], training.tenants)
         else:

@@ -12,6 +12,7 @@ needs_data_dir, total_steps, scale_factor, priority_weight, SLO, arrival_time).
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,4 +228,47 @@ def trace_workloads(
                 restart_cost_seconds=restart_cost_seconds, derive_missing=not measured,
             )
         )
+    return out, derived
+
+
+def typed_jobs(
+    jobs: Sequence[tuple[float, float, int]],
+    throughputs: GavelThroughputs,
+    *,
+    seed: int,
+    key_prefix: str = "philly",
+    reference_type: str = "V100",
+    restart_cost_seconds: float = 30.0,
+) -> tuple[list[SimWorkload], dict[str, int]]:
+    """Jobs known only by (submit seconds, duration seconds, GPUs), e.g. Philly's, each given
+    a Gavel job type and so a measured speed on every type, as Gavel builds its traces.
+
+    The job type is drawn uniformly (``random.Random(seed)``, one draw per job in order)
+    among the types measured on ``reference_type`` at the job's GPU count; the trace's
+    duration is taken as the run time on ``reference_type`` (Gavel's convention), so the
+    job's work is duration x that throughput and it runs faster or slower elsewhere as
+    measured.  A GPU count no type was measured at (e.g. 16) draws among the 1-GPU types
+    and scales their 1-GPU throughput linearly; those are counted per GPU count.
+    """
+    rng = random.Random(seed)
+    measured_at: dict[int, list[str]] = {}
+    for job_type, scale in throughputs.by_type.get(reference_type, {}):
+        measured_at.setdefault(scale, []).append(job_type)
+    for names in measured_at.values():
+        names.sort()
+    if 1 not in measured_at:
+        raise ValueError(f"no 1-GPU throughput on {reference_type} to draw job types from")
+    derived: dict[str, int] = {}
+    out = []
+    for i, (submit, duration, gpus) in enumerate(jobs):
+        measured = gpus in measured_at
+        job_type = rng.choice(measured_at[gpus] if measured else measured_at[1])
+        rate = throughputs.throughput(reference_type, job_type, gpus) if measured else None
+        if rate is None:
+            derived[f"{gpus} GPUs"] = derived.get(f"{gpus} GPUs", 0) + 1
+            rate = (throughputs.throughput(reference_type, job_type, 1) or 0.0) * gpus
+        out.append(job_workload(
+            f"{key_prefix}-{i:06d}", job_type, gpus, duration * rate, submit, throughputs,
+            restart_cost_seconds=restart_cost_seconds, reference_type=reference_type, derive_missing=not measured,
+        ))
     return out, derived
