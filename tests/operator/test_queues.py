@@ -95,9 +95,11 @@ def test_a_team_runs_its_quota_plus_what_it_may_borrow_and_the_rest_waits_for_qu
 
     status = crds.wait_for(reported, timeout=30, what="team-a's queue status")
     assert status["usage"] == [{"acceleratorType": "H100", "used": 16.0, "borrowed": 8.0, "nominal": 8}]
+    assert status["fairShare"] == 2.0  # 16 H100 at full speed over weight 1 x quota 8
     assert condition(status, "Valid")["status"] == "True"
     org = crds.get_json("queue", queues["org"])["status"]
     assert org["usage"] == [{"acceleratorType": "H100", "used": 16.0, "borrowed": 0.0, "nominal": 16}]
+    assert org["fairShare"] == 1.0
 
 
 def test_the_crd_refuses_a_lending_limit_above_nominal(crds: Any, namespace: str) -> None:

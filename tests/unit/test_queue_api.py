@@ -219,6 +219,7 @@ def test_the_queue_crd_is_cluster_scoped_with_names_status_and_columns() -> None
     columns = {c["name"]: (c["type"], c["jsonPath"]) for c in version["additionalPrinterColumns"]}
     assert columns == {"Parent": ("string", ".spec.parent"), "Weight": ("number", ".spec.weight"),
                        "Pending": ("integer", ".status.pending"), "Admitted": ("integer", ".status.admitted"),
+                       "Share": ("number", ".status.fairShare"),
                        "Age": ("date", ".metadata.creationTimestamp")}
     # the other kinds stay namespaced
     assert {n: c["spec"]["scope"] for n, c in crd_objects().items()} == {

@@ -272,3 +272,18 @@ def test_a_queue_uses_its_own_quota_before_it_borrows():
     busy = ClusterSnapshot([*nodes("h", 1, "H100", 8), *nodes("a", 1, "A100", 8)], (blocker,), quotas=quotas)
     result = Engine(load_policy("best-fit"), Clock()).decide(busy, [job])
     assert [p.replicas[0].node for p in result.plan.placements] == ["h-0"]
+
+
+def test_fair_share_weighs_each_accelerator_by_the_job_s_speed_there():
+    from tessera.core.admission import fair_share, normalised_use
+
+    quotas = QuotaTree([Queue("org"), Queue("a", "org", {"H100": TypeQuota(8), "A100": TypeQuota(8)}, weight=2.0),
+                        Queue("b", "org", {"H100": TypeQuota(8)})])
+    # a runs 8 A100 for a job 4x faster on H100 (worth 2 H100); b runs 8 H100 at full speed
+    slow = Allocation(queued(gang("ns/a", 1, 8, [("H100", 4.0), ("A100", 1.0)]), "a"),
+                      (ReplicaPlacement(0, "a-0", "A100"),))
+    fast = Allocation(queued(gang("ns/b", 1, 8, [("H100", 1.0)]), "b"), (ReplicaPlacement(0, "h-0", "H100"),))
+    use = normalised_use(snap(quotas, slow, fast))
+    assert use == {"a": 2000, "b": 8000}
+    assert fair_share(quotas, use, "a") == 2000 / (2.0 * 16000)  # weight 2, quota 16
+    assert fair_share(quotas, use, "b") == 1.0 and fair_share(quotas, use, "org") == 10000 / 24000

@@ -188,6 +188,8 @@ def queue_crd() -> dict[str, Any]:
             {"name": "Pending", "type": "integer", "jsonPath": ".status.pending", "description": "Waiting workloads"},
             {"name": "Admitted", "type": "integer", "jsonPath": ".status.admitted",
              "description": "Admitted workloads"},
+            {"name": "Share", "type": "number", "jsonPath": ".status.fairShare",
+             "description": "Use weighted by speed over weight x quota"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         {"status": {}},

@@ -144,7 +144,10 @@ class QueueStatus(_Lenient):
     )
     pending: int = Field(0, description="Workloads of this queue waiting to be admitted.")
     admitted: int = Field(0, description="Workloads of this queue admitted (placed).")
-    fairShare: float = Field(0.0, description="Reserved: not computed yet (always 0).")
+    fairShare: float = Field(
+        0.0, description="The queue's use, each accelerator weighted by its workload's speed there relative to "
+        "the workload's fastest type, over weight x its quota of all types: 1 = its whole quota at full speed. "
+        "The CP-SAT policy raises the lowest share among queues with waiting work first.")
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Conditions the operator reports, e.g. why the queue admits nothing (a missing parent, "

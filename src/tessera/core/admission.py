@@ -13,13 +13,15 @@ nothing.
   admitted at all (its smallest gang on any type it allows), so a workload its queue
   cannot take never holds room in a policy's plan that others could use;
 * :func:`preemption_problem`: a workload is evicted for another only within its own queue,
-  or when its queue borrows (reclaim), never below what its queue is guaranteed.
+  or when its queue borrows (reclaim), never below what its queue is guaranteed;
+* :func:`normalised_use` / :func:`fair_share`: each queue's use weighted by speed, and its
+  share of its weight x quota (the CP-SAT fair-share term, ``status.fairShare``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from tessera.core.model import (
@@ -27,7 +29,7 @@ from tessera.core.model import (
     Allocation,
     Workload,
 )
-from tessera.core.quota import QuotaUsage
+from tessera.core.quota import QuotaTree, QuotaUsage
 from tessera.core.snapshot import ClusterSnapshot
 
 #: every quota refusal starts with this (the engine reports it as a wait for quota)
@@ -222,3 +224,45 @@ def preemption_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, victim: All
                 return ""
     return (f"{victim.workload.key} runs within queue {theirs}'s quota; a workload of queue {mine or '(none)'} "
             "may only reclaim what that queue borrows")
+
+
+def relative_speed(workload: Workload, accelerator_type: str) -> float:
+    """``workload``'s throughput on a type over its fastest allowed type's (1 when unknown)."""
+    best = max((o.throughput for o in workload.options if o.throughput > 0), default=0.0)
+    here = workload.throughput_on(accelerator_type)
+    return here / best if best > 0 and here > 0 else 1.0
+
+
+def normalised_use(snapshot: ClusterSnapshot) -> dict[str, int]:
+    """Leaf queue -> milli-accelerators in use, each weighted by its workload's speed there
+    relative to its fastest type (Gavel's normalised throughput: an hour of K80 is worth
+    0.15 of a V100-hour to a ResNet, a whole one to a job as fast on both)."""
+    tree = snapshot.quotas
+    out: dict[str, int] = {}
+    if tree is None:
+        return out
+    for allocation in snapshot.allocations.values():
+        w = allocation.workload
+        if w.queue not in tree.queues:
+            continue
+        for replica in allocation.replicas:
+            node = snapshot.nodes.get(replica.node)
+            if node is not None and node.accelerator_type:
+                out[w.queue] = out.get(w.queue, 0) + round(
+                    w.demand.accelerator_milli * relative_speed(w, node.accelerator_type))
+    return out
+
+
+def fair_share(tree: QuotaTree, use: Mapping[str, int], name: str) -> float:
+    """A queue's share: its (and its descendants') normalised use over its weight x its
+    quota of all types; 1 = it uses its whole quota at full speed (0 without quota)."""
+    quota = sum(tree.quota(name, t) for t in {t for q in tree.queues.values() for t in q.quotas})
+    if quota <= 0:
+        return 0.0
+    subtree = [name]
+    total = 0
+    while subtree:
+        node = subtree.pop()
+        total += use.get(node, 0)
+        subtree.extend(tree.children.get(node, ()))
+    return total / (tree.queues[name].weight * quota)

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from tessera.api.queue import Queue, queue_core
 from tessera.core import ClusterSnapshot, Workload
-from tessera.core.admission import quota_usage
+from tessera.core.admission import fair_share, normalised_use, quota_usage
 from tessera.core.quota import MILLI, QuotaTree
 from tessera.core.reclaim import reclaiming_queue
 from tessera.operator.kube import KubeError, now_rfc3339
@@ -106,6 +106,7 @@ class QueueReporter:
             self._forget(names)
             return
         usage = quota_usage(snapshot)
+        use = normalised_use(snapshot)
         admitted: Counter[str] = Counter(a.workload.queue for a in snapshot.allocations.values() if a.workload.queue)
         waiting_by_queue: Counter[str] = Counter(w.queue for w in pending if w.queue and w.key in waiting)
         types = sorted({t for q in tree.queues.values() for t in q.quotas}
@@ -125,6 +126,7 @@ class QueueReporter:
             status["usage"] = rows
             status["pending"] = self._subtree_count(tree, name, waiting_by_queue)
             status["admitted"] = self._subtree_count(tree, name, admitted)
+            status["fairShare"] = 0.0 if problem else round(fair_share(tree, use, name), 3)
             status["conditions"] = self._conditions(queues.raw[name], problem)
             self._write(name, queues.raw[name], status)
             self.metrics.record_queue(name, rows, status["pending"], status["admitted"])

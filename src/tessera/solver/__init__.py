@@ -43,7 +43,7 @@ from tessera.solver.preemption import (
     lost_work_seconds,
     victims_on,
 )
-from tessera.solver.quota import QueueState, QuotaTerms, relative_speed
+from tessera.solver.quota import QueueState, QuotaTerms
 from tessera.solver.rounds import RoundChoice, RoundConfig, RoundJob, RoundModel, config_value
 
 __all__ = [
@@ -84,7 +84,6 @@ __all__ = [
     "move_candidates",
     "node_fullness",
     "pool_counts",
-    "relative_speed",
     "replicas_fitting",
     "restrict_candidates",
     "run_solver",

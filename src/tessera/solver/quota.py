@@ -32,22 +32,14 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from tessera.core import ClusterSnapshot, Workload
-from tessera.core.admission import quota_usage
+from tessera.core import ClusterSnapshot
+from tessera.core.admission import normalised_use, quota_usage, relative_speed
 from tessera.core.quota import MILLI, QuotaTree, QuotaUsage, TypeQuota
 from tessera.solver.instance import PlacementInstance
 from tessera.solver.limits import upper_bound
 
 #: the model's variables a quota row is written over: (coefficient, units variable)
 _Terms = list[tuple[int, cp_model.IntVar]]
-
-
-def relative_speed(workload: Workload, accelerator_type: str) -> float:
-    """``workload``'s throughput on a type over its best allowed type's (1 when unknown)."""
-    rates = [o.throughput for o in workload.options if o.throughput > 0]
-    best = max(rates, default=0.0)
-    here = workload.throughput_on(accelerator_type)
-    return here / best if best > 0 and here > 0 else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +57,7 @@ class QueueState:
         tree = snapshot.quotas
         if tree is None:
             return None
-        value: defaultdict[str, int] = defaultdict(int)
-        for allocation in snapshot.allocations.values():
-            w = allocation.workload
-            if w.queue not in tree.queues:
-                continue
-            for replica in allocation.replicas:
-                node = snapshot.nodes.get(replica.node)
-                if node is not None and node.accelerator_type:
-                    value[w.queue] += round(w.demand.accelerator_milli * relative_speed(w, node.accelerator_type))
-        return cls(tree, quota_usage(snapshot), dict(value))
+        return cls(tree, quota_usage(snapshot), normalised_use(snapshot))
 
 
 class QuotaTerms:
