@@ -49,6 +49,10 @@ def test_the_control_is_accepted_and_defaulted(crds: Any) -> None:
                                        {"acceleratorType": "L4", "borrowingLimit": 2}])
     proc = dry_run(crds, edge)
     assert proc.returncode == 0, proc.stderr
+    # a quota in H100-equivalents beside the per-type ones
+    proc = dry_run(crds, with_spec(normalizedQuota={"acceleratorType": "H100", "nominal": 40}))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["spec"]["normalizedQuota"] == {"acceleratorType": "H100", "nominal": 40}
 
 
 def test_queues_are_cluster_scoped(crds: Any) -> None:
@@ -75,9 +79,12 @@ def test_queues_are_cluster_scoped(crds: Any) -> None:
         (with_spec(preemption={"withinQueue": "Any"}), ["spec.preemption.withinQueue"]),
         (with_spec("team.a"), ["metadata.name", "DNS-1123 label"]),
         (with_spec("a" * 64), ["metadata.name", "DNS-1123 label"]),
+        (with_spec(normalizedQuota={"acceleratorType": "H100", "nominal": 2, "lendingLimit": 3}),
+         ["spec.normalizedQuota.lendingLimit", "lendingLimit may not exceed nominal"]),
     ],
     ids=["lending-over-nominal", "duplicate-type", "own-parent", "negative-nominal", "negative-borrowing",
-         "no-type", "too-many-quotas", "zero-weight", "bad-parent", "bad-preemption", "dotted-name", "long-name"],
+         "no-type", "too-many-quotas", "zero-weight", "bad-parent", "bad-preemption", "dotted-name", "long-name",
+         "normalized-lending-over-nominal"],
 )
 def test_bad_queues_are_refused_naming_the_field(crds: Any, obj: dict[str, Any], needles: list[str]) -> None:
     proc = dry_run(crds, obj)

@@ -287,3 +287,34 @@ def test_fair_share_weighs_each_accelerator_by_the_job_s_speed_there():
     assert use == {"a": 2000, "b": 8000}
     assert fair_share(quotas, use, "a") == 2000 / (2.0 * 16000)  # weight 2, quota 16
     assert fair_share(quotas, use, "b") == 1.0 and fair_share(quotas, use, "org") == 10000 / 24000
+
+
+def test_a_normalized_quota_counts_each_replica_by_its_speed_relative_to_the_reference_type():
+    from tessera.core.admission import gang_problem
+    from tessera.core.quota import equivalent
+
+    quotas = QuotaTree([Queue("team", quotas={"H100": TypeQuota(16), "A100": TypeQuota(16),
+                                              equivalent("H100"): TypeQuota(8)})])
+    job = queued(gang("ns/j", 1, 8, [("H100", 4.0), ("A100", 1.0)]), "team")  # 4x faster on H100
+    empty = snap(quotas)
+    usage = quota_usage(empty)
+    assert gang_problem(empty, usage, job, "A100", 1) == ""  # 8 A100 = 2 H100-equivalents
+    on_h100 = running("ns/h", "team", ["h-0"])  # 8 H100 at full speed: 8 equivalents (its options say 1.0 each)
+    full = snap(quotas, on_h100)
+    why = gang_problem(full, quota_usage(full), job, "A100", 1)
+    assert "H100-equivalent in use would be 10, over its quota (8" in why, why
+    assert quota_usage(full).of("team", equivalent("H100")) == 8 * MILLI
+
+
+def test_the_queue_api_s_normalized_quota_becomes_an_equivalents_key():
+    from tessera.api.queue import Queue as QueueObject
+    from tessera.api.queue import queue_core
+
+    obj = QueueObject.model_validate({"metadata": {"name": "team"}, "spec": {
+        "quotas": [{"acceleratorType": "V100", "nominal": 8}],
+        "normalizedQuota": {"acceleratorType": "H100", "nominal": 4, "lendingLimit": 2}}})
+    core = queue_core(obj)
+    assert core.quotas["V100"] == TypeQuota(8)
+    assert core.quotas["H100-equivalent"] == TypeQuota(4, lending_limit=2)
+    tree = QuotaTree([core])
+    assert tree.references == ("H100",) and tree.accelerator_types == ("V100",)

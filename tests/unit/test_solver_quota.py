@@ -1,5 +1,6 @@
 """Queues inside the CP-SAT placement model (tessera.solver.quota): quota rows decided in the
-same solve as placement, agreeing with the engine's quota rules, and the fair-share term."""
+same solve as placement, agreeing with the engine's quota rules (per type and in normalized
+units), and the fair-share term."""
 
 from __future__ import annotations
 
@@ -124,7 +125,9 @@ def _case(draw: st.DrawFn) -> tuple[QuotaTree, list[Allocation], list[Workload]]
 
     leaves = []
     for name in ("l0", "l1", "l2"):
-        nominal = {t: draw(st.integers(0, 12)) for t in ("H100", "A100")}
+        # sometimes a quota in H100-equivalents beside the per-type ones
+        keys = ("H100", "A100", "H100-equivalent") if draw(st.booleans()) else ("H100", "A100")
+        nominal = {t: draw(st.integers(0, 12)) for t in keys}
         leaves.append(Queue(name, draw(st.sampled_from(["org", "org", "sub"])), {
             t: TypeQuota(n, limit(), draw(st.one_of(st.none(), st.integers(0, n)))) for t, n in nominal.items()}))
     tree = QuotaTree([Queue("org"), Queue("sub", "org", {"H100": TypeQuota(draw(st.integers(0, 4)))}), *leaves])
@@ -135,7 +138,8 @@ def _case(draw: st.DrawFn) -> tuple[QuotaTree, list[Allocation], list[Workload]]
         running.append(Allocation(queued(gang(f"ns/r{i}", 1, draw(st.sampled_from([2, 4])), [t]),
                                          draw(st.sampled_from(["l0", "l1", "l2"]))), (ReplicaPlacement(0, node, t),)))
     pending = [queued(gang(f"ns/w{i}", draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 4, 8])),
-                           draw(st.sampled_from([["H100"], ["A100"], ["H100", "A100"]])), submitted=i),
+                           draw(st.sampled_from([["H100"], ["A100"], ["H100", "A100"],
+                                                 [("H100", 3.0), ("A100", 1.0)]])), submitted=i),
                       draw(st.sampled_from(["l0", "l1", "l2"])))
                for i in range(draw(st.integers(1, 8)))]
     return tree, running, pending

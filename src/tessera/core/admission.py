@@ -29,7 +29,7 @@ from tessera.core.model import (
     Allocation,
     Workload,
 )
-from tessera.core.quota import QuotaTree, QuotaUsage
+from tessera.core.quota import QuotaTree, QuotaUsage, equivalent, reference_of
 from tessera.core.snapshot import ClusterSnapshot
 
 #: every quota refusal starts with this (the engine reports it as a wait for quota)
@@ -62,6 +62,21 @@ def _per_type(snapshot: ClusterSnapshot, workload: Workload, nodes: Iterable[str
         node = snapshot.nodes.get(name)
         if node is not None and node.accelerator_type and milli:
             out[node.accelerator_type] += milli
+    return _with_equivalents(snapshot, workload, out)
+
+
+def _with_equivalents(snapshot: ClusterSnapshot, workload: Workload, per_type: Counter[str]) -> Counter[str]:
+    """``per_type`` plus, for every normalized quota of the tree, what it counts as there:
+    each type's milli x the workload's throughput on it over its throughput on the reference."""
+    tree = snapshot.quotas
+    if tree is None or not tree.references:
+        return per_type
+    out = Counter({t: m for t, m in per_type.items() if reference_of(t) is None})
+    for reference in tree.references:
+        base = workload.throughput_on(reference)
+        out[equivalent(reference)] = sum(
+            round(m * workload.throughput_on(t) / base) if base > 0 else m for t, m in out.items()
+            if reference_of(t) is None)
     return out
 
 
@@ -90,8 +105,8 @@ def placement_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Wo
 def gang_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, accelerator_type: str,
                  replicas: int) -> str:
     """Why ``replicas`` of ``workload`` on ``accelerator_type`` would break its queue's quota ("" if not)."""
-    return _quota_problem(snapshot, usage, workload,
-                          Counter({accelerator_type: replicas * workload.demand.accelerator_milli}))
+    return _quota_problem(snapshot, usage, workload, _with_equivalents(
+        snapshot, workload, Counter({accelerator_type: replicas * workload.demand.accelerator_milli})))
 
 
 def _quota_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, per_type: Counter[str]) -> str:
@@ -256,7 +271,7 @@ def normalised_use(snapshot: ClusterSnapshot) -> dict[str, int]:
 def fair_share(tree: QuotaTree, use: Mapping[str, int], name: str) -> float:
     """A queue's share: its (and its descendants') normalised use over its weight x its
     quota of all types; 1 = it uses its whole quota at full speed (0 without quota)."""
-    quota = sum(tree.quota(name, t) for t in {t for q in tree.queues.values() for t in q.quotas})
+    quota = sum(tree.quota(name, t) for t in tree.accelerator_types)
     if quota <= 0:
         return 0.0
     subtree = [name]

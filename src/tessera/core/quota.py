@@ -21,7 +21,8 @@ names has quota 0 there: its workloads cannot use it.  Workloads whose queue is 
 the tree (``""``: no queue) are not limited (a cluster without queues works as before).
 
 Usage is counted in milli-accelerators (a shared replica counts its fraction); quotas are
-given in whole accelerators.  :meth:`QuotaTree.why_not` answers whether one more
+given in whole accelerators.  A quota in normalized units ("<type>-equivalent", see
+:func:`equivalent`) is one more key with the same rules.  :meth:`QuotaTree.why_not` answers whether one more
 reservation fits; :class:`QuotaUsage` is the mutable tally a plan validation keeps.
 """
 
@@ -34,6 +35,22 @@ from types import MappingProxyType
 
 MILLI = 1000
 _NO_QUOTAS: Mapping[str, TypeQuota] = MappingProxyType({})
+
+#: a quota in normalized units is kept under the key "<reference type>-equivalent" (e.g.
+#: "H100-equivalent") beside the accelerator types, with the same rules: a replica on a type
+#: counts its accelerators x its workload's throughput there over its throughput on the
+#: reference type (tessera.core.admission)
+EQUIVALENT = "-equivalent"
+
+
+def equivalent(reference: str) -> str:
+    """The quota key of ``reference``-equivalents."""
+    return f"{reference}{EQUIVALENT}"
+
+
+def reference_of(key: str) -> str | None:
+    """The reference type of an equivalents key (None for an accelerator type)."""
+    return key[: -len(EQUIVALENT)] if key.endswith(EQUIVALENT) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +142,10 @@ class QuotaTree:
         self.children: Mapping[str, tuple[str, ...]] = MappingProxyType(
             {k: tuple(sorted(v)) for k, v in children.items()})
         types = {t for q in self.queues.values() for t in q.quotas}
+        #: reference types of the normalized quotas some queue of the forest sets
+        self.references: tuple[str, ...] = tuple(sorted(r for t in types if (r := reference_of(t))))
+        #: the accelerator types some queue has a quota of (without the equivalents)
+        self.accelerator_types: tuple[str, ...] = tuple(sorted(t for t in types if reference_of(t) is None))
         self._quota: dict[tuple[str, str], int] = {}
         for t in types:
             for root in self.children.get("", ()):

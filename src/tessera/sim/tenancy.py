@@ -47,7 +47,8 @@ class QueueSpec(_Strict):
 
     name: str
     parent: str = ""
-    #: accelerator type -> nominal accelerators, or the full quota
+    #: accelerator type -> nominal accelerators, or the full quota; a key "<type>-equivalent"
+    #: is a quota in normalized units (docs/queues.md)
     quotas: dict[str, int | TypeQuotaSpec] = {}
     weight: float = Field(default=1.0, gt=0)
 
@@ -89,7 +90,7 @@ class QueueObserver(Observer):
     def __init__(self, tree: QuotaTree) -> None:
         self.tree = tree
         self.leaves = sorted(n for n in tree.queues if tree.is_leaf(n))
-        self.types = sorted({t for q in tree.queues.values() for t in q.quotas})
+        self.types = list(tree.accelerator_types)  # not the normalized quotas
         self._last = 0.0
         self._jain_time = 0.0
         self._jain_sum = 0.0

@@ -9,7 +9,9 @@ linear constraints on the model's ``units`` variables, per accelerator type ``t`
 * under every parent ``P``: ``sum over children C of max(0, U(C) - guaranteed(C)) <=
   nominal(P) + sum lend(C) + max(0, U(P) - quota(P))`` (the last term only below a root);
 * a rule the running work already breaks (a quota lowered under it) takes nothing more
-  under that queue, as :meth:`QuotaTree.why_not` refuses it.
+  under that queue, as :meth:`QuotaTree.why_not` refuses it;
+* a normalized quota ("<type>-equivalent") has the same rows, each unit counted by its
+  workload's speed on the pool's type over its speed on the reference type.
 
 So the model never proposes a set of placements the engine's quota check would cut:
 two gangs that each fit a queue's quota alone but not together are decided between in
@@ -34,7 +36,7 @@ from ortools.sat.python import cp_model
 
 from tessera.core import ClusterSnapshot
 from tessera.core.admission import normalised_use, quota_usage, relative_speed
-from tessera.core.quota import MILLI, QuotaTree, QuotaUsage, TypeQuota
+from tessera.core.quota import MILLI, QuotaTree, QuotaUsage, TypeQuota, equivalent
 from tessera.solver.instance import PlacementInstance
 from tessera.solver.limits import upper_bound
 
@@ -84,6 +86,10 @@ class QuotaTerms:
             milli = gang.unit_demand_milli
             added[(w.queue, t)].append((milli, var))
             valued[w.queue].append((round(milli * relative_speed(w, t)), var))
+            for reference in tree.references:  # normalized quotas: what a unit counts as there
+                base = w.throughput_on(reference)
+                added[(w.queue, equivalent(reference))].append(
+                    (round(milli * w.throughput_on(t) / base) if base > 0 else milli, var))
         types = sorted({t for _, t in added})
         for t in types:
             under = self._under(added, t)
@@ -164,7 +170,7 @@ class QuotaTerms:
         tree = self.state.tree
         rows = []
         for queue, terms in valued.items():
-            quota = sum(tree.quota(queue, t) for t in tree.queues[queue].quotas)
+            quota = sum(tree.quota(queue, t) for t in tree.accelerator_types)
             if quota <= 0:
                 continue  # no quota of its own: no share to be fair about
             rows.append((queue, terms, max(1, round(100 * tree.queues[queue].weight)) * quota))
