@@ -88,3 +88,20 @@ def test_the_shipped_multi_tenant_scenario_queues_every_job():
     assert min(speeds) < 0.2 and max(speeds) > 1.0  # K80: far slower for most, faster for Recommendation
     other, _ = scenario.workloads(1)
     assert [w.workload.attributes["job_type"] for w in other] != [w.workload.attributes["job_type"] for w in workloads]
+
+
+def test_a_lender_whose_borrowers_are_inside_their_minimum_runtime_gets_its_quota_when_it_ends():
+    # b's job arrives 10 s after a's borrowers started, inside their 600 s before reclaim;
+    # nothing else happens for 10 h, yet the simulator cycles again when the 600 s are up
+    def job(key: str, queue: str, at: float, hours: float) -> object:
+        w = job_workload(key, at, hours * HOUR, 8, accelerator_types=("H100",))
+        return dataclasses.replace(w, workload=dataclasses.replace(w.workload, queue=queue))
+
+    workloads = [job("a1", "a", 0.0, 10), job("a2", "a", 0.0, 10), job("b1", "b", 10.0, 2)]
+    observer = QueueObserver(tree())
+    sim = Simulator(nodes("h", 2, "H100", 8), workloads, load_policy("best-fit"), SimConfig(quotas=tree()),
+                    observers=[observer])
+    sim.engine.reclaim_min_runtime_seconds = 600.0
+    sim.run()
+    assert observer.report(sim)["below_nominal_pending_seconds_max"] == 590.0
+    assert sim.jobs["b1"].first_start == 600.0

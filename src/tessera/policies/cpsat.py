@@ -272,7 +272,8 @@ class CpSat:
         if seed is not None:
             seed_score = score_placements(instance, snapshot.ledger(), seed_placements)
             stats["seed_score"] = seed_score
-            if packed is None or seed_score > stats["cpsat_score"]:
+            if packed is None or (seed_score > stats["cpsat_score"]
+                                  and not quota_problem(snapshot, instance, seed_placements)):
                 chosen_by, ledger = seed_label, snapshot.ledger()
                 demand = {w.key: w.demand for w in ordered}
                 for key, replicas in seed_placements.items():

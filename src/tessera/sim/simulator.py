@@ -333,6 +333,8 @@ class Simulator:
         #: cycles run at the current instant (a policy that stops and restarts the same
         #: work at one instant would otherwise keep the clock from ever moving on)
         self._instant = (-1.0, 0)
+        #: when a cycle is due for a borrower's minimum runtime to have passed (reclaim)
+        self._reclaim_wake = -1.0
         self._stopped = False
         round_seconds = self.config.round_seconds
         if round_seconds is None:
@@ -726,6 +728,7 @@ class Simulator:
         for obs in self.observers:
             obs.on_cycle(self, result)
         plan = result.plan
+        self._wake_for_reclaim(result)
         # room freed by preemptions or shrinking is offered once more at the same instant
         if (
             (plan.preemptions or any(rs.remove for rs in plan.resizes))
@@ -735,6 +738,19 @@ class Simulator:
             self._followup_at = self.now_seconds
             self.queue.push(self.now_seconds, ev.SCHEDULE)
             self._cycle_at = self.now_seconds
+
+    def _wake_for_reclaim(self, result: CycleResult) -> None:
+        """Work waits for quota while borrowers are inside their minimum runtime before
+        reclaim: cycle again when the first of them is past it, as the operator's periodic
+        loop would, instead of at the next arrival or completion."""
+        if self.config.quotas is None or not any("quota" in why for why in result.waiting.values()):
+            return
+        until = self.engine.reclaim_min_runtime_seconds
+        soon = min((t for a in self._allocs.values()
+                    if (t := a.stable_since_seconds + until) > self.now_seconds), default=None)
+        if soon is not None and math.isfinite(soon) and soon != self._reclaim_wake:
+            self._reclaim_wake = soon
+            self.queue.push(soon, ev.SCHEDULE)
 
     def _expose_remaining_seconds(self) -> None:
         """Write each running training job's remaining run time into its workload attributes.
