@@ -158,8 +158,9 @@ def main(argv: list[str]) -> int:
         "Time-weighted Jain index over the queues with demand of use / (weight x quota); below-nominal: the "
         "longest stretch a queue sat below its quota with a pending job that fitted its own quota of one type. "
         "Reclaim off = the minimum runtime before reclaim beyond the run. The simulator carries a preemption and "
-        "the placement it makes room for out at the same instant (issue #18), so with reclaim the stretch is 0: "
-        f"in the operator it is the victim's termination plus a cycle. Plot: {args.name}.png."))
+        "the placement it makes room for out at the same instant (issue #18), so with reclaim the stretch is at "
+        "most the minimum runtime before reclaim (60 s): in the operator it is the victim's termination plus a "
+        f"cycle. Plot: {args.name}.png."))
     return 0
 
 
