@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement, Workload
-from tessera.core.admission import placement_problem, quota_usage, take
+from tessera.core.admission import give, placement_problem, quota_usage, take
 from tessera.core.quota import Queue, QuotaTree, TypeQuota
 from tessera.policies.cpsat import CpSat
 from tessera.policy import PolicyContext
@@ -155,6 +155,27 @@ def test_cpsat_never_proposes_placements_the_engine_s_quota_check_refuses(
     plan = CpSat(preemption=False, moves=False).decide(
         snapshot, pending, PolicyContext(now_seconds=0.0, time_budget_seconds=10.0, deterministic=True))
     usage = quota_usage(snapshot)
+    by_key = {w.key: w for w in pending}
+    for placement in plan.placements:
+        nodes_used = [a.node for a in placement.replicas]
+        assert placement_problem(snapshot, usage, by_key[placement.workload], nodes_used) == ""
+        take(snapshot, usage, by_key[placement.workload], nodes_used)
+
+
+@settings(max_examples=40, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_case())
+def test_cpsat_s_round_mode_never_proposes_placements_the_engine_s_quota_check_refuses(
+        case: tuple[QuotaTree, list[Allocation], list[Workload]]) -> None:
+    tree, running, pending = case
+    running = [dataclasses.replace(a, started_at_seconds=-3600.0) for a in running]  # movable this round
+    snapshot = ClusterSnapshot([*nodes("h", 4, "H100", 8), *nodes("a", 4, "A100", 8)], running, quotas=tree)
+    plan = CpSat(round_seconds=60.0).decide(
+        snapshot, pending, PolicyContext(now_seconds=0.0, time_budget_seconds=10.0, deterministic=True))
+    usage = quota_usage(snapshot)
+    for stop in plan.preemptions:  # what the round stops gives its quota back
+        allocation = snapshot.allocations[stop.workload]
+        give(snapshot, usage, allocation.workload, [rp.node for rp in allocation.replicas])
     by_key = {w.key: w for w in pending}
     for placement in plan.placements:
         nodes_used = [a.node for a in placement.replicas]

@@ -248,16 +248,20 @@ def relative_speed(workload: Workload, accelerator_type: str) -> float:
     return here / best if best > 0 and here > 0 else 1.0
 
 
-def normalised_use(snapshot: ClusterSnapshot) -> dict[str, int]:
+def normalised_use(snapshot: ClusterSnapshot, exclude: Iterable[str] = ()) -> dict[str, int]:
     """Leaf queue -> milli-accelerators in use, each weighted by its workload's speed there
     relative to its fastest type (Gavel's normalised throughput: an hour of K80 is worth
-    0.15 of a V100-hour to a ResNet, a whole one to a job as fast on both)."""
+    0.15 of a V100-hour to a ResNet, a whole one to a job as fast on both); ``exclude``:
+    allocations left out (by key)."""
     tree = snapshot.quotas
     out: dict[str, int] = {}
     if tree is None:
         return out
+    skip = set(exclude)
     for allocation in snapshot.allocations.values():
         w = allocation.workload
+        if allocation.key in skip:
+            continue
         if w.queue not in tree.queues:
             continue
         for replica in allocation.replicas:

@@ -42,7 +42,15 @@ from tessera.core import (
 from tessera.core.service import attained_service, per_accelerator
 from tessera.policies.jct import fill_type
 from tessera.policy import PolicyContext
-from tessera.solver import RoundConfig, RoundJob, RoundModel, SolverLimits, config_value
+from tessera.solver import (
+    QueueState,
+    QuotaTerms,
+    RoundConfig,
+    RoundJob,
+    RoundModel,
+    SolverLimits,
+    config_value,
+)
 
 
 def _per_replica(workload: Workload) -> dict[str, int]:
@@ -194,7 +202,10 @@ class RoundPlanner:
                 # a job the last round stopped to move: its reserved room is its own
                 job.tier = len(priorities)
             jobs.append(job)
-        model = RoundModel(jobs, capacity)
+        # with queues, the round keeps to their quotas: what it re-decides counts by its choice
+        queues = QueueState.of(snapshot, exclude=running.keys())
+        workloads = {w.key: w for w in eligible} | {k: a.workload for k, a in running.items()}
+        model = RoundModel(jobs, capacity, QuotaTerms(queues, 0) if queues is not None else None, workloads)
         current = {a.key: (a.replicas[0].accelerator_type or "", len(a.replicas)) for a in running.values()}
         hint_objective = model.add_hint(current)
         budget = ctx.time_budget_seconds

@@ -29,19 +29,21 @@ weight x its quota (all types).  Raising the worst-off queue's share is worth as
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from tessera.core import ClusterSnapshot
-from tessera.core.admission import normalised_use, quota_usage, relative_speed
+from tessera.core import ClusterSnapshot, Workload
+from tessera.core.admission import give, normalised_use, quota_usage, relative_speed
 from tessera.core.quota import MILLI, QuotaTree, QuotaUsage, TypeQuota, equivalent
 from tessera.solver.instance import PlacementInstance
 from tessera.solver.limits import upper_bound
 
 #: the model's variables a quota row is written over: (coefficient, units variable)
 _Terms = list[tuple[int, cp_model.IntVar]]
+#: one variable's use: (workload, accelerator type, milli per unit of the variable, variable)
+Entry = tuple[Workload, str | None, int, cp_model.IntVar]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +56,18 @@ class QueueState:
     value: Mapping[str, int]
 
     @classmethod
-    def of(cls, snapshot: ClusterSnapshot) -> QueueState | None:
-        """The snapshot's queues (None without queues)."""
+    def of(cls, snapshot: ClusterSnapshot, exclude: Collection[str] = ()) -> QueueState | None:
+        """The snapshot's queues (None without queues); ``exclude``: running workloads the
+        model re-decides (their use is the model's, not a given)."""
         tree = snapshot.quotas
         if tree is None:
             return None
-        return cls(tree, quota_usage(snapshot), normalised_use(snapshot))
+        usage = quota_usage(snapshot)
+        for key in exclude:
+            allocation = snapshot.allocations.get(key)
+            if allocation is not None:
+                give(snapshot, usage, allocation.workload, [rp.node for rp in allocation.replicas])
+        return cls(tree, usage, normalised_use(snapshot, exclude))
 
 
 class QuotaTerms:
@@ -74,16 +82,21 @@ class QuotaTerms:
 
     def add(self, model: cp_model.CpModel, instance: PlacementInstance,
             units: Mapping[tuple[int, int], cp_model.IntVar], objective: list[tuple[int, cp_model.IntVar]]) -> None:
-        tree = self.state.tree
+        """The rows and term over the placement model's ``units[g, p]``."""
         pool_type = {p.index: p.accelerator_type for p in instance.pools}
+        self.add_entries(model, [(instance.gangs[g].workload, pool_type[p], instance.gangs[g].unit_demand_milli, var)
+                                 for (g, p), var in units.items()], objective)
+
+    def add_entries(self, model: cp_model.CpModel, entries: Iterable[Entry],
+                    objective: list[tuple[int, cp_model.IntVar]]) -> None:
+        """The rows and term over any model's variables: each entry is (workload, accelerator
+        type, milli-accelerators per unit of the variable, variable)."""
+        tree = self.state.tree
         added: dict[tuple[str, str], _Terms] = defaultdict(list)  # (leaf, type) -> milli terms
         valued: dict[str, _Terms] = defaultdict(list)  # leaf -> normalised milli terms
-        for (g, p), var in units.items():
-            gang = instance.gangs[g]
-            w, t = gang.workload, pool_type[p]
-            if not t or w.queue not in tree.queues or not w.demand.accelerator_milli:
+        for w, t, milli, var in entries:
+            if not t or w.queue not in tree.queues or not milli:
                 continue
-            milli = gang.unit_demand_milli
             added[(w.queue, t)].append((milli, var))
             valued[w.queue].append((round(milli * relative_speed(w, t)), var))
             for reference in tree.references:  # normalized quotas: what a unit counts as there

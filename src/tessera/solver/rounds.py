@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from tessera.core import Workload
 from tessera.solver.limits import SolveOutcome, SolverLimits, run_solver
+from tessera.solver.quota import QuotaTerms
 
 #: objective units per unit of weighted speedup (CP-SAT needs integers)
 VALUE_SCALE = 100_000
@@ -82,9 +84,12 @@ class RoundChoice:
 class RoundModel:
     """Which configuration each job runs in during the next round (see the module docstring)."""
 
-    def __init__(self, jobs: Sequence[RoundJob], capacity: Mapping[str, Mapping[str, int]]) -> None:
+    def __init__(self, jobs: Sequence[RoundJob], capacity: Mapping[str, Mapping[str, int]],
+                 queues: QuotaTerms | None = None, workloads: Mapping[str, Workload] | None = None) -> None:
         """``capacity``: accelerator type -> dimension -> room for the jobs given (whatever
-        other work uses is already taken out)."""
+        other work uses is already taken out).  ``queues`` (with ``workloads``, key ->
+        workload): the queues' quota rows (:mod:`tessera.solver.quota`) over the chosen
+        configurations, the running jobs of the round counted by their choice only."""
         self.jobs = list(jobs)
         self.capacity = capacity
         self.model = cp_model.CpModel()
@@ -93,6 +98,12 @@ class RoundModel:
         self._add_variables()
         self._add_one_config()
         self._add_type_capacity()
+        if queues is not None and workloads is not None:
+            objective: list[tuple[int, cp_model.IntVar]] = []  # the quota rows only (fair share: 0)
+            queues.add_entries(self.model, [
+                (workloads[self.jobs[j].key], self.jobs[j].configs[c].accelerator_type,
+                 self.jobs[j].configs[c].replicas * workloads[self.jobs[j].key].demand.accelerator_milli, var)
+                for (j, c), var in self.choice.items() if self.jobs[j].key in workloads], objective)
         self._set_objective()
         self.hint_objective: int | None = None
 
