@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -181,3 +182,18 @@ def test_cpsat_s_round_mode_never_proposes_placements_the_engine_s_quota_check_r
         nodes_used = [a.node for a in placement.replicas]
         assert placement_problem(snapshot, usage, by_key[placement.workload], nodes_used) == ""
         take(snapshot, usage, by_key[placement.workload], nodes_used)
+
+
+@pytest.mark.parametrize("rich", ["x", "y"])
+def test_round_mode_s_fair_share_gives_the_one_free_node_to_the_worse_off_queue(rich: str) -> None:
+    poor = "y" if rich == "x" else "x"
+    tree = QuotaTree([Queue("org"), Queue("x", "org", {"V100": TypeQuota(16)}), Queue("y", "org", {"V100": TypeQuota(16)})])
+    # the rich queue already runs 8 (not preemptible: the round keeps it); one node is free
+    held = Allocation(queued(gang("ns/held", 1, 8, ["V100"], preemptible=False), rich),
+                      (ReplicaPlacement(0, "v-0", "V100"),), started_at_seconds=-3600.0)
+    snapshot = ClusterSnapshot(nodes("v", 2, "V100", 8), [held], quotas=tree)
+    pending = [queued(gang("ns/x1", 1, 8, ["V100"], submitted=0), "x"),
+               queued(gang("ns/y1", 1, 8, ["V100"], submitted=0), "y")]
+    plan = CpSat(round_seconds=60.0).decide(
+        snapshot, pending, PolicyContext(now_seconds=0.0, time_budget_seconds=10.0, deterministic=True))
+    assert [p.workload for p in plan.placements] == [f"ns/{poor}1"]

@@ -72,6 +72,7 @@ from tessera.solver import (
     units_from_placements,
     victims_on,
 )
+from tessera.solver.rounds import VALUE_SCALE
 
 
 class CpSat:
@@ -153,6 +154,9 @@ class CpSat:
             round_seconds=round_seconds, service_scale_seconds=service_scale_seconds,
             restart_horizon_seconds=restart_horizon_seconds, min_run_seconds=min_run_seconds, limits=self._limits,
             resize_in_place=round_resize_in_place,
+            # the round model values a job at VALUE_SCALE where the placement model says
+            # weights.throughput: the same fair-share weight in its units
+            fair_share=self.weights.fair_share * VALUE_SCALE // max(1, self.weights.throughput),
         ) if round_seconds > 0 else None
         #: statistics of the last decision (see docs/cpsat.md, "Statistics")
         self.last_stats: dict[str, Any] = {}

@@ -112,8 +112,12 @@ class RoundPlanner:
         min_run_seconds: float,
         limits: Callable[[PolicyContext, float], SolverLimits],
         resize_in_place: bool = False,
+        fair_share: int = 0,
     ) -> None:
+        """``fair_share``: with queues, objective value per thousandth of the worst-off
+        queue's share (tessera.solver.quota), in the round model's units."""
         self.round_seconds = round_seconds
+        self.fair_share = fair_share
         self.service_scale_seconds = service_scale_seconds
         self.restart_horizon_seconds = restart_horizon_seconds
         self.min_run_seconds = min_run_seconds
@@ -205,7 +209,8 @@ class RoundPlanner:
         # with queues, the round keeps to their quotas: what it re-decides counts by its choice
         queues = QueueState.of(snapshot, exclude=running.keys())
         workloads = {w.key: w for w in eligible} | {k: a.workload for k, a in running.items()}
-        model = RoundModel(jobs, capacity, QuotaTerms(queues, 0) if queues is not None else None, workloads)
+        model = RoundModel(jobs, capacity, QuotaTerms(queues, self.fair_share) if queues is not None else None,
+                           workloads)
         current = {a.key: (a.replicas[0].accelerator_type or "", len(a.replicas)) for a in running.values()}
         hint_objective = model.add_hint(current)
         budget = ctx.time_budget_seconds

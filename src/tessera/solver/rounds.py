@@ -98,12 +98,13 @@ class RoundModel:
         self._add_variables()
         self._add_one_config()
         self._add_type_capacity()
+        #: objective terms beyond the configurations' values (the queues' fair share)
+        self._extra: list[tuple[int, cp_model.IntVar]] = []
         if queues is not None and workloads is not None:
-            objective: list[tuple[int, cp_model.IntVar]] = []  # the quota rows only (fair share: 0)
             queues.add_entries(self.model, [
                 (workloads[self.jobs[j].key], self.jobs[j].configs[c].accelerator_type,
                  self.jobs[j].configs[c].replicas * workloads[self.jobs[j].key].demand.accelerator_milli, var)
-                for (j, c), var in self.choice.items() if self.jobs[j].key in workloads], objective)
+                for (j, c), var in self.choice.items() if self.jobs[j].key in workloads], self._extra)
         self._set_objective()
         self.hint_objective: int | None = None
 
@@ -148,7 +149,10 @@ class RoundModel:
     def _set_objective(self) -> None:
         variables = list(self.choice)
         coefficients = [self.jobs[j].configs[c].value * self._tier_scale[self.jobs[j].tier] for j, c in variables]
-        self.model.maximize(cp_model.LinearExpr.weighted_sum([self.choice[k] for k in variables], coefficients))
+        # the fair share weighs like the lowest tier's values: it never outweighs priority
+        self.model.maximize(cp_model.LinearExpr.weighted_sum(
+            [self.choice[k] for k in variables] + [v for _, v in self._extra],
+            coefficients + [c for c, _ in self._extra]))
 
     def add_hint(self, keep: Mapping[str, tuple[str, int]]) -> int:
         """Hint: the given jobs in the given configurations, every other job idle.  Returns
