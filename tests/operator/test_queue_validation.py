@@ -81,10 +81,12 @@ def test_queues_are_cluster_scoped(crds: Any) -> None:
         (with_spec("a" * 64), ["metadata.name", "DNS-1123 label"]),
         (with_spec(normalizedQuota={"acceleratorType": "H100", "nominal": 2, "lendingLimit": 3}),
          ["spec.normalizedQuota.lendingLimit", "lendingLimit may not exceed nominal"]),
+        (with_spec(quotas=[{"acceleratorType": "H100-equivalent", "nominal": 2}]),
+         ["spec.quotas", "may not end in -equivalent"]),
     ],
     ids=["lending-over-nominal", "duplicate-type", "own-parent", "negative-nominal", "negative-borrowing",
          "no-type", "too-many-quotas", "zero-weight", "bad-parent", "bad-preemption", "dotted-name", "long-name",
-         "normalized-lending-over-nominal"],
+         "normalized-lending-over-nominal", "equivalent-as-a-type"],
 )
 def test_bad_queues_are_refused_naming_the_field(crds: Any, obj: dict[str, Any], needles: list[str]) -> None:
     proc = dry_run(crds, obj)

@@ -90,6 +90,7 @@ def test_bad_quotas_are_refused_naming_the_field(quota: dict[str, Any], needle: 
         ({"quotas": [{"acceleratorType": "H100"}, {"acceleratorType": "H100", "nominal": 2}]},
          "spec.quotas lists an acceleratorType twice"),
         ({"quotas": [{"acceleratorType": f"t{i}"} for i in range(MAX_QUEUE_QUOTAS + 1)]}, "quotas"),
+        ({"quotas": [{"acceleratorType": "H100-equivalent"}]}, "may not end in -equivalent"),
         ({"weight": 0}, "weight"),
         ({"weight": -1}, "weight"),
         ({"parent": "Org"}, "parent"),
@@ -233,8 +234,9 @@ def test_the_queue_crd_carries_the_cel_rules() -> None:
     [lending] = quotas["items"]["x-kubernetes-validations"]
     assert lending == {"rule": "!has(self.lendingLimit) || self.lendingLimit <= self.nominal",
                        "message": "lendingLimit may not exceed nominal", "fieldPath": ".lendingLimit"}
-    [unique] = quotas["x-kubernetes-validations"]
+    [unique, not_equivalent] = quotas["x-kubernetes-validations"]
     assert "exists_one" in unique["rule"] and unique["message"].startswith("spec.quotas")
+    assert "endsWith('-equivalent')" in not_equivalent["rule"]  # the key of a normalized quota
     assert quotas["maxItems"] == MAX_QUEUE_QUOTAS  # bounds the cost of the O(n^2) uniqueness rule
     assert quotas["items"]["properties"]["acceleratorType"]["maxLength"] == 63
     # root rules: the name (on create only, like the workloads') and parent != name

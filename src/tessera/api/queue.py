@@ -20,8 +20,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tessera.api.models import API_VERSION, MAX_TYPE_NAME_LENGTH, Condition, _cel, _Lenient, _Model
 from tessera.api.names import MAX_QUEUE_NAME_LENGTH, QUEUE_REFERENCE
+from tessera.core.quota import EQUIVALENT, TypeQuota, equivalent
 from tessera.core.quota import Queue as CoreQueue
-from tessera.core.quota import TypeQuota, equivalent
 
 #: most accelerator types one queue may set a quota for
 MAX_QUEUE_QUOTAS = 32
@@ -99,6 +99,9 @@ class QueueSpec(_Model):
             "x-kubernetes-validations": [
                 _cel("self.all(q, self.exists_one(r, r.acceleratorType == q.acceleratorType))",
                      "spec.quotas lists an acceleratorType twice"),
+                _cel("self.all(q, !q.acceleratorType.endsWith('-equivalent'))",
+                     "spec.quotas: an acceleratorType may not end in -equivalent (a quota in normalized units "
+                     "is spec.normalizedQuota)"),
             ]
         },
     )
@@ -128,6 +131,9 @@ class QueueSpec(_Model):
         types = [q.acceleratorType for q in self.quotas]
         if len(set(types)) != len(types):
             raise ValueError("spec.quotas lists an acceleratorType twice")
+        if any(t.endswith(EQUIVALENT) for t in types):
+            raise ValueError("spec.quotas: an acceleratorType may not end in -equivalent (a quota in normalized "
+                             "units is spec.normalizedQuota)")
         return self
 
 
