@@ -73,11 +73,21 @@ def _with_equivalents(snapshot: ClusterSnapshot, workload: Workload, per_type: C
         return per_type
     out = Counter({t: m for t, m in per_type.items() if reference_of(t) is None})
     for reference in tree.references:
-        base = workload.throughput_on(reference)
-        out[equivalent(reference)] = sum(
-            round(m * workload.throughput_on(t) / base) if base > 0 else m for t, m in out.items()
-            if reference_of(t) is None)
+        out[equivalent(reference)] = sum(equivalent_milli(workload, t, m, reference) for t, m in out.items()
+                                         if reference_of(t) is None)
     return out
+
+
+def equivalent_milli(workload: Workload, accelerator_type: str, milli: int, reference: str) -> int:
+    """What ``milli`` of ``workload`` on ``accelerator_type`` counts as in ``reference``-equivalents:
+    x its throughput there over its throughput on the reference."""
+    base = workload.throughput_on(reference)
+    return round(milli * workload.throughput_on(accelerator_type) / base) if base > 0 else milli
+
+
+def _on_type(snapshot: ClusterSnapshot, workload: Workload, accelerator_type: str, replicas: int) -> Counter[str]:
+    return _with_equivalents(snapshot, workload,
+                             Counter({accelerator_type: replicas * workload.demand.accelerator_milli}))
 
 
 def _limited(snapshot: ClusterSnapshot, workload: Workload) -> bool:
@@ -105,8 +115,15 @@ def placement_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Wo
 def gang_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, accelerator_type: str,
                  replicas: int) -> str:
     """Why ``replicas`` of ``workload`` on ``accelerator_type`` would break its queue's quota ("" if not)."""
-    return _quota_problem(snapshot, usage, workload, _with_equivalents(
-        snapshot, workload, Counter({accelerator_type: replicas * workload.demand.accelerator_milli})))
+    return _quota_problem(snapshot, usage, workload, _on_type(snapshot, workload, accelerator_type, replicas))
+
+
+def take_gang(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, accelerator_type: str,
+              replicas: int) -> None:
+    """Count ``replicas`` of ``workload`` on ``accelerator_type`` as used (nodes not chosen yet)."""
+    if _limited(snapshot, workload):
+        for t, milli in _on_type(snapshot, workload, accelerator_type, replicas).items():
+            usage.add(workload.queue, t, milli)
 
 
 def _quota_problem(snapshot: ClusterSnapshot, usage: QuotaUsage, workload: Workload, per_type: Counter[str]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tessera.core import Allocation, CapacityLedger, ClusterSnapshot, ReplicaAssignment
-from tessera.core.admission import admit, give, placement_problem, quota_usage, take
+from tessera.core.admission import admit, give, placement_problem, quota_usage, take, take_gang
 from tessera.core.quota import QuotaUsage
 from tessera.solver import MoveCandidate, PlacementInstance, node_fullness
 
@@ -90,9 +90,6 @@ def quota_allows_move(snapshot: ClusterSnapshot, usage: QuotaUsage, allocation: 
     (``usage`` is updated when it does)."""
     if destination not in _offered(snapshot, usage, allocation):
         return False
-    nodes = [rp.node for rp in allocation.replicas]
-    give(snapshot, usage, allocation.workload, nodes)
-    node = next((n.name for n in snapshot.nodes.values() if n.accelerator_type == destination), None)
-    if node is not None:
-        take(snapshot, usage, allocation.workload, [node] * len(nodes))
+    give(snapshot, usage, allocation.workload, [rp.node for rp in allocation.replicas])
+    take_gang(snapshot, usage, allocation.workload, destination, len(allocation.replicas))
     return True

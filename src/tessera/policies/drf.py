@@ -19,14 +19,13 @@ DominantResourceFairnessPolicy, Volcano's ``drf`` plugin), on Tessera's quota ru
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter, defaultdict, deque
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from tessera.core import AcceleratorOption, ClusterSnapshot, Placement, Plan, Workload, explain_unfit
-from tessera.core.admission import gang_problem, quota_usage, take
-from tessera.policies.gang import place_gang, queue_order
+from tessera.core import ClusterSnapshot, Placement, Plan, Workload, explain_unfit
+from tessera.core.admission import quota_usage
+from tessera.policies.gang import place_on_first_flavor, queue_order
 from tessera.policy import Decision, PolicyContext
 
 
@@ -74,23 +73,15 @@ class DominantResourceFairness:
             workload = queues[queue].popleft()
             if not queues[queue]:
                 del queues[queue]
-            replicas = max(1, workload.target_replicas)
             allowed = sorted({o.accelerator_type for o in workload.options} or present)
-            need = replicas * workload.demand.accelerator_milli
+            need = max(1, workload.target_replicas) * workload.demand.accelerator_milli
             order = sorted((t for t in allowed if t in present),
                            key=lambda t: (dominant(queue, {t: need}), t))
-            chosen = None
-            for flavor in order:
-                if gang_problem(snapshot, usage, workload, flavor, replicas):
-                    continue
-                one = dataclasses.replace(workload, options=(AcceleratorOption(flavor, workload.throughput_on(flavor)),))
-                chosen = place_gang(ledger, one)
-                if chosen is not None:
-                    used[queue][flavor] += len(chosen) * workload.demand.accelerator_milli
-                    break
-            if chosen is None:
+            found = place_on_first_flavor(snapshot, ledger, usage, workload, order)
+            if found is None:
                 unplaced[workload.key] = explain_unfit(ledger, workload)
                 continue
-            take(snapshot, usage, workload, [a.node for a in chosen])
+            flavor, chosen = found
+            used[queue][flavor] += len(chosen) * workload.demand.accelerator_milli
             placements.append(Placement(workload.key, chosen, reason="drf: lowest dominant share first"))
         return Plan(placements=tuple(placements), unplaced=unplaced)

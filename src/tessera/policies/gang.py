@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 
-from tessera.core import CapacityLedger, ReplicaAssignment, Spread, Workload
+from tessera.core import (
+    AcceleratorOption,
+    CapacityLedger,
+    ClusterSnapshot,
+    ReplicaAssignment,
+    Spread,
+    Workload,
+)
+from tessera.core.admission import gang_problem, take
+from tessera.core.quota import QuotaUsage
 
 #: score(ledger, node_name, workload) -> lower is better
 NodeScore = Callable[[CapacityLedger, str, Workload], float]
@@ -101,3 +111,20 @@ def _release(ledger: CapacityLedger, workload: Workload, assignments: Sequence[R
 def queue_order(pending: Sequence[Workload]) -> list[Workload]:
     """Priority first, then submission time, then key (a total, deterministic order)."""
     return sorted(pending, key=lambda w: (-w.priority, w.submitted_at_seconds, w.key))
+
+
+def place_on_first_flavor(snapshot: ClusterSnapshot, ledger: CapacityLedger, usage: QuotaUsage, workload: Workload,
+                          flavors: Iterable[str]) -> tuple[str, tuple[ReplicaAssignment, ...]] | None:
+    """The first of ``flavors`` (accelerator types, in the caller's order) whose quota admits the
+    whole gang and where it has room: the gang reserved there on ``ledger`` and counted in
+    ``usage``; None when none does (the quota-aware baselines' admission step)."""
+    replicas = max(1, workload.target_replicas)
+    for flavor in flavors:
+        if gang_problem(snapshot, usage, workload, flavor, replicas):
+            continue  # no quota for it on this flavor: the next one
+        one = dataclasses.replace(workload, options=(AcceleratorOption(flavor, workload.throughput_on(flavor)),))
+        chosen = place_gang(ledger, one)
+        if chosen is not None:
+            take(snapshot, usage, workload, [a.node for a in chosen])
+            return flavor, chosen
+    return None

@@ -16,13 +16,12 @@ Without queues it is first-flavor-that-fits by type name.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
-from tessera.core import AcceleratorOption, ClusterSnapshot, Placement, Plan, Workload, explain_unfit
-from tessera.core.admission import gang_problem, quota_usage, take
-from tessera.policies.gang import place_gang, queue_order
+from tessera.core import ClusterSnapshot, Placement, Plan, Workload, explain_unfit
+from tessera.core.admission import quota_usage
+from tessera.policies.gang import place_on_first_flavor, queue_order
 from tessera.policy import Decision, PolicyContext
 
 
@@ -41,21 +40,12 @@ class KueueLike:
         unplaced: dict[str, str] = {}
         for workload in queue_order(pending):
             allowed = {o.accelerator_type for o in workload.options} or set(present)
-            chosen = None
-            for flavor in self._flavors(snapshot, workload, present):
-                if flavor not in allowed:
-                    continue
-                if gang_problem(snapshot, usage, workload, flavor, max(1, workload.target_replicas)):
-                    continue  # no quota for it on this flavor: the next one
-                one = dataclasses.replace(workload, options=(AcceleratorOption(flavor, workload.throughput_on(flavor)),))
-                chosen = place_gang(ledger, one)
-                if chosen is not None:
-                    break
-            if chosen is None:
+            flavors = [f for f in self._flavors(snapshot, workload, present) if f in allowed]
+            found = place_on_first_flavor(snapshot, ledger, usage, workload, flavors)
+            if found is None:
                 unplaced[workload.key] = explain_unfit(ledger, workload)
                 continue
-            take(snapshot, usage, workload, [a.node for a in chosen])
-            placements.append(Placement(workload.key, chosen, reason="kueue-like: first flavor with quota and room"))
+            placements.append(Placement(workload.key, found[1], reason="kueue-like: first flavor with quota and room"))
         return Plan(placements=tuple(placements), unplaced=unplaced)
 
     @staticmethod

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from tessera.core import ClusterSnapshot, Workload
-from tessera.core.admission import give, normalised_use, quota_usage, relative_speed
+from tessera.core.admission import equivalent_milli, give, normalised_use, quota_usage, relative_speed
 from tessera.core.quota import MILLI, QuotaTree, QuotaUsage, TypeQuota, equivalent
 from tessera.solver.instance import PlacementInstance
 from tessera.solver.limits import upper_bound
@@ -100,9 +100,7 @@ class QuotaTerms:
             added[(w.queue, t)].append((milli, var))
             valued[w.queue].append((round(milli * relative_speed(w, t)), var))
             for reference in tree.references:  # normalized quotas: what a unit counts as there
-                base = w.throughput_on(reference)
-                added[(w.queue, equivalent(reference))].append(
-                    (round(milli * w.throughput_on(t) / base) if base > 0 else milli, var))
+                added[(w.queue, equivalent(reference))].append((equivalent_milli(w, t, milli, reference), var))
         types = sorted({t for _, t in added})
         for t in types:
             under = self._under(added, t)
