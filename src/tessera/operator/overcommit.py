@@ -14,44 +14,28 @@ repaired by deleting someone else's pods.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from tessera.core import MILLI_PER_DEVICE
-from tessera.operator.views import NodeView, PodView, WorkloadView, pod_accelerators
-
-#: (pod uid, resourceVersion, resource name) -> accelerator milli-units: a pod's requests do not
-#: change without a new resourceVersion, so a steady cycle over thousands of pods parses none
-_MEMO: dict[tuple[str, str, str], int] = {}
-_MEMO_LIMIT = 200_000
+from tessera.core import MILLI_PER_DEVICE, ReplicaDemand
+from tessera.operator.views import NodeView, PodView, WorkloadView, external_demand
 
 
-def accelerator_milli(pod: PodView, node: NodeView) -> int:
-    """Accelerator milli-units ``pod`` holds on ``node``, counted as the kubelet counts them
-    (whole devices of the node's extended resource)."""
-    resource = node.discovery.resource_name or ""
-    key = (pod.uid, str((pod.raw.get("metadata") or {}).get("resourceVersion") or ""), resource)
-    milli = _MEMO.get(key) if pod.uid else None
-    if milli is None:
-        if len(_MEMO) >= _MEMO_LIMIT:
-            _MEMO.clear()
-        milli = pod_accelerators(pod.raw, resource) * MILLI_PER_DEVICE
-        if pod.uid:
-            _MEMO[key] = milli
-    return milli
-
-
-def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Mapping[str, NodeView]) -> dict[str, str]:
+def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Mapping[str, NodeView],
+              demand: Callable[[PodView, NodeView], ReplicaDemand] | None = None) -> dict[str, str]:
     """Roll back the latest Tessera workloads on nodes over their accelerator allocatable.
 
     ``views`` are the reconciled workloads (their ``pods`` are Tessera's bound pods),
     ``bound`` every pod bound to a node. Sets ``rollback_reason`` on the workloads it steps
     back and returns node -> a warning for nodes still over it (from pods that are not Tessera's).
+    ``demand``: what a pod takes from its node (default: parsed from the pod; the state
+    builder passes its memo's, so a steady cycle over thousands of pods parses none).
     """
+    demand = demand or (lambda pod, node: external_demand(pod.raw, node.discovery.resource_name))
     used: dict[str, int] = {}
     for pod in bound:
         node = nodes.get(pod.node_name)
         if node is not None and not pod.finished:
-            used[pod.node_name] = used.get(pod.node_name, 0) + accelerator_milli(pod, node)
+            used[pod.node_name] = used.get(pod.node_name, 0) + demand(pod, node).accelerators * MILLI_PER_DEVICE
     # against what the kubelet enforces (the resource's allocatable), not Tessera's own count
     # (a label may say 8 GPUs where a time-slicing device plugin advertises 32)
     capacity_of = {name: (nodes[name].allocatable_devices or 0) * MILLI_PER_DEVICE for name in used
@@ -82,7 +66,7 @@ def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Ma
                 "there and are placed again")
             for pod in view.pods:  # all its pods go, on every node
                 if pod.node_name in used and (target := nodes.get(pod.node_name)) is not None:
-                    used[pod.node_name] -= accelerator_milli(pod, target)
+                    used[pod.node_name] -= demand(pod, target).accelerators * MILLI_PER_DEVICE
         if used[name] > capacity:
             warnings[name] = (f"holds {used[name] / MILLI_PER_DEVICE:g} accelerators for its "
                               f"{capacity // MILLI_PER_DEVICE} from pods Tessera does not manage")

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TypeVar
 
-from tessera.core import Allocation, Placement, ReplicaPlacement, Spread, Workload
+from tessera.core import Allocation, ClusterSnapshot, Placement, ReplicaPlacement, Spread, Workload
 from tessera.engine import CycleResult, Engine
 from tessera.operator.actuator import Actuator, CycleReport
 from tessera.operator.admission import Admission
@@ -42,6 +42,7 @@ from tessera.operator.executable import executable_placements, old_pods_going
 from tessera.operator.faults import NO_FAULTS, FaultHooks
 from tessera.operator.kube import KubeError
 from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
+from tessera.operator.memo import StateMemo
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.ports import KubePort
 from tessera.operator.queues import DEFAULT_QUEUE, QueueReporter, count_admission, count_reclaim, queue_tree
@@ -170,6 +171,10 @@ class Scheduler:
         #: others first (as kube-scheduler's unschedulable queue), so a blocked head of the
         #: queue never starves what could run behind it
         self._unschedulable: frozenset[str] = frozenset()
+        #: what the last cycle derived from unchanged objects, and its snapshot: a cycle's
+        #: state costs what changed (tessera.operator.memo)
+        self._memo = StateMemo()
+        self._snapshot: ClusterSnapshot | None = None
 
     # --- the loop ------------------------------------------------------------------
 
@@ -279,7 +284,10 @@ class Scheduler:
         now = self.clock()
         state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces,
                             queues=queues, namespace_labels=labels, default_queue=self.default_queue,
-                            classes=priority_classes(self.kube.list_priority_classes()))
+                            classes=priority_classes(self.kube.list_priority_classes()),
+                            memo=self._memo, previous=self._snapshot)
+        self._memo.sweep()
+        self._snapshot = state.snapshot
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)

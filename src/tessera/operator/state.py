@@ -31,10 +31,12 @@ from tessera.core import (
     CapacityError,
     CapacityLedger,
     ClusterSnapshot,
+    ReplicaDemand,
     ReplicaPlacement,
     Workload,
     WorkloadKind,
 )
+from tessera.operator.memo import StateMemo
 from tessera.operator.overcommit import step_back
 from tessera.operator.queues import Queues, resolve_queue
 from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vocabulary)
@@ -48,6 +50,7 @@ from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vo
     external_demand,
     node_view,
     parse_timestamp,
+    parse_workload,
     pod_view,
     with_priority_class,
     workload_view,
@@ -88,6 +91,8 @@ def build_state(
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     default_queue: str = "",
     classes: Mapping[str, tuple[int, bool]] | None = None,
+    memo: StateMemo | None = None,
+    previous: ClusterSnapshot | None = None,
 ) -> ClusterState:
     """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
 
@@ -101,15 +106,22 @@ def build_state(
     ``keep_lost`` (an elastic policy runs): an ElasticJob's lost replicas stay in its
     allocation on a node that does not exist (:data:`LOST_NODE_PREFIX`), so the policy
     sees them lost and reshards, instead of being dropped or rolling the gang back here.
+
+    ``memo`` and ``previous`` (the operator's loop passes its last cycle's): what is
+    derived from objects that did not change, and the free capacity of nodes whose
+    allocations did not change, are reused (:mod:`tessera.operator.memo`); the result is
+    the same as without them.
     """
-    node_views = {v.node.name: v for v in (node_view(n) for n in nodes)}
+    memo = memo or StateMemo()
+    derive = _Derive(memo)
+    node_views = {v.node.name: v for v in (derive.node(n) for n in nodes)}
     views: dict[str, WorkloadView] = {}
     by_uid: dict[str, WorkloadView] = {}
     live = [(kind, raw) for kind, raw in workloads if not raw.get("metadata", {}).get("deletionTimestamp")
             and (not namespaces or raw.get("metadata", {}).get("namespace", "default") in namespaces)]
     # the delete handler removes a deleted workload's pods; they still hold capacity until gone
     for kind, raw in sorted(live, key=_age):
-        view = workload_view(kind, raw)
+        view = derive.workload(kind, raw)
         if classes:
             with_priority_class(view, classes)  # the template's PriorityClass sets its priority
         if view.workload is not None and queues is not None and queues.tree is not None:
@@ -128,7 +140,7 @@ def build_state(
             views[view.key] = view
         by_uid[view.uid] = view
 
-    pod_views = [pod_view(p) for p in pods]
+    pod_views = [derive.pod(p) for p in pods]
     external: list[PodView] = []
     orphans: list[PodView] = []
     leaving: list[PodView] = []
@@ -167,7 +179,7 @@ def build_state(
     # a node over its allocatable (another scheduler bound to the same devices): the latest
     # Tessera workloads there are rolled back and placed again
     overcommitted = step_back(views.values(), [p for p in pod_views if p.node_name and not p.terminating],
-                              node_views)
+                              node_views, derive.demand)
     for view in views.values():
         if view.workload is None:
             continue
@@ -187,7 +199,7 @@ def build_state(
             continue
         if view.placement or view.lost:
             allocations.append(_allocation(view, node_views, now_seconds))
-            allocations.extend(_drift(view, node_views))
+            allocations.extend(_drift(view, node_views, derive))
             extra = _scale_up(view)
             if extra is not None:
                 pending.append(extra)
@@ -197,11 +209,11 @@ def build_state(
             pending_owner[view.workload.key] = view.key
 
     # capacity held by pods Tessera does not manage (or no longer manages)
-    allocations.extend(_held(pod, node_views) for pod in external)
+    allocations.extend(derive.held(pod, node_views) for pod in external)
 
     # in-flight decisions keep their nodes only if those still have room
     tree = queues.tree if queues is not None else None
-    base = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree)
+    base = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree, previous=previous)
     ledger = base.ledger()
     for view in sorted(in_flight, key=lambda v: v.key):
         reason = _reserve(ledger, view, node_views)
@@ -210,12 +222,13 @@ def build_state(
             view.to_bind = []
             for pod in view.pods:  # deleted by the rollback; bound ones hold room until gone
                 if pod.node_name and pod not in view.to_delete:
-                    allocations.append(_held(pod, node_views))
+                    allocations.append(derive.held(pod, node_views))
                     leaving.append(pod)
         else:
             allocations.append(_allocation(view, node_views, now_seconds))
 
-    snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree)
+    snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree,
+                               previous=base) if in_flight else base
     warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
     for name, warning in overcommitted.items():
         warnings[name] = (*warnings.get(name, ()), warning)
@@ -230,7 +243,7 @@ def _age(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, str]:
     return (str(meta.get("creationTimestamp") or ""), kind, str(meta.get("uid") or ""))
 
 
-def _drift(view: WorkloadView, nodes: Mapping[str, NodeView]) -> list[Allocation]:
+def _drift(view: WorkloadView, nodes: Mapping[str, NodeView], derive: _Derive) -> list[Allocation]:
     """Count what runs, not what the spec says: a running pod that requests more than the
     workload's spec accounts for (the spec was edited while it runs, a second container or
     an init container asks for accelerators too) holds the excess on its node.  The view
@@ -242,7 +255,7 @@ def _drift(view: WorkloadView, nodes: Mapping[str, NodeView]) -> list[Allocation
         if not pod.node_name or pod.replica not in placed:
             continue
         nv = nodes.get(pod.node_name)
-        actual = external_demand(pod.raw, nv.discovery.resource_name if nv else None)
+        actual = derive.demand(pod, nv)
         if actual.accelerators != view.workload.demand.accelerators and not view.drift:
             view.drift = (f"its pods run with {actual.accelerators} accelerator(s) each while the spec now asks for "
                           f"{view.workload.demand.accelerators}: the change applies when the workload is placed "
@@ -256,14 +269,41 @@ def _drift(view: WorkloadView, nodes: Mapping[str, NodeView]) -> list[Allocation
     return out
 
 
-def _held(pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
-    """What a bound pod outside every live Tessera allocation takes from its node."""
-    nv = nodes.get(pod.node_name)
-    demand = external_demand(pod.raw, nv.discovery.resource_name if nv else None)
-    workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD, demand=demand,
-                        preemptible=False)
-    accel = nv.node.accelerator_type if nv else None
-    return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
+class _Derive:
+    """Views and allocations of listed objects, through a :class:`StateMemo`."""
+
+    def __init__(self, memo: StateMemo) -> None:
+        self.memo = memo
+
+    def node(self, raw: Mapping[str, Any]) -> NodeView:
+        return self.memo.nodes.get(_uid(raw), (raw,), lambda: node_view(raw))
+
+    def pod(self, raw: Mapping[str, Any]) -> PodView:
+        return self.memo.pods.get(_uid(raw), (raw,), lambda: pod_view(raw))
+
+    def workload(self, kind: str, raw: Mapping[str, Any]) -> WorkloadView:
+        return workload_view(kind, raw, self.memo.workloads.get(_uid(raw), (raw,), lambda: parse_workload(kind, raw)))
+
+    def demand(self, pod: PodView, nv: NodeView | None) -> ReplicaDemand:
+        """What ``pod`` takes from its node ``nv``, as Kubernetes counts it."""
+        return self.memo.demands.get(pod.uid, (pod.raw, nv), lambda: external_demand(
+            pod.raw, nv.discovery.resource_name if nv else None))
+
+    def held(self, pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
+        """What a bound pod outside every live Tessera allocation takes from its node."""
+        nv = nodes.get(pod.node_name)
+
+        def allocation() -> Allocation:
+            workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD,
+                                demand=self.demand(pod, nv), preemptible=False)
+            accel = nv.node.accelerator_type if nv else None
+            return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
+
+        return self.memo.held.get(pod.uid, (pod, nv), allocation)
+
+
+def _uid(raw: Mapping[str, Any]) -> str:
+    return str((raw.get("metadata") or {}).get("uid") or "")
 
 
 def _wants_replicas(view: WorkloadView) -> bool:

@@ -234,7 +234,12 @@ def parse_timestamp(value: str | None) -> float:
         return 0.0
 
 
-def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
+#: a workload's parsed spec: (model, error, workload); ``error`` set and ``workload`` None
+#: when the spec is refused
+ParsedWorkload = tuple[ElasticJob | InferenceService | None, str, Workload | None]
+
+
+def parse_workload(kind: str, raw: Mapping[str, Any]) -> ParsedWorkload:
     """Parse one object; a spec the models refuse is reported, not raised."""
     meta = raw.get("metadata", {})
     key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
@@ -244,18 +249,24 @@ def workload_view(kind: str, raw: Mapping[str, Any]) -> WorkloadView:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return WorkloadView(kind, raw, None, f"invalid {kind} ({where}): {first.get('msg')}", None)
+        return None, f"invalid {kind} ({where}): {first.get('msg')}", None
     try:
         if isinstance(model, ElasticJob):
             workload = elasticjob_workload(key, model.spec, submitted)
         else:
             workload = inferenceservice_workload(key, model.spec, submitted)
     except Exception as err:
-        return WorkloadView(kind, raw, model, f"invalid {kind}: {err}", None)
+        return model, f"invalid {kind}: {err}", None
     problem = accelerator_requests_problem(dict(model.spec.template.spec), model.spec.acceleratorsPerReplica)
     if problem:
-        return WorkloadView(kind, raw, model, f"invalid {kind}: {problem}", None)
-    return WorkloadView(kind, raw, model, "", with_decision_state(workload, model.status))
+        return model, f"invalid {kind}: {problem}", None
+    return model, "", with_decision_state(workload, model.status)
+
+
+def workload_view(kind: str, raw: Mapping[str, Any], parsed: ParsedWorkload | None = None) -> WorkloadView:
+    """The view of one object (``parsed``: its :func:`parse_workload`, when already known)."""
+    model, error, workload = parsed if parsed is not None else parse_workload(kind, raw)
+    return WorkloadView(kind, raw, model, error, workload)
 
 
 def with_decision_state(workload: Workload, status: WorkloadStatus) -> Workload:

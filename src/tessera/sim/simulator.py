@@ -256,6 +256,8 @@ class _SimSnapshot(ClusterSnapshot):
         self._free = free
         self.now_seconds = now_seconds
         self.quotas = quotas
+        self._inputs = allocations
+        self._on_node = None  # a snapshot built from this one counts every node (previous= needs it)
 
 
 class Simulator:
