@@ -131,6 +131,26 @@ def clear(cluster: Cluster, custom: bool, timeout_seconds: float = 600) -> None:
     raise RuntimeError("the namespace did not empty")
 
 
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION"})
+
+
+def requests(cluster: Cluster) -> dict[str, float]:
+    """kube-apiserver's request counts so far ("VERB resource/subresource" -> count, from
+    ``apiserver_request_total``): a run's difference over its pods is what each pod cost
+    in API calls, the client's creates included (kwok's pod status updates too)."""
+    out: dict[str, float] = {}
+    for line in cluster.kubectl("get", "--raw", "/metrics").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        pairs = (part.split("=", 1) for part in line[line.index("{") + 1:line.rindex("}")].split(",") if "=" in part)
+        labels = {k: v.strip('"') for k, v in pairs}
+        sub = labels.get("subresource", "")
+        key = f"{labels.get('verb', '')} {labels.get('resource', '')}{'/' + sub if sub else ''}" \
+            + (" (dry run)" if labels.get("dry_run") else "")
+        out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def start_kube_scheduler(cluster: Cluster, work: Path) -> subprocess.Popen[bytes]:
     config = work / "kube-scheduler.yaml"
     config.write_text(
@@ -170,14 +190,18 @@ def run(cluster: Cluster, work: Path, scheduler: str, pods: int, replicas: int, 
         else start_kube_scheduler(cluster, work)
     try:
         time.sleep(3)  # let it start and LIST before the burst (both get the same head start)
+        before = requests(cluster)
         started = create_burst(cluster, bodies, args.create_threads, custom)
         created = time.monotonic() - started
         seconds, first = wait_bound(cluster, pods, started, args.timeout_seconds)
+        writes = {k: round((v - before.get(k, 0)) / pods, 2) for k, v in requests(cluster).items()
+                  if k.split(" ")[0] in WRITE_VERBS and v - before.get(k, 0) >= 1}
     finally:
         stop(proc)
     record = {"scheduler": scheduler, "replicas_per_job": replicas, "nodes": nodes, "pods": pods,
               "seconds_to_all_bound": round(seconds, 2), "pods_per_second": round(pods / seconds, 1),
-              "first_bound_seconds": round(first, 2), "create_seconds": round(created, 2)}
+              "first_bound_seconds": round(first, 2), "create_seconds": round(created, 2),
+              "writes_per_pod": round(sum(writes.values()), 2), "writes_per_pod_by_request": writes}
     print(json.dumps(record), flush=True)
     clear(cluster, custom)
     return record

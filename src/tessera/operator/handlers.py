@@ -42,7 +42,9 @@ def wake(memo: Any) -> None:
 
 
 async def delete_pods(memo: Any, namespace: str, uid: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """Delete the workload's pods before the finalizer is released."""
+    """Delete the workload's pods when kopf reports its deletion (best effort: the handler is
+    optional, no finalizer waits for it; the loop deletes the pods of a workload that is
+    gone in any case, as orphans)."""
     kube: Kube = memo.kube
     try:
         count = await asyncio.to_thread(kube.delete_workload_pods, namespace, uid)

@@ -23,6 +23,9 @@ async def inferenceservice_changed(body: kopf.Body, type: str | None, memo: Any,
     wake(memo)
 
 
-@kopf.on.delete(GROUP, VERSION, InferenceService.plural)
+# optional: no finalizer (one write fewer per workload, and a deletion never waits for the
+# operator); kopf drops the finalizer older versions added.  The pods of a workload that is
+# gone are deleted by the scheduling loop (orphans) or by the garbage collector
+@kopf.on.delete(GROUP, VERSION, InferenceService.plural, optional=True)
 async def inferenceservice_deleted(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     await delete_pods(memo, body.metadata.namespace or "default", body.metadata.uid or "", logger)
