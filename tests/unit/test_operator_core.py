@@ -436,7 +436,7 @@ def test_a_node_back_from_an_outage_takes_new_replicas_only_after_the_grace() ->
 
 # --- writes per placement -------------------------------------------------------------------
 
-def test_identical_jobs_share_one_dry_run_and_a_placement_costs_two_status_writes() -> None:
+def test_identical_jobs_share_one_dry_run_and_a_single_pod_placement_costs_one_status_write() -> None:
     kube, clock = cluster(4), Clock()
     for i in range(4):
         kube.add(elasticjob(f"same-{i}", replicas=1, accelerators=8, created=f"2026-01-01T00:00:0{i}Z"))
@@ -447,11 +447,40 @@ def test_identical_jobs_share_one_dry_run_and_a_placement_costs_two_status_write
     settle(s)
     # one dry run per (namespace, template): the four identical jobs share one answer
     assert kube.calls["dry_run_pod"] == 2
-    # each placement: the record (with its sharding plan) and Running, nothing in between;
-    # the job that does not fit (5 x 8 GPUs on 4 nodes) one write saying why it waits
+    # each single-pod placement: its pod created bound, then ONE write (placement, plan and
+    # Running); the job that does not fit (5 x 8 GPUs on 4 nodes) one write saying why it waits
     placed = sum(running(kube, f"same-{i}") for i in range(4)) + running(kube, "elsewhere", "other")
     assert placed == 4
-    assert kube.calls["patch_status"] == 2 * placed + 1, kube.calls["patch_status"]
+    assert kube.calls["patch_status"] == placed + 1, kube.calls["patch_status"]
+    for job in kube.workloads.values():
+        if job["status"].get("phase") == "Running":
+            assert job["status"]["placementGeneration"] == 1 and job["status"]["plan"], job["status"]
+
+
+def test_a_gang_placement_is_recorded_before_its_pods_exist() -> None:
+    kube, clock = cluster(2), Clock()
+    kube.add(elasticjob("gang", replicas=2, accelerators=8))
+    settle(scheduler(kube, clock))
+    assert running(kube, "gang")
+    assert kube.calls["patch_status"] == 2  # the record (phase Binding), then Running
+
+
+def test_a_crash_between_a_single_pod_s_create_and_its_record_is_adopted_not_redone() -> None:
+    kube, clock = cluster(1), Clock()
+    kube.add(elasticjob("solo", replicas=1, accelerators=8))
+    first = scheduler(kube, clock, hooks=CrashAt(CrashPoint.POD_CREATED, 1))
+    with pytest.raises(Crash):
+        settle(first, 2)
+    (pod,) = kube.pods_of("solo")
+    assert pod["spec"]["nodeName"]  # created bound, nothing recorded yet
+    assert not (kube.workload("solo").get("status") or {}).get("placement")
+    clock.t += 20
+    settle(scheduler(kube, clock), 3)
+    assert running(kube, "solo")
+    (after,) = kube.pods_of("solo")
+    assert after["metadata"]["uid"] == pod["metadata"]["uid"]  # adopted: not deleted and created again
+    status = kube.workload("solo")["status"]
+    assert status["placementGeneration"] == 1 and status["placement"][0]["node"] == pod["spec"]["nodeName"]
 
 
 def test_a_refused_template_is_not_shared() -> None:

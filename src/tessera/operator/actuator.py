@@ -142,6 +142,14 @@ class Actuator:
             plan = self._plan_for(view, full)
             if plan is not None:
                 record["plan"] = self._plan_status(plan)
+        if not previous and len(new) == 1 and not view.surges and not view.incoming:
+            # one pod, nothing else of the workload placed: created bound, then ONE status write
+            # (placement and Running together).  A crash between the two leaves a bound pod one
+            # placement generation ahead of status, which the next cycle adopts as this
+            # decision (tessera.operator.state) and finishes with that write
+            self.bind(state, view, full, new, previous=previous, report=report, why=why,
+                      record={k: v for k, v in record.items() if k not in ("phase", "message")})
+            return
         try:
             self.status.write(view, record, force=True)
         except KubeError as err:
@@ -160,18 +168,24 @@ class Actuator:
         previous: list[ReplicaStatus] | None,
         report: CycleReport,
         why: str = "completing a placement recorded before a restart",
+        record: dict[str, Any] | None = None,
     ) -> bool:
         """Create then bind ``replicas`` (all or nothing); ``full`` is the placement once done.
 
         ``previous`` is what stays when this fails (None: an interrupted decision, undone
-        whole).  Returns whether every replica is bound.
+        whole).  ``record``: the decision's fields when it was not recorded first (a single
+        pod): written with the Running status, in the same write.  Returns whether every
+        replica is bound.
         """
         created: list[tuple[ReplicaStatus, dict[str, Any]]] = []
         # one pod: nothing must happen between its create and its bind (no gang to complete
         # first), so it is created bound (spec.nodeName), one API call instead of two
         bound_at_create = len(replicas) == 1
         try:
-            plan = self.deliver_plan(view, full)  # ElasticJobs: plan ConfigMap + Service first
+            # ElasticJobs: plan ConfigMap + Service first (the plan's status goes with ``record``)
+            plan = self.deliver_plan(view, full, record_plan=record is None)
+            if record is not None and plan is not None and "plan" not in record and self._plan_status is not None:
+                record = {**record, "plan": self._plan_status(plan)}
             for r in replicas:
                 created.append((r, self.create(state, view, r, plan=plan, bound=bound_at_create)))
                 self.hooks.reached(CrashPoint.POD_CREATED)
@@ -185,7 +199,7 @@ class Actuator:
         view.placement = {r.replica: r for r in full}
         self.metrics.placements.labels(kind=view.kind, outcome="bound").inc()
         message = f"{len(replicas)} replica(s) bound ({why}): " + ", ".join(f"{r.pod} -> {r.node}" for r in replicas)
-        self.status.write(view, self.status.running(view, full, message),
+        self.status.write(view, {**(record or {}), **self.status.running(view, full, message)},
                           event=("Normal", "Scheduled", message), force=True)
         return True
 
@@ -326,8 +340,10 @@ class Actuator:
 
     # --- plan delivery (ElasticJobs) ----------------------------------------------------
 
-    def deliver_plan(self, view: WorkloadView, full: list[ReplicaStatus]) -> ShardingPlan | None:
-        """The plan of ``full`` recorded in status, ConfigMap and headless Service in place; before pods.
+    def deliver_plan(self, view: WorkloadView, full: list[ReplicaStatus], *,
+                     record_plan: bool = True) -> ShardingPlan | None:
+        """The plan of ``full`` recorded in status (unless ``record_plan`` is False: the caller
+        writes it), ConfigMap and headless Service in place; before pods.
 
         Raises KubeError (the bind is undone) when they cannot be written, or when a
         ConfigMap or Service of that name exists that this job does not own: the operator
@@ -358,6 +374,6 @@ class Actuator:
             "data": contract.configmap_data(view.name, view.namespace, plan),
         })
         recorded = (view.status.get("plan") or {}).get("document")
-        if recorded != plan.to_dict():
+        if record_plan and recorded != plan.to_dict():
             self.status.write(view, {"plan": self._plan_status(plan)}, force=True)
         return plan

@@ -315,8 +315,12 @@ class Scheduler:
                     backing_off[view.key] = reason
                     continue
                 with self._bulkhead(view, "completing its placement", report):
+                    # an adopted single pod (tessera.operator.state._adopt): its decision is
+                    # recorded with the Running status
+                    record = {"placementGeneration": max(r.generation or 0 for r in view.placement.values()),
+                              "observedGeneration": view.generation} if view.adopted else None
                     if self.actuator.bind(state, view, list(view.placement.values()), view.to_bind,
-                                          previous=None, report=report):
+                                          previous=None, report=report, record=record):
                         self.backoff.succeeded(view.uid)
         ready: list[Placement] = []
         for placement in executable.placements:

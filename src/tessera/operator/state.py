@@ -36,6 +36,7 @@ from tessera.core import (
     Workload,
     WorkloadKind,
 )
+from tessera.operator import labels as L
 from tessera.operator.memo import StateMemo
 from tessera.operator.overcommit import step_back
 from tessera.operator.queues import Queues, resolve_queue
@@ -323,7 +324,11 @@ def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
     view.surges = {r.replica: r for r in recorded if r.surgeFor is not None}
     recorded = [r for r in recorded if r.surgeFor is None]
     decided = {r.replica: (r.generation or generation) for r in recorded}
+    ahead = generation + 1  # a single-pod decision not recorded yet (see _adopt)
     for pod in view.pods:
+        if not recorded and pod.generation == ahead and pod.node_name and pod.replica not in pods_by_replica:
+            pods_by_replica[pod.replica] = pod
+            continue
         surge = view.surges.get(pod.replica)
         if surge is not None and (surge.generation or generation) == pod.generation \
                 and pod.replica not in view.incoming:
@@ -333,6 +338,7 @@ def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
         else:
             pods_by_replica[pod.replica] = pod
     if not recorded:
+        _adopt(view, pods_by_replica)
         return
     workload = view.workload
     assert workload is not None
@@ -376,6 +382,24 @@ def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
             placed = view.placement.pop(replica)
             view.to_delete.extend(p for p in view.pods if p.replica == replica)
             view.notes.append(f"scaled down: removed {placed.pod} from {placed.node}")
+
+
+def _adopt(view: WorkloadView, pods: Mapping[int, PodView]) -> None:
+    """A single bound pod one placement generation ahead of status: the decision of a
+    single-pod placement, which is created bound and then recorded together with Running in
+    one write (tessera.operator.actuator); an operator that stopped in between left it.  It
+    is adopted as that decision in flight, so this cycle writes the record and nothing is
+    deleted or bound again.  Anything else ahead of status is stale."""
+    if len(pods) != 1:
+        view.to_delete.extend(pods.values())
+        return
+    pod = next(iter(pods.values()))
+    annotations = (pod.raw.get("metadata") or {}).get("annotations") or {}
+    view.placement[pod.replica] = ReplicaStatus(replica=pod.replica, pod=pod.name, node=pod.node_name,
+                                                acceleratorType=str(annotations.get(L.ACCELERATOR_TYPE) or ""),
+                                                generation=pod.generation)
+    view.in_flight = True
+    view.adopted = True
 
 
 def _scale_up(view: WorkloadView) -> Workload | None:

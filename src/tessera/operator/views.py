@@ -159,6 +159,9 @@ class WorkloadView:
     lost: dict[int, ReplicaStatus] = field(default_factory=dict)
     #: how the running pods differ from the current spec (a spec edited while running)
     drift: str = ""
+    #: the in-flight placement is a single bound pod not recorded yet (tessera.operator.state):
+    #: completing it writes its placement generation with the Running status
+    adopted: bool = False
 
     @property
     def name(self) -> str:
