@@ -13,7 +13,9 @@ the other on that cluster:
   (1 GPU each), created the same way.
 
 For each it reports the seconds from the first create to the last pod bound, pods per
-second, and when the first pod was bound.  Between runs every pod is deleted and the
+second, and when the first pod was bound (a watch on the namespace's pods, opened before
+the burst, notes when each pod is first seen bound), and the API writes per pod that
+kube-apiserver counted during the run (``apiserver_request_total``).  Between runs every pod is deleted and the
 scheduler stopped.  The ratio ``tessera / kube-scheduler`` is the figure to read: these
 machines are shared and noisy, so only ratios measured in one run compare.
 
@@ -31,6 +33,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,19 +82,52 @@ def count_pods(cluster: Cluster) -> tuple[int, int]:
     return len(items), sum(1 for p in items if p["spec"].get("nodeName"))
 
 
-def wait_bound(cluster: Cluster, pods: int, started: float, timeout_seconds: float) -> tuple[float, float]:
-    """Poll until ``pods`` pods are bound; returns (seconds to all bound, seconds to the first)."""
-    first = float("nan")
-    deadline = started + timeout_seconds
-    while time.monotonic() < deadline:
-        _, bound = count_pods(cluster)
-        now = time.monotonic()
-        if bound and first != first:  # nan: not seen yet
-            first = now - started
-        if bound >= pods:
-            return now - started, first
-        time.sleep(0.25)
-    raise RuntimeError(f"not all {pods} pods bound within {timeout_seconds}s (bound: {count_pods(cluster)[1]})")
+class BindWatch:
+    """Watches the namespace's pods from before the burst and notes when each is first seen
+    bound, so the first bind is timed while the burst is still being created (a poll after
+    the creates could only see it once they were done)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.bound: dict[str, float] = {}
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        response: Any = cluster.core.list_namespaced_pod(NAMESPACE, limit=1, _preload_content=False)
+        self._version = json.loads(response.data)["metadata"]["resourceVersion"]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                response: Any = self.cluster.core.list_namespaced_pod(
+                    NAMESPACE, watch=True, resource_version=self._version, timeout_seconds=30,
+                    allow_watch_bookmarks=True, _preload_content=False)
+                for line in response:
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    self._version = (obj.get("metadata") or {}).get("resourceVersion") or self._version
+                    uid = (obj.get("metadata") or {}).get("uid")
+                    if uid and (obj.get("spec") or {}).get("nodeName") and uid not in self.bound:
+                        self.bound[uid] = time.monotonic()
+                    if self._stop.is_set():
+                        break
+        except BaseException as err:  # reported by wait()
+            self.error = err
+
+    def wait(self, pods: int, started: float, timeout_seconds: float) -> tuple[float, float]:
+        """Until ``pods`` pods were seen bound: (seconds to all bound, seconds to the first)."""
+        deadline = started + timeout_seconds
+        try:
+            while time.monotonic() < deadline and self.error is None:
+                if len(self.bound) >= pods:
+                    times = sorted(self.bound.values())
+                    return times[pods - 1] - started, times[0] - started
+                time.sleep(0.1)
+        finally:
+            self._stop.set()
+        raise RuntimeError(f"not all {pods} pods bound within {timeout_seconds}s (seen bound: {len(self.bound)}; "
+                           f"watch error: {self.error!r}; listed bound: {count_pods(self.cluster)[1]})")
 
 
 def create_burst(cluster: Cluster, bodies: list[dict[str, Any]], threads: int, custom: bool) -> float:
@@ -191,9 +227,10 @@ def run(cluster: Cluster, work: Path, scheduler: str, pods: int, replicas: int, 
     try:
         time.sleep(3)  # let it start and LIST before the burst (both get the same head start)
         before = requests(cluster)
+        watch = BindWatch(cluster)
         started = create_burst(cluster, bodies, args.create_threads, custom)
         created = time.monotonic() - started
-        seconds, first = wait_bound(cluster, pods, started, args.timeout_seconds)
+        seconds, first = watch.wait(pods, started, args.timeout_seconds)
         writes = {k: round((v - before.get(k, 0)) / pods, 2) for k, v in requests(cluster).items()
                   if k.split(" ")[0] in WRITE_VERBS and v - before.get(k, 0) >= 1}
     finally:

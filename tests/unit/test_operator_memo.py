@@ -99,3 +99,20 @@ def test_a_memo_entry_lives_while_its_sources_are_the_same_objects() -> None:
     memo.sweep()
     memo.sweep()  # not asked for during a whole cycle: forgotten
     assert memo.get("u", (b,), lambda: 4) == 4
+
+
+def test_a_heartbeat_keeps_a_node_s_view_and_a_real_change_does_not() -> None:
+    nodes = [_node(0)]
+    memo = StateMemo()
+    first = build_state(nodes, [], [], 1.8e9, memo=memo)
+    memo.sweep()
+    beat = copy.deepcopy(nodes[0])
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:10Z"
+    beat["metadata"]["resourceVersion"] = "2"
+    second = build_state([beat], [], [], 1.8e9, memo=memo, previous=first.snapshot)
+    memo.sweep()
+    assert second.nodes["n0"] is first.nodes["n0"]  # heartbeat only: the same view
+    down = copy.deepcopy(beat)
+    down["status"]["conditions"][0]["status"] = "False"
+    third = build_state([down], [], [], 1.8e9, memo=memo, previous=second.snapshot)
+    assert not third.nodes["n0"].node.ready and not third.snapshot.nodes["n0"].usable

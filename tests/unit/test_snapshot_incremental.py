@@ -14,7 +14,15 @@ from dataclasses import replace
 
 import pytest
 
-from tessera.core import Allocation, ClusterSnapshot, Node, ReplicaDemand, ReplicaPlacement, Workload, WorkloadKind
+from tessera.core import (
+    Allocation,
+    ClusterSnapshot,
+    Node,
+    ReplicaDemand,
+    ReplicaPlacement,
+    Workload,
+    WorkloadKind,
+)
 
 
 def _node(i: int, cpu: int = 64_000) -> Node:

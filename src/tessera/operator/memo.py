@@ -7,6 +7,9 @@ room a pod holds, a workload's parsed spec -- is kept under the object's uid and
 while the dicts it came from are the very same ones (compared by identity; the memo keeps
 them alive, so an identity cannot be reused by another object).  Nothing is compared by
 value and nothing can go stale: a changed object is a new dict and is parsed again.
+(Nodes are the exception: kubelets -- and kwok -- rewrite a node's status every few
+seconds for heartbeats alone, so a node's view is kept while the fields it is derived from
+are equal: name, labels, spec, allocatable, capacity and the conditions' type and status.)
 Without the cache every cycle LISTs, every dict is new, nothing is reused, nothing is
 wrong.  With :class:`~tessera.core.ClusterSnapshot`'s ``previous`` this makes a cycle's
 state cost what changed, not the cluster's size (docs/operator.md, "Scale").
@@ -35,11 +38,14 @@ class Memo(Generic[V]):
         self.hits = 0
         self.misses = 0
 
-    def get(self, uid: str, sources: tuple[object, ...], derive: Callable[[], V]) -> V:
+    def get(self, uid: str, sources: tuple[object, ...], derive: Callable[[], V], *, by_value: bool = False) -> V:
+        """The value derived from ``sources`` for object ``uid``: the kept one while the
+        sources are the same objects (``by_value``: equal, for small fingerprints)."""
         entry = self._next.get(uid)
         if entry is None:
             entry = self._held.get(uid)
-        if entry is not None and len(entry[0]) == len(sources) and all(map(operator.is_, entry[0], sources)):
+        if entry is not None and len(entry[0]) == len(sources) and (
+                entry[0] == sources if by_value else all(map(operator.is_, entry[0], sources))):
             self.hits += 1
             value = entry[1]
         else:

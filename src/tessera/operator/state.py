@@ -277,7 +277,7 @@ class _Derive:
         self.memo = memo
 
     def node(self, raw: Mapping[str, Any]) -> NodeView:
-        return self.memo.nodes.get(_uid(raw), (raw,), lambda: node_view(raw))
+        return self.memo.nodes.get(_uid(raw), _node_fingerprint(raw), lambda: node_view(raw), by_value=True)
 
     def pod(self, raw: Mapping[str, Any]) -> PodView:
         return self.memo.pods.get(_uid(raw), (raw,), lambda: pod_view(raw))
@@ -287,8 +287,8 @@ class _Derive:
 
     def demand(self, pod: PodView, nv: NodeView | None) -> ReplicaDemand:
         """What ``pod`` takes from its node ``nv``, as Kubernetes counts it."""
-        return self.memo.demands.get(pod.uid, (pod.raw, nv), lambda: external_demand(
-            pod.raw, nv.discovery.resource_name if nv else None))
+        resource = nv.discovery.resource_name if nv else None
+        return self.memo.demands.get(f"{pod.uid}/{resource}", (pod.raw,), lambda: external_demand(pod.raw, resource))
 
     def held(self, pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
         """What a bound pod outside every live Tessera allocation takes from its node."""
@@ -300,11 +300,21 @@ class _Derive:
             accel = nv.node.accelerator_type if nv else None
             return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
 
-        return self.memo.held.get(pod.uid, (pod, nv), allocation)
+        accel = nv.node.accelerator_type if nv else None
+        return self.memo.held.get(f"{pod.uid}/{accel}/{nv.discovery.resource_name if nv else None}", (pod,),
+                                  allocation)
 
 
 def _uid(raw: Mapping[str, Any]) -> str:
     return str((raw.get("metadata") or {}).get("uid") or "")
+
+
+def _node_fingerprint(raw: Mapping[str, Any]) -> tuple[object, ...]:
+    """What :func:`node_view` reads of a node, heartbeat timestamps left out."""
+    meta = raw.get("metadata") or {}
+    status = raw.get("status") or {}
+    return (meta.get("name"), meta.get("labels"), raw.get("spec"), status.get("allocatable"), status.get("capacity"),
+            tuple((c.get("type"), c.get("status")) for c in status.get("conditions") or ()))
 
 
 def _wants_replicas(view: WorkloadView) -> bool:
