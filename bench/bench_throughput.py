@@ -159,6 +159,12 @@ def clear(cluster: Cluster, custom: bool, timeout_seconds: float = 600) -> None:
         cluster.custom.delete_collection_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "elasticjobs",
                                                                   _preload_content=False)
     cluster.core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0, _preload_content=False)
+    if custom:
+        # the jobs' Services and plan ConfigMaps: no garbage collector runs here (no controller
+        # manager), and the next run's jobs reuse the names (Tessera never adopts another's)
+        cluster.core.delete_collection_namespaced_config_map(NAMESPACE, _preload_content=False)
+        for svc in json.loads(cluster.core.list_namespaced_service(NAMESPACE, _preload_content=False).data)["items"]:
+            cluster.core.delete_namespaced_service(svc["metadata"]["name"], NAMESPACE, _preload_content=False)
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if count_pods(cluster)[0] == 0:
