@@ -255,7 +255,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=2000)
     parser.add_argument("--replicas-per-job", default="1,8", help="comma-separated: 1 (one-GPU jobs), 8 (gangs)")
-    parser.add_argument("--workers", type=int, default=16, help="tessera operator --workers")
+    parser.add_argument("--workers", type=int, default=48, help="tessera operator --workers (its default)")
     parser.add_argument("--create-threads", type=int, default=16)
     parser.add_argument("--timeout-seconds", type=float, default=900)
     parser.add_argument("--json", dest="json_path", default=None)

@@ -53,9 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "learned dispatcher, whose plan is used when the solver's budget runs out")
     parser.add_argument("--interval-seconds", type=float, default=2.0,
                         help="longest pause between scheduling cycles (changes wake it earlier)")
-    parser.add_argument("--workers", type=int, default=8,
+    parser.add_argument("--workers", type=int, default=48,
                         help="threads writing to the API server for different workloads at once (pod creates, "
-                             "Bindings, admission dry runs); 1 acts on one workload after another")
+                             "Bindings, admission dry runs); 1 acts on one workload after another. Each write "
+                             "waits for the API server, so a burst binds faster with more (bench throughput: "
+                             "2,000 one-pod jobs 60 s with 48, 74-84 s with 16)")
     parser.add_argument("--namespace", action="append", default=[], dest="namespaces", metavar="NAME",
                         help="schedule the workloads of this namespace only (repeatable; default: all). Pods "
                              "elsewhere still count on their nodes. The chart sets one per rbac.namespaces entry")
