@@ -58,8 +58,8 @@ from kubernetes.client.rest import ApiException
 from bench.common import write_results
 from tessera.engine import Engine
 from tessera.operator.metrics import OperatorMetrics
-from tessera.operator.scheduler import WallClock, gc_paused
 from tessera.operator.state import SCALE_UP_SUFFIX, build_state
+from tessera.operator.timing import WallClock, gc_paused
 from tessera.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tessera.operator.scheduler import gc_paused
+from tessera.operator.timing import gc_paused
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
 from tessera.engine import Engine
 from tessera.operator.main import add_arguments, constructor_arguments, policy_params
 from tessera.operator.metrics import OperatorMetrics
-from tessera.operator.scheduler import ROUND_WAKE_SLACK_SECONDS, round_wait_seconds
+from tessera.operator.timing import ROUND_WAKE_SLACK_SECONDS, round_wait_seconds
 from tessera.policies.cpsat import CpSat
 from tessera.policy import PolicyContext, PolicyLoadError, load_policy
 from tessera.testing import gang, node

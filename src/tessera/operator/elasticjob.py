@@ -18,7 +18,7 @@ from tessera.operator.handlers import delete_pods, report_invalid, wake
 async def elasticjob_changed(body: kopf.Body, type: str | None, memo: Any,
                          logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     if type != "DELETED":
-        report_invalid(ElasticJob, body, logger)
+        report_invalid(ElasticJob, body, logger, memo)
     wake(memo)
 
 

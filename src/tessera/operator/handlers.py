@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,40 @@ from tessera.operator import labels as L
 from tessera.operator.kube import Kube, KubeError
 
 
+class CheckedGenerations:
+    """uid -> the generation whose spec was last checked (at most ``limit`` workloads).
+
+    A workload's events are mostly its own status writes (the spec's generation does not
+    change); checking its spec again for each would parse the whole object on kopf's event
+    loop for nothing (a burst of 2,000 jobs makes thousands of such events)."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[str, object] = OrderedDict()
+
+    def first(self, body: Mapping[str, Any]) -> bool:
+        """Whether this uid and generation are new (and remember them)."""
+        meta = body.get("metadata") or {}
+        uid, generation = meta.get("uid"), meta.get("generation")
+        if not uid:
+            return True
+        if uid in self._seen and self._seen[uid] == generation:
+            return False
+        self._seen[uid] = generation
+        self._seen.move_to_end(uid)
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+        return True
+
+
 def report_invalid(model: type[BaseModel], body: Mapping[str, Any],
-                   logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+                   logger: logging.Logger | logging.LoggerAdapter[Any], memo: Any = None) -> None:
     """Log when ``body`` does not parse into ``model``; the scheduling loop writes the
-    InvalidSpec condition the user sees (one writer of status)."""
+    InvalidSpec condition the user sees (one writer of status).  With the operator's
+    ``memo``, each generation of a workload is checked once."""
+    checked = getattr(memo, "checked", None)
+    if isinstance(checked, CheckedGenerations) and not checked.first(body):
+        return
     try:
         model.model_validate(dict(body))
     except ValidationError as err:

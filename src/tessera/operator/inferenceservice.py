@@ -19,7 +19,7 @@ async def inferenceservice_changed(body: kopf.Body, type: str | None, memo: Any,
                          logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     # spec.replicas changes (kubectl scale, an HPA) arrive here too
     if type != "DELETED":
-        report_invalid(InferenceService, body, logger)
+        report_invalid(InferenceService, body, logger, memo)
     wake(memo)
 
 

@@ -27,7 +27,8 @@ from tessera.operator.load_prometheus import DEFAULT_QUERY, PrometheusLoadSource
 from tessera.operator.metrics import OperatorMetrics
 from tessera.operator.ports import KubePort
 from tessera.operator.rebalance import Rebalancer
-from tessera.operator.scheduler import Scheduler, WallClock
+from tessera.operator.scheduler import Scheduler
+from tessera.operator.timing import WallClock
 from tessera.policy import (
     DecidesInRounds,
     Policy,
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     scheduler = Scheduler(port, engine, elector, metrics, interval_seconds=args.interval_seconds,
-                          rebalancer=rebalancer, hooks=hooks, workers=args.workers,
+                          rebalancer=rebalancer, hooks=hooks, workers=args.workers, event_threads=4,
                           batch_size=args.batch_size, namespaces=frozenset(args.namespaces),
                           default_queue=args.default_queue,
                           elastic=ElasticSettings(failure_grace_seconds=max(0.0, args.failure_grace_seconds)))
@@ -295,7 +296,7 @@ async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None,
             loop.call_soon_threadsafe(wake.set)
 
         wake_hook.target = wake_from_thread
-    memo = kopf.Memo(kube=kube, wake=wake)
+    memo = kopf.Memo(kube=kube, wake=wake, checked=handlers.CheckedGenerations())
     loop_task = asyncio.create_task(scheduler.loop(stop, wake), name="tessera-scheduler")
     try:
         # standalone: exclusion is the scheduler Lease, not kopf peering (no peering CRDs needed)

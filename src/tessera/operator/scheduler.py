@@ -22,9 +22,7 @@ The write protocols (record the decision, then create/bind/delete) live in
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,63 +50,18 @@ from tessera.operator.state import SCALE_UP_SUFFIX, ClusterState, WorkloadView, 
 from tessera.operator.status import (
     ACTION_FAILED,
     INVALID_SPEC,
+    BackgroundEvents,
     Phase,
     StatusWriter,
 )
+from tessera.operator.timing import gc_paused, round_wait_seconds
 from tessera.operator.views import priority_classes
-from tessera.policy import DecidesInRounds
 
-__all__ = ["CycleReport", "Scheduler", "WallClock", "gc_paused", "round_wait_seconds"]
+__all__ = ["CycleReport", "Scheduler"]
 
 log = logging.getLogger("tessera.operator.scheduler")
 
 T = TypeVar("T")
-
-
-class WallClock:
-    """The operator's Clock port: real time."""
-
-    def now(self) -> float:
-        return time.time()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause CPython's cyclic garbage collector for the block (if it was on), and turn it
-    back on afterwards, also when the block raises.
-
-    A scheduling cycle builds millions of small objects at once (the JSON of every pod and
-    node, then the state).  The collector's passes keep re-walking them while they are
-    alive, which makes the cycle grow faster than the cluster: at 2,000 nodes / 8,000 pods
-    parsing and build_state took 4.1 s and 1.9 s with it and 0.6 s each with it paused
-    (``bench operator_scale``).  These objects are freed by reference counting; the
-    collector runs again as soon as it is back on.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-#: how far past a round boundary the loop wakes, so the decision's clock reads the round due
-ROUND_WAKE_SLACK_SECONDS = 0.05
-
-
-def round_wait_seconds(policy: object, now_seconds: float, default: float) -> float:
-    """How long the loop may sleep before a round-based policy's next round is due.
-
-    A policy deciding in rounds (:class:`~tessera.policy.DecidesInRounds`, e.g. CP-SAT with
-    ``round_seconds`` > 0) says when its next round is due.  A round re-decides running
-    work although nothing changed, so no watch event would wake the loop for it.  A round
-    already due (or none decided yet: the next cycle decides one) leaves ``default``.
-    """
-    due = policy.next_round_seconds() if isinstance(policy, DecidesInRounds) else None
-    if not isinstance(due, int | float) or not math.isfinite(due) or due <= now_seconds:
-        return default
-    return max(ROUND_WAKE_SLACK_SECONDS, min(default, due - now_seconds + ROUND_WAKE_SLACK_SECONDS))
 
 
 class Scheduler:
@@ -130,6 +83,7 @@ class Scheduler:
         batch_size: int = 256,
         namespaces: frozenset[str] = frozenset(),
         default_queue: str = DEFAULT_QUEUE,
+        event_threads: int = 0,
     ) -> None:
         self.kube = kube
         self.engine = engine
@@ -139,7 +93,9 @@ class Scheduler:
         self.clock = clock
         self.hooks = hooks
         self._warned_nodes: dict[str, tuple[str, ...]] = {}
-        self.status = StatusWriter(kube, clock, leader=elector.require_leader)
+        #: Events posted off the decisions' path on this many threads (0: on the caller's)
+        self.events = BackgroundEvents(kube.post_event, event_threads) if event_threads > 0 else None
+        self.status = StatusWriter(kube, clock, leader=elector.require_leader, post_event=self.events)
         self.actuator = Actuator(kube, self.status, elector, metrics, hooks=hooks, plan_for=plan_for,
                                  plan_status=plan_status)
         self.backoff = Backoff(clock)

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -141,12 +142,56 @@ class StatusPort(Protocol):
     def post_event(self, kind: str, raw: dict[str, Any], event_type: str, reason: str, message: str) -> None: ...
 
 
+class BackgroundEvents:
+    """Posts Events on a few threads, off the path of the decision that caused them, as
+    client-go's event broadcaster does.  Bounded: with ``capacity`` Events waiting, a new one
+    is dropped and counted (the workload's status and conditions say the same thing; an
+    Event is a notification, never the record).  Posting failures are logged by the port."""
+
+    def __init__(self, post: Callable[..., None], threads: int = 4, capacity: int = 2000) -> None:
+        self._post = post
+        self.capacity = capacity
+        self.dropped = 0
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="tessera-events")
+
+    def __call__(self, *args: Any) -> None:
+        with self._idle:
+            if self._pending >= self.capacity:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning("%d Event(s) dropped: %d already waiting to be posted", self.dropped, self.capacity)
+                return
+            self._pending += 1
+        self._pool.submit(self._run, args)
+
+    def _run(self, args: tuple[Any, ...]) -> None:
+        try:
+            self._post(*args)
+        except Exception as err:  # an Event must never break anything
+            log.warning("could not post an Event: %s", err)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def flush(self, timeout_seconds: float = 10.0) -> bool:
+        """Wait until every Event handed in was posted (or failed); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout_seconds)
+
+
 class StatusWriter:
     """Writes status patches and Events; keeps each view's ``raw`` in step with what it wrote."""
 
     def __init__(self, kube: StatusPort, clock: Callable[[], float], *, event_memory: int = 4096,
-                 leader: Callable[[str], None] | None = None) -> None:
+                 leader: Callable[[str], None] | None = None,
+                 post_event: Callable[..., None] | None = None) -> None:
         self.kube = kube
+        #: how Events are posted (default: at once, on the caller's thread; the operator
+        #: hands them to :class:`BackgroundEvents`)
+        self.post_event = post_event
         self.clock = clock
         #: raises LeaseLost when this replica no longer leads: a deposed leader never
         #: overwrites the decisions its successor recorded
@@ -191,7 +236,7 @@ class StatusWriter:
             self._last_event.move_to_end(key)
             while len(self._last_event) > self.event_memory:
                 self._last_event.popitem(last=False)
-        self.kube.post_event(view.kind, dict(view.raw), event_type, reason, message)
+        (self.post_event or self.kube.post_event)(view.kind, dict(view.raw), event_type, reason, message)
 
     # -- building --------------------------------------------------------------------
 
