@@ -116,3 +116,25 @@ def test_a_heartbeat_keeps_a_node_s_view_and_a_real_change_does_not() -> None:
     down["status"]["conditions"][0]["status"] = "False"
     third = build_state([down], [], [], 1.8e9, memo=memo, previous=second.snapshot)
     assert not third.nodes["n0"].node.ready and not third.snapshot.nodes["n0"].usable
+
+
+def test_a_node_heartbeat_does_not_wake_the_loop_and_a_real_change_does() -> None:
+    from tessera.operator.cache import Mirror
+    from tessera.operator.views import node_fingerprint
+
+    woken: list[int] = []
+    mirror = Mirror("nodes", lambda **_: None, resync_seconds=300, on_change=lambda: woken.append(1),
+                    relevant=lambda held, new: node_fingerprint(held) != node_fingerprint(new))
+    node = _node(0)
+    mirror._apply({"type": "ADDED", "object": node}, "1")
+    assert len(woken) == 1
+    beat = copy.deepcopy(node)
+    beat["metadata"]["resourceVersion"] = "2"
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:10Z"
+    mirror._apply({"type": "MODIFIED", "object": beat}, "1")
+    assert len(woken) == 1 and mirror.items() == [beat]  # kept, but nothing to decide again
+    tainted = copy.deepcopy(beat)
+    tainted["metadata"]["resourceVersion"] = "3"
+    tainted["spec"]["taints"] = [{"key": "maintenance", "effect": "NoSchedule"}]
+    mirror._apply({"type": "MODIFIED", "object": tainted}, "2")
+    assert len(woken) == 2

@@ -36,6 +36,7 @@ from kubernetes.client.rest import ApiException
 
 from tessera.api.models import GROUP, VERSION
 from tessera.operator.kube import PLURALS, Kube, KubeError
+from tessera.operator.views import node_fingerprint
 
 log = logging.getLogger("tessera.operator.cache")
 
@@ -54,8 +55,11 @@ class Mirror:
 
     def __init__(self, name: str, list_call: Callable[..., Any], *, resync_seconds: float,
                  watch_timeout_seconds: int = 240, on_change: Callable[[], None] | None = None,
-                 optional: bool = False, tolerate: tuple[int, ...] = (404,)) -> None:
+                 optional: bool = False, tolerate: tuple[int, ...] = (404,),
+                 relevant: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> None:
         self.name = name
+        #: (held, new) -> whether a modification should wake the loop (None: every one)
+        self.relevant = relevant
         #: a resource that may not exist (its CRD not installed) or not be readable (an older
         #: chart's RBAC): an answer in ``tolerate`` is an empty mirror
         self.optional = optional
@@ -82,15 +86,18 @@ class Mirror:
         with self.lock:
             return list(self.objects.values())
 
-    def put(self, obj: dict[str, Any]) -> None:
-        """Apply an object unless the mirror holds a newer version of it."""
+    def put(self, obj: dict[str, Any]) -> bool:
+        """Apply an object unless the mirror holds a newer version of it; returns whether the
+        change matters to a decision (always, unless ``relevant`` says it does not)."""
         uid = (obj.get("metadata") or {}).get("uid")
         if not uid:
-            return
+            return False
         with self.lock:
             held = self.objects.get(uid)
             if held is None or _rv(obj) >= _rv(held):
                 self.objects[uid] = obj
+                return held is None or self.relevant is None or self.relevant(held, obj)
+        return False
 
     def drop(self, obj: dict[str, Any]) -> None:
         uid = (obj.get("metadata") or {}).get("uid")
@@ -172,7 +179,8 @@ class Mirror:
             raise KubeError(f"watch of {self.name}: {obj.get('message', obj)}", int(obj.get("code") or 0))
         new_version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
         if kind in ("ADDED", "MODIFIED"):
-            self.put(obj)
+            if not self.put(obj):
+                return new_version  # e.g. a node's heartbeat: nothing to decide again
         elif kind == "DELETED":
             self.drop(obj)
         else:
@@ -192,7 +200,10 @@ class WatchCache:
     def __init__(self, kube: Kube, *, resync_seconds: float = 300.0,
                  on_change: Callable[[], None] | None = None) -> None:
         core, custom = kube.core, kube.custom
-        self.nodes = Mirror("nodes", core.list_node, resync_seconds=resync_seconds, on_change=on_change)
+        # kubelets (and kwok) rewrite a node's status every few seconds for heartbeats alone:
+        # only a change of what a node's view reads wakes the loop
+        self.nodes = Mirror("nodes", core.list_node, resync_seconds=resync_seconds, on_change=on_change,
+                            relevant=lambda held, new: node_fingerprint(held) != node_fingerprint(new))
         self.pods = Mirror("pods", lambda **kw: core.list_pod_for_all_namespaces(
             field_selector=POD_FIELD_SELECTOR, **kw), resync_seconds=resync_seconds, on_change=on_change)
         self.workloads = {

@@ -49,6 +49,7 @@ from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vo
     WorkloadView,
     excess_demand,
     external_demand,
+    node_fingerprint,
     node_view,
     parse_timestamp,
     parse_workload,
@@ -277,7 +278,7 @@ class _Derive:
         self.memo = memo
 
     def node(self, raw: Mapping[str, Any]) -> NodeView:
-        return self.memo.nodes.get(_uid(raw), _node_fingerprint(raw), lambda: node_view(raw), by_value=True)
+        return self.memo.nodes.get(_uid(raw), node_fingerprint(raw), lambda: node_view(raw), by_value=True)
 
     def pod(self, raw: Mapping[str, Any]) -> PodView:
         return self.memo.pods.get(_uid(raw), (raw,), lambda: pod_view(raw))
@@ -308,13 +309,6 @@ class _Derive:
 def _uid(raw: Mapping[str, Any]) -> str:
     return str((raw.get("metadata") or {}).get("uid") or "")
 
-
-def _node_fingerprint(raw: Mapping[str, Any]) -> tuple[object, ...]:
-    """What :func:`node_view` reads of a node, heartbeat timestamps left out."""
-    meta = raw.get("metadata") or {}
-    status = raw.get("status") or {}
-    return (meta.get("name"), meta.get("labels"), raw.get("spec"), status.get("allocatable"), status.get("capacity"),
-            tuple((c.get("type"), c.get("status")) for c in status.get("conditions") or ()))
 
 
 def _wants_replicas(view: WorkloadView) -> bool:

@@ -127,6 +127,15 @@ def node_view(raw: Mapping[str, Any]) -> NodeView:
     return NodeView(node, found, devices)
 
 
+def node_fingerprint(raw: Mapping[str, Any]) -> tuple[object, ...]:
+    """What :func:`node_view` reads of a node, heartbeat timestamps left out: two versions of
+    a node with the same fingerprint have the same view."""
+    meta = raw.get("metadata") or {}
+    status = raw.get("status") or {}
+    return (meta.get("name"), meta.get("labels"), raw.get("spec"), status.get("allocatable"), status.get("capacity"),
+            tuple((c.get("type"), c.get("status")) for c in status.get("conditions") or ()))
+
+
 @dataclass
 class WorkloadView:
     """One ElasticJob or InferenceService and what the cluster says about it."""
