@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
     if cache is not None:
         cache.start()
     try:
-        asyncio.run(_serve(scheduler, kube, args.liveness, wake_hook, namespaces=list(args.namespaces)))
+        asyncio.run(_serve(scheduler, kube, args.liveness, wake_hook, namespaces=list(args.namespaces),
+                           watch_nodes_and_pods=cache is None))
     finally:
         if cache is not None:
             cache.stop()
@@ -284,9 +285,15 @@ class WakeHook:
 
 
 async def _serve(scheduler: Scheduler, kube: Kube, liveness: str | None = None,
-                 wake_hook: WakeHook | None = None, namespaces: list[str] | None = None) -> None:
+                 wake_hook: WakeHook | None = None, namespaces: list[str] | None = None,
+                 watch_nodes_and_pods: bool = True) -> None:
     # importing the handler modules registers them with kopf's default registry
-    from tessera.operator import elasticjob, handlers, inferenceservice, nodes  # noqa: F401
+    from tessera.operator import elasticjob, handlers, inferenceservice  # noqa: F401
+    if watch_nodes_and_pods:
+        # without the watch cache, kopf's node and pod watches wake the loop on failures; with
+        # it the cache's own watches do, and kopf watching every node too only doubles the
+        # work: at 5,000 nodes kopf's event loop spent most of its time on node heartbeats
+        from tessera.operator import nodes  # noqa: F401
 
     stop = asyncio.Event()
     wake = asyncio.Event()
