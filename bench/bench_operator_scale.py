@@ -518,14 +518,9 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> int:
             "x100: LIST MB": list_mb / (sum(base[f"{k}_bytes"] for k in lists) / 1e6),
         })
     summary = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in summary]
-    command = (f"nice -n 10 .venv/bin/python -m bench.bench_operator_scale --sizes {args.sizes} --pods-per-node "
-               f"{args.pods_per_node} --pending-jobs {args.pending_jobs} --repeats {args.repeats} --window-seconds "
-               f"{args.window_seconds:g}")
+    command = _command(args)
     notes = (
-        "Local kube-apiserver v1.34 + etcd + kwok on a shared 2-core machine (all niced), no controller manager. "
-        f"Per size: N kwok nodes (H100/A100, 8 GPUs), {args.pods_per_node} bound non-Tessera pods per node (1 GPU "
-        f"each, Running via kwok), {args.pending_jobs} ElasticJobs (2..4 x 8 GPUs) that cannot fit, so every cycle "
-        "decides a queue. `cycle` columns: the real operator process (cpsat, 2 s interval), "
+        _setup_note(args) + " `cycle` columns: the real operator process (cpsat, 2 s interval), "
         "tessera_scheduling_cycle_duration_seconds over the window after its first cycle; p50/p95 interpolated "
         "within the histogram buckets (edges 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 s: coarse), mean exact (_sum/_count). "
         "`LIST s` = the operator's 4 LIST calls (elasticjobs, inferenceservices, pods of all namespaces with its "
@@ -541,6 +536,19 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(args: argparse.Namespace) -> str:
+    return (f"nice -n 10 .venv/bin/python -m bench operator_scale --sizes {args.sizes} --pods-per-node "
+            f"{args.pods_per_node} --pending-jobs {args.pending_jobs} --repeats {args.repeats} --window-seconds "
+            f"{args.window_seconds:g}")
+
+
+def _setup_note(args: argparse.Namespace) -> str:
+    return ("Local kube-apiserver v1.34 + etcd + kwok on a shared 2-core machine (all niced), no controller manager. "
+            f"Per size: N kwok nodes (H100/A100, 8 GPUs), {args.pods_per_node} bound non-Tessera pods per node (1 GPU "
+            f"each, Running via kwok), {args.pending_jobs} ElasticJobs (2..4 x 8 GPUs) that cannot fit, so every "
+            "cycle decides a queue.")
+
+
 def report_cycles(records: list[dict[str, Any]], args: argparse.Namespace) -> int:
     """The operator's steady-state cycle only (``--repeats 0``: no in-process LIST parts)."""
     base = records[0]
@@ -552,14 +560,9 @@ def report_cycles(records: list[dict[str, Any]], args: argparse.Namespace) -> in
         "apiserver CPU s/s (idle)": f"{r['apiserver_cpu_per_second']:.2f} ({r['apiserver_idle_cpu_per_second']:.2f})",
         "cycle vs first size": round(r["cycle_mean_seconds"] / base["cycle_mean_seconds"], 2),
     } for r in records]
-    command = (f"nice -n 10 .venv/bin/python -m bench operator_scale --sizes {args.sizes} --pods-per-node "
-               f"{args.pods_per_node} --pending-jobs {args.pending_jobs} --repeats 0 --window-seconds "
-               f"{args.window_seconds:g}")
+    command = _command(args)
     notes = (
-        "Local kube-apiserver v1.34 + etcd + kwok on a shared 2-core machine, no controller manager. Per size: N kwok "
-        f"nodes (H100/A100, 8 GPUs), {args.pods_per_node} bound non-Tessera pods per node (1 GPU each, Running via "
-        f"kwok), {args.pending_jobs} ElasticJobs (2..4 x 8 GPUs) that cannot fit, so every cycle decides a queue. The "
-        "real operator process with its defaults (watch cache on, cpsat, 2 s interval): cycle = "
+        _setup_note(args) + " The real operator process with its defaults (watch cache on, cpsat, 2 s interval): cycle = "
         "tessera_scheduling_cycle_duration_seconds over the window after its first cycle (mean exact; p50/p95 "
         "interpolated in coarse buckets). list_calls_per_cycle = LIST requests counted by kube-apiserver "
         "(apiserver_request_total, verb LIST, all resources) during the window / cycles in it. rss_mb = the "

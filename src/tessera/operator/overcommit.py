@@ -17,20 +17,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from tessera.core import MILLI_PER_DEVICE, ReplicaDemand
-from tessera.operator.views import NodeView, PodView, WorkloadView, external_demand
+from tessera.operator.views import NodeView, PodView, WorkloadView
 
 
 def step_back(views: Iterable[WorkloadView], bound: Iterable[PodView], nodes: Mapping[str, NodeView],
-              demand: Callable[[PodView, NodeView], ReplicaDemand] | None = None) -> dict[str, str]:
+              demand: Callable[[PodView, NodeView], ReplicaDemand]) -> dict[str, str]:
     """Roll back the latest Tessera workloads on nodes over their accelerator allocatable.
 
     ``views`` are the reconciled workloads (their ``pods`` are Tessera's bound pods),
     ``bound`` every pod bound to a node. Sets ``rollback_reason`` on the workloads it steps
     back and returns node -> a warning for nodes still over it (from pods that are not Tessera's).
-    ``demand``: what a pod takes from its node (default: parsed from the pod; the state
-    builder passes its memo's, so a steady cycle over thousands of pods parses none).
+    ``demand``: what a pod takes from its node (the state builder's memoised one, so a
+    steady cycle over thousands of pods parses none).
     """
-    demand = demand or (lambda pod, node: external_demand(pod.raw, node.discovery.resource_name))
     used: dict[str, int] = {}
     for pod in bound:
         node = nodes.get(pod.node_name)

@@ -294,14 +294,13 @@ class _Derive:
     def held(self, pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
         """What a bound pod outside every live Tessera allocation takes from its node."""
         nv = nodes.get(pod.node_name)
+        accel = nv.node.accelerator_type if nv else None
 
         def allocation() -> Allocation:
             workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD,
                                 demand=self.demand(pod, nv), preemptible=False)
-            accel = nv.node.accelerator_type if nv else None
             return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
 
-        accel = nv.node.accelerator_type if nv else None
         return self.memo.held.get(f"{pod.uid}/{accel}/{nv.discovery.resource_name if nv else None}", (pod,),
                                   allocation)
 
