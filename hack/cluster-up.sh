@@ -6,7 +6,9 @@
 # Environment:
 #   TESSERA_CLUSTER_DIR   state folder (default: <repo>/.local-cluster); holds kubeconfig,
 #                         certificates, logs, pids and etcd data
-#   TESSERA_NODES         node fixture files or folders to apply (default: examples/nodes)
+#   TESSERA_NODES         node fixture files or folders to apply, separated by spaces (default:
+#                         examples/nodes, the extended-resource pools, and examples/nodes/dra,
+#                         a pool whose GPUs are published as DRA ResourceSlices)
 #   TESSERA_PORT_BASE     first of three consecutive loopback ports (default: chosen free)
 #   TESSERA_NO_CONTROLLER_MANAGER=1  do not start kube-controller-manager
 #   TESSERA_APISERVER_ARGS  extra kube-apiserver flags (e.g. "--max-mutating-requests-inflight=1"
@@ -19,7 +21,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${TESSERA_CLUSTER_DIR:-$ROOT/.local-cluster}"
 BIN="${TESSERA_BIN_DIR:-$ROOT/.local-cluster/bin}"
-NODES="${TESSERA_NODES:-$ROOT/examples/nodes}"
+NODES="${TESSERA_NODES:-$ROOT/examples/nodes $ROOT/examples/nodes/dra}"
+apply_nodes() { local path; for path in $NODES; do kubectl apply -f "$path" >/dev/null; done; }
 mkdir -p "$DIR"/{pki,logs,pids}
 DIR="$(cd "$DIR" && pwd)"
 KUBECONFIG_PATH="$DIR/kubeconfig"
@@ -45,7 +48,7 @@ running() { [[ -f "$DIR/pids/$1" ]] && kill -0 "$(cat "$DIR/pids/$1")" 2>/dev/nu
 if [[ -f "$KUBECONFIG_PATH" ]] && running kube-apiserver && running etcd && running kwok \
    && kubectl get --raw /readyz >/dev/null 2>&1; then
   log "reusing the running cluster in $DIR"
-  kubectl apply -f "$NODES" >/dev/null
+  apply_nodes
   if [[ "${TESSERA_KUBE_SCHEDULER:-}" == 1 ]]; then
     TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kube-scheduler-up.sh" >/dev/null
   fi
@@ -196,7 +199,7 @@ kubectl get serviceaccount default -n default >/dev/null 2>&1 \
   || kubectl create serviceaccount default -n default >/dev/null 2>&1 || true
 
 log "applying node fixtures from $NODES"
-kubectl apply -f "$NODES" >/dev/null
+apply_nodes
 wait_for kwok 60 bash -c "! '$BIN/kubectl' --kubeconfig '$KUBECONFIG_PATH' get nodes --no-headers | grep -v ' Ready '"
 if [[ "${TESSERA_KUBE_SCHEDULER:-}" == 1 ]]; then
   TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kube-scheduler-up.sh" >/dev/null

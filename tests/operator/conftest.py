@@ -84,7 +84,9 @@ def local_cluster(state: Path, **env_extra: str) -> Iterator[LocalCluster]:
         if os.environ.get("TESSERA_REQUIRE_CLUSTER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    env = {**os.environ, "TESSERA_CLUSTER_DIR": str(state), "TESSERA_BIN_DIR": str(BIN), **env_extra}
+    # the extended-resource pools only, unless a test asks for more (tests/operator/test_dra.py)
+    env = {**os.environ, "TESSERA_CLUSTER_DIR": str(state), "TESSERA_BIN_DIR": str(BIN),
+           "TESSERA_NODES": str(ROOT / "examples" / "nodes"), **env_extra}
     env.pop("TESSERA_PORT_BASE", None)
     up = subprocess.run(["bash", str(ROOT / "hack" / "cluster-up.sh")], env=env, capture_output=True, text=True, timeout=300)
     if up.returncode != 0:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from tessera.api.dra import DraObjects
 from tessera.operator.kube import KubeError
 
 _uids = itertools.count(1)
@@ -137,6 +138,10 @@ class FakeKube:
     def list_priority_classes(self) -> list[dict[str, Any]]:
         self._call("list_priority_classes")
         return copy.deepcopy(list(self.priority_classes.values()))
+
+    def list_dra(self) -> DraObjects:
+        """No DRA here: its claims are exercised against the real API server (tests/operator/test_dra.py)."""
+        return DraObjects()
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:
         self._call("list_namespace_labels")

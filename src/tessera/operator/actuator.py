@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.api import elastic_contract as contract
+from tessera.api.dra import claim_name
 from tessera.api.models import ElasticJob, ReplicaStatus
 from tessera.core import Placement, RestartIntent
 from tessera.core.sharding import ShardingPlan
 from tessera.operator import labels as L
+from tessera.operator.devices import allocate, pod_is_dra
 from tessera.operator.faults import NO_FAULTS, CrashPoint, FaultHooks
 from tessera.operator.kube import KubeError
 from tessera.operator.lease import LeaderElector
@@ -210,8 +212,12 @@ class Actuator:
         node = state.nodes.get(r.node)
         if node is None:
             raise KubeError(f"node {r.node} no longer exists")
+        # DRA devices: the pod is created unbound, its claim allocated, then it is bound
+        claimed = pod_is_dra(node) and bool(view.workload and view.workload.demand.accelerators)
         body = build_pod(view, r.replica, r.node, node.node.accelerator_type, node.discovery.resource_name,
-                         r.generation or view.placement_generation, plan=plan)
+                         r.generation or view.placement_generation, plan=plan,
+                         claim=claim_name(r.pod) if claimed else "")
+        bound = bound and not claimed
         if bound:
             body["spec"]["nodeName"] = r.node
             self.elector.require_leader("creating a bound pod")
@@ -229,6 +235,8 @@ class Actuator:
                 raise KubeError(f"pod {r.pod} from an earlier placement still exists; retrying next cycle")
             raise KubeError(f"a pod named {r.pod} that does not belong to this {view.kind} exists in "
                             f"namespace {view.namespace}; delete or rename it")
+        if claimed and view.workload is not None and not (pod.get("spec") or {}).get("nodeName"):
+            allocate(self.kube.dra, state.dra, view, pod, node, view.workload.demand.accelerators)
         return pod
 
     def bind_created(self, view: WorkloadView, r: ReplicaStatus, pod: dict[str, Any]) -> bool:

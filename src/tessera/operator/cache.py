@@ -34,8 +34,10 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from tessera.api.dra import DraObjects
 from tessera.api.models import GROUP, VERSION
 from tessera.operator.kube import PLURALS, Kube, KubeError
+from tessera.operator.kube_dra import CLAIMS, CLASSES, SLICES, DraApi
 from tessera.operator.views import node_fingerprint
 
 log = logging.getLogger("tessera.operator.cache")
@@ -217,7 +219,12 @@ class WatchCache:
         self.priority_classes = Mirror("priorityclasses", kube.scheduling.list_priority_class,
                                        resync_seconds=resync_seconds, on_change=on_change, optional=True,
                                        tolerate=(403, 404))  # an older chart's RBAC: classes not read
-        self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues, self.priority_classes]
+        #: DRA (resource.k8s.io/v1): an API server without it, or an older chart's RBAC, has none
+        dra = kube.dra
+        self.dra = {plural: Mirror(plural, dra.list_call(plural), resync_seconds=resync_seconds, on_change=on_change,
+                                   optional=True, tolerate=(403, 404)) for plural in (SLICES, CLAIMS, CLASSES)}
+        self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues, self.priority_classes,
+                        *self.dra.values()]
         #: (namespace, name) -> (pod uid, node) for pods bound by us, not yet seen bound
         self._bound: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -248,6 +255,9 @@ class WatchCache:
     def list_queues(self) -> list[dict[str, Any]]:
         return self.queues.items()
 
+    def list_dra(self) -> DraObjects:
+        return DraObjects(self.dra[SLICES].items(), self.dra[CLAIMS].items(), self.dra[CLASSES].items())
+
     def list_pods(self) -> list[dict[str, Any]]:
         pods = self.pods.items()
         with self._lock:
@@ -275,6 +285,10 @@ class WatchCache:
     def wrote_pod(self, obj: dict[str, Any]) -> None:
         if obj.get("metadata"):
             self.pods.put(obj)
+
+    def wrote_claim(self, obj: dict[str, Any]) -> None:
+        if obj.get("metadata"):
+            self.dra[CLAIMS].put(obj)
 
     def bound(self, namespace: str, name: str, uid: str, node: str) -> None:
         with self._lock:
@@ -335,6 +349,15 @@ class CachedKube:
     def list_priority_classes(self) -> list[dict[str, Any]]:
         self._synced()
         return self.cache.priority_classes.items()
+
+    def list_dra(self) -> DraObjects:
+        self._synced()
+        return self.cache.list_dra()
+
+    @property
+    def dra(self) -> DraApi:
+        """Claims written go into the cache at once, like pods (the assumed overlay)."""
+        return DraApi(self.kube.custom, wrote=self.cache.wrote_claim)
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:
         """Namespace labels, read at most every 10 s (only queues' namespaceSelector needs them)."""

@@ -12,7 +12,6 @@ API verbs used (the Helm chart's ClusterRole mirrors this list; see docs/operato
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import socket
@@ -20,58 +19,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from tessera.api.dra import DraObjects
 from tessera.api.models import GROUP, VERSION, ElasticJob, InferenceService
 from tessera.operator import labels as L
+from tessera.operator.kube_base import KubeError, _drain, _error, _json, now_rfc3339
+from tessera.operator.kube_dra import DraApi
 
 log = logging.getLogger("tessera.operator")
 
 PLURALS = {ElasticJob.kind: ElasticJob.plural, InferenceService.kind: InferenceService.plural}
-
-
-class KubeError(Exception):
-    """An API call failed; ``status`` is the HTTP status (0 when unknown)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _json(response: Any) -> Any:
-    data = response.data if hasattr(response, "data") else response
-    return json.loads(data) if data else {}
-
-
-def _drain(response: Any) -> None:
-    """Read a response nobody needs and hand its connection back to the pool.
-
-    With ``_preload_content=False`` the client leaves that to the caller: an unread response
-    keeps its connection checked out, and the next request opens a new TLS connection (a
-    burst then paid a handshake for every other request, on both sides)."""
-    with contextlib.suppress(Exception):
-        response.read()
-    release = getattr(response, "release_conn", None)
-    if release is not None:
-        with contextlib.suppress(Exception):
-            release()
-
-
-def _error(err: ApiException, what: str) -> KubeError:
-    detail = ""
-    try:
-        detail = json.loads(err.body or "{}").get("message", "")
-    except (ValueError, AttributeError):
-        detail = str(err.body or "")
-    return KubeError(f"{what}: {err.status} {err.reason}: {detail}".strip(), err.status or 0)
 
 
 def _check_owned(current: dict[str, Any], wanted: dict[str, Any], kind: str) -> None:
@@ -187,6 +148,13 @@ class Kube:
     @property
     def scheduling(self) -> client.SchedulingV1Api:
         return client.SchedulingV1Api(self.api)
+
+    @property
+    def dra(self) -> DraApi:  # resource.k8s.io: slices, classes, claims (tessera.operator.kube_dra)
+        return DraApi(self.custom)
+
+    def list_dra(self) -> DraObjects:  # resourceslices, resourceclaims, deviceclasses: list
+        return self.dra.list()
 
     # --- reads ---------------------------------------------------------------------
 

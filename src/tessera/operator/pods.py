@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from tessera.api import dra
 from tessera.api import elastic_contract as contract
 from tessera.api.models import API_VERSION, ReplicaRange
 from tessera.core.sharding import ShardingPlan
@@ -21,6 +22,7 @@ def build_pod(
     resource_name: str | None,
     placement_generation: int,
     plan: ShardingPlan | None = None,
+    claim: str = "",
 ) -> dict[str, Any]:
     """A v1 Pod for ``replica`` of ``view``, unbound, to be bound to ``node``.
 
@@ -31,6 +33,10 @@ def build_pod(
     for the usual accelerator taints.  With an elastic ``plan`` (ElasticJobs): the
     torchrun/TESSERA_PLAN env of :func:`tessera.api.elastic_contract.pod_env`, hostname and
     subdomain for the headless Service, and the plan ConfigMap mounted read-only.
+
+    ``claim`` (a node whose accelerators are DRA devices, tessera.operator.devices): the
+    accelerators come from that ResourceClaim instead of an extended resource; the pod
+    names it in ``spec.resourceClaims`` and its first container uses it.
     """
     assert view.model is not None and view.workload is not None
     template = view.model.spec.template
@@ -44,6 +50,12 @@ def build_pod(
         # extended resources: requests must equal limits
         resources.setdefault("limits", {})[resource_name] = str(devices)
         resources.setdefault("requests", {})[resource_name] = str(devices)
+    if claim and devices and containers:
+        spec["resourceClaims"] = [c for c in spec.get("resourceClaims") or [] if c.get("name") != dra.POD_CLAIM] + [
+            {"name": dra.POD_CLAIM, "resourceClaimName": claim}]
+        resources = containers[0].setdefault("resources", {})
+        resources["claims"] = [c for c in resources.get("claims") or [] if c.get("name") != dra.POD_CLAIM] + [
+            {"name": dra.POD_CLAIM}]
     if resource_name:
         tolerations = spec.setdefault("tolerations", [])
         if not any(t.get("key") == resource_name for t in tolerations):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from tessera.api.dra import DraObjects
+from tessera.operator.kube_dra import DraApi
+
 
 class KubePort(Protocol):
     def list_nodes(self) -> list[dict[str, Any]]: ...
@@ -23,6 +26,11 @@ class KubePort(Protocol):
     def list_namespace_labels(self) -> dict[str, dict[str, str]]: ...
 
     def list_priority_classes(self) -> list[dict[str, Any]]: ...
+
+    def list_dra(self) -> DraObjects: ...
+
+    @property
+    def dra(self) -> DraApi: ...
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 

@@ -241,7 +241,7 @@ class Scheduler:
         state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces,
                             queues=queues, namespace_labels=labels, default_queue=self.default_queue,
                             classes=priority_classes(self.kube.list_priority_classes()),
-                            memo=self._memo, previous=self._snapshot)
+                            memo=self._memo, previous=self._snapshot, dra=self.kube.list_dra())
         self._memo.sweep()
         self._snapshot = state.snapshot
         self.elastic.observe(state, nodes, now)
@@ -455,6 +455,13 @@ class Scheduler:
         for pod in state.orphans:
             log.info("deleting orphaned pod %s/%s (its workload is gone)", pod.namespace, pod.name)
             self.actuator.delete(pod, report)
+        for claim in state.dra.stale:
+            meta = claim["metadata"]
+            log.info("deleting resourceclaim %s/%s (its pod is gone)", meta.get("namespace"), meta.get("name"))
+            try:
+                self.kube.dra.delete_claim(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))
+            except KubeError as err:
+                report.errors.append(str(err))
         for view in state.workloads.values():
             with self._bulkhead(view, "repairing it", report):
                 if view.error:

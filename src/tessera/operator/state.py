@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.api.convert import inferenceservice_workload
+from tessera.api.dra import DraObjects, DraPool
 from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus
 from tessera.core import (
     Allocation,
@@ -37,6 +38,7 @@ from tessera.core import (
     WorkloadKind,
 )
 from tessera.operator import labels as L
+from tessera.operator.devices import DraState, claim_holds, conflicts, counted_pods, dra_state, stale_claims
 from tessera.operator.memo import StateMemo
 from tessera.operator.overcommit import step_back
 from tessera.operator.queues import Queues, resolve_queue
@@ -80,6 +82,8 @@ class ClusterState:
     #: while they go (a preemption's room would otherwise look still taken and the policy
     #: would evict more work for the same beneficiary)
     leaving: list[PodView] = field(default_factory=list)
+    #: DRA pools, the devices claims hold, Tessera's stale claims (tessera.operator.devices)
+    dra: DraState = field(default_factory=DraState)
 
 
 def build_state(
@@ -95,6 +99,7 @@ def build_state(
     classes: Mapping[str, tuple[int, bool]] | None = None,
     memo: StateMemo | None = None,
     previous: ClusterSnapshot | None = None,
+    dra: DraObjects | None = None,
 ) -> ClusterState:
     """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
 
@@ -113,10 +118,15 @@ def build_state(
     derived from objects that did not change, and the free capacity of nodes whose
     allocations did not change, are reused (:mod:`tessera.operator.memo`); the result is
     the same as without them.
+
+    ``dra``: ResourceSlices, ResourceClaims and DeviceClasses (tessera.operator.devices):
+    nodes that publish their accelerators as slices count those devices, and claims hold
+    theirs.
     """
     memo = memo or StateMemo()
     derive = _Derive(memo)
-    node_views = {v.node.name: v for v in (derive.node(n) for n in nodes)}
+    devices = dra_state(dra)
+    node_views = {v.node.name: v for v in (derive.node(n, devices.pools) for n in nodes)}
     views: dict[str, WorkloadView] = {}
     by_uid: dict[str, WorkloadView] = {}
     live = [(kind, raw) for kind, raw in workloads if not raw.get("metadata", {}).get("deletionTimestamp")
@@ -182,6 +192,8 @@ def build_state(
     # Tessera workloads there are rolled back and placed again
     overcommitted = step_back(views.values(), [p for p in pod_views if p.node_name and not p.terminating],
                               node_views, derive.demand)
+    # a device allocated in two claims: the later Tessera workload is rolled back the same way
+    devices.warnings = conflicts(devices, views.values())
     for view in views.values():
         if view.workload is None:
             continue
@@ -212,6 +224,10 @@ def build_state(
 
     # capacity held by pods Tessera does not manage (or no longer manages)
     allocations.extend(derive.held(pod, node_views) for pod in external)
+    # DRA devices held by claims beyond those Tessera's allocations count
+    if devices.claims:
+        allocations.extend(claim_holds(devices, counted_pods(views.values()), node_views))
+        devices.stale = stale_claims(devices, {p.uid for p in pod_views})
 
     # in-flight decisions keep their nodes only if those still have room
     tree = queues.tree if queues is not None else None
@@ -232,11 +248,11 @@ def build_state(
     snapshot = ClusterSnapshot([v.node for v in node_views.values()], allocations, now_seconds, tree,
                                previous=base) if in_flight else base
     warnings = {name: v.discovery.warnings for name, v in node_views.items() if v.discovery.warnings}
-    for name, warning in overcommitted.items():
+    for name, warning in (*overcommitted.items(), *devices.warnings.items()):
         warnings[name] = (*warnings.get(name, ()), warning)
     usable = {name for name, v in node_views.items() if v.node.usable}
     leaving = [p for p in leaving if p.node_name in usable]  # a dead node's pods may never go
-    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving)
+    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving, devices)
 
 
 def _age(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, str]:
@@ -277,8 +293,10 @@ class _Derive:
     def __init__(self, memo: StateMemo) -> None:
         self.memo = memo
 
-    def node(self, raw: Mapping[str, Any]) -> NodeView:
-        return self.memo.nodes.get(_uid(raw), node_fingerprint(raw), lambda: node_view(raw), by_value=True)
+    def node(self, raw: Mapping[str, Any], pools: Mapping[str, DraPool]) -> NodeView:
+        pool = pools.get((raw.get("metadata") or {}).get("name", ""))
+        return self.memo.nodes.get(_uid(raw), (*node_fingerprint(raw), pool), lambda: node_view(raw, pool),
+                                   by_value=True)
 
     def pod(self, raw: Mapping[str, Any]) -> PodView:
         return self.memo.pods.get(_uid(raw), (raw,), lambda: pod_view(raw))

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tessera.api.convert import elasticjob_workload, inferenceservice_workload, pod_spec_requests
 from tessera.api.discovery import VENDOR_RESOURCES, Discovery, discover
+from tessera.api.dra import DraPool, discover_dra
 from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus, WorkloadStatus
 from tessera.api.quantity import to_int, to_mib, to_milli
 from tessera.core import Allocation, Node, ReplicaDemand, ReplicaPlacement, RestartIntent, Topology, Workload
@@ -83,16 +84,26 @@ class NodeView:
     #: allocatable of the node's accelerator resource as the kubelet enforces it (None: not
     #: advertised, e.g. a count given by label only)
     allocatable_devices: int | None = None
+    #: the node's DRA pool when its accelerators are published as ResourceSlices and not as
+    #: an extended resource (pods then get them through a ResourceClaim)
+    dra: DraPool | None = None
 
 
-def node_view(raw: Mapping[str, Any]) -> NodeView:
-    """A core Node from a v1 Node, with the discovery result (type, count, warnings)."""
+def node_view(raw: Mapping[str, Any], dra: DraPool | None = None) -> NodeView:
+    """A core Node from a v1 Node, with the discovery result (type, count, warnings).
+
+    ``dra``: the node's pool of ResourceSlice devices (tessera.api.dra); used when the node
+    advertises no accelerator as an extended resource."""
     meta = raw.get("metadata", {})
     spec = raw.get("spec") or {}
     status = raw.get("status") or {}
     labels = meta.get("labels") or {}
     allocatable = status.get("allocatable") or {}
     found = discover(labels, allocatable, status.get("capacity") or {})
+    if dra is not None and not (found.accelerator_type and found.count):
+        found = discover_dra(labels, dra)
+    else:
+        dra = None
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     blocking = [
         t for t in spec.get("taints") or []
@@ -124,7 +135,7 @@ def node_view(raw: Mapping[str, Any]) -> NodeView:
     if found.resource_name and found.resource_name in allocatable:
         with contextlib.suppress(TypeError, ValueError):
             devices = max(0, to_int(allocatable[found.resource_name]))
-    return NodeView(node, found, devices)
+    return NodeView(node, found, devices, dra)
 
 
 def node_fingerprint(raw: Mapping[str, Any]) -> tuple[object, ...]:

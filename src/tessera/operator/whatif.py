@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tessera.api.dra import DraObjects
 from tessera.core import Plan
 from tessera.engine import Engine
 from tessera.operator.main import constructor_arguments, policy_params
@@ -61,11 +62,14 @@ def read_cluster(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
 
     kube = Kube.connect(kubeconfig, context, connections=4)
     queues = kube.list_queues()
+    dra = kube.list_dra()
     return {"version": SNAPSHOT_VERSION, "takenAt": time.time(), "nodes": kube.list_nodes(),
             "pods": kube.list_pods(), "workloads": [[kind, raw] for kind, raw in kube.list_workloads()],
             # what decides a workload's queue and priority, as in the operator
             "queues": queues, "priorityClasses": kube.list_priority_classes(),
-            "namespaceLabels": kube.list_namespace_labels() if queue_tree(queues).needs_namespace_labels() else {}}
+            "namespaceLabels": kube.list_namespace_labels() if queue_tree(queues).needs_namespace_labels() else {},
+            # accelerators published as DRA devices, and the claims holding them
+            "resourceSlices": dra.slices, "resourceClaims": dra.claims, "deviceClasses": dra.classes}
 
 
 def load_snapshot(path: Path) -> dict[str, Any]:
@@ -102,7 +106,9 @@ def decide(snapshot: Mapping[str, Any], policies: Sequence[str], params: Mapping
                         keep_lost=failure_handling, namespaces=namespaces,
                         queues=queue_tree(snapshot.get("queues") or []),
                         namespace_labels=snapshot.get("namespaceLabels") or {}, default_queue=default_queue,
-                        classes=priority_classes(snapshot.get("priorityClasses") or []))
+                        classes=priority_classes(snapshot.get("priorityClasses") or []),
+                        dra=DraObjects(snapshot.get("resourceSlices") or [], snapshot.get("resourceClaims") or [],
+                                       snapshot.get("deviceClasses") or []))
     nodes = {name: view.node for name, view in state.nodes.items()}
     out = []
     for name in policies:

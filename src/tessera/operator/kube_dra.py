@@ -1,0 +1,99 @@
+"""The ``resource.k8s.io/v1`` calls: DRA slices, classes and claims (raw JSON in and out).
+
+API verbs used (the chart's ClusterRoles grant exactly these; tests/operator/test_rbac.py):
+resourceslices, deviceclasses, resourceclaims: list (watch with the watch cache);
+resourceclaims: create, get, delete (Tessera's own claims, in workload namespaces);
+resourceclaims/status: patch (the allocation and reservation of Tessera's claims).
+
+An API server that does not serve the group (404), or an older chart's RBAC (403), means
+no DRA devices: listed as none, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tessera.api.dra import GROUP, VERSION, DraObjects
+from tessera.operator import labels as L
+from tessera.operator.kube_base import _drain, _error, _json
+
+log = logging.getLogger("tessera.operator")
+
+SLICES, CLASSES, CLAIMS = "resourceslices", "deviceclasses", "resourceclaims"
+
+
+class DraApi:
+    """ResourceSlices, DeviceClasses and ResourceClaims; ``wrote`` sees every claim this
+    process writes (the watch cache's assumed overlay)."""
+
+    def __init__(self, custom: client.CustomObjectsApi, wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.custom = custom
+        self.wrote = wrote or (lambda obj: None)
+        self._warned = False
+
+    def list_call(self, plural: str) -> Callable[..., Any]:
+        """The LIST (and, with watch=True, WATCH) of ``plural`` across namespaces."""
+        def call(**kwargs: Any) -> Any:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        return call
+
+    def list(self) -> DraObjects:
+        """Every slice, claim and class; none when the API server has no DRA or RBAC refuses."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for plural in (SLICES, CLAIMS, CLASSES):
+            try:
+                out[plural] = list(_json(self.list_call(plural)(_preload_content=False))["items"])
+            except ApiException as err:
+                if err.status not in (403, 404):
+                    raise _error(err, f"list {plural}.{GROUP}") from err
+                if not self._warned:
+                    log.warning("cannot list %s.%s (%s): DRA devices are not counted", plural, GROUP, err.status)
+                    self._warned = True
+                return DraObjects()
+        return DraObjects(out[SLICES], out[CLAIMS], out[CLASSES])
+
+    def create_claim(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``body``; on AlreadyExists return the existing claim and False."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = dict(_json(self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, CLAIMS, body, field_manager=L.FIELD_MANAGER, _preload_content=False)))
+            self.wrote(created)
+            return created, True
+        except ApiException as err:
+            if err.status != 409:
+                raise _error(err, f"create resourceclaim {namespace}/{name}") from err
+        try:
+            existing = dict(_json(self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, CLAIMS, name, _preload_content=False)))
+        except ApiException as err:
+            raise _error(err, f"get resourceclaim {namespace}/{name}") from err
+        return existing, False
+
+    def allocate_claim(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> None:
+        """Write a claim's allocation and reservation, only over ``resource_version`` (a claim
+        changed meanwhile answers 409 Conflict)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            obj = dict(_json(self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, CLAIMS, name, cast(Any, body), field_manager=L.FIELD_MANAGER,
+                _preload_content=False)))
+        except ApiException as err:
+            raise _error(err, f"allocate resourceclaim {namespace}/{name}") from err
+        self.wrote(obj)
+
+    def delete_claim(self, namespace: str, name: str, uid: str = "") -> None:
+        """Delete one claim; a uid precondition never deletes a newer claim of that name."""
+        options: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}
+        try:
+            _drain(self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, CLAIMS, name,
+                                                               body=cast(Any, options), _preload_content=False))
+        except ApiException as err:
+            if err.status in (404, 409):
+                return
+            raise _error(err, f"delete resourceclaim {namespace}/{name}") from err
