@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess, clean_up
+from test_kube_scheduler import running_kube_scheduler
 from workload_views import condition, pods_of, status_of
 
 from conftest import ROOT, LocalCluster, fresh_namespace, local_cluster
@@ -48,6 +49,7 @@ def operator(dra_cluster: LocalCluster, ns: str, tmp_path: Path, request: pytest
     proc = OperatorProcess(dra_cluster.kubeconfig, tmp_path / "operator.log", request.param,
                            env={"KUBECONFIG": str(dra_cluster.kubeconfig)}).start()
     yield proc
+    dra_cluster.kubectl("delete", "pods", "--all", "-n", ns, "--wait=false", check=False)  # plain pods too
     clean_up(dra_cluster, ns, "elasticjobs", [proc])
     dra_cluster.kubectl("delete", "resourceclaims", "--all", "-n", ns, "--wait=false", check=False)
 
@@ -163,3 +165,38 @@ def test_a_claim_of_that_name_not_tessera_s_is_never_taken_over(dra_cluster: Loc
     assert devices_of(claim) == [("l40s-dra-1", "gpu-0")] and not claim["metadata"].get("ownerReferences")
     events = dra_cluster.get_json("events", "-n", ns, "--field-selector", "reason=BindFailed")["items"]
     assert any("delete or rename it" in e.get("message", "") for e in events), events
+
+
+def plain_pod_with_claim(cluster: LocalCluster, namespace: str, name: str, count: int) -> None:
+    """A pod for kube-scheduler (default schedulerName) asking ``count`` GPUs through its own claim."""
+    claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": f"{name}-gpus"},
+             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                 "deviceClassName": DRIVER, "allocationMode": "ExactCount", "count": count}}]}}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"resourceClaims": [{"name": "gpus", "resourceClaimName": f"{name}-gpus"}],
+                    "containers": [{"name": "main", "image": "registry.example/none:1",
+                                    "resources": {"requests": {"cpu": "100m"}, "claims": [{"name": "gpus"}]}}]}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(claim) + "\n---\n" + json.dumps(pod))
+
+
+def test_kube_scheduler_and_tessera_never_allocate_the_same_device(dra_cluster: LocalCluster, ns: str,
+                                                                   operator: OperatorProcess) -> None:
+    with running_kube_scheduler(dra_cluster):
+        # kube-scheduler's DRA plugin allocates the plain pod's claim (3 GPUs), then binds it
+        plain_pod_with_claim(dra_cluster, ns, "plain", 3)
+        pod = dra_cluster.wait_for(
+            lambda: (p := dra_cluster.get_json("pod", "plain", "-n", ns))["spec"].get("nodeName") and p,
+            timeout=60, what="the plain pod bound by kube-scheduler")
+        taken = pod["spec"]["nodeName"]
+        assert taken in DRA_NODES and len(devices_of(claims(dra_cluster, ns)["plain-gpus"])) == 3
+        # Tessera counts kube-scheduler's claim: a 4-GPU replica goes to the other DRA node
+        dra_cluster.apply(job("big", 1, 4), ns)
+        (big,) = dra_cluster.wait_for(lambda: running(dra_cluster, ns, "big", 1), timeout=40, what="big Running")
+        assert big["spec"]["nodeName"] == next(n for n in DRA_NODES if n != taken)
+        # and kube-scheduler counts Tessera's: a second 2-GPU plain pod fits on neither node
+        plain_pod_with_claim(dra_cluster, ns, "late", 2)
+        dra_cluster.wait_for(
+            lambda: condition(dra_cluster.get_json("pod", "late", "-n", ns).get("status") or {}, "PodScheduled")
+            .get("reason") == "Unschedulable", timeout=60, what="kube-scheduler finds no room for the late pod")
+        held = [d for c in claims(dra_cluster, ns).values() for d in devices_of(c)]
+        assert len(held) == len(set(held)) == 7, held  # 3 + 4, none twice

@@ -181,6 +181,13 @@ NEEDED = [
     ("create", "services", "ws", None),
     ("get", "services", "ws", None),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+    ("list", "resourceslices.resource.k8s.io", None, None),
+    ("watch", "deviceclasses.resource.k8s.io", None, None),
+    ("watch", "resourceclaims.resource.k8s.io", None, None),
+    ("get", "resourceclaims.resource.k8s.io", "ws", None),
+    ("create", "resourceclaims.resource.k8s.io", "ws", None),
+    ("delete", "resourceclaims.resource.k8s.io", "ws", None),
+    ("patch", "resourceclaims.resource.k8s.io/status", "ws", None),
     ("create", "leases.coordination.k8s.io", "own", None),
     ("update", "leases.coordination.k8s.io", "own", "lease"),
     ("get", "leases.coordination.k8s.io", "own", "lease"),
@@ -216,6 +223,14 @@ FORBIDDEN = [
     ("update", "leases.coordination.k8s.io", "own", "kube-scheduler"),
     ("update", "leases.coordination.k8s.io", "kube-system", "kube-controller-manager"),
     ("get", "leases.coordination.k8s.io", "ws", None),
+    # DRA: only its own claims and their status; never what a driver or an admin publishes
+    ("create", "resourceslices.resource.k8s.io", None, None),
+    ("delete", "resourceslices.resource.k8s.io", None, None),
+    ("create", "deviceclasses.resource.k8s.io", None, None),
+    ("update", "resourceclaims.resource.k8s.io", "ws", None),
+    ("patch", "resourceclaims.resource.k8s.io", "ws", None),
+    ("update", "resourceclaims.resource.k8s.io/status", "ws", None),
+    ("create", "resourceclaimtemplates.resource.k8s.io", "ws", None),
 ]
 
 

@@ -1,4 +1,5 @@
-"""A watch cache: nodes, pods, ElasticJobs and InferenceServices kept in memory.
+"""A watch cache: nodes, pods, ElasticJobs, InferenceServices (and Queues, PriorityClasses,
+DRA slices, claims and classes) kept in memory.
 
 Each resource is mirrored by one thread doing LIST, then WATCH from the list's
 resourceVersion (bookmarks on), applying every event to a dict keyed by uid.  A cycle
@@ -14,7 +15,7 @@ applied to the mirror at once:
 
 * a status patch: the API server's answer (the whole object at its new resourceVersion)
   replaces the cached object;
-* a pod it created: the answer goes into the mirror;
+* a pod (or a DRA claim, or its allocation) it created: the answer goes into the mirror;
 * a bind: the pod is marked bound to its node until the watch shows it bound;
 * a delete: the pod is marked going until the watch shows it gone.
 
@@ -197,7 +198,7 @@ class _Gone(Exception):
 
 
 class WatchCache:
-    """Mirrors of the four resources a cycle reads, plus the operator's own writes."""
+    """Mirrors of the resources a cycle reads, plus the operator's own writes."""
 
     def __init__(self, kube: Kube, *, resync_seconds: float = 300.0,
                  on_change: Callable[[], None] | None = None) -> None:
