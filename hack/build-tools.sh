@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the pinned binaries of the local control plane:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl, helm.
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl, helm,
+#   and the Kueue controller (with its CRDs, for hack/kueue-up.sh).
 # They are built from source through the Go module proxy (no prebuilt downloads are
 # reachable on our machines) and cached per version under $TESSERA_TOOLS_CACHE
 # (default ~/.cache/tessera/tools), outside the work tree, so a fresh clone on the same
@@ -12,6 +13,7 @@ KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TESSERA_TOOLS_CACHE:-$HOME/.cache/tessera/tools}"
@@ -145,15 +147,30 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm
 }
 
+# Kueue's controller manager (sigs.k8s.io/kueue, cmd/kueue) and its CRDs, copied from the
+# module (config/components/crd/bases) next to the binary: hack/kueue-up.sh applies them.
+build_kueue() {
+  local out="$CACHE/kueue-$KUEUE_VERSION"
+  build_module kueue "$out" "sigs.k8s.io/kueue@$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue
+  if [[ ! -f "$out/crds/.complete" ]]; then
+    local dir; dir="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    rm -rf "$out/crds" && mkdir -p "$out/crds"
+    cp "$dir"/config/components/crd/bases/*.yaml "$out/crds/" && chmod -R u+w "$out/crds"
+    touch "$out/crds/.complete"
+  fi
+  ln -sfn "$out/crds" "$ROOT/.local-cluster/kueue-crds"
+}
+
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube kwok helm)
+[[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube kwok helm kueue)
 for t in "${targets[@]}"; do
   case "$t" in
     etcd) build_etcd ;;
     kube) build_kube ;;
     kwok) build_kwok ;;
     helm) build_helm ;;
-    *) log "unknown target $t (etcd, kube, kwok, helm)"; exit 2 ;;
+    kueue) build_kueue ;;
+    *) log "unknown target $t (etcd, kube, kwok, helm, kueue)"; exit 2 ;;
   esac
 done
 log "binaries in $BIN"

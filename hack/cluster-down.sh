@@ -7,7 +7,7 @@ DIR="${TESSERA_CLUSTER_DIR:-$ROOT/.local-cluster}"
 keep=0; [[ "${1:-}" == "--keep-data" ]] && keep=1
 [[ -d "$DIR/pids" ]] || { echo "[cluster-down] nothing running in $DIR" >&2; exit 0; }
 # reverse start order: the consumers first, etcd last
-for name in operator kube-scheduler kwok kube-controller-manager kube-apiserver etcd; do
+for name in operator kueue kube-scheduler kwok kube-controller-manager kube-apiserver etcd; do
   f="$DIR/pids/$name"
   [[ -f "$f" ]] || continue
   pid="$(cat "$f")"

@@ -139,6 +139,10 @@ class FakeKube:
         self._call("list_priority_classes")
         return copy.deepcopy(list(self.priority_classes.values()))
 
+    def list_kueue(self) -> None:
+        """No Kueue here: tests/operator/test_kueue.py runs the real one."""
+        return None
+
     def list_dra(self) -> DraObjects:
         """No DRA here: its claims are exercised against the real API server (tests/operator/test_dra.py)."""
         return DraObjects()

@@ -99,6 +99,16 @@ def _queue_name_field() -> Any:
     )
 
 
+def _suspend_field() -> Any:
+    """``spec.suspend`` of both workload kinds (as a batch Job's)."""
+    return Field(
+        False, json_schema_extra=_no_schema_default,
+        description="true: run no pods. A running workload's pods are deleted (its status says Suspended) and it "
+        "is placed again once this is false. A workload labelled kueue.x-k8s.io/queue-name also waits for "
+        "Kueue to admit it (docs/kueue.md).",
+    )
+
+
 def _one_priority(priority: int, template: Any) -> None:
     """A workload's priority comes from spec.priority or from the PriorityClass its pod
     template names (the class's value), not both."""
@@ -339,6 +349,7 @@ class ElasticJobSpec(_Model):
     )
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
     queueName: str = _queue_name_field()
+    suspend: bool = _suspend_field()
     deadline: str | None = Field(
         None,
         max_length=64,
@@ -475,6 +486,7 @@ class InferenceServiceSpec(_Model):
     spread: Literal["Node", "None"] = Field("Node", description="Node: at most one replica per node.")
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
     queueName: str = _queue_name_field()
+    suspend: bool = _suspend_field()
     template: PodTemplate = Field(..., description="Pod template of one replica.")
 
     @model_validator(mode="after")

@@ -288,17 +288,19 @@ class Actuator:
         except KubeError as err:
             report.errors.append(str(err))
 
-    def rollback(self, view: WorkloadView, reason: str, report: CycleReport) -> None:
-        """Undo a whole placement: delete every pod of the workload, back to Pending."""
+    def rollback(self, view: WorkloadView, reason: str, report: CycleReport, *,
+                 code: str = "PlacementRolledBack") -> None:
+        """Undo a whole placement: delete every pod of the workload, back to Pending
+        (Scheduled=False with ``code``: a Warning, except for a suspension asked for)."""
         log.warning("%s %s: rolling back its placement: %s", view.kind, view.key, reason)
         for pod in view.pods:
             self.delete(pod, report, grace_period_seconds=0)
         view.placement.clear()
         report.rolled_back.append(view.key)
-        self.status.write(view, self.status.not_scheduled(view, "PlacementRolledBack", reason, phase=Phase.PENDING,
+        self.status.write(view, self.status.not_scheduled(view, code, reason, phase=Phase.PENDING,
                                                           extra={"startTime": None, "placement": [], "replicas": 0,
                                                                  "acceleratorType": ""}),
-                          event=("Warning", "PlacementRolledBack", reason))
+                          event=("Normal" if code == "Suspended" else "Warning", code, reason))
 
     # --- releasing ----------------------------------------------------------------------
 

@@ -36,9 +36,11 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from tessera.api.dra import DraObjects
+from tessera.api.kueue import FLAVORS, WORKLOADS, KueueObjects
 from tessera.api.models import GROUP, VERSION
 from tessera.operator.kube import PLURALS, Kube, KubeError
 from tessera.operator.kube_dra import CLAIMS, CLASSES, SLICES, DraApi
+from tessera.operator.kube_kueue import KueueApi
 from tessera.operator.views import node_fingerprint
 
 log = logging.getLogger("tessera.operator.cache")
@@ -77,6 +79,8 @@ class Mirror:
         self.stopped = threading.Event()
         self.lists = 0
         self.error = ""
+        #: an optional resource the API server does not serve (or lets us read): none
+        self.absent = False
         self._thread = threading.Thread(target=self._run, name=f"tessera-watch-{name}", daemon=True)
 
     def start(self) -> None:
@@ -115,6 +119,7 @@ class Mirror:
         fresh = {o["metadata"]["uid"]: o for o in body.get("items") or []}
         with self.lock:
             self.objects = fresh
+        self.absent = False
         self.lists += 1
         self.synced.set()
         return str((body.get("metadata") or {}).get("resourceVersion") or "")
@@ -140,6 +145,7 @@ class Mirror:
                 # not installed, or not readable: nothing to mirror; look again later
                 with self.lock:
                     self.objects = {}
+                self.absent = True
                 if not self.synced.is_set():
                     log.warning("%s: the API server answers %s; taken as none, looking again every 30s",
                                 self.name, err.status)
@@ -224,8 +230,13 @@ class WatchCache:
         dra = kube.dra
         self.dra = {plural: Mirror(plural, dra.list_call(plural), resync_seconds=resync_seconds, on_change=on_change,
                                    optional=True, tolerate=(403, 404)) for plural in (SLICES, CLAIMS, CLASSES)}
+        #: Kueue (kueue.x-k8s.io/v1beta2): Workloads and ResourceFlavors, where Kueue runs
+        kueue = kube.kueue
+        self.kueue = {plural: Mirror(f"{plural}.kueue", kueue.list_call(plural), resync_seconds=resync_seconds,
+                                     on_change=on_change, optional=True, tolerate=(403, 404))
+                      for plural in (WORKLOADS, FLAVORS)}
         self.mirrors = [self.nodes, self.pods, *self.workloads.values(), self.queues, self.priority_classes,
-                        *self.dra.values()]
+                        *self.dra.values(), *self.kueue.values()]
         #: (namespace, name) -> (pod uid, node) for pods bound by us, not yet seen bound
         self._bound: dict[tuple[str, str], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -259,6 +270,12 @@ class WatchCache:
     def list_dra(self) -> DraObjects:
         return DraObjects(self.dra[SLICES].items(), self.dra[CLAIMS].items(), self.dra[CLASSES].items())
 
+    def list_kueue(self) -> KueueObjects | None:
+        """None while Kueue's CRDs are not served (or not readable)."""
+        if any(m.absent for m in self.kueue.values()):
+            return None
+        return KueueObjects(self.kueue[WORKLOADS].items(), self.kueue[FLAVORS].items())
+
     def list_pods(self) -> list[dict[str, Any]]:
         pods = self.pods.items()
         with self._lock:
@@ -286,6 +303,10 @@ class WatchCache:
     def wrote_pod(self, obj: dict[str, Any]) -> None:
         if obj.get("metadata"):
             self.pods.put(obj)
+
+    def wrote_kueue_workload(self, obj: dict[str, Any]) -> None:
+        if obj.get("metadata"):
+            self.kueue[WORKLOADS].put(obj)
 
     def wrote_claim(self, obj: dict[str, Any]) -> None:
         if obj.get("metadata"):
@@ -359,6 +380,15 @@ class CachedKube:
     def dra(self) -> DraApi:
         """Claims written go into the cache at once, like pods (the assumed overlay)."""
         return DraApi(self.kube.custom, wrote=self.cache.wrote_claim)
+
+    def list_kueue(self) -> KueueObjects | None:
+        self._synced()
+        return self.cache.list_kueue()
+
+    @property
+    def kueue(self) -> KueueApi:
+        """Kueue Workloads written go into the cache at once (the assumed overlay)."""
+        return KueueApi(self.kube.custom, wrote=self.cache.wrote_kueue_workload)
 
     def list_namespace_labels(self) -> dict[str, dict[str, str]]:
         """Namespace labels, read at most every 10 s (only queues' namespaceSelector needs them)."""

@@ -18,17 +18,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from tessera.api.dra import DraObjects
+from tessera.api.kueue import KueueObjects
 from tessera.api.models import GROUP, VERSION, ElasticJob, InferenceService
 from tessera.operator import labels as L
 from tessera.operator.kube_base import KubeError, _drain, _error, _json, now_rfc3339
 from tessera.operator.kube_dra import DraApi
+from tessera.operator.kube_kueue import KueueApi
 
 log = logging.getLogger("tessera.operator")
 
@@ -118,6 +120,7 @@ class Kube:
     """Typed helpers over the generated client."""
 
     api: client.ApiClient
+    _groups: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None, *, connections: int = 32) -> Kube:
@@ -151,10 +154,17 @@ class Kube:
 
     @property
     def dra(self) -> DraApi:  # resource.k8s.io: slices, classes, claims (tessera.operator.kube_dra)
-        return DraApi(self.custom)
+        return cast(DraApi, self._groups.setdefault("dra", DraApi(self.custom)))
 
     def list_dra(self) -> DraObjects:  # resourceslices, resourceclaims, deviceclasses: list
         return self.dra.list()
+
+    @property
+    def kueue(self) -> KueueApi:  # kueue.x-k8s.io: Workloads, ResourceFlavors (tessera.operator.kube_kueue)
+        return cast(KueueApi, self._groups.setdefault("kueue", KueueApi(self.custom)))
+
+    def list_kueue(self) -> KueueObjects | None:  # workloads, resourceflavors (kueue.x-k8s.io): list
+        return self.kueue.list()
 
     # --- reads ---------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from tessera.api.dra import DraObjects
+from tessera.api.kueue import KueueObjects
 from tessera.operator.kube_dra import DraApi
+from tessera.operator.kube_kueue import KueueApi
 
 
 class KubePort(Protocol):
@@ -31,6 +33,11 @@ class KubePort(Protocol):
 
     @property
     def dra(self) -> DraApi: ...
+
+    def list_kueue(self) -> KueueObjects | None: ...
+
+    @property
+    def kueue(self) -> KueueApi: ...
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 

@@ -84,6 +84,12 @@ class Reporter:
                 settle(view)
 
     def _steady(self, view: WorkloadView, blocked: set[str]) -> None:
+        if view.gate and not view.error and not view.rollback_reason and not view.placement and not view.in_flight:
+            # suspended, or waiting for Kueue's admission: say so (nothing is decided for it)
+            self.status.write(view, self.status.not_scheduled(view, view.gate_code, view.gate, phase=Phase.PENDING,
+                                                              extra={"replicas": 0}),
+                              event=("Normal", view.gate_code, view.gate))
+            return
         # lost replicas await the elastic policy's reshard: keep them in status until then
         if view.error or view.rollback_reason or view.in_flight or not view.placement or view.lost:
             if view.model is not None and isinstance(view.model, InferenceService) \

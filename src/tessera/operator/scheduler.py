@@ -39,6 +39,8 @@ from tessera.operator.elastic import ElasticActuator, ElasticSettings, plan_for,
 from tessera.operator.executable import executable_placements, old_pods_going
 from tessera.operator.faults import NO_FAULTS, FaultHooks
 from tessera.operator.kube import KubeError
+from tessera.operator.kueue import released as kueue_released
+from tessera.operator.kueue import workload_for as kueue_workload_for
 from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
 from tessera.operator.memo import StateMemo
 from tessera.operator.metrics import OperatorMetrics
@@ -241,12 +243,14 @@ class Scheduler:
         state = build_state(nodes, pods, workloads, now, keep_lost=self.elastic.enabled, namespaces=self.namespaces,
                             queues=queues, namespace_labels=labels, default_queue=self.default_queue,
                             classes=priority_classes(self.kube.list_priority_classes()),
-                            memo=self._memo, previous=self._snapshot, dra=self.kube.list_dra())
+                            memo=self._memo, previous=self._snapshot, dra=self.kube.list_dra(),
+                            kueue=self.kube.list_kueue())
         self._memo.sweep()
         self._snapshot = state.snapshot
         self.elastic.observe(state, nodes, now)
         self._warn_nodes(state)
         self._repair(state, report)
+        self._kueue(state, report)
         self.rebalancer.advance(state, report, guard=lambda view, step: self._bulkhead(view, step, report))
         held: dict[str, str] = {}
         backing_off: dict[str, str] = {}
@@ -451,6 +455,19 @@ class Scheduler:
                     log.warning("node %s: %s", name, w)
         self._warned_nodes = dict(state.node_warnings)
 
+    def _kueue(self, state: ClusterState, report: CycleReport) -> None:
+        """Kueue-managed workloads (tessera.operator.kueue): create each one's Kueue Workload;
+        clear an evicted one's reservation once its pods are gone."""
+        for view in state.workloads.values():
+            if not view.kueue_managed or not state.kueue.installed or view.error:
+                continue
+            with self._bulkhead(view, "writing its Kueue Workload", report):
+                if view.kueue_workload is None:
+                    self.kube.kueue.create_workload(kueue_workload_for(view))
+                elif (cleared := kueue_released(view)) is not None:
+                    meta = view.kueue_workload["metadata"]
+                    self.kube.kueue.patch_workload_status(meta["namespace"], meta["name"], cleared)
+
     def _repair(self, state: ClusterState, report: CycleReport) -> None:
         for pod in state.orphans:
             log.info("deleting orphaned pod %s/%s (its workload is gone)", pod.namespace, pod.name)
@@ -476,4 +493,4 @@ class Scheduler:
                     self.status.event(view, "Normal" if scaled else "Warning",
                                       "ScaledDown" if scaled else "ReplicaLost", note)
                 if view.rollback_reason:
-                    self.actuator.rollback(view, view.rollback_reason, report)
+                    self.actuator.rollback(view, view.rollback_reason, report, code=view.rollback_code)

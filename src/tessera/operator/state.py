@@ -26,6 +26,7 @@ from typing import Any
 
 from tessera.api.convert import inferenceservice_workload
 from tessera.api.dra import DraObjects, DraPool
+from tessera.api.kueue import KueueObjects
 from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus
 from tessera.core import (
     Allocation,
@@ -39,6 +40,8 @@ from tessera.core import (
 )
 from tessera.operator import labels as L
 from tessera.operator.devices import DraState, claim_holds, conflicts, counted_pods, dra_state, stale_claims
+from tessera.operator.kueue import KueueIndex, kueue_index
+from tessera.operator.kueue import gate as kueue_gate
 from tessera.operator.memo import StateMemo
 from tessera.operator.overcommit import step_back
 from tessera.operator.queues import Queues, resolve_queue
@@ -84,6 +87,8 @@ class ClusterState:
     leaving: list[PodView] = field(default_factory=list)
     #: DRA pools, the devices claims hold, Tessera's stale claims (tessera.operator.devices)
     dra: DraState = field(default_factory=DraState)
+    #: Kueue's Workloads and flavors (tessera.operator.kueue)
+    kueue: KueueIndex = field(default_factory=KueueIndex)
 
 
 def build_state(
@@ -100,6 +105,7 @@ def build_state(
     memo: StateMemo | None = None,
     previous: ClusterSnapshot | None = None,
     dra: DraObjects | None = None,
+    kueue: KueueObjects | None = None,
 ) -> ClusterState:
     """Reconcile listed objects into a :class:`ClusterState` (see the module docstring).
 
@@ -122,10 +128,14 @@ def build_state(
     ``dra``: ResourceSlices, ResourceClaims and DeviceClasses (tessera.operator.devices):
     nodes that publish their accelerators as slices count those devices, and claims hold
     theirs.
+
+    ``kueue``: Kueue's Workloads and ResourceFlavors (None: Kueue not installed); workloads
+    labelled kueue.x-k8s.io/queue-name run only as Kueue admits them (tessera.operator.kueue).
     """
     memo = memo or StateMemo()
     derive = _Derive(memo)
     devices = dra_state(dra)
+    admitted = kueue_index(kueue)
     node_views = {v.node.name: v for v in (derive.node(n, devices.pools) for n in nodes)}
     views: dict[str, WorkloadView] = {}
     by_uid: dict[str, WorkloadView] = {}
@@ -183,6 +193,8 @@ def build_state(
             continue
         try:
             _reconcile(view, keep_lost)
+            kueue_gate(view, admitted, node_views)
+            _gate(view)
         except Exception as err:
             view.error = f"cannot reconcile its status: {type(err).__name__}: {err}"
             view.workload = None
@@ -218,7 +230,7 @@ def build_state(
             if extra is not None:
                 pending.append(extra)
                 pending_owner[extra.key] = view.key
-        elif view.workload is not None and _wants_replicas(view):
+        elif view.workload is not None and _wants_replicas(view) and not view.gate:
             pending.append(view.workload)
             pending_owner[view.workload.key] = view.key
 
@@ -252,7 +264,8 @@ def build_state(
         warnings[name] = (*warnings.get(name, ()), warning)
     usable = {name for name, v in node_views.items() if v.node.usable}
     leaving = [p for p in leaving if p.node_name in usable]  # a dead node's pods may never go
-    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving, devices)
+    return ClusterState(snapshot, pending, views, node_views, pending_owner, orphans, warnings, leaving, devices,
+                        admitted)
 
 
 def _age(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, str]:
@@ -403,6 +416,15 @@ def _reconcile(view: WorkloadView, keep_lost: bool = False) -> None:
             placed = view.placement.pop(replica)
             view.to_delete.extend(p for p in view.pods if p.replica == replica)
             view.notes.append(f"scaled down: removed {placed.pod} from {placed.node}")
+
+
+def _gate(view: WorkloadView) -> None:
+    """A workload that may not run now (``spec.suspend``, or a gate Kueue's admission set):
+    never pending, and what runs of it is stopped (its pods deleted, status saying why)."""
+    if view.model is not None and view.model.spec.suspend and not view.gate:
+        view.gate, view.gate_code = "spec.suspend is true: no pods run until it is false", "Suspended"
+    if view.gate and not view.rollback_reason and (view.placement or view.in_flight or view.lost or view.pods):
+        view.rollback_reason, view.rollback_code = view.gate, view.gate_code
 
 
 def _adopt(view: WorkloadView, pods: Mapping[int, PodView]) -> None:

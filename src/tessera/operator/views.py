@@ -162,6 +162,15 @@ class WorkloadView:
     #: True when the recorded placement is still being bound (phase Binding)
     in_flight: bool = False
     rollback_reason: str = ""
+    #: the Scheduled=False reason the rollback is recorded with
+    rollback_code: str = "PlacementRolledBack"
+    #: why it may not run now ("" = it may): spec.suspend, or Kueue has not admitted it
+    #: (tessera.operator.kueue); ``gate_code`` is the Scheduled=False reason saying so
+    gate: str = ""
+    gate_code: str = ""
+    #: labelled kueue.x-k8s.io/queue-name (tessera.operator.kueue), and its Kueue Workload
+    kueue_managed: bool = False
+    kueue_workload: Mapping[str, Any] | None = None
     #: replicas to create and/or bind this cycle (in-flight completion)
     to_bind: list[ReplicaStatus] = field(default_factory=list)
     #: pods of this workload to delete (stale generation, scaled down, ...)

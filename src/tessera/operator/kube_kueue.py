@@ -1,0 +1,84 @@
+"""The ``kueue.x-k8s.io/v1beta2`` calls: Kueue Workloads and ResourceFlavors (raw JSON in and out).
+
+API verbs used (the chart's ClusterRoles grant exactly these; tests/operator/test_rbac.py):
+workloads.kueue.x-k8s.io, resourceflavors.kueue.x-k8s.io: list (watch with the watch cache);
+workloads.kueue.x-k8s.io: create, get (the Workload of a Tessera workload, in its namespace);
+workloads.kueue.x-k8s.io/status: patch (clearing an evicted Workload's reservation).
+
+An API server without Kueue's CRDs (404), or an older chart's RBAC (403), means no Kueue:
+listed as none, with a warning; workloads with the queue-name label then wait, saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tessera.api.kueue import FLAVORS, GROUP, VERSION, WORKLOADS, KueueObjects
+from tessera.operator import labels as L
+from tessera.operator.kube_base import _error, _json
+
+log = logging.getLogger("tessera.operator")
+
+
+class KueueApi:
+    """Kueue Workloads and ResourceFlavors; ``wrote`` sees every Workload this process
+    writes (the watch cache's assumed overlay)."""
+
+    def __init__(self, custom: client.CustomObjectsApi, wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.custom = custom
+        self.wrote = wrote or (lambda obj: None)
+        self.installed = True
+
+    def list_call(self, plural: str) -> Callable[..., Any]:
+        """The LIST (and, with watch=True, WATCH) of ``plural`` across namespaces."""
+        def call(**kwargs: Any) -> Any:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        return call
+
+    def list(self) -> KueueObjects | None:
+        """Every Workload and ResourceFlavor; None when Kueue is not installed or RBAC refuses."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for plural in (WORKLOADS, FLAVORS):
+            try:
+                out[plural] = list(_json(self.list_call(plural)(_preload_content=False))["items"])
+            except ApiException as err:
+                if err.status not in (403, 404):
+                    raise _error(err, f"list {plural}.{GROUP}") from err
+                if self.installed:
+                    log.warning("cannot list %s.%s (%s): Kueue is taken as not installed", plural, GROUP, err.status)
+                self.installed = False
+                return None
+        self.installed = True
+        return KueueObjects(out[WORKLOADS], out[FLAVORS])
+
+    def create_workload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create ``body``; on AlreadyExists return the existing Workload."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = dict(_json(self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, WORKLOADS, body, field_manager=L.FIELD_MANAGER, _preload_content=False)))
+        except ApiException as err:
+            if err.status != 409:
+                raise _error(err, f"create workload.{GROUP} {namespace}/{name}") from err
+            try:
+                created = dict(_json(self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, WORKLOADS, name, _preload_content=False)))
+            except ApiException as err2:
+                raise _error(err2, f"get workload.{GROUP} {namespace}/{name}") from err2
+        self.wrote(created)
+        return created
+
+    def patch_workload_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a Workload's status (the reservation of an evicted one, cleared)."""
+        try:
+            obj = dict(_json(self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, WORKLOADS, name, cast(Any, {"status": status}),
+                field_manager=L.FIELD_MANAGER, _preload_content=False)))
+        except ApiException as err:
+            raise _error(err, f"patch workload.{GROUP} {namespace}/{name} status") from err
+        self.wrote(obj)
