@@ -13,6 +13,7 @@
 #   TESSERA_NO_CONTROLLER_MANAGER=1  do not start kube-controller-manager
 #   TESSERA_APISERVER_ARGS  extra kube-apiserver flags (e.g. "--max-mutating-requests-inflight=1"
 #                         to make it answer 429 under load, as tests/operator/test_throttled_apiserver.py does)
+#   TESSERA_KUEUE=1       also start the real Kueue controller (hack/kueue-up.sh, docs/kueue.md)
 #   TESSERA_KUBE_SCHEDULER=1  also start the real kube-scheduler (hack/kube-scheduler-up.sh);
 #                         off by default: then only Tessera binds pods
 # Idempotent: when the cluster in TESSERA_CLUSTER_DIR answers, it is reused.
@@ -49,6 +50,9 @@ if [[ -f "$KUBECONFIG_PATH" ]] && running kube-apiserver && running etcd && runn
    && kubectl get --raw /readyz >/dev/null 2>&1; then
   log "reusing the running cluster in $DIR"
   apply_nodes
+  if [[ "${TESSERA_KUEUE:-}" == 1 ]]; then
+    TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kueue-up.sh" >/dev/null
+  fi
   if [[ "${TESSERA_KUBE_SCHEDULER:-}" == 1 ]]; then
     TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kube-scheduler-up.sh" >/dev/null
   fi
@@ -201,6 +205,9 @@ kubectl get serviceaccount default -n default >/dev/null 2>&1 \
 log "applying node fixtures from $NODES"
 apply_nodes
 wait_for kwok 60 bash -c "! '$BIN/kubectl' --kubeconfig '$KUBECONFIG_PATH' get nodes --no-headers | grep -v ' Ready '"
+if [[ "${TESSERA_KUEUE:-}" == 1 ]]; then
+  TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kueue-up.sh" >/dev/null
+fi
 if [[ "${TESSERA_KUBE_SCHEDULER:-}" == 1 ]]; then
   TESSERA_CLUSTER_DIR="$DIR" TESSERA_BIN_DIR="$BIN" bash "$ROOT/hack/kube-scheduler-up.sh" >/dev/null
 fi

@@ -188,6 +188,10 @@ NEEDED = [
     ("create", "resourceclaims.resource.k8s.io", "ws", None),
     ("delete", "resourceclaims.resource.k8s.io", "ws", None),
     ("patch", "resourceclaims.resource.k8s.io/status", "ws", None),
+    ("watch", "workloads.kueue.x-k8s.io", None, None),
+    ("list", "resourceflavors.kueue.x-k8s.io", None, None),
+    ("create", "workloads.kueue.x-k8s.io", "ws", None),
+    ("patch", "workloads.kueue.x-k8s.io/status", "ws", None),
     ("create", "leases.coordination.k8s.io", "own", None),
     ("update", "leases.coordination.k8s.io", "own", "lease"),
     ("get", "leases.coordination.k8s.io", "own", "lease"),
@@ -231,6 +235,13 @@ FORBIDDEN = [
     ("patch", "resourceclaims.resource.k8s.io", "ws", None),
     ("update", "resourceclaims.resource.k8s.io/status", "ws", None),
     ("create", "resourceclaimtemplates.resource.k8s.io", "ws", None),
+    # Kueue: its own Workloads' creation and status only; never Kueue's queues or quotas
+    ("delete", "workloads.kueue.x-k8s.io", "ws", None),
+    ("patch", "workloads.kueue.x-k8s.io", "ws", None),
+    ("update", "clusterqueues.kueue.x-k8s.io", None, None),
+    ("patch", "clusterqueues.kueue.x-k8s.io/status", None, None),
+    ("create", "localqueues.kueue.x-k8s.io", "ws", None),
+    ("create", "resourceflavors.kueue.x-k8s.io", None, None),
 ]
 
 
