@@ -203,3 +203,25 @@ def test_spec_suspend_stops_a_running_job_and_resumes_it(kueue_cluster: LocalClu
         and status_of(kueue_cluster, "paused", ns).get("phase") == "Pending", timeout=40,
         what="paused stopped and Pending")
     assert condition(status_of(kueue_cluster, "paused", ns), "Scheduled")["reason"] == "Suspended"
+
+
+def test_a_kueue_workload_of_that_name_not_tessera_s_is_never_adopted(kueue_cluster: LocalCluster, ns: str,
+                                                                    operator: OperatorProcess) -> None:
+    # someone else's Workload already has the name Tessera would give the job's
+    kueue_cluster.apply(f"""
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: Workload
+metadata: {{name: elasticjob-taken, namespace: {ns}}}
+spec:
+  queueName: a100
+  podSets: [{{name: main, count: 1, template: {{spec: {{containers: [{{name: c, image: x}}]}}}}}}]
+""")
+    kueue_cluster.apply(job("taken", queue="a100"), ns)
+    failed = kueue_cluster.wait_for(
+        lambda: (s := status_of(kueue_cluster, "taken", ns)) and condition(s, "Scheduled").get("reason")
+        == "ActionFailed" and s, timeout=40, what="taken: ActionFailed naming the Workload")
+    assert "Tessera did not create" in condition(failed, "Scheduled")["message"]
+    operator.wait_cycles(3)  # backing off: the condition stays, nothing is placed
+    assert condition(status_of(kueue_cluster, "taken", ns), "Scheduled")["reason"] == "ActionFailed"
+    assert not pods_of(kueue_cluster, ns, "taken")
+    assert kueue_workload(kueue_cluster, ns, "taken")["spec"]["podSets"][0]["name"] == "main"  # untouched

@@ -25,6 +25,7 @@ from typing import Any
 
 from tessera.api import kueue as K
 from tessera.core import AcceleratorOption, accelerator_info
+from tessera.operator.kube_base import KubeError
 from tessera.operator.views import NodeView, WorkloadView
 
 WAITING = "WaitingForKueue"
@@ -121,6 +122,15 @@ def workload_for(view: WorkloadView) -> dict[str, Any]:
     template = (view.raw.get("spec") or {}).get("template") or {}
     return K.workload_body(view.kind, view.raw, template, count=max(1, count), min_count=workload.min_replicas,
                            accelerators=workload.demand.accelerators, resources=resources, priority=workload.priority)
+
+
+def check_owned(view: WorkloadView, found: Mapping[str, Any]) -> None:
+    """Raise when ``found`` (the Workload of ``view``'s name, just created or already there)
+    is not the one Tessera made for it: it is never adopted."""
+    meta = found.get("metadata") or {}
+    if view.uid not in [o.get("uid") for o in meta.get("ownerReferences") or []]:
+        raise KubeError(f"a Kueue Workload named {meta.get('name')} that Tessera did not create for this "
+                        f"{view.kind} exists in namespace {view.namespace}; delete or rename it", 409)
 
 
 def released(view: WorkloadView) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ from tessera.operator.elastic import ElasticActuator, ElasticSettings, plan_for,
 from tessera.operator.executable import executable_placements, old_pods_going
 from tessera.operator.faults import NO_FAULTS, FaultHooks
 from tessera.operator.kube import KubeError
+from tessera.operator.kueue import check_owned as kueue_check_owned
 from tessera.operator.kueue import released as kueue_released
 from tessera.operator.kueue import workload_for as kueue_workload_for
 from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
@@ -461,9 +462,12 @@ class Scheduler:
         for view in state.workloads.values():
             if not view.kueue_managed or not state.kueue.installed or view.error:
                 continue
+            if self.backoff.waiting(view.uid, view.generation):
+                view.gate = ""  # its ActionFailed condition says why it waits; not overwritten
+                continue
             with self._bulkhead(view, "writing its Kueue Workload", report):
                 if view.kueue_workload is None:
-                    self.kube.kueue.create_workload(kueue_workload_for(view))
+                    kueue_check_owned(view, self.kube.kueue.create_workload(kueue_workload_for(view)))
                 elif (cleared := kueue_released(view)) is not None:
                     meta = view.kueue_workload["metadata"]
                     self.kube.kueue.patch_workload_status(meta["namespace"], meta["name"], cleared)
