@@ -18,11 +18,23 @@ state cost what changed, not the cluster's size (docs/operator.md, "Scale").
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
-from tessera.core import Allocation, ReplicaDemand
-from tessera.operator.views import NodeView, ParsedWorkload, PodView
+from tessera.api.dra import DraPool
+from tessera.core import Allocation, ReplicaDemand, ReplicaPlacement, Workload, WorkloadKind
+from tessera.operator.views import (
+    NodeView,
+    ParsedWorkload,
+    PodView,
+    WorkloadView,
+    external_demand,
+    node_fingerprint,
+    node_view,
+    parse_workload,
+    pod_view,
+    workload_view,
+)
 
 V = TypeVar("V")
 
@@ -86,3 +98,44 @@ class StateMemo:
         memos = self._all()
         asked = sum(m.hits + m.misses for m in memos)
         return sum(m.hits for m in memos) / asked if asked else 0.0
+
+
+class Derive:
+    """Views and allocations of listed objects, through a :class:`StateMemo` (what
+    :func:`tessera.operator.state.build_state` derives from each object)."""
+
+    def __init__(self, memo: StateMemo) -> None:
+        self.memo = memo
+
+    def node(self, raw: Mapping[str, Any], pools: Mapping[str, DraPool]) -> NodeView:
+        pool = pools.get((raw.get("metadata") or {}).get("name", ""))
+        return self.memo.nodes.get(_uid(raw), (*node_fingerprint(raw), pool), lambda: node_view(raw, pool),
+                                   by_value=True)
+
+    def pod(self, raw: Mapping[str, Any]) -> PodView:
+        return self.memo.pods.get(_uid(raw), (raw,), lambda: pod_view(raw))
+
+    def workload(self, kind: str, raw: Mapping[str, Any]) -> WorkloadView:
+        return workload_view(kind, raw, self.memo.workloads.get(_uid(raw), (raw,), lambda: parse_workload(kind, raw)))
+
+    def demand(self, pod: PodView, nv: NodeView | None) -> ReplicaDemand:
+        """What ``pod`` takes from its node ``nv``, as Kubernetes counts it."""
+        resource = nv.discovery.resource_name if nv else None
+        return self.memo.demands.get(f"{pod.uid}/{resource}", (pod.raw,), lambda: external_demand(pod.raw, resource))
+
+    def held(self, pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
+        """What a bound pod outside every live Tessera allocation takes from its node."""
+        nv = nodes.get(pod.node_name)
+        accel = nv.node.accelerator_type if nv else None
+
+        def allocation() -> Allocation:
+            workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD,
+                                demand=self.demand(pod, nv), preemptible=False)
+            return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
+
+        return self.memo.held.get(f"{pod.uid}/{accel}/{nv.discovery.resource_name if nv else None}", (pod,),
+                                  allocation)
+
+
+def _uid(raw: Mapping[str, Any]) -> str:
+    return str((raw.get("metadata") or {}).get("uid") or "")

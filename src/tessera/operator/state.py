@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.api.convert import inferenceservice_workload
-from tessera.api.dra import DraObjects, DraPool
+from tessera.api.dra import DraObjects
 from tessera.api.kueue import KueueObjects
 from tessera.api.models import ElasticJob, InferenceService, ReplicaStatus
 from tessera.core import (
@@ -33,7 +33,6 @@ from tessera.core import (
     CapacityError,
     CapacityLedger,
     ClusterSnapshot,
-    ReplicaDemand,
     ReplicaPlacement,
     Workload,
     WorkloadKind,
@@ -42,7 +41,7 @@ from tessera.operator import labels as L
 from tessera.operator.devices import DraState, claim_holds, conflicts, counted_pods, dra_state, stale_claims
 from tessera.operator.kueue import KueueIndex, kueue_index
 from tessera.operator.kueue import gate as kueue_gate
-from tessera.operator.memo import StateMemo
+from tessera.operator.memo import Derive, StateMemo
 from tessera.operator.overcommit import step_back
 from tessera.operator.queues import Queues, resolve_queue
 from tessera.operator.views import (  # noqa: F401  (re-exported: the state's vocabulary)
@@ -133,7 +132,7 @@ def build_state(
     labelled kueue.x-k8s.io/queue-name run only as Kueue admits them (tessera.operator.kueue).
     """
     memo = memo or StateMemo()
-    derive = _Derive(memo)
+    derive = Derive(memo)
     devices = dra_state(dra)
     admitted = kueue_index(kueue)
     node_views = {v.node.name: v for v in (derive.node(n, devices.pools) for n in nodes)}
@@ -274,7 +273,7 @@ def _age(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, str]:
     return (str(meta.get("creationTimestamp") or ""), kind, str(meta.get("uid") or ""))
 
 
-def _drift(view: WorkloadView, nodes: Mapping[str, NodeView], derive: _Derive) -> list[Allocation]:
+def _drift(view: WorkloadView, nodes: Mapping[str, NodeView], derive: Derive) -> list[Allocation]:
     """Count what runs, not what the spec says: a running pod that requests more than the
     workload's spec accounts for (the spec was edited while it runs, a second container or
     an init container asks for accelerators too) holds the excess on its node.  The view
@@ -298,47 +297,6 @@ def _drift(view: WorkloadView, nodes: Mapping[str, NodeView], derive: _Derive) -
             out.append(Allocation(workload, (ReplicaPlacement(0, pod.node_name,
                                                               nv.node.accelerator_type if nv else None),)))
     return out
-
-
-class _Derive:
-    """Views and allocations of listed objects, through a :class:`StateMemo`."""
-
-    def __init__(self, memo: StateMemo) -> None:
-        self.memo = memo
-
-    def node(self, raw: Mapping[str, Any], pools: Mapping[str, DraPool]) -> NodeView:
-        pool = pools.get((raw.get("metadata") or {}).get("name", ""))
-        return self.memo.nodes.get(_uid(raw), (*node_fingerprint(raw), pool), lambda: node_view(raw, pool),
-                                   by_value=True)
-
-    def pod(self, raw: Mapping[str, Any]) -> PodView:
-        return self.memo.pods.get(_uid(raw), (raw,), lambda: pod_view(raw))
-
-    def workload(self, kind: str, raw: Mapping[str, Any]) -> WorkloadView:
-        return workload_view(kind, raw, self.memo.workloads.get(_uid(raw), (raw,), lambda: parse_workload(kind, raw)))
-
-    def demand(self, pod: PodView, nv: NodeView | None) -> ReplicaDemand:
-        """What ``pod`` takes from its node ``nv``, as Kubernetes counts it."""
-        resource = nv.discovery.resource_name if nv else None
-        return self.memo.demands.get(f"{pod.uid}/{resource}", (pod.raw,), lambda: external_demand(pod.raw, resource))
-
-    def held(self, pod: PodView, nodes: Mapping[str, NodeView]) -> Allocation:
-        """What a bound pod outside every live Tessera allocation takes from its node."""
-        nv = nodes.get(pod.node_name)
-        accel = nv.node.accelerator_type if nv else None
-
-        def allocation() -> Allocation:
-            workload = Workload(key=f"pod:{pod.namespace}/{pod.name}", kind=WorkloadKind.POD,
-                                demand=self.demand(pod, nv), preemptible=False)
-            return Allocation(workload, (ReplicaPlacement(0, pod.node_name, accel),))
-
-        return self.memo.held.get(f"{pod.uid}/{accel}/{nv.discovery.resource_name if nv else None}", (pod,),
-                                  allocation)
-
-
-def _uid(raw: Mapping[str, Any]) -> str:
-    return str((raw.get("metadata") or {}).get("uid") or "")
-
 
 
 def _wants_replicas(view: WorkloadView) -> bool:
