@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.api.dra import DraObjects
+from tessera.api.kueue import KueueObjects
 from tessera.core import Plan
 from tessera.engine import Engine
 from tessera.operator.main import constructor_arguments, policy_params
@@ -63,13 +64,16 @@ def read_cluster(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
     kube = Kube.connect(kubeconfig, context, connections=4)
     queues = kube.list_queues()
     dra = kube.list_dra()
+    kueue = kube.list_kueue()
     return {"version": SNAPSHOT_VERSION, "takenAt": time.time(), "nodes": kube.list_nodes(),
             "pods": kube.list_pods(), "workloads": [[kind, raw] for kind, raw in kube.list_workloads()],
             # what decides a workload's queue and priority, as in the operator
             "queues": queues, "priorityClasses": kube.list_priority_classes(),
             "namespaceLabels": kube.list_namespace_labels() if queue_tree(queues).needs_namespace_labels() else {},
             # accelerators published as DRA devices, and the claims holding them
-            "resourceSlices": dra.slices, "resourceClaims": dra.claims, "deviceClasses": dra.classes}
+            "resourceSlices": dra.slices, "resourceClaims": dra.claims, "deviceClasses": dra.classes,
+            # Kueue's decisions on Kueue-managed workloads (None: Kueue not installed)
+            "kueue": None if kueue is None else {"workloads": kueue.workloads, "flavors": kueue.flavors}}
 
 
 def load_snapshot(path: Path) -> dict[str, Any]:
@@ -108,7 +112,9 @@ def decide(snapshot: Mapping[str, Any], policies: Sequence[str], params: Mapping
                         namespace_labels=snapshot.get("namespaceLabels") or {}, default_queue=default_queue,
                         classes=priority_classes(snapshot.get("priorityClasses") or []),
                         dra=DraObjects(snapshot.get("resourceSlices") or [], snapshot.get("resourceClaims") or [],
-                                       snapshot.get("deviceClasses") or []))
+                                       snapshot.get("deviceClasses") or []),
+                        kueue=KueueObjects(snapshot["kueue"]["workloads"], snapshot["kueue"]["flavors"])
+                        if snapshot.get("kueue") else None)
     nodes = {name: view.node for name, view in state.nodes.items()}
     out = []
     for name in policies:
