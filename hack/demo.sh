@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a local control plane with fake H100, A100 and
-# Ascend 910B nodes, Tessera's CRDs, the operator, and the examples; then a table of
+# Ascend 910B nodes (and L40S nodes whose GPUs are DRA devices), Tessera's CRDs, the operator, and the examples; then a table of
 # where every replica landed.  Safe to run again: everything is reused.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,12 +28,14 @@ fi
 
 say "applying the examples"
 kubectl apply -f examples/elasticjob-basic.yaml -f examples/elasticjob-ascend.yaml \
-  -f examples/inferenceservice-basic.yaml -f examples/elasticjob-too-big.yaml
+  -f examples/inferenceservice-basic.yaml -f examples/elasticjob-too-big.yaml \
+  -f examples/elasticjob-l40s-dra.yaml
 
 say "waiting for the placements"
 deadline=$((SECONDS + 90))
 until [[ "$(kubectl get elasticjob llm-pretrain -o jsonpath='{.status.phase}' 2>/dev/null)" == Running \
       && "$(kubectl get elasticjob npu-finetune -o jsonpath='{.status.phase}' 2>/dev/null)" == Running \
+      && "$(kubectl get elasticjob l40s-finetune -o jsonpath='{.status.phase}' 2>/dev/null)" == Running \
       && "$(kubectl get inferenceservices.tessera.dev chat-server -o jsonpath='{.status.phase}' 2>/dev/null)" == Running ]]; do
   if (( SECONDS > deadline )); then
     echo "the examples did not reach Running in 90 s; operator log:" >&2
@@ -48,6 +50,9 @@ say "where each replica landed"
   <(kubectl get elasticjobs.tessera.dev,inferenceservices.tessera.dev -A -o json) \
   <(kubectl get pods -A -l tessera.dev/workload -o json) \
   <(kubectl get nodes -o json)
+
+say "the DRA claims of the L40S pods (devices Tessera allocated before binding)"
+kubectl get resourceclaims -o custom-columns='CLAIM:.metadata.name,DEVICES:.status.allocation.devices.results[*].device,RESERVED FOR:.status.reservedFor[*].name'
 
 cat <<MSG
 

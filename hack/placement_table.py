@@ -35,7 +35,10 @@ def main(workloads_path: str, pods_path: str, nodes_path: str) -> int:
         for p in mine:
             node = p["spec"].get("nodeName") or "(unbound)"
             rows.append((w["kind"], f"{key[0]}/{key[1]}", p["metadata"]["labels"].get("tessera.dev/replica", "?"),
-                         p["metadata"]["name"], node, nodes.get(node, "-"), p.get("status", {}).get("phase", "")))
+                         p["metadata"]["name"], node,
+                         # the type Tessera placed it on (a DRA node advertises no extended resource)
+                         (p["metadata"].get("annotations") or {}).get("tessera.dev/accelerator-type")
+                         or nodes.get(node, "-"), p.get("status", {}).get("phase", "")))
         if not mine:
             cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), {})
             waiting.append(f"{w['kind']} {key[0]}/{key[1]}: {status.get('phase', 'Pending')} - "
