@@ -7,16 +7,10 @@ DIR="${TESSERA_CLUSTER_DIR:-$ROOT/.local-cluster}"
 keep=0; [[ "${1:-}" == "--keep-data" ]] && keep=1
 [[ -d "$DIR/pids" ]] || { echo "[cluster-down] nothing running in $DIR" >&2; exit 0; }
 # reverse start order: the consumers first, etcd last
+# shellcheck source=hack/pidfile.sh
+source "$ROOT/hack/pidfile.sh"
 for name in operator kueue kube-scheduler kwok kube-controller-manager kube-apiserver etcd; do
-  f="$DIR/pids/$name"
-  [[ -f "$f" ]] || continue
-  pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
+  stop_pid "$DIR/pids/$name"
 done
 if [[ $keep == 0 ]]; then rm -rf "$DIR/etcd"; fi
 echo "[cluster-down] stopped the cluster in $DIR" >&2

@@ -25,17 +25,13 @@ PIDFILE="$DIR/pids/kube-scheduler"
 LOG="$DIR/logs/kube-scheduler.log"
 log() { printf '[kube-scheduler-up] %s\n' "$*" >&2; }
 
-running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+# shellcheck source=hack/pidfile.sh
+source "$ROOT/hack/pidfile.sh"
+running() { pid_running "$PIDFILE"; }
 
 if [[ "${1:-}" == "--down" ]]; then
-  if running; then
-    pid="$(cat "$PIDFILE")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    log "stopped"
-  fi
-  rm -f "$PIDFILE"
+  running && log "stopping"
+  stop_pid "$PIDFILE"
   exit 0
 fi
 
