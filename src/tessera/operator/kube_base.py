@@ -49,3 +49,4 @@ def _error(err: ApiException, what: str) -> KubeError:
     except (ValueError, AttributeError):
         detail = str(err.body or "")
     return KubeError(f"{what}: {err.status} {err.reason}: {detail}".strip(), err.status or 0)
+

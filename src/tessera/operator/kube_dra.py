@@ -21,41 +21,25 @@ from kubernetes.client.rest import ApiException
 from tessera.api.dra import GROUP, VERSION, DraObjects
 from tessera.operator import labels as L
 from tessera.operator.kube_base import _drain, _error, _json
+from tessera.operator.kube_group import GroupApi
 
 log = logging.getLogger("tessera.operator")
 
 SLICES, CLASSES, CLAIMS = "resourceslices", "deviceclasses", "resourceclaims"
 
 
-class DraApi:
+class DraApi(GroupApi):
     """ResourceSlices, DeviceClasses and ResourceClaims; ``wrote`` sees every claim this
     process writes (the watch cache's assumed overlay)."""
 
     def __init__(self, custom: client.CustomObjectsApi, wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.custom = custom
+        super().__init__(custom, GROUP, VERSION, "DRA devices are not counted")
         self.wrote = wrote or (lambda obj: None)
-        self._warned = False
-
-    def list_call(self, plural: str) -> Callable[..., Any]:
-        """The LIST (and, with watch=True, WATCH) of ``plural`` across namespaces."""
-        def call(**kwargs: Any) -> Any:
-            return self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
-        return call
 
     def list(self) -> DraObjects:
         """Every slice, claim and class; none when the API server has no DRA or RBAC refuses."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for plural in (SLICES, CLAIMS, CLASSES):
-            try:
-                out[plural] = list(_json(self.list_call(plural)(_preload_content=False))["items"])
-            except ApiException as err:
-                if err.status not in (403, 404):
-                    raise _error(err, f"list {plural}.{GROUP}") from err
-                if not self._warned:
-                    log.warning("cannot list %s.%s (%s): DRA devices are not counted", plural, GROUP, err.status)
-                    self._warned = True
-                return DraObjects()
-        return DraObjects(out[SLICES], out[CLAIMS], out[CLASSES])
+        out = self.list_all((SLICES, CLAIMS, CLASSES))
+        return DraObjects() if out is None else DraObjects(out[SLICES], out[CLAIMS], out[CLASSES])
 
     def create_claim(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``body``; on AlreadyExists return the existing claim and False."""

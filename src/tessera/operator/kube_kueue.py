@@ -21,40 +21,23 @@ from kubernetes.client.rest import ApiException
 from tessera.api.kueue import FLAVORS, GROUP, VERSION, WORKLOADS, KueueObjects
 from tessera.operator import labels as L
 from tessera.operator.kube_base import _error, _json
+from tessera.operator.kube_group import GroupApi
 
 log = logging.getLogger("tessera.operator")
 
 
-class KueueApi:
+class KueueApi(GroupApi):
     """Kueue Workloads and ResourceFlavors; ``wrote`` sees every Workload this process
     writes (the watch cache's assumed overlay)."""
 
     def __init__(self, custom: client.CustomObjectsApi, wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.custom = custom
+        super().__init__(custom, GROUP, VERSION, "Kueue is taken as not installed")
         self.wrote = wrote or (lambda obj: None)
-        self.installed = True
-
-    def list_call(self, plural: str) -> Callable[..., Any]:
-        """The LIST (and, with watch=True, WATCH) of ``plural`` across namespaces."""
-        def call(**kwargs: Any) -> Any:
-            return self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
-        return call
 
     def list(self) -> KueueObjects | None:
         """Every Workload and ResourceFlavor; None when Kueue is not installed or RBAC refuses."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for plural in (WORKLOADS, FLAVORS):
-            try:
-                out[plural] = list(_json(self.list_call(plural)(_preload_content=False))["items"])
-            except ApiException as err:
-                if err.status not in (403, 404):
-                    raise _error(err, f"list {plural}.{GROUP}") from err
-                if self.installed:
-                    log.warning("cannot list %s.%s (%s): Kueue is taken as not installed", plural, GROUP, err.status)
-                self.installed = False
-                return None
-        self.installed = True
-        return KueueObjects(out[WORKLOADS], out[FLAVORS])
+        out = self.list_all((WORKLOADS, FLAVORS))
+        return None if out is None else KueueObjects(out[WORKLOADS], out[FLAVORS])
 
     def create_workload(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create ``body``; on AlreadyExists return the existing Workload."""
