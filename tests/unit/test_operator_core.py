@@ -455,6 +455,17 @@ def test_identical_jobs_share_one_dry_run_and_a_single_pod_placement_costs_one_s
     for job in kube.workloads.values():
         if job["status"].get("phase") == "Running":
             assert job["status"]["placementGeneration"] == 1 and job["status"]["plan"], job["status"]
+    # replicas.max 1: no peers to find and nothing to reshard, so no Service and no ConfigMap
+    assert kube.calls["ensure_service"] == kube.calls["apply_configmap"] == 0
+
+
+def test_a_job_that_may_grow_gets_its_service_and_plan_configmap() -> None:
+    kube, clock = cluster(2), Clock()
+    kube.add(elasticjob("grows", replicas=2, min_replicas=1, accelerators=8))
+    s = scheduler(kube, clock)
+    settle(s)
+    assert running(kube, "grows")
+    assert kube.calls["ensure_service"] >= 1 and kube.calls["apply_configmap"] >= 1
 
 
 def test_a_gang_placement_is_recorded_before_its_pods_exist() -> None:

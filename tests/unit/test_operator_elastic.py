@@ -21,7 +21,7 @@ from tessera.operator.elastic import (
     plan_status,
     previous_plan,
 )
-from tessera.operator.pods import build_pod
+from tessera.operator.pods import build_pod, single_replica
 from tessera.operator.state import LOST_NODE_PREFIX, build_state
 from tessera.policies.elastic import ElasticBestFit
 from tessera.policy import PolicyContext
@@ -188,6 +188,25 @@ def test_the_pod_carries_the_plan_contract():
     assert mount["mountPath"] == contract.PLAN_MOUNT_PATH and mount["readOnly"]
     plain = build_pod(view, 1, "n1", "H100", "nvidia.com/gpu", 1)
     assert "hostname" not in plain["spec"] and "env" not in plain["spec"]["containers"][0]
+
+
+def test_a_job_of_at_most_one_replica_rendezvous_on_itself_without_service_or_configmap():
+    kind, raw = running_job(["n0"], replicas=(1, 1))
+    raw["spec"].update({"globalBatchSize": 48, "microBatchSize": 8})
+    view = build_state(NODES, [pod("a", 0, "n0")], [(kind, raw)], T0).workloads["ns/a"]
+    assert single_replica(view)
+    plan = plan_for(view, view.placement.values())
+    assert plan is not None
+    spec = build_pod(view, 0, "n0", "H100", "nvidia.com/gpu", 1, plan=plan)["spec"]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == contract.SINGLE_ADDR
+    assert env["PET_RDZV_ENDPOINT"] == f"{contract.SINGLE_ADDR}:{contract.DEFAULT_RDZV_PORT}"
+    assert json.loads(env["TESSERA_PLAN"])["master_addr"] == contract.SINGLE_ADDR
+    # nothing names the Service or the ConfigMap it will not get
+    assert "subdomain" not in spec and "volumes" not in spec and "volumeMounts" not in spec["containers"][0]
+    # control: a job that may grow to two keeps both
+    grows = build_state(NODES, [pod("a", 0, "n0")], [running_job(["n0"], replicas=(1, 2))], T0).workloads["ns/a"]
+    assert not single_replica(grows)
 
 
 @pytest.mark.parametrize("cause", ["cordon", "taint-now"])

@@ -63,11 +63,17 @@ def replica_dns(job: str, namespace: str, replica_index: int) -> str:
     return f"{pod_name(job, replica_index)}.{headless_service_name(job)}.{namespace}.svc"
 
 
-def master_addr(job: str, namespace: str, plan: ShardingPlan) -> str:
-    """``<job>-<first replica of the plan>.<job>-headless.<ns>.svc`` (``<job>-0`` normally)."""
+#: the rendezvous address of a job that can never have more than one replica (``single``):
+#: the pod itself, so it needs no headless Service (nor a plan ConfigMap: it never reshards)
+SINGLE_ADDR = "127.0.0.1"
+
+
+def master_addr(job: str, namespace: str, plan: ShardingPlan, *, single: bool = False) -> str:
+    """``<job>-<first replica of the plan>.<job>-headless.<ns>.svc`` (``<job>-0`` normally);
+    SINGLE_ADDR for a ``single`` job (``replicas.max`` 1)."""
     if not plan.replicas_used:
         raise ValueError("a plan without replicas has no master")
-    return replica_dns(job, namespace, plan.replicas_used[0])
+    return SINGLE_ADDR if single else replica_dns(job, namespace, plan.replicas_used[0])
 
 
 def node_rank(plan: ShardingPlan, replica_index: int) -> int:
@@ -81,14 +87,15 @@ def node_rank(plan: ShardingPlan, replica_index: int) -> int:
         ) from None
 
 
-def plan_document(job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT) -> dict[str, Any]:
+def plan_document(job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT, *,
+                  single: bool = False) -> dict[str, Any]:
     """The TESSERA_PLAN payload: the sharding plan plus where to rendezvous."""
     doc = plan.to_dict()
     doc.update(
         {
             "job": job,
             "namespace": namespace,
-            "master_addr": master_addr(job, namespace, plan),
+            "master_addr": master_addr(job, namespace, plan, single=single),
             "master_port": master_port,
             "nnodes": len(plan.replicas_used),
             "world_size": plan.world_size,
@@ -97,8 +104,10 @@ def plan_document(job: str, namespace: str, plan: ShardingPlan, master_port: int
     return doc
 
 
-def plan_json(job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT) -> str:
-    return json.dumps(plan_document(job, namespace, plan, master_port), sort_keys=True, separators=(",", ":"))
+def plan_json(job: str, namespace: str, plan: ShardingPlan, master_port: int = DEFAULT_MASTER_PORT, *,
+              single: bool = False) -> str:
+    return json.dumps(plan_document(job, namespace, plan, master_port, single=single), sort_keys=True,
+                      separators=(",", ":"))
 
 
 def torchrun_nnodes(min_replicas: int, max_replicas: int) -> str:
@@ -119,6 +128,7 @@ def pod_env(
     max_replicas: int | None = None,
     rdzv_port: int = DEFAULT_RDZV_PORT,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
+    single: bool = False,
 ) -> dict[str, str]:
     """Environment of replica ``replica_index`` under ``plan`` (all values are strings).
 
@@ -131,13 +141,17 @@ def pod_env(
     processes (``RANK`` is the global rank of this pod's first process).  Env vars are
     fixed for a pod's life: a script that survives a reshard in place must re-read the
     mounted plan (:func:`configmap_data`), see ``docs/elastic.md``.
+
+    ``single``: a job that can never have more than one replica (``replicas.max`` 1): it
+    rendezvous on itself (:data:`SINGLE_ADDR`) and gets no Service and no mounted plan (it
+    never reshards: ``TESSERA_PLAN`` is its plan for its whole life).
     """
     rank = node_rank(plan, replica_index)
     nnodes = len(plan.replicas_used)
     low = nnodes if min_replicas is None else min_replicas
     high = max(nnodes, low) if max_replicas is None else max_replicas
     local = plan.devices_per_replica
-    address = master_addr(job, namespace, plan)
+    address = master_addr(job, namespace, plan, single=single)
     return {
         "WORLD_SIZE": str(plan.world_size),
         "RANK": str(rank * local),
@@ -159,7 +173,7 @@ def pod_env(
         "TESSERA_JOB": job,
         "TESSERA_NAMESPACE": namespace,
         "TESSERA_REPLICA_INDEX": str(replica_index),
-        "TESSERA_PLAN": plan_json(job, namespace, plan, master_port),
+        "TESSERA_PLAN": plan_json(job, namespace, plan, master_port, single=single),
         "TESSERA_PLAN_GENERATION": str(plan.generation),
         "TESSERA_PLAN_DIR": PLAN_MOUNT_PATH,
     }

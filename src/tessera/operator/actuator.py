@@ -30,7 +30,7 @@ from tessera.operator.faults import NO_FAULTS, CrashPoint, FaultHooks
 from tessera.operator.kube import KubeError
 from tessera.operator.lease import LeaderElector
 from tessera.operator.metrics import OperatorMetrics
-from tessera.operator.pods import build_pod, owner_reference
+from tessera.operator.pods import build_pod, owner_reference, single_replica
 from tessera.operator.ports import KubePort
 from tessera.operator.state import ClusterState, PodView, WorkloadView, free_replica_indices, pod_view
 from tessera.operator.status import PREEMPTED, SCHEDULED, Phase, StatusWriter
@@ -368,6 +368,8 @@ class Actuator:
                 raise KubeError(f"no sharding plan splits globalBatchSize {view.workload.global_batch_size} over "
                                 f"{len(full)} replica(s); not starting it without one")
             return None
+        if single_replica(view):
+            return plan  # nothing to rendezvous with, nothing to reshard: the pod's env has the plan
         owner = owner_reference(view.kind, view.raw)
         self.kube.ensure_service({
             "apiVersion": "v1", "kind": "Service",

@@ -99,14 +99,28 @@ def owner_reference(kind: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def single_replica(view: WorkloadView) -> bool:
+    """An ElasticJob that can never have more than one replica (``replicas.max`` 1): it has
+    no peers to find (no headless Service) and never reshards (no plan ConfigMap); its pod's
+    env carries the plan (tessera.api.elastic_contract, ``single``)."""
+    bounds = view.model.spec.replicas if view.model is not None else None
+    return isinstance(bounds, ReplicaRange) and bounds.max == 1
+
+
 def _add_plan(spec: dict[str, Any], job: str, namespace: str, plan: ShardingPlan, replica: int,
               replicas: ReplicaRange | None) -> None:
     """Env, DNS identity and the mounted plan of one elastic replica (the pod contract)."""
+    single = replicas is not None and replicas.max == 1
     spec["hostname"] = contract.pod_name(job, replica)
-    spec["subdomain"] = contract.headless_service_name(job)
     # the job's [min, max] makes torchrun elastic (PET_NNODES=min:max)
     env = contract.pod_env(job, namespace, plan, replica, min_replicas=replicas.min if replicas else None,
-                           max_replicas=replicas.max if replicas else None)
+                           max_replicas=replicas.max if replicas else None, single=single)
+    if single:  # no Service, no ConfigMap (single_replica): the env is the whole contract
+        for container in spec.get("containers") or []:
+            kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+            container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
+        return
+    spec["subdomain"] = contract.headless_service_name(job)
     volume = "tessera-plan"
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") != volume]
     volumes.append({"name": volume, "configMap": {"name": contract.configmap_name(job)}})
