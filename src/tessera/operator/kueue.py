@@ -19,14 +19,18 @@ already run Kueue.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tessera.api import kueue as K
 from tessera.core import AcceleratorOption, accelerator_info
 from tessera.operator.kube_base import KubeError
 from tessera.operator.views import NodeView, WorkloadView
+
+if TYPE_CHECKING:
+    from tessera.operator.kube_kueue import KueueApi
 
 WAITING = "WaitingForKueue"
 EVICTED = "EvictedByKueue"
@@ -131,6 +135,25 @@ def check_owned(view: WorkloadView, found: Mapping[str, Any]) -> None:
     if view.uid not in [o.get("uid") for o in meta.get("ownerReferences") or []]:
         raise KubeError(f"a Kueue Workload named {meta.get('name')} that Tessera did not create for this "
                         f"{view.kind} exists in namespace {view.namespace}; delete or rename it", 409)
+
+
+def write_kueue(views: Iterable[WorkloadView], api: KueueApi, *, waiting: Callable[[WorkloadView], str],
+                bulkhead: Callable[[WorkloadView, str], AbstractContextManager[None]]) -> None:
+    """The cycle's Kueue writes: each Kueue-managed workload's Workload created; an evicted
+    one's reservation cleared once its pods are gone.  ``waiting``: why a workload backs off
+    after a failure ("" when it may be tried); ``bulkhead`` contains a failure to it."""
+    for view in views:
+        if not view.kueue_managed or view.error:
+            continue
+        if waiting(view):
+            view.gate = ""  # its ActionFailed condition says why it waits; not overwritten
+            continue
+        with bulkhead(view, "writing its Kueue Workload"):
+            if view.kueue_workload is None:
+                check_owned(view, api.create_workload(workload_for(view)))
+            elif (cleared := released(view)) is not None:
+                meta = view.kueue_workload["metadata"]
+                api.patch_workload_status(meta["namespace"], meta["name"], cleared)
 
 
 def released(view: WorkloadView) -> dict[str, Any] | None:

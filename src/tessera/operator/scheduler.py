@@ -39,9 +39,7 @@ from tessera.operator.elastic import ElasticActuator, ElasticSettings, plan_for,
 from tessera.operator.executable import executable_placements, old_pods_going
 from tessera.operator.faults import NO_FAULTS, FaultHooks
 from tessera.operator.kube import KubeError
-from tessera.operator.kueue import check_owned as kueue_check_owned
-from tessera.operator.kueue import released as kueue_released
-from tessera.operator.kueue import workload_for as kueue_workload_for
+from tessera.operator.kueue import write_kueue
 from tessera.operator.lease import LeaderElector, LeaseLost, keep_decision_state, resume_decision_state
 from tessera.operator.memo import StateMemo
 from tessera.operator.metrics import OperatorMetrics
@@ -457,20 +455,10 @@ class Scheduler:
         self._warned_nodes = dict(state.node_warnings)
 
     def _kueue(self, state: ClusterState, report: CycleReport) -> None:
-        """Kueue-managed workloads (tessera.operator.kueue): create each one's Kueue Workload;
-        clear an evicted one's reservation once its pods are gone."""
-        for view in state.workloads.values():
-            if not view.kueue_managed or not state.kueue.installed or view.error:
-                continue
-            if self.backoff.waiting(view.uid, view.generation):
-                view.gate = ""  # its ActionFailed condition says why it waits; not overwritten
-                continue
-            with self._bulkhead(view, "writing its Kueue Workload", report):
-                if view.kueue_workload is None:
-                    kueue_check_owned(view, self.kube.kueue.create_workload(kueue_workload_for(view)))
-                elif (cleared := kueue_released(view)) is not None:
-                    meta = view.kueue_workload["metadata"]
-                    self.kube.kueue.patch_workload_status(meta["namespace"], meta["name"], cleared)
+        if state.kueue.installed:
+            write_kueue(state.workloads.values(), self.kube.kueue,
+                        waiting=lambda view: self.backoff.waiting(view.uid, view.generation),
+                        bulkhead=lambda view, step: self._bulkhead(view, step, report))
 
     def _repair(self, state: ClusterState, report: CycleReport) -> None:
         for pod in state.orphans:
