@@ -40,12 +40,22 @@ GLOBAL_BATCH, MICRO_BATCH = 48, 4  # dp 4 -> 3 micro-batches per rank, dp 3 -> 4
 #: from being taken for the node's return
 HYSTERESIS_SECONDS = {"in_memory": 4.0, "torchrun": 30.0}
 PATHS = ("in_memory", "torchrun")
-#: torchrun: notice a dead agent within ~2 s and close a round 3 s after min nodes joined
-#: (its defaults, 5 s x 3 heartbeats and a 30 s last call, are for large fleets).  Workers get
-#: a fresh store per round (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): on the agent's shared
-#: store, agents whose restart counts differ (a failed worker counts, a membership change does
-#: not) read each other's stale keys and time out connecting to dead workers.
-TORCHRUN_ENV = {"PET_RDZV_CONF": "last_call_timeout=3,keep_alive_interval=1,keep_alive_max_attempt=2,join_timeout=120",
+#: torchrun's c10d rendezvous: close a round 3 s after min nodes joined (default 30 s) and
+#: notice a dead agent after 5 s without a heartbeat (keep_alive_interval x keep_alive_max_attempt;
+#: default 5 s x 3).  The expiry must stay well above the longest gap between two heartbeats of
+#: a *live* agent, which c10d itself makes ~2 intervals long at the end of every round: the last
+#: heartbeat written while waiting in the round, up to 1 s of polling until the agent sees the
+#: round complete, then 1 interval until its keep-alive timer first fires (measured: 2.0-2.1 s,
+#: also with two busy loops beside).  An agent whose own heartbeat has expired when it first
+#: syncs removes itself from the rendezvous state and never heartbeats again; with
+#: keep_alive_max_attempt=2 (a 2 s expiry) that happened to nearly every agent after every
+#: round, a joining agent then found a round with no participants, waited there alone, and the
+#: running agents (which restart only for nodes on the *wait list*) never re-formed: the grow
+#: hung until join_timeout.  Workers get a fresh store per round
+#: (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): on the agent's shared store, agents whose restart
+#: counts differ (a failed worker counts, a membership change does not) read each other's stale
+#: keys and time out connecting to dead workers.
+TORCHRUN_ENV = {"PET_RDZV_CONF": "last_call_timeout=3,keep_alive_interval=1,keep_alive_max_attempt=5,join_timeout=120",
                 "PET_MONITOR_INTERVAL": "0.2", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "LOGLEVEL": "INFO"}
 
 
