@@ -385,20 +385,24 @@ def run_under_torchrun(args: argparse.Namespace) -> int:
             raise SystemExit(f"torchrun's group {replicas} never matched Tessera's plan {plan['replicas']}")
         time.sleep(0.1)
     # plan order decides the samples: global rank in plan order, then dp_rank (tp = pp = 1 here)
+    planned = time.time()
     plan_rank = list(plan["replicas"]).index(replica) * local + local_rank
     tp_pp = int(plan.get("tp", 1)) * int(plan.get("pp", 1))
     dp_rank = plan_rank // tp_pp
     trainer = Trainer(args)
     restored = trainer.sync_state("checkpoint")
+    synced = time.time()
     trainer.wrap()
     generation = int(plan["generation"])
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     now = time.time()
-    # where a restart's time goes: process start -> torch imported -> process group -> formed
+    # where a restart's time goes: process start -> torch imported -> process group -> plan
+    # matched -> state from the checkpoint -> DDP wrapped
     emit(args, {"event": "formed", "generation": generation, "world_size": world, "rank": dist.get_rank(),
                 "restored": restored, "step": trainer.step, "restart_count": restart, "t": now,
                 "process_started_at": started, "import_seconds": round(imported - started, 3),
-                "group_seconds": round(grouped - imported, 3), "plan_state_seconds": round(now - grouped, 3)},
+                "group_seconds": round(grouped - imported, 3), "plan_seconds": round(planned - grouped, 3),
+                "state_seconds": round(synced - planned, 3), "ddp_seconds": round(now - synced, 3)},
          log=dist.get_rank() == 0)
     while trainer.step < args.steps:
         # a collective failing because a peer died: exit non-zero at once and torchrun restarts
