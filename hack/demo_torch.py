@@ -30,8 +30,9 @@ import torch_elastic_scenario as scenario  # noqa: E402
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", choices=scenario.PATHS, default="in_memory")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=0, help="default: the scenario's for the path (36 in place, 60 torchrun)")
     args = parser.parse_args(argv)
+    args.steps = args.steps or scenario.STEPS[args.path]
     state = ROOT / ".local-cluster" / "torch-demo"
     env = {**os.environ, "TESSERA_CLUSTER_DIR": str(state), "TESSERA_BIN_DIR": str(BIN)}
     env.pop("TESSERA_PORT_BASE", None)
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
             operator = subprocess.Popen(
                 [sys.executable, "-m", "tessera", "operator", "--kubeconfig", str(kubeconfig), "--policy", "elastic",
                  "--metrics-port", "0", "--interval-seconds", "0.5", "--failure-grace-seconds=0", "--policy-param",
-                 f"elastic_hysteresis_seconds={scenario.HYSTERESIS_SECONDS[args.path]}"],
+                 f"elastic_hysteresis_seconds={scenario.HYSTERESIS_SECONDS}"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
         work = state / f"run-{args.path}"
         with contextlib.suppress(FileNotFoundError):
@@ -66,8 +67,9 @@ def main(argv: list[str]) -> int:
         reference = scenario.baseline(state / "baseline", args.steps)
         print(f"== the ElasticJob ({args.path}); pods run by tests/operator/pod_runner.py (output: {work}/pods)",
               flush=True)
-        run = scenario.run_job(kubeconfig, namespace, args.path, work, steps=args.steps, step_delay=0.25,
-                               fail_after_step=8, log=lambda m: print("   " + m, flush=True))
+        run = scenario.run_job(kubeconfig, namespace, args.path, work, steps=args.steps,
+                               step_delay=scenario.STEP_DELAY_SECONDS[args.path],
+                               fail_after_step=scenario.FAIL_AFTER_STEP, log=lambda m: print("   " + m, flush=True))
     finally:
         if operator is not None:
             operator.terminate()

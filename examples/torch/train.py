@@ -50,6 +50,19 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 PLAN_DIR_DEFAULT = "/etc/tessera/plan"
 
 
+def process_started_at() -> float:
+    """Wall-clock time this process was started (Linux /proc; now elsewhere): a worker that
+    torchrun restarts spends seconds starting Python and importing torch, part of recovery."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 # --- data: a function of the global sample index only --------------------------------------
 
 
@@ -351,9 +364,11 @@ def _drop_group(trainer: Trainer | None = None) -> None:
 
 def run_under_torchrun(args: argparse.Namespace) -> int:
     """torchrun started us (env://); map its ranks onto the plan, resume from the checkpoint."""
+    started, imported = process_started_at(), time.time()
     replica = int(os.environ["TESSERA_REPLICA_INDEX"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout_seconds))
+    grouped = time.time()
     world = dist.get_world_size()
     deadline = time.monotonic() + args.plan_timeout_seconds
     while True:
@@ -370,16 +385,24 @@ def run_under_torchrun(args: argparse.Namespace) -> int:
             raise SystemExit(f"torchrun's group {replicas} never matched Tessera's plan {plan['replicas']}")
         time.sleep(0.1)
     # plan order decides the samples: global rank in plan order, then dp_rank (tp = pp = 1 here)
+    planned = time.time()
     plan_rank = list(plan["replicas"]).index(replica) * local + local_rank
     tp_pp = int(plan.get("tp", 1)) * int(plan.get("pp", 1))
     dp_rank = plan_rank // tp_pp
     trainer = Trainer(args)
     restored = trainer.sync_state("checkpoint")
+    synced = time.time()
     trainer.wrap()
     generation = int(plan["generation"])
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    now = time.time()
+    # where a restart's time goes: process start -> torch imported -> process group -> plan
+    # matched -> state from the checkpoint -> DDP wrapped
     emit(args, {"event": "formed", "generation": generation, "world_size": world, "rank": dist.get_rank(),
-                "restored": restored, "step": trainer.step, "restart_count": restart, "t": time.time()},
+                "restored": restored, "step": trainer.step, "restart_count": restart, "t": now,
+                "process_started_at": started, "import_seconds": round(imported - started, 3),
+                "group_seconds": round(grouped - imported, 3), "plan_seconds": round(planned - grouped, 3),
+                "state_seconds": round(synced - planned, 3), "ddp_seconds": round(now - synced, 3)},
          log=dist.get_rank() == 0)
     while trainer.step < args.steps:
         # a collective failing because a peer died: exit non-zero at once and torchrun restarts

@@ -27,15 +27,22 @@ from typing import Any
 
 import pytest
 from operator_process import OperatorProcess, clean_up
-from torch_elastic_scenario import HYSTERESIS_SECONDS, Run, baseline, max_rel_diff, run_job, steps_of
+from torch_elastic_scenario import (
+    FAIL_AFTER_STEP,
+    HYSTERESIS_SECONDS,
+    STEP_DELAY_SECONDS,
+    Run,
+    baseline,
+    max_rel_diff,
+    run_job,
+    steps_of,
+)
+from torch_elastic_scenario import STEPS as PATH_STEPS
 
 pytestmark = pytest.mark.cluster
 
-STEPS = 36
-STEP_DELAY_SECONDS = 0.2
-FAIL_AFTER_STEP = 7
-TORCHRUN_STEPS = 60
-TORCHRUN_STEP_DELAY_SECONDS = 0.5
+STEPS = PATH_STEPS["in_memory"]
+TORCHRUN_STEPS = PATH_STEPS["torchrun"]
 
 if importlib.util.find_spec("torch") is None:
     reason = "PyTorch is not installed (pip install -e '.[torch]', or make torch)"
@@ -46,20 +53,19 @@ if importlib.util.find_spec("torch") is None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
-    """The uninterrupted 4-replica run (local processes, one fixed plan)."""
-    steps = TORCHRUN_STEPS if os.environ.get("TESSERA_TORCHRUN_TEST") == "1" else STEPS
-    return baseline(tmp_path_factory.mktemp("baseline"), steps)
+    """The uninterrupted 4-replica run (local processes, one fixed plan), long enough for both tests."""
+    return baseline(tmp_path_factory.mktemp("baseline"), max(STEPS, TORCHRUN_STEPS))
 
 
 @pytest.fixture
-def operator(crds: Any, namespace: str, tmp_path: Path) -> Iterator[Callable[[str], OperatorProcess]]:
-    """Start the elastic operator with the path's hysteresis; clean up at the end."""
+def operator(crds: Any, namespace: str, tmp_path: Path) -> Iterator[Callable[[], OperatorProcess]]:
+    """Start the elastic operator; clean up at the end."""
     started: list[OperatorProcess] = []
 
-    def start(path: str) -> OperatorProcess:
+    def start() -> OperatorProcess:
         proc = OperatorProcess(crds.kubeconfig, tmp_path / "operator.log", "--policy", "elastic",
                                "--failure-grace-seconds=0", "--policy-param",
-                               f"elastic_hysteresis_seconds={HYSTERESIS_SECONDS[path]}",
+                               f"elastic_hysteresis_seconds={HYSTERESIS_SECONDS}",
                                env={"KUBECONFIG": str(crds.kubeconfig)}).start()
         started.append(proc)
         return proc
@@ -78,38 +84,33 @@ def world_sizes(run: Run) -> list[int]:
 
 
 def test_in_place_reshard_keeps_the_loss_curve(crds, namespace, operator, reference, tmp_path):
-    operator("in_memory")
+    operator()
     run = run_job(crds.kubeconfig, namespace, "in_memory", tmp_path / "job", steps=STEPS,
-                  step_delay=STEP_DELAY_SECONDS, fail_after_step=FAIL_AFTER_STEP)
+                  step_delay=STEP_DELAY_SECONDS["in_memory"], fail_after_step=FAIL_AFTER_STEP)
     steps = [r["step"] for r in steps_of(run.records)]
     assert steps == list(range(STEPS)), "in place: every step exactly once, in order (none lost, none redone)"
     assert world_sizes(run) == [4, 3, 4]
     assert run.grow_generation > run.shrink_generation > 1
     diff = max_rel_diff(run, reference)
-    print(f"in_memory: recovery {run.recovery_seconds:.2f} s, loss max rel diff {diff:.3g}")
+    print(f"in_memory: recovery {run.recovery_seconds:.2f} s, regrow {run.regrow_seconds:.2f} s, "
+          f"loss max rel diff {diff:.3g}")
     assert diff <= 1e-5
 
 
-@pytest.mark.skipif(
-    os.environ.get("TESSERA_TORCHRUN_TEST") != "1",
-    reason="torchrun path not yet reliable here (torch 2.15, c10d, 2-core machine under load): the survivors "
-           "re-formed in 25-46 s or hung > 60 s in 'Rendezvous'ing worker group', and once an agent failed "
-           "the first rendezvous; opt in with TESSERA_TORCHRUN_TEST=1. The in-place path (test above) is "
-           "the proven one (docs/elastic.md).")
 def test_torchrun_restart_resumes_from_the_checkpoint(crds, namespace, operator, reference, tmp_path):
-    operator("torchrun")
-    # torchrun re-forms on the survivors in ~25 s here and grows only after its 30 s hysteresis:
-    # slower steps leave steps for 3 and then for 4 replicas
+    operator()
     run = run_job(crds.kubeconfig, namespace, "torchrun", tmp_path / "job", steps=TORCHRUN_STEPS,
-                  step_delay=TORCHRUN_STEP_DELAY_SECONDS, fail_after_step=FAIL_AFTER_STEP)
+                  step_delay=STEP_DELAY_SECONDS["torchrun"], fail_after_step=FAIL_AFTER_STEP)
     records = steps_of(run.records)
     assert {r["step"] for r in records} == set(range(TORCHRUN_STEPS))
-    assert world_sizes(run)[:3] == [4, 3, 4] and world_sizes(run)[-1] == 4
+    assert world_sizes(run) == [4, 3, 4], "torchrun re-formed on the survivors, then on all 4 once the node came back"
+    assert run.grow_generation > run.shrink_generation > 1
     # each restart went back to a checkpoint (a multiple of 5 steps), never further than needed
     restarts = [(a["step"], b["step"]) for a, b in itertools.pairwise(records) if b["step"] <= a["step"]]
     assert restarts, "torchrun restarted the workers: some steps are redone"
     assert all(to % 5 == 0 and to <= frm for frm, to in restarts)
     diff = max_rel_diff(run, reference)
-    print(f"torchrun: recovery {run.recovery_seconds:.2f} s, restarts {restarts}, loss max rel diff {diff:.3g}")
+    print(f"torchrun: recovery {run.recovery_seconds:.2f} s ({run.restart_split()}), regrow {run.regrow_seconds:.2f} s, "
+          f"restarts {restarts}, loss max rel diff {diff:.3g}")
     # same data order, same state from the checkpoint: only the all-reduce's summation order differs
     assert diff <= 1e-9

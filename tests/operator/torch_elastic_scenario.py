@@ -33,19 +33,36 @@ SCRIPT = ROOT / "examples" / "torch" / "train.py"
 RUNNER = Path(__file__).resolve().parent / "pod_runner.py"
 GROUP, VERSION, PLURAL = "tessera.dev", "v1alpha1", "elasticjobs"
 GLOBAL_BATCH, MICRO_BATCH = 48, 4  # dp 4 -> 3 micro-batches per rank, dp 3 -> 4: both exact
-#: the operator's elastic_hysteresis_seconds per path: growth waits for it after the shrink.
-#: torchrun needs ~10-20 s on a loaded 2-core machine to re-form on the survivors (workers
-#: restart and import torch), and kwok puts a failed node back to Ready for a moment about
-#: every 10-40 s (see NodeDown): a hysteresis longer than the failure keeps such a moment
-#: from being taken for the node's return
-HYSTERESIS_SECONDS = {"in_memory": 4.0, "torchrun": 30.0}
+#: the operator's elastic_hysteresis_seconds (both paths): growth waits for it after the
+#: shrink.  The failed node comes back only once the survivors have stepped on the new plan,
+#: and NodeDown keeps it NotReady and cordoned until then (kwok's stray Ready moments), so the
+#: grow can neither overtake the shrink nor land on the failed node; it follows the node's
+#: return at once
+HYSTERESIS_SECONDS = 4.0
 PATHS = ("in_memory", "torchrun")
-#: torchrun: notice a dead agent within ~2 s and close a round 3 s after min nodes joined
-#: (its defaults, 5 s x 3 heartbeats and a 30 s last call, are for large fleets).  Workers get
-#: a fresh store per round (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): on the agent's shared
-#: store, agents whose restart counts differ (a failed worker counts, a membership change does
-#: not) read each other's stale keys and time out connecting to dead workers.
-TORCHRUN_ENV = {"PET_RDZV_CONF": "last_call_timeout=3,keep_alive_interval=1,keep_alive_max_attempt=2,join_timeout=120",
+#: steps and the pause after each, per path (test, bench and demo): torchrun restarts the
+#: workers on the shrink and on the grow (~10-25 s each on a loaded 2-core machine), so its
+#: run is longer and slower, leaving steps for 3 and then for 4 replicas
+STEPS = {"in_memory": 36, "torchrun": 60}
+STEP_DELAY_SECONDS = {"in_memory": 0.2, "torchrun": 0.5}
+#: the node fails once the job is past this step (a checkpoint every 5 steps: 5 is the last)
+FAIL_AFTER_STEP = 7
+#: torchrun's c10d rendezvous: close a round 3 s after min nodes joined (default 30 s) and
+#: notice a dead agent after 5 s without a heartbeat (keep_alive_interval x keep_alive_max_attempt;
+#: default 5 s x 3).  The expiry must stay well above the longest gap between two heartbeats of
+#: a *live* agent, which c10d itself makes ~2 intervals long at the end of every round: the last
+#: heartbeat written while waiting in the round, up to 1 s of polling until the agent sees the
+#: round complete, then 1 interval until its keep-alive timer first fires (measured: 2.0-2.1 s,
+#: also with two busy loops beside).  An agent whose own heartbeat has expired when it first
+#: syncs removes itself from the rendezvous state and never heartbeats again; with
+#: keep_alive_max_attempt=2 (a 2 s expiry) that happened to nearly every agent after every
+#: round, a joining agent then found a round with no participants, waited there alone, and the
+#: running agents (which restart only for nodes on the *wait list*) never re-formed: the grow
+#: hung until join_timeout.  Workers get a fresh store per round
+#: (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): on the agent's shared store, agents whose restart
+#: counts differ (a failed worker counts, a membership change does not) read each other's stale
+#: keys and time out connecting to dead workers.
+TORCHRUN_ENV = {"PET_RDZV_CONF": "last_call_timeout=3,keep_alive_interval=1,keep_alive_max_attempt=5,join_timeout=120",
                 "PET_MONITOR_INTERVAL": "0.2", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "LOGLEVEL": "INFO"}
 
 
@@ -227,6 +244,26 @@ class Run:
         first = self.first_step_after(self.failed_at, 3)
         return float("nan") if first is None else first["t"] - self.failed_at
 
+    @property
+    def regrow_seconds(self) -> float:
+        """Node Ready again -> first optimiser step on 4 replicas (includes the operator's hysteresis
+        left after the shrink, if any)."""
+        first = self.first_step_after(self.back_at, 4) if self.back_at else None
+        return float("nan") if first is None else first["t"] - self.back_at
+
+    def restart_split(self) -> dict[str, float]:
+        """torchrun: where the recovery went.  ``until_worker_started``: NotReady -> the restarted
+        worker process started (failed collective, agent notices, c10d round without the dead
+        agent); ``worker_start``: that process -> its group formed on the plan (Python, import
+        torch, gloo, checkpoint).  Empty for the in-place path (nothing restarts)."""
+        formed = next((r for r in self.records if r.get("event") == "formed" and r["t"] > self.failed_at
+                       and r.get("world_size") == 3 and "process_started_at" in r), None)
+        if formed is None:
+            return {}
+        return {"until_worker_started": round(formed["process_started_at"] - self.failed_at, 3),
+                "worker_start": round(formed["t"] - formed["process_started_at"], 3),
+                "import": formed["import_seconds"]}
+
 
 def job_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
     obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -247,7 +284,7 @@ def run_job(kubeconfig: Path, namespace: str, path: str, work_dir: Path, *, step
             log: Callable[[str], None] = print) -> Run:
     """Start the job and the pod runner, fail a node mid-run, let it shrink and grow back, wait
     for every step; returns the loss log.  The caller runs the operator (``--policy elastic
-    --failure-grace-seconds 0``, hysteresis ``HYSTERESIS_SECONDS[path]``)."""
+    --failure-grace-seconds 0``, hysteresis :data:`HYSTERESIS_SECONDS`)."""
     core, custom = api_clients(kubeconfig)
     nodes = a100_nodes(core)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +326,7 @@ def run_job(kubeconfig: Path, namespace: str, path: str, work_dir: Path, *, step
         run.node_blips = down.blips
         down = None
         grown = wait(lambda: running(custom, namespace, name, 4, run.shrink_generation + 1),
-                     HYSTERESIS_SECONDS[path] + 30,
+                     HYSTERESIS_SECONDS + 30,
                      "the job grown back to 4")
         run.grow_generation = int(grown["plan"]["generation"])
         wait(lambda: {r["step"] for r in steps_of(read_log(loss_log))} >= set(range(steps)), 180, "every step logged")
