@@ -3,15 +3,36 @@ checked against lives in :mod:`tessera.core.ledger`.  Pure: stdlib only."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from tessera.core.ledger import CapacityError, CapacityLedger, NodeFree, Statement
 from tessera.core.model import Allocation, Node
 from tessera.core.quota import QuotaTree
 
-__all__ = ["CapacityError", "CapacityLedger", "ClusterSnapshot", "NodeFree", "Statement"]
+__all__ = ["CapacityError", "CapacityLedger", "ClusterSnapshot", "NodeFree", "SnapshotDelta", "Statement"]
+
+_VERSIONS = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDelta:
+    """How a snapshot differs from the one it was built from (its ``parent``).
+
+    What a consumer that converted the parent (into arrays, counts, ...) needs to update
+    its conversion instead of redoing it: the nodes whose free capacity may differ, the
+    allocations that are new or replaced (look them up in the child) and the parent's
+    allocations that are gone or replaced (their old, counted values).  ``nodes_same``:
+    the node set and every Node are the parent's (else a consumer should start afresh).
+    """
+
+    parent: int
+    nodes_same: bool
+    nodes: frozenset[str]
+    added: tuple[str, ...]
+    removed: tuple[Allocation, ...]
 
 
 class ClusterSnapshot:
@@ -22,7 +43,8 @@ class ClusterSnapshot:
     that their replicas are lost.
     """
 
-    __slots__ = ("_allocations", "_free", "_inputs", "_nodes", "_on_node", "now_seconds", "quotas")
+    __slots__ = ("_allocations", "_delta", "_free", "_inputs", "_nodes", "_on_node", "_version", "now_seconds",
+                 "quotas")
 
     def __init__(
         self,
@@ -95,6 +117,46 @@ class ClusterSnapshot:
         if previous is not None:
             free = {name: free[name] if name in dirty else previous._free[name] for name in node_map}
         self._free: Mapping[str, NodeFree] = MappingProxyType(free)
+        self._version = next(_VERSIONS)
+        self._delta: SnapshotDelta | None = None
+        if previous is not None:
+            nodes_same = len(node_map) == len(previous._nodes) and all(
+                (old := previous._nodes.get(name)) is node or old == node for name, node in node_map.items())
+            self._delta = SnapshotDelta(
+                previous.version, nodes_same, frozenset(dirty), tuple(k for k in inputs if k not in same),
+                tuple(a for k, a in previous._allocations.items() if k not in same))
+
+    @property
+    def version(self) -> int:
+        """A number no other snapshot of this process has: what a consumer's cache is keyed by."""
+        try:
+            return self._version
+        except AttributeError:  # a subclass's own constructor
+            self._version = next(_VERSIONS)
+            return self._version
+
+    @property
+    def delta(self) -> SnapshotDelta | None:
+        """How this snapshot differs from the one it was built from (None: built from scratch)."""
+        return getattr(self, "_delta", None)
+
+    def derive(
+        self, added: Iterable[Allocation] = (), removed: Iterable[str] = (), now_seconds: float | None = None,
+    ) -> ClusterSnapshot:
+        """This snapshot with the allocations keyed ``removed`` taken out and ``added`` appended
+        (an added key already present replaces it), copy-on-write.
+
+        The result equals ``ClusterSnapshot(nodes, kept + added, now_seconds, quotas)`` where
+        ``kept`` is this snapshot's allocations in order without the removed or replaced
+        ones; it costs what changed: the untouched mappings are copied at C speed and only
+        the nodes the changed allocations are on are counted again.  Its ``delta`` says
+        what changed, for consumers that keep a conversion of this snapshot.
+        """
+        if self._on_node is None:  # built without the index this needs (a subclass's own constructor)
+            kept = [a for k, a in self._inputs.items() if k not in set(removed)]
+            return ClusterSnapshot(self._nodes.values(), [*kept, *added],
+                                   self.now_seconds if now_seconds is None else now_seconds, self.quotas)
+        return _derive(self, list(added), set(removed), self.now_seconds if now_seconds is None else now_seconds)
 
     @property
     def nodes(self) -> Mapping[str, Node]:
@@ -151,3 +213,68 @@ def _dirty_nodes(nodes: Mapping[str, Node], on_node: Mapping[str, tuple[str, ...
                 or not same.issuperset(keys):
             dirty.add(name)
     return dirty
+
+
+def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str], now_seconds: float) -> ClusterSnapshot:
+    """See :meth:`ClusterSnapshot.derive`."""
+    assert parent._on_node is not None
+    nodes = parent._nodes
+    seen: set[str] = set()
+    for allocation in added:
+        if allocation.key in seen:
+            raise ValueError(f"workload {allocation.key} allocated twice")
+        seen.add(allocation.key)
+    gone = [k for k in parent._inputs if k in removed or k in seen] if removed or seen else []
+    inputs = dict(parent._inputs)
+    allocations = dict(parent._allocations)
+    on_node = dict(parent._on_node)
+    touched: set[str] = set()
+    for key in gone:
+        for rp in inputs.pop(key).replicas:
+            if rp.node in nodes:
+                touched.add(rp.node)
+        del allocations[key]
+    for name in touched:
+        keys = tuple(k for k in on_node[name] if k not in removed and k not in seen)
+        if keys:
+            on_node[name] = keys
+        else:
+            del on_node[name]
+    for allocation in added:
+        inputs[allocation.key] = allocation
+        for rp in allocation.replicas:
+            if rp.node in nodes:
+                touched.add(rp.node)
+                on_node[rp.node] = (*on_node.get(rp.node, ()), allocation.key)
+    # count every touched node again from empty, its allocations in order (as the constructor does)
+    ledger = CapacityLedger.empty(nodes[name] for name in touched)
+    counted: dict[str, dict[int, tuple[int, ...]]] = {}
+    for name in touched:
+        for key in dict.fromkeys(on_node.get(name, ())):
+            allocation = inputs[key]
+            for i, rp in enumerate(allocation.replicas):
+                if rp.node == name:
+                    counted.setdefault(key, {})[i] = ledger.hold(name, allocation.workload.demand, rp.devices)
+    for allocation in added:
+        allocations[allocation.key] = allocation  # in order; devices filled in below
+    for key, devices in counted.items():
+        allocation = inputs[key]
+        before = allocations[key].replicas  # counted on the nodes not touched now
+        replicas = tuple(
+            rp if (d := devices.get(i, before[i].devices)) == rp.devices else replace(rp, devices=d)
+            for i, rp in enumerate(allocation.replicas))
+        allocations[key] = allocation if replicas == allocation.replicas else replace(allocation, replicas=replicas)
+    free = dict(parent._free)
+    free.update(ledger.freeze())
+    child = object.__new__(ClusterSnapshot)
+    child._nodes = nodes
+    child.now_seconds = now_seconds
+    child.quotas = parent.quotas
+    child._inputs = inputs
+    child._on_node = on_node
+    child._allocations = MappingProxyType(allocations)
+    child._free = MappingProxyType(free)
+    child._version = next(_VERSIONS)
+    child._delta = SnapshotDelta(parent.version, True, frozenset(touched), tuple(a.key for a in added),
+                                 tuple(parent._allocations[k] for k in gone))
+    return child
