@@ -224,10 +224,10 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
         if allocation.key in seen:
             raise ValueError(f"workload {allocation.key} allocated twice")
         seen.add(allocation.key)
-    gone = [k for k in parent._inputs if k in removed or k in seen] if removed or seen else []
-    inputs = dict(parent._inputs)
-    allocations = dict(parent._allocations)
-    on_node = dict(parent._on_node)
+    gone = sorted(k for k in removed | seen if k in parent._inputs)
+    inputs = dict(parent._inputs)  # C-speed copies: O(size) but ~1 us per 100 entries
+    allocations = parent._allocations.copy()  # type: ignore[attr-defined]  # a MappingProxyType
+    on_node = parent._on_node.copy()
     touched: set[str] = set()
     for key in gone:
         for rp in inputs.pop(key).replicas:
@@ -264,7 +264,7 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
             rp if (d := devices.get(i, before[i].devices)) == rp.devices else replace(rp, devices=d)
             for i, rp in enumerate(allocation.replicas))
         allocations[key] = allocation if replicas == allocation.replicas else replace(allocation, replicas=replicas)
-    free = dict(parent._free)
+    free = parent._free.copy()  # type: ignore[attr-defined]  # a MappingProxyType
     free.update(ledger.freeze())
     child = object.__new__(ClusterSnapshot)
     child._nodes = nodes

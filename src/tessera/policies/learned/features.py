@@ -196,13 +196,37 @@ def target_workload(demands: Iterable[Demand], type_names: Sequence[str], max_sh
 
     CPU and memory of a group are the group's means (rounded), so a group stands for its pods.
     """
-    groups: dict[tuple[int, int, tuple[str, ...]], list[Demand]] = {}
+    groups: dict[ShapeKey, list[int]] = {}
+    add_demands(groups, demands, 1)
+    return target_from_groups(groups, type_names, max_shapes)
+
+
+#: a target-workload group: (num_gpu, gpu_milli, allowed types)
+ShapeKey = tuple[int, int, tuple[str, ...]]
+
+
+def add_demands(groups: dict[ShapeKey, list[int]], demands: Iterable[Demand], sign: int) -> None:
+    """Count ``demands`` into ``groups`` (key -> [pods, CPU sum, memory sum]), or out (``sign`` -1)."""
     for d in demands:
-        groups.setdefault((d.num_gpu, d.gpu_milli, d.types), []).append(d)
+        key = (d.num_gpu, d.gpu_milli, d.types)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = [0, 0, 0]
+        group[0] += sign
+        group[1] += sign * d.cpu_milli
+        group[2] += sign * d.memory_mib
+        if not group[0]:
+            del groups[key]
+
+
+def target_from_groups(groups: Mapping[ShapeKey, Sequence[int]], type_names: Sequence[str],
+                       max_shapes: int = 32) -> TargetWorkload:
+    """:func:`target_workload` from counted groups (key -> [pods, CPU sum, memory sum]): the same
+    result as from the demands themselves, so a caller may keep the counts up to date instead."""
     if not groups:
-        groups[(0, 0, ())] = [Demand(0, 0, 0, 0)]
-    ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:max_shapes]
-    total = sum(len(v) for _, v in ranked)
+        groups = {(0, 0, ()): (1, 0, 0)}
+    ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))[:max_shapes]
+    total = sum(v[0] for _, v in ranked)
     index = {t: i for i, t in enumerate(type_names)}
     type_ok = np.zeros((len(ranked), len(type_names)), dtype=bool)
     for row, ((_, _, types), _) in enumerate(ranked):
@@ -212,16 +236,16 @@ def target_workload(demands: Iterable[Demand], type_names: Sequence[str], max_sh
                     type_ok[row, index[t]] = True
         else:
             type_ok[row, :] = True
-    gpu_weight = np.array([len(v) * k[0] * k[1] for k, v in ranked], dtype=np.float64)
+    gpu_weight = np.array([v[0] * k[0] * k[1] for k, v in ranked], dtype=np.float64)
     type_demand = (gpu_weight[:, None] * type_ok).sum(0) / max(gpu_weight.sum(), 1.0)
     return TargetWorkload(
-        cpu_milli=np.array([round(sum(d.cpu_milli for d in v) / len(v)) for _, v in ranked], dtype=np.int64),
-        memory_mib=np.array([round(sum(d.memory_mib for d in v) / len(v)) for _, v in ranked], dtype=np.int64),
+        cpu_milli=np.array([round(v[1] / v[0]) for _, v in ranked], dtype=np.int64),
+        memory_mib=np.array([round(v[2] / v[0]) for _, v in ranked], dtype=np.int64),
         num_gpu=np.array([k[0] for k, _ in ranked], dtype=np.int64),
         gpu_milli=np.array([k[1] for k, _ in ranked], dtype=np.int64),
         type_ok=type_ok,
-        probability=np.array([len(v) / total for _, v in ranked], dtype=np.float64),
-        count=np.array([len(v) for _, v in ranked], dtype=np.int64),
+        probability=np.array([v[0] / total for _, v in ranked], dtype=np.float64),
+        count=np.array([v[0] for _, v in ranked], dtype=np.int64),
         type_demand=type_demand,
     )
 
@@ -257,13 +281,15 @@ def expected_fragmentation(
     return unique[inverse.reshape(-1)]
 
 
-def _expected_fragmentation(
+def fragmentation_matrix(
     gpu_free: npt.NDArray[np.int64],
     cpu_free: npt.NDArray[np.int64],
     mem_free: npt.NDArray[np.int64],
     type_index: npt.NDArray[np.int64],
     target: TargetWorkload,
-) -> npt.NDArray[np.float64]:
+) -> npt.NDArray[np.int64]:
+    """Fragmented GPU-milli of each row for each of the target's shapes, (rows, shapes), exact
+    integers: an entry depends on its row and its shape only (so it may be cached per shape)."""
     # float32 is exact here (integers below 2**24) and lets one batched matmul do the sums:
     # per (row, shape) the free milli on devices below the shape's per-device request, and
     # how many non-empty devices are below it.
@@ -285,7 +311,17 @@ def _expected_fragmentation(
         & gpu_fit
         & type_fit
     )
-    frag = np.where(fits, frag_if_fit, total[:, None]).astype(np.int64)
+    return np.where(fits, frag_if_fit, total[:, None]).astype(np.int64)
+
+
+def _expected_fragmentation(
+    gpu_free: npt.NDArray[np.int64],
+    cpu_free: npt.NDArray[np.int64],
+    mem_free: npt.NDArray[np.int64],
+    type_index: npt.NDArray[np.int64],
+    target: TargetWorkload,
+) -> npt.NDArray[np.float64]:
+    frag = fragmentation_matrix(gpu_free, cpu_free, mem_free, type_index, target)
     # exact integer sum, then one division: a row's value never depends on which rows are computed
     # with it, so ties break the same way in training (incremental) and serving (from scratch)
     return np.asarray((frag @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)

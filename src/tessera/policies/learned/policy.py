@@ -9,12 +9,14 @@ like the built-in heuristics. Queue order: priority first, then the ordering mod
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from tessera.core import (
+    MILLI_PER_DEVICE,
     CapacityLedger,
     ClusterSnapshot,
     Placement,
@@ -22,22 +24,23 @@ from tessera.core import (
     ReplicaAssignment,
     Spread,
     Workload,
-    explain_unfit,
+    describe_unfit,
 )
 from tessera.policies.gang import candidate_types
 from tessera.policies.learned.features import (
     Demand,
     NodeArrays,
     TargetWorkload,
-    arrays_from_snapshot,
+    add_demands,
     commit_placement,
     demand_of,
-    expected_fragmentation,
     feasible_nodes,
     ordering_features,
     placement_features,
+    target_from_groups,
     target_workload,
 )
+from tessera.policies.learned.incremental import SnapshotConversion
 from tessera.policies.learned.model import LearnedModel, load_model
 from tessera.policy import Decision, PolicyContext
 
@@ -64,6 +67,8 @@ class LearnedPolicy:
         self.model = model if model is not None else load_model(weights)
         self._target_demands = None if target is None else [_as_demand(t) for t in target]
         self._target_cache: tuple[tuple[str, ...], TargetWorkload] | None = None
+        #: the last snapshot decided on, converted; followed along its lineage (see .incremental)
+        self._conversion = SnapshotConversion()
 
     @property
     def artifact(self) -> str:
@@ -90,25 +95,32 @@ class LearnedPolicy:
             if self._target_cache is None or self._target_cache[0] != key:
                 self._target_cache = (key, target_workload(self._target_demands, type_names))
             return self._target_cache[1]
-        demands = [demand_of(a.workload) for a in snapshot.allocations.values() for _ in a.replicas]
-        demands += [demand_of(w) for w in pending for _ in range(w.gang_min)]
-        return target_workload(demands, type_names)
+        self._conversion.sync(snapshot)  # the running replicas' demands, counted along the lineage
+        groups = {key: list(counts) for key, counts in self._conversion.groups.items()}
+        add_demands(groups, (demand_of(w) for w in pending for _ in range(w.gang_min)), 1)
+        return target_from_groups(groups, type_names)
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
-        arrays = arrays_from_snapshot(snapshot)
+        conversion = self._conversion
+        arrays = conversion.sync(snapshot).copy()
         target = self.target_for(snapshot, pending, arrays.type_names)
-        frag = expected_fragmentation(arrays.gpu_free, arrays.cpu_free, arrays.mem_free, arrays.type_index, target)
+        frag = conversion.fragmentation(target)
         ledger = snapshot.ledger()
-        zones = {name: node.topology.zone for name, node in snapshot.nodes.items()}
+        zones = conversion.zones
         work = ctx.params.get("work_seconds") if isinstance(ctx.params.get("work_seconds"), dict) else None
         placements: list[Placement] = []
         unplaced: dict[str, str] = {}
         for workload in self.order(pending, ctx.now_seconds, work):
             chosen = None
-            for groups in type_buckets(ledger, workload):
+            #: per type group tried: the states its trial left on each row, in order (committing
+            #: the chosen group replays them instead of scoring again: the same steps, exactly)
+            trials: dict[tuple[str | None, ...], list[_Step]] = {}
+            for groups in type_buckets(ledger, workload, conversion.types):
                 best: tuple[tuple[int, float], tuple[str | None, ...], list[int]] | None = None
                 for group in groups:
-                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False)
+                    trial: list[_Step] = []
+                    trials[group] = trial
+                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False, record=trial)
                     if len(rows) >= workload.gang_min:
                         value = (-len(rows), score)  # most replicas, then the lowest total score
                         if best is None or value < best[0]:
@@ -117,9 +129,11 @@ class LearnedPolicy:
                     chosen = best
                     break
             if chosen is None:
-                unplaced[workload.key] = explain_unfit(ledger, workload)
+                unplaced[workload.key] = describe_unfit(workload, conversion.types,
+                                                        partial(replicas_fitting, arrays, workload))
                 continue
-            rows, _ = self._fill(arrays, workload, chosen[1], target, frag, zones, commit=True, limit=len(chosen[2]))
+            rows, _ = self._fill(arrays, workload, chosen[1], target, frag, zones, commit=True, limit=len(chosen[2]),
+                                 replay=trials.get(chosen[1]))
             replicas = tuple(ReplicaAssignment(arrays.names[r], ledger.take(arrays.names[r], workload.demand))
                              for r in rows)
             placements.append(Placement(workload.key, replicas, reason=f"learned {self.artifact}"))
@@ -136,11 +150,20 @@ class LearnedPolicy:
         *,
         commit: bool,
         limit: int | None = None,
+        record: list[_Step] | None = None,
+        replay: list[_Step] | None = None,
     ) -> tuple[list[int], float]:
         """Place replicas one at a time by score within the accelerator types of ``group``.
 
         Keeps them (``commit``) or undoes them afterwards; returns the rows and the total score.
+        ``record`` collects each step's row and state after it; ``replay`` applies such a
+        record (its first ``limit`` steps) instead of scoring: a trial on the same state
+        takes the same steps, so the result is the same.
         """
+        if replay is not None and commit and limit is not None and len(replay) >= limit:
+            for row, gpu, cpu, mem, f in replay[:limit]:
+                arrays.gpu_free[row], arrays.cpu_free[row], arrays.mem_free[row], frag[row] = gpu, cpu, mem, f
+            return [step[0] for step in replay[:limit]], 0.0
         base = demand_of(workload)
         types = tuple(sorted(t for t in group if t)) if base.num_gpu else ()
         demand = Demand(base.cpu_milli, base.memory_mib, base.num_gpu, base.gpu_milli, types)
@@ -165,6 +188,9 @@ class LearnedPolicy:
             saved.append((row, arrays.gpu_free[row].copy(), int(arrays.cpu_free[row]), int(arrays.mem_free[row]),
                           float(frag[row])))
             commit_placement(arrays, candidates, choice, demand, frag)
+            if record is not None:
+                record.append((row, arrays.gpu_free[row].copy(), int(arrays.cpu_free[row]), int(arrays.mem_free[row]),
+                               float(frag[row])))
             used_rows.append(row)
             used_zones.add(zones[arrays.names[row]])
         if not commit or len(used_rows) < workload.gang_min:
@@ -173,14 +199,42 @@ class LearnedPolicy:
         return used_rows, total_score
 
 
-def type_buckets(ledger: CapacityLedger, workload: Workload) -> list[list[tuple[str | None, ...]]]:
+#: one step of a trial: the row and its (GPU free, CPU free, memory free, fragmentation) after it
+_Step = tuple[int, "np.ndarray[Any, Any]", int, int, float]
+
+
+def replicas_fitting(arrays: NodeArrays, workload: Workload, accelerator_type: str) -> int:
+    """Replicas of ``workload`` that fit on the usable nodes of a type ("(cpu)": all), as
+    :func:`~tessera.core.explain_unfit` counts them (``NodeFree.replicas_fitting``), vectorised."""
+    demand = workload.demand
+    rows = arrays.usable.copy()
+    if accelerator_type != "(cpu)":
+        index = arrays.type_names.index(accelerator_type) if accelerator_type in arrays.type_names else -2
+        rows &= arrays.type_index == index
+    counts = []
+    if demand.accelerators:
+        counts.append((arrays.gpu_free[rows] == MILLI_PER_DEVICE).sum(axis=1) // demand.accelerators)
+    elif demand.shared_milli:
+        counts.append((arrays.gpu_free[rows] // demand.shared_milli).sum(axis=1))
+    if demand.cpu_milli:
+        counts.append(arrays.cpu_free[rows] // demand.cpu_milli)
+    if demand.memory_mib:
+        counts.append(arrays.mem_free[rows] // demand.memory_mib)
+    n = np.maximum(0, np.min(counts, axis=0)) if counts else np.full(int(rows.sum()), 1_000_000)
+    if workload.spread is Spread.NODE:
+        n = np.minimum(n, 1)
+    return int(n.sum())
+
+
+def type_buckets(ledger: CapacityLedger, workload: Workload,
+                 present: Iterable[str | None] | None = None) -> list[list[tuple[str | None, ...]]]:
     """Candidate type groups, bucketed by per-replica throughput (fastest bucket first).
 
     Within a bucket the model chooses: a single replica (or a gang that may mix types) sees all
     the bucket's types at once; a gang that may not mix tries each type as its own group.
     CPU-only workloads see every node.
     """
-    groups = candidate_types(ledger, workload)
+    groups = candidate_types(ledger, workload, present)
     if not workload.demand.needs_accelerator or not groups:
         return [groups]
     allowed = sorted({t for g in groups for t in g}, key=lambda t: (-workload.throughput_on(t), str(t)))
