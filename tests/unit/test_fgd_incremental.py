@@ -3,16 +3,18 @@ snapshots built from scratch (the previous implementation), policy caches includ
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
 from test_fgd_protocol import tiny_trace
 
-from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement
+from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement, explain_unfit
 from tessera.policies.learned.features import arrays_from_snapshot, expected_fragmentation
 from tessera.policies.learned.incremental import SnapshotConversion
 from tessera.policies.learned.policy import LearnedPolicy
-from tessera.policy import load_policy
+from tessera.policies.placement import TARGET_WORKLOAD_PARAM, PodShape, TargetWorkload
+from tessera.policy import PolicyContext, load_policy
 from tessera.sim.fgd import run_protocol
 
 
@@ -66,3 +68,32 @@ def test_the_conversion_follows_a_lineage_and_equals_a_fresh_one() -> None:
     rebuilt = ClusterSnapshot([n.to_node() for n in nodes], allocations)
     assert rebuilt.delta is None
     assert (conversion.sync(rebuilt).gpu_free == arrays_from_snapshot(rebuilt).gpu_free).all()
+
+
+@pytest.mark.parametrize("name", ["learned", "fgd", "gpu-packing"])
+def test_unplaced_workloads_are_explained_as_explain_unfit_does(name: str) -> None:
+    """The vectorised count behind a policy's unplaced reasons words them exactly as
+    explain_unfit on the snapshot's ledger (whole, shared, multi-GPU, typed and CPU pods)."""
+    nodes, pods = tiny_trace(seed=6, n_nodes=10, n_pods=120)
+    run = run_protocol(nodes, pods, load_policy("fgd"), seed=6)
+    by_name = {p.name: p for p in pods}
+    order = sorted(by_name)
+    node_objects = [n.to_node() for n in nodes]
+    allocations = [Allocation(replace(by_name[order[step % len(order)]].to_workload(0.0), key=f"a#{step}"),
+                              (ReplicaPlacement(0, node, None),)) for step, node in run.placements]
+    snapshot = ClusterSnapshot(node_objects, allocations)
+    pending = [replace(p.to_workload(1.0), key=f"{p.name}#late") for p in pods]
+    policy = load_policy(name)
+    explained = 0
+    for workload in pending:
+        plan = policy.decide(snapshot, [workload], _ctx())
+        if workload.key in plan.unplaced:
+            assert plan.unplaced[workload.key] == explain_unfit(snapshot.ledger(), workload)
+            explained += 1
+    assert explained > 5
+
+
+def _ctx() -> PolicyContext:
+    target = TargetWorkload.from_shapes([PodShape(1000, 0, 1, 1000)])
+    return PolicyContext(now_seconds=1.0, rng=random.Random(0), deterministic=True, seed=0,
+                         params={TARGET_WORKLOAD_PARAM: target})

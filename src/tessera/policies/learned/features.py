@@ -289,28 +289,48 @@ def fragmentation_matrix(
     target: TargetWorkload,
 ) -> npt.NDArray[np.int64]:
     """Fragmented GPU-milli of each row for each of the target's shapes, (rows, shapes), exact
-    integers: an entry depends on its row and its shape only (so it may be cached per shape)."""
+    integers: an entry depends on its row and its shape only (so it may be cached)."""
+    frag_if_fit, gpu_ok, total = gpu_fragmentation(gpu_free, type_index, target.num_gpu, target.gpu_milli,
+                                                   target.type_ok)
+    return combine_fragmentation(frag_if_fit, gpu_ok, total, cpu_free, mem_free, target)
+
+
+def gpu_fragmentation(
+    gpu_free: npt.NDArray[np.int64],
+    type_index: npt.NDArray[np.int64],
+    num_gpu: npt.NDArray[np.int64],
+    gpu_milli: npt.NDArray[np.int64],
+    type_ok: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+    """The GPU half of :func:`fragmentation_matrix`, which depends on a shape's GPUs, milli and
+    types only (not on its CPU and memory, which are means that drift): per (row, shape) the
+    free milli a fitting shape cannot use and whether the GPUs and type fit; per row the free milli."""
     # float32 is exact here (integers below 2**24) and lets one batched matmul do the sums:
     # per (row, shape) the free milli on devices below the shape's per-device request, and
     # how many non-empty devices are below it.
     free = gpu_free.astype(np.float32)
     total = free.sum(axis=1)
-    threshold = np.minimum(target.gpu_milli, MILLI_PER_DEVICE).astype(np.float32)  # (K,)
+    threshold = np.minimum(gpu_milli, MILLI_PER_DEVICE).astype(np.float32)  # (K,)
     below = (free[:, None, :] < threshold[None, :, None]).astype(np.float32)  # (M, K, G)
     nonempty = (free > 0).astype(np.float32)
     sums = np.matmul(below, np.stack([free, nonempty], axis=2))  # (M, K, 2)
     frag_if_fit = sums[:, :, 0]
     usable_devices = nonempty.sum(axis=1)[:, None] - sums[:, :, 1]
-    gpu_fit = (usable_devices >= target.num_gpu[None, :]) | (target.num_gpu[None, :] == 0)
-    type_fit = np.where(
-        type_index[:, None] >= 0, target.type_ok[:, np.maximum(type_index, 0)].T, target.num_gpu[None, :] == 0
-    )
-    fits = (
-        (cpu_free[:, None] >= target.cpu_milli[None, :])
-        & (mem_free[:, None] >= target.memory_mib[None, :])
-        & gpu_fit
-        & type_fit
-    )
+    gpu_fit = (usable_devices >= num_gpu[None, :]) | (num_gpu[None, :] == 0)
+    type_fit = np.where(type_index[:, None] >= 0, type_ok[:, np.maximum(type_index, 0)].T, num_gpu[None, :] == 0)
+    return frag_if_fit, gpu_fit & type_fit, total
+
+
+def combine_fragmentation(
+    frag_if_fit: npt.NDArray[np.float32],
+    gpu_ok: npt.NDArray[np.bool_],
+    total: npt.NDArray[np.float32],
+    cpu_free: npt.NDArray[np.int64],
+    mem_free: npt.NDArray[np.int64],
+    target: TargetWorkload,
+) -> npt.NDArray[np.int64]:
+    """:func:`fragmentation_matrix` from its GPU half and the shapes' CPU and memory."""
+    fits = (cpu_free[:, None] >= target.cpu_milli[None, :]) & (mem_free[:, None] >= target.memory_mib[None, :]) & gpu_ok
     return np.where(fits, frag_if_fit, total[:, None]).astype(np.int64)
 
 

@@ -6,16 +6,15 @@ Converting a 1,500-node snapshot with 10,000 allocations from scratch costs ~10 
 decision changes one node.  :class:`SnapshotConversion` converts a snapshot once and then
 follows its descendants through :attr:`ClusterSnapshot.delta` (the nodes touched, the
 allocations added and removed): only the touched rows are rewritten, the demand groups
-are counted up and down, and the fragmentation of a (node, target shape) pair is cached
-per shape and recomputed for touched rows only.  Any snapshot that is not the next one of
+are counted up and down, and the GPU half of the fragmentation of a (node, target shape)
+pair (which depends on the shape's GPUs and types, not on its drifting CPU and memory
+means) is cached per shape and recomputed for touched rows only.  Any snapshot that is not the next one of
 the lineage (built from scratch, or from another parent, or with different nodes) is
 converted afresh, so the result never depends on the cache: it equals the conversion
 from scratch to the last digit (a unit test compares the two).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,12 +26,13 @@ from tessera.policies.learned.features import (
     TargetWorkload,
     add_demands,
     arrays_from_snapshot,
+    combine_fragmentation,
     demand_of,
-    fragmentation_matrix,
+    gpu_fragmentation,
 )
 
-#: what a fragmentation column depends on: the shape's CPU, memory, GPUs, milli and allowed types
-ShapeSignature = tuple[int, int, int, int, bytes]
+#: what the GPU half of a fragmentation column depends on: a shape's GPUs, milli and allowed types
+GpuShape = tuple[int, int, bytes]
 
 
 class SnapshotConversion:
@@ -47,8 +47,12 @@ class SnapshotConversion:
         self.types: frozenset[str | None] = frozenset()
         #: running replicas' demands: (num_gpu, gpu_milli, types) -> [replicas, CPU sum, memory sum]
         self.groups: dict[ShapeKey, list[int]] = {}
-        self._signatures: list[ShapeSignature] = []
-        self._columns: npt.NDArray[np.int64] = np.zeros((0, 0), dtype=np.int64)
+        # the GPU half of the fragmentation, one column per GPU shape ever asked for
+        self._column: dict[GpuShape, int] = {}
+        self._shapes: list[GpuShape] = []
+        self._frag_if_fit = np.zeros((0, 0), dtype=np.float32)
+        self._gpu_ok = np.zeros((0, 0), dtype=bool)
+        self._total = np.zeros(0, dtype=np.float32)
 
     def sync(self, snapshot: ClusterSnapshot) -> NodeArrays:
         """Bring the conversion to ``snapshot``; returns its arrays (do not mutate them)."""
@@ -72,10 +76,10 @@ class SnapshotConversion:
             for key in delta.added:
                 allocation = snapshot.allocations[key]
                 add_demands(self.groups, [demand_of(allocation.workload)] * len(allocation.replicas), 1)
-            if len(rows) and self._signatures:
-                self._columns[rows] = fragmentation_matrix(
-                    arrays.gpu_free[rows], arrays.cpu_free[rows], arrays.mem_free[rows], arrays.type_index[rows],
-                    _shapes(self._signatures, len(arrays.type_names)))
+            if len(rows):
+                self._total[rows] = arrays.gpu_free[rows].astype(np.float32).sum(axis=1)
+                if self._shapes:
+                    self._frag_if_fit[rows], self._gpu_ok[rows], _ = self._gpu_half(rows, self._shapes)
         self.version = snapshot.version
         assert self.arrays is not None
         return self.arrays
@@ -88,39 +92,39 @@ class SnapshotConversion:
         self.groups = {}
         for allocation in snapshot.allocations.values():
             add_demands(self.groups, [demand_of(allocation.workload)] * len(allocation.replicas), 1)
-        self._signatures = []
-        self._columns = np.zeros((self.arrays.n_nodes, 0), dtype=np.int64)
+        n = self.arrays.n_nodes
+        self._column, self._shapes = {}, []
+        self._frag_if_fit = np.zeros((n, 0), dtype=np.float32)
+        self._gpu_ok = np.zeros((n, 0), dtype=bool)
+        self._total = self.arrays.gpu_free.astype(np.float32).sum(axis=1)
+
+    def _gpu_half(self, rows: npt.NDArray[np.int64] | slice, shapes: list[GpuShape]) -> tuple[
+            npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+        arrays = self.arrays
+        assert arrays is not None
+        n_types = len(arrays.type_names)
+        return gpu_fragmentation(
+            arrays.gpu_free[rows], arrays.type_index[rows],
+            np.array([s[0] for s in shapes], dtype=np.int64), np.array([s[1] for s in shapes], dtype=np.int64),
+            np.array([np.frombuffer(s[2], dtype=bool) for s in shapes], dtype=bool).reshape(len(shapes), n_types))
 
     def fragmentation(self, target: TargetWorkload) -> npt.NDArray[np.float64]:
         """Every node's expected fragmented GPU-milli under ``target`` (what
         :func:`~tessera.policies.learned.features.expected_fragmentation` gives, exactly)."""
         arrays = self.arrays
         assert arrays is not None
-        signatures = [(int(target.cpu_milli[k]), int(target.memory_mib[k]), int(target.num_gpu[k]),
-                       int(target.gpu_milli[k]), target.type_ok[k].tobytes()) for k in range(len(target.count))]
-        if signatures != self._signatures:
-            have = {s: i for i, s in enumerate(self._signatures)}
-            missing = [s for s in signatures if s not in have]
-            fresh = fragmentation_matrix(arrays.gpu_free, arrays.cpu_free, arrays.mem_free, arrays.type_index,
-                                         _shapes(missing, len(arrays.type_names))) if missing else None
-            where = {s: i for i, s in enumerate(missing)}
-            columns = [self._columns[:, have[s]] if s in have else fresh[:, where[s]]  # type: ignore[index]
-                       for s in signatures]
-            self._columns = np.stack(columns, axis=1) if columns else np.zeros((arrays.n_nodes, 0), dtype=np.int64)
-            self._signatures = signatures
+        shapes = [(int(target.num_gpu[k]), int(target.gpu_milli[k]), target.type_ok[k].tobytes())
+                  for k in range(len(target.count))]
+        missing = list(dict.fromkeys(s for s in shapes if s not in self._column))
+        if missing:
+            fif, ok, _ = self._gpu_half(slice(None), missing)
+            for s in missing:
+                self._column[s] = len(self._shapes)
+                self._shapes.append(s)
+            self._frag_if_fit = np.concatenate([self._frag_if_fit, fif], axis=1)
+            self._gpu_ok = np.concatenate([self._gpu_ok, ok], axis=1)
+        columns = np.array([self._column[s] for s in shapes], dtype=np.int64)
+        frag = combine_fragmentation(self._frag_if_fit[:, columns], self._gpu_ok[:, columns], self._total,
+                                     arrays.cpu_free, arrays.mem_free, target)
         # exact integer sum, then one division (as expected_fragmentation does)
-        return np.asarray((self._columns @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)
-
-
-def _shapes(signatures: list[ShapeSignature], n_types: int) -> TargetWorkload:
-    """A TargetWorkload holding just these shapes (what ``fragmentation_matrix`` reads)."""
-    n = len(signatures)
-    column: Any = np.array
-    return TargetWorkload(
-        cpu_milli=column([s[0] for s in signatures], dtype=np.int64),
-        memory_mib=column([s[1] for s in signatures], dtype=np.int64),
-        num_gpu=column([s[2] for s in signatures], dtype=np.int64),
-        gpu_milli=column([s[3] for s in signatures], dtype=np.int64),
-        type_ok=np.array([np.frombuffer(s[4], dtype=bool) for s in signatures], dtype=bool).reshape(n, n_types),
-        probability=np.zeros(n), count=np.zeros(n, dtype=np.int64), type_demand=np.zeros(n_types),
-    )
+        return np.asarray((frag @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)

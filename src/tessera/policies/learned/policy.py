@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tessera.core import (
-    MILLI_PER_DEVICE,
     CapacityLedger,
     ClusterSnapshot,
     Placement,
@@ -26,6 +25,7 @@ from tessera.core import (
     Workload,
     describe_unfit,
 )
+from tessera.policies.fitting import replicas_fitting as count_fitting
 from tessera.policies.gang import candidate_types
 from tessera.policies.learned.features import (
     Demand,
@@ -80,8 +80,8 @@ class LearnedPolicy:
     def order(self, pending: Sequence[Workload], now_seconds: float,
               work_seconds: dict[str, float] | None = None) -> list[Workload]:
         """Pending workloads in dispatch order: priority, then the ordering model's score."""
-        if not pending:
-            return []
+        if len(pending) < 2:
+            return list(pending)  # nothing to order: skip the features
         scores = self.model.ordering.score(ordering_features(pending, now_seconds, work_seconds))
         keyed = sorted(range(len(pending)), key=lambda i: (-pending[i].priority, float(scores[i]),
                                                           pending[i].submitted_at_seconds, pending[i].key))
@@ -205,25 +205,12 @@ _Step = tuple[int, "np.ndarray[Any, Any]", int, int, float]
 
 def replicas_fitting(arrays: NodeArrays, workload: Workload, accelerator_type: str) -> int:
     """Replicas of ``workload`` that fit on the usable nodes of a type ("(cpu)": all), as
-    :func:`~tessera.core.explain_unfit` counts them (``NodeFree.replicas_fitting``), vectorised."""
-    demand = workload.demand
+    :func:`~tessera.core.explain_unfit` counts them."""
     rows = arrays.usable.copy()
     if accelerator_type != "(cpu)":
         index = arrays.type_names.index(accelerator_type) if accelerator_type in arrays.type_names else -2
         rows &= arrays.type_index == index
-    counts = []
-    if demand.accelerators:
-        counts.append((arrays.gpu_free[rows] == MILLI_PER_DEVICE).sum(axis=1) // demand.accelerators)
-    elif demand.shared_milli:
-        counts.append((arrays.gpu_free[rows] // demand.shared_milli).sum(axis=1))
-    if demand.cpu_milli:
-        counts.append(arrays.cpu_free[rows] // demand.cpu_milli)
-    if demand.memory_mib:
-        counts.append(arrays.mem_free[rows] // demand.memory_mib)
-    n = np.maximum(0, np.min(counts, axis=0)) if counts else np.full(int(rows.sum()), 1_000_000)
-    if workload.spread is Spread.NODE:
-        n = np.minimum(n, 1)
-    return int(n.sum())
+    return count_fitting(rows, arrays.gpu_free, arrays.cpu_free, arrays.mem_free, workload)
 
 
 def type_buckets(ledger: CapacityLedger, workload: Workload,
