@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from tessera.core.ledger import CapacityError, CapacityLedger, NodeFree, Statement
-from tessera.core.model import Allocation, Node
+from tessera.core.model import MILLI_PER_DEVICE, Allocation, Node
 from tessera.core.overlay import changed
 from tessera.core.quota import QuotaTree
 
@@ -230,6 +230,7 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
     touched: set[str] = set()
     for key in gone:
         touched.update(rp.node for rp in parent._inputs[key].replicas if rp.node in nodes)
+    lost = set(touched)  # nodes that lost an allocation
     node_keys: dict[str, tuple[str, ...]] = {
         name: tuple(k for k in parent._on_node[name] if k not in removed and k not in seen) for name in touched}
     for allocation in added:
@@ -237,15 +238,24 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
             if rp.node in nodes:
                 touched.add(rp.node)
                 node_keys[rp.node] = (*node_keys.get(rp.node, parent._on_node.get(rp.node, ())), allocation.key)
+    for name in touched:
+        node_keys.setdefault(name, ())
     inputs = changed(parent._inputs, remove=gone, append=((a.key, a) for a in added))
     on_node = changed(parent._on_node, remove=[n for n, keys in node_keys.items() if not keys],
                       update=[(n, keys) for n, keys in node_keys.items() if keys and n in parent._on_node],
                       append=[(n, keys) for n, keys in node_keys.items() if keys and n not in parent._on_node])
-    # count every touched node again from empty, its allocations in order (as the constructor does)
-    ledger = CapacityLedger.empty(nodes[name] for name in touched)
+    # count every touched node again as the constructor does: from empty, its allocations in
+    # order.  A node that only gained allocations starts from the parent's count instead (the
+    # same state: its earlier allocations come first in the order) and counts just the new ones.
+    emptied = lost
+    start = {name: NodeFree((MILLI_PER_DEVICE,) * nodes[name].accelerator_count, nodes[name].cpu_milli,
+                            nodes[name].memory_mib) if name in emptied else parent._free[name] for name in touched}
+    ledger = CapacityLedger(nodes, start)
     counted: dict[str, dict[int, tuple[int, ...]]] = {}
+    fresh = {a.key for a in added}
     for name in touched:
-        for key in dict.fromkeys(node_keys[name]):
+        keys = node_keys[name] if name in emptied else [k for k in node_keys[name] if k in fresh]
+        for key in dict.fromkeys(keys):
             allocation = inputs[key]
             for i, rp in enumerate(allocation.replicas):
                 if rp.node == name:
@@ -268,7 +278,7 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
     child._inputs = inputs
     child._on_node = on_node
     child._allocations = changed(staged, update=updates) if updates else staged
-    child._free = changed(parent._free, update=ledger.freeze().items())
+    child._free = changed(parent._free, update=[(name, ledger.free(name)) for name in touched])
     child._version = next(_VERSIONS)
     child._delta = SnapshotDelta(parent.version, True, frozenset(touched), tuple(a.key for a in added),
                                  tuple(parent._allocations[k] for k in gone))

@@ -49,6 +49,8 @@ class SnapshotConversion:
         self.groups: dict[ShapeKey, list[int]] = {}
         # the GPU half of the fragmentation, one column per GPU shape ever asked for
         self._column: dict[GpuShape, int] = {}
+        #: a target's GPU shapes (as bytes) -> their columns
+        self._columns_of: dict[tuple[bytes, bytes, bytes], npt.NDArray[np.int64]] = {}
         self._shapes: list[GpuShape] = []
         self._frag_if_fit = np.zeros((0, 0), dtype=np.float32)
         self._gpu_ok = np.zeros((0, 0), dtype=bool)
@@ -93,7 +95,7 @@ class SnapshotConversion:
         for allocation in snapshot.allocations.values():
             add_demands(self.groups, [demand_of(allocation.workload)] * len(allocation.replicas), 1)
         n = self.arrays.n_nodes
-        self._column, self._shapes = {}, []
+        self._column, self._shapes, self._columns_of = {}, [], {}
         self._frag_if_fit = np.zeros((n, 0), dtype=np.float32)
         self._gpu_ok = np.zeros((n, 0), dtype=bool)
         self._total = self.arrays.gpu_free.astype(np.float32).sum(axis=1)
@@ -108,23 +110,33 @@ class SnapshotConversion:
             np.array([s[0] for s in shapes], dtype=np.int64), np.array([s[1] for s in shapes], dtype=np.int64),
             np.array([np.frombuffer(s[2], dtype=bool) for s in shapes], dtype=bool).reshape(len(shapes), n_types))
 
-    def fragmentation(self, target: TargetWorkload) -> npt.NDArray[np.float64]:
-        """Every node's expected fragmented GPU-milli under ``target`` (what
-        :func:`~tessera.policies.learned.features.expected_fragmentation` gives, exactly)."""
+    def fragmentation(self, target: TargetWorkload,
+                      rows: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.float64]:
+        """The expected fragmented GPU-milli under ``target`` of the nodes in ``rows`` (default all):
+        what :func:`~tessera.policies.learned.features.expected_fragmentation` gives, exactly
+        (a row's value depends on that row only)."""
         arrays = self.arrays
         assert arrays is not None
-        shapes = [(int(target.num_gpu[k]), int(target.gpu_milli[k]), target.type_ok[k].tobytes())
-                  for k in range(len(target.count))]
-        missing = list(dict.fromkeys(s for s in shapes if s not in self._column))
-        if missing:
-            fif, ok, _ = self._gpu_half(slice(None), missing)
-            for s in missing:
-                self._column[s] = len(self._shapes)
-                self._shapes.append(s)
-            self._frag_if_fit = np.concatenate([self._frag_if_fit, fif], axis=1)
-            self._gpu_ok = np.concatenate([self._gpu_ok, ok], axis=1)
-        columns = np.array([self._column[s] for s in shapes], dtype=np.int64)
-        frag = combine_fragmentation(self._frag_if_fit[:, columns], self._gpu_ok[:, columns], self._total,
-                                     arrays.cpu_free, arrays.mem_free, target)
+        key = (target.num_gpu.tobytes(), target.gpu_milli.tobytes(), target.type_ok.tobytes())
+        columns = self._columns_of.get(key)
+        if columns is None:
+            shapes = [(int(target.num_gpu[k]), int(target.gpu_milli[k]), target.type_ok[k].tobytes())
+                      for k in range(len(target.count))]
+            missing = list(dict.fromkeys(s for s in shapes if s not in self._column))
+            if missing:
+                fif, ok, _ = self._gpu_half(slice(None), missing)
+                for s in missing:
+                    self._column[s] = len(self._shapes)
+                    self._shapes.append(s)
+                self._frag_if_fit = np.concatenate([self._frag_if_fit, fif], axis=1)
+                self._gpu_ok = np.concatenate([self._gpu_ok, ok], axis=1)
+            columns = self._columns_of[key] = np.array([self._column[s] for s in shapes], dtype=np.int64)
+        if rows is None:
+            frag = combine_fragmentation(self._frag_if_fit[:, columns], self._gpu_ok[:, columns], self._total,
+                                         arrays.cpu_free, arrays.mem_free, target)
+        else:
+            cells = np.ix_(rows, columns)
+            frag = combine_fragmentation(self._frag_if_fit[cells], self._gpu_ok[cells], self._total[rows],
+                                         arrays.cpu_free[rows], arrays.mem_free[rows], target)
         # exact integer sum, then one division (as expected_fragmentation does)
         return np.asarray((frag @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)

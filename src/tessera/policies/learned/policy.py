@@ -8,8 +8,7 @@ like the built-in heuristics. Queue order: priority first, then the ordering mod
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +24,7 @@ from tessera.core import (
     Workload,
     describe_unfit,
 )
-from tessera.policies.fitting import replicas_fitting as count_fitting
+from tessera.policies.fitting import fitting_by_type, lookup
 from tessera.policies.gang import candidate_types
 from tessera.policies.learned.features import (
     Demand,
@@ -104,7 +103,17 @@ class LearnedPolicy:
         conversion = self._conversion
         arrays = conversion.sync(snapshot).copy()
         target = self.target_for(snapshot, pending, arrays.type_names)
-        frag = conversion.fragmentation(target)
+        # each node's expected fragmentation, computed when a workload first considers the node
+        frag = np.zeros(arrays.n_nodes)
+        known = np.zeros(arrays.n_nodes, dtype=bool)
+
+        def need(rows: np.ndarray[Any, Any]) -> None:
+            # rows this decision changed are known already (their values are the decision's own)
+            missing = rows[~known[rows]]
+            if len(missing):
+                frag[missing] = conversion.fragmentation(target, missing)
+                known[missing] = True
+
         ledger = snapshot.ledger()
         zones = conversion.zones
         work = ctx.params.get("work_seconds") if isinstance(ctx.params.get("work_seconds"), dict) else None
@@ -120,7 +129,8 @@ class LearnedPolicy:
                 for group in groups:
                     trial: list[_Step] = []
                     trials[group] = trial
-                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False, record=trial)
+                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False, record=trial,
+                                             need=need)
                     if len(rows) >= workload.gang_min:
                         value = (-len(rows), score)  # most replicas, then the lowest total score
                         if best is None or value < best[0]:
@@ -129,11 +139,12 @@ class LearnedPolicy:
                     chosen = best
                     break
             if chosen is None:
-                unplaced[workload.key] = describe_unfit(workload, conversion.types,
-                                                        partial(replicas_fitting, arrays, workload))
+                counts = fitting_by_type(arrays.usable, arrays.type_index, arrays.type_names, arrays.gpu_free,
+                                         arrays.cpu_free, arrays.mem_free, workload)
+                unplaced[workload.key] = describe_unfit(workload, conversion.types, lookup(counts))
                 continue
             rows, _ = self._fill(arrays, workload, chosen[1], target, frag, zones, commit=True, limit=len(chosen[2]),
-                                 replay=trials.get(chosen[1]))
+                                 replay=trials.get(chosen[1]), need=need)
             replicas = tuple(ReplicaAssignment(arrays.names[r], ledger.take(arrays.names[r], workload.demand))
                              for r in rows)
             placements.append(Placement(workload.key, replicas, reason=f"learned {self.artifact}"))
@@ -152,13 +163,15 @@ class LearnedPolicy:
         limit: int | None = None,
         record: list[_Step] | None = None,
         replay: list[_Step] | None = None,
+        need: Callable[[np.ndarray[Any, Any]], None] | None = None,
     ) -> tuple[list[int], float]:
         """Place replicas one at a time by score within the accelerator types of ``group``.
 
         Keeps them (``commit``) or undoes them afterwards; returns the rows and the total score.
         ``record`` collects each step's row and state after it; ``replay`` applies such a
         record (its first ``limit`` steps) instead of scoring: a trial on the same state
-        takes the same steps, so the result is the same.
+        takes the same steps, so the result is the same.  ``need(rows)`` is called before
+        ``frag`` is read for ``rows`` (a caller computing it lazily fills them in).
         """
         if replay is not None and commit and limit is not None and len(replay) >= limit:
             for row, gpu, cpu, mem, f in replay[:limit]:
@@ -180,6 +193,8 @@ class LearnedPolicy:
                 rows = rows[np.array([zones[arrays.names[r]] not in used_zones for r in rows], dtype=bool)]
             if not len(rows):
                 break
+            if need is not None:
+                need(rows)
             candidates = placement_features(arrays, demand, target, frag, rows)
             scores = self.model.placement.score(candidates.features)
             choice = int(np.argmin(scores))
@@ -201,16 +216,6 @@ class LearnedPolicy:
 
 #: one step of a trial: the row and its (GPU free, CPU free, memory free, fragmentation) after it
 _Step = tuple[int, "np.ndarray[Any, Any]", int, int, float]
-
-
-def replicas_fitting(arrays: NodeArrays, workload: Workload, accelerator_type: str) -> int:
-    """Replicas of ``workload`` that fit on the usable nodes of a type ("(cpu)": all), as
-    :func:`~tessera.core.explain_unfit` counts them."""
-    rows = arrays.usable.copy()
-    if accelerator_type != "(cpu)":
-        index = arrays.type_names.index(accelerator_type) if accelerator_type in arrays.type_names else -2
-        rows &= arrays.type_index == index
-    return count_fitting(rows, arrays.gpu_free, arrays.cpu_free, arrays.mem_free, workload)
 
 
 def type_buckets(ledger: CapacityLedger, workload: Workload,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from functools import partial
 from typing import ClassVar, Literal
 
 import numpy as np
 
 from tessera.core import ClusterSnapshot, Placement, Plan, ReplicaAssignment, Spread, Workload, describe_unfit
-from tessera.policies.fitting import replicas_fitting
+from tessera.policies.fitting import fitting_by_type, lookup
 from tessera.policies.placement.arrays import (
     IntArray,
     PlacementArrays,
@@ -89,9 +88,9 @@ class PlacementPolicy:
         missed: list[Workload] = []
         journal: list[tuple[int, PodShape, tuple[int, ...]]] = []
         try:
-            for workload in pending:
+            for i, workload in enumerate(pending):
                 assignments = self._place_gang(arrays, workload, ctx.rng, node_rank, lineage.zones, lineage.cache,
-                                               journal)
+                                               journal, final=i == len(pending) - 1)
                 if assignments is None:
                     missed.append(workload)
                     continue
@@ -100,7 +99,9 @@ class PlacementPolicy:
             for node, shape, devices in reversed(journal):  # back to the snapshot's state, exactly
                 arrays.release(node, shape, devices)
         # explained on the snapshot's free capacity, as explain_unfit(snapshot.ledger(), w) does
-        unplaced = {w.key: describe_unfit(w, lineage.types, partial(_fitting, arrays, w)) for w in missed}
+        unplaced = {w.key: describe_unfit(w, lineage.types, lookup(fitting_by_type(
+            arrays.usable, arrays.type_idx, arrays.type_names, arrays.gpu_free, arrays.cpu_free, arrays.memory_free, w)))
+            for w in missed}
         return Plan(placements=tuple(placements), unplaced=unplaced)
 
     def _cached_rank(self, lineage: ArraysByLineage, arrays: PlacementArrays, ctx: PolicyContext) -> IntArray | None:
@@ -135,12 +136,16 @@ class PlacementPolicy:
         zones: np.ndarray | None = None,
         cache: ScoreCache | None = None,
         journal: list[tuple[int, PodShape, tuple[int, ...]]] | None = None,
+        final: bool = False,
     ) -> tuple[ReplicaAssignment, ...] | None:
+        """Place ``workload``'s replicas one by one on ``arrays`` (all or nothing).  ``final``:
+        nothing reads the arrays after this gang, so its last replica is not placed on them
+        (``journal`` lists what was, for the caller to undo)."""
         shape = PodShape.of(workload)
         taken: list[tuple[int, tuple[int, ...]]] = []
         # replicas that must spread rule out the nodes (or zones) earlier replicas took
         excluded = np.zeros(arrays.n_nodes, dtype=bool) if workload.spread is not Spread.NONE else None
-        for _ in range(workload.target_replicas):
+        for replica in range(workload.target_replicas):
             if taken and shape.gpu_count and not workload.allow_mixed_types:
                 # later replicas of a gang stay on the first replica's GPU model
                 first_type = arrays.type_names[int(arrays.type_idx[taken[0][0]])]
@@ -148,8 +153,10 @@ class PlacementPolicy:
             choice = choose_node(arrays, shape, self, rng, cache, node_rank=node_rank, excluded=excluded)
             if choice is None:
                 break
-            arrays.place(choice.node, shape, choice.devices)
             taken.append((choice.node, choice.devices))
+            if final and replica == workload.target_replicas - 1:
+                break  # a full gang: the arrays are not read again
+            arrays.place(choice.node, shape, choice.devices)
             if journal is not None:
                 journal.append((choice.node, shape, choice.devices))
             if excluded is not None:
@@ -164,12 +171,3 @@ class PlacementPolicy:
                 del journal[len(journal) - len(taken):]
             return None
         return tuple(ReplicaAssignment(arrays.names[node], devices) for node, devices in taken)
-
-
-def _fitting(arrays: PlacementArrays, workload: Workload, accelerator_type: str) -> int:
-    """Replicas of ``workload`` fitting on the usable nodes of a type ("(cpu)": all), as explain_unfit counts."""
-    rows = arrays.usable.copy()
-    if accelerator_type != "(cpu)":
-        index = arrays.type_names.index(accelerator_type) if accelerator_type in arrays.type_names else -1
-        rows &= arrays.type_idx == index
-    return replicas_fitting(rows, arrays.gpu_free, arrays.cpu_free, arrays.memory_free, workload)

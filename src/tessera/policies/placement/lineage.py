@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from tessera.core import MILLI_PER_DEVICE, ClusterSnapshot
-from tessera.policies.placement.arrays import IntArray, PlacementArrays, PodShape, ScoreCache
+from tessera.core import MILLI_PER_DEVICE, ClusterSnapshot, Workload
+from tessera.policies.placement.arrays import (
+    MAX_AFFINITY_SLOTS,
+    SHARE_AFFINITY,
+    IntArray,
+    PlacementArrays,
+    ScoreCache,
+)
 
 
 class ArraysByLineage:
@@ -46,16 +52,20 @@ class ArraysByLineage:
             self.rank = None
         else:
             rows = np.array(sorted(arrays.index[name] for name in delta.nodes), dtype=np.int64)
-            slots = np.arange(arrays.max_gpus)
-            for row in rows:
+            for row in rows.tolist():
                 free = snapshot.free(arrays.names[row])
                 arrays.cpu_free[row] = free.cpu_milli
                 arrays.memory_free[row] = free.memory_mib
-                arrays.gpu_free[row] = np.where(slots < arrays.gpu_count[row], MILLI_PER_DEVICE, 0)
-                arrays.gpu_free[row, : len(free.devices_milli)] = free.devices_milli
+                devices = free.devices_milli
+                if len(devices) == arrays.max_gpus:
+                    arrays.gpu_free[row] = devices
+                else:  # as from_snapshot: the node's own slots full, then the devices over them
+                    arrays.gpu_free[row] = np.where(np.arange(arrays.max_gpus) < arrays.gpu_count[row],
+                                                    MILLI_PER_DEVICE, 0)
+                    arrays.gpu_free[row, : len(devices)] = devices
             for sign, allocations in ((-1, delta.removed), (1, [snapshot.allocations[k] for k in delta.added])):
                 for allocation in allocations:
-                    slot = PodShape.of(allocation.workload).affinity_slot
+                    slot = _affinity_slot(allocation.workload)
                     if slot < 0:
                         continue
                     for replica in allocation.replicas:
@@ -66,3 +76,13 @@ class ArraysByLineage:
                 arrays._refresh_derived(rows)
         self.version = snapshot.version
         return arrays
+
+
+def _affinity_slot(workload: Workload) -> int:
+    """``PodShape.of(workload).affinity_slot`` (what from_snapshot counts), without building the shape."""
+    demand = workload.demand
+    if demand.shared_milli:
+        return SHARE_AFFINITY
+    if demand.accelerators:
+        return min(demand.accelerators, MAX_AFFINITY_SLOTS - 1)
+    return -1
