@@ -3,15 +3,17 @@
 ``ClusterSnapshot.derive`` hands out a new snapshot per decision; copying a 10,000-entry
 dict of allocations each time costs ~100 us, more than the decision.  An :class:`Overlay`
 shares its base dict (never mutated) and holds only what differs: keys set (in order) and
-keys removed.  Deriving copies just the change set; once the change set grows past a
-fraction of the base, the next derivation folds it into a fresh base (amortised O(1) per
-change).  Iteration order is the base's without the removed keys, then the keys set, which
-is what a dict built by deleting the removed keys and appending the set ones would give.
+keys removed.  Deriving copies just the change set; once it grows past about twice the
+square root of the base's size, the next derivation folds it into a fresh base (so a
+derivation costs O(sqrt n), amortised).  Iteration order is the base's without the removed
+keys, then the keys set, which is what a dict built by deleting the removed keys and
+appending the set ones would give.
 Pure: stdlib only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
@@ -97,7 +99,7 @@ def changed(mapping: Mapping[K, V], *, remove: Iterable[K] = (), append: Iterabl
             over[key] = value
         else:
             raise KeyError(key)
-    if len(over) + len(removed) + len(added) > 32 + len(base) // 16:  # fold the changes into a fresh base
+    if len(over) + len(removed) + len(added) > 16 + 2 * math.isqrt(len(base)):  # fold them into a fresh base
         folded = dict(base)  # C-speed copy; overrides keep their positions, removals go
         folded.update(over)
         for key in removed:

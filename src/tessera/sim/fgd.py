@@ -294,6 +294,7 @@ def _run_generic(
     node_objects: list[Node] = [n.to_node() for n in nodes]
     allocations: list[Allocation] = []
     snapshot = ClusterSnapshot(node_objects, allocations, now_seconds=0.0)
+    templates: dict[int, Workload] = {}  # pod index -> its workload (inflated copies get their own key)
     new: list[Allocation] = []
     arrays = state.arrays
     pending: list[tuple[Workload, PodShape, int]] = []
@@ -302,7 +303,10 @@ def _run_generic(
         shape = shapes[pod.name]
         state.arrive(shape, fits_empty, empty)
         # inflated copies of a pod need their own key
-        pending.append((replace(pod.to_workload(float(step)), key=f"{pod.name}#{step}"), shape, step))
+        template = templates.get(index)
+        if template is None:
+            template = templates[index] = pod.to_workload()
+        pending.append((replace(template, key=f"{pod.name}#{step}", submitted_at_seconds=float(step)), shape, step))
         if step % batch and step != len(order):
             continue
         if incremental:

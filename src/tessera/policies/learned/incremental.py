@@ -33,6 +33,8 @@ from tessera.policies.learned.features import (
 
 #: what the GPU half of a fragmentation column depends on: a shape's GPUs, milli and allowed types
 GpuShape = tuple[int, int, bytes]
+#: a target's GPU shapes, as bytes of its (num_gpu, gpu_milli, type_ok) arrays
+ShapesKey = tuple[bytes, bytes, bytes]
 
 
 class SnapshotConversion:
@@ -47,11 +49,10 @@ class SnapshotConversion:
         self.types: frozenset[str | None] = frozenset()
         #: running replicas' demands: (num_gpu, gpu_milli, types) -> [replicas, CPU sum, memory sum]
         self.groups: dict[ShapeKey, list[int]] = {}
-        # the GPU half of the fragmentation, one column per GPU shape ever asked for
-        self._column: dict[GpuShape, int] = {}
-        #: a target's GPU shapes (as bytes) -> their columns
-        self._columns_of: dict[tuple[bytes, bytes, bytes], npt.NDArray[np.int64]] = {}
+        # the GPU half of the fragmentation for the last target's GPU shapes, one column each
+        self._key: ShapesKey | None = None
         self._shapes: list[GpuShape] = []
+        self._shape_arrays: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None = None
         self._frag_if_fit = np.zeros((0, 0), dtype=np.float32)
         self._gpu_ok = np.zeros((0, 0), dtype=bool)
         self._total = np.zeros(0, dtype=np.float32)
@@ -66,11 +67,14 @@ class SnapshotConversion:
         else:
             arrays = self.arrays
             rows = np.array(sorted(self.row[name] for name in delta.nodes), dtype=np.int64)
-            for row in rows:
+            for row in rows.tolist():
                 free = snapshot.free(arrays.names[row])
                 devices = free.devices_milli
-                arrays.gpu_free[row, :] = 0
-                arrays.gpu_free[row, : len(devices)] = devices
+                if len(devices) == arrays.gpu_free.shape[1]:
+                    arrays.gpu_free[row] = devices
+                else:
+                    arrays.gpu_free[row, :] = 0
+                    arrays.gpu_free[row, : len(devices)] = devices
                 arrays.cpu_free[row] = free.cpu_milli
                 arrays.mem_free[row] = free.memory_mib
             for allocation in delta.removed:
@@ -80,8 +84,9 @@ class SnapshotConversion:
                 add_demands(self.groups, [demand_of(allocation.workload)] * len(allocation.replicas), 1)
             if len(rows):
                 self._total[rows] = arrays.gpu_free[rows].astype(np.float32).sum(axis=1)
-                if self._shapes:
-                    self._frag_if_fit[rows], self._gpu_ok[rows], _ = self._gpu_half(rows, self._shapes)
+                if self._shape_arrays is not None:
+                    self._frag_if_fit[rows], self._gpu_ok[rows], _ = gpu_fragmentation(
+                        arrays.gpu_free[rows], arrays.type_index[rows], *self._shape_arrays)
         self.version = snapshot.version
         assert self.arrays is not None
         return self.arrays
@@ -94,21 +99,34 @@ class SnapshotConversion:
         self.groups = {}
         for allocation in snapshot.allocations.values():
             add_demands(self.groups, [demand_of(allocation.workload)] * len(allocation.replicas), 1)
-        n = self.arrays.n_nodes
-        self._column, self._shapes, self._columns_of = {}, [], {}
-        self._frag_if_fit = np.zeros((n, 0), dtype=np.float32)
-        self._gpu_ok = np.zeros((n, 0), dtype=bool)
+        self._key, self._shapes, self._shape_arrays = None, [], None
         self._total = self.arrays.gpu_free.astype(np.float32).sum(axis=1)
 
-    def _gpu_half(self, rows: npt.NDArray[np.int64] | slice, shapes: list[GpuShape]) -> tuple[
-            npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+    def _use_shapes(self, target: TargetWorkload) -> None:
+        """Hold the GPU half for ``target``'s GPU shapes: columns of shapes held already are kept
+        (their rows are up to date), new ones computed for every node."""
         arrays = self.arrays
         assert arrays is not None
-        n_types = len(arrays.type_names)
-        return gpu_fragmentation(
-            arrays.gpu_free[rows], arrays.type_index[rows],
-            np.array([s[0] for s in shapes], dtype=np.int64), np.array([s[1] for s in shapes], dtype=np.int64),
-            np.array([np.frombuffer(s[2], dtype=bool) for s in shapes], dtype=bool).reshape(len(shapes), n_types))
+        key = (target.num_gpu.tobytes(), target.gpu_milli.tobytes(), target.type_ok.tobytes())
+        if key == self._key:
+            return
+        shapes = [(int(target.num_gpu[k]), int(target.gpu_milli[k]), target.type_ok[k].tobytes())
+                  for k in range(len(target.count))]
+        had = {s: i for i, s in enumerate(self._shapes)}
+        missing = [k for k, s in enumerate(shapes) if s not in had]
+        fif = np.zeros((arrays.n_nodes, len(shapes)), dtype=np.float32)
+        ok = np.zeros((arrays.n_nodes, len(shapes)), dtype=bool)
+        kept = [k for k, s in enumerate(shapes) if s in had]
+        if kept:
+            old = [had[shapes[k]] for k in kept]
+            fif[:, kept], ok[:, kept] = self._frag_if_fit[:, old], self._gpu_ok[:, old]
+        if missing:
+            fif[:, missing], ok[:, missing], _ = gpu_fragmentation(
+                arrays.gpu_free, arrays.type_index, target.num_gpu[missing], target.gpu_milli[missing],
+                target.type_ok[missing])
+        self._key, self._shapes = key, shapes
+        self._shape_arrays = (target.num_gpu.copy(), target.gpu_milli.copy(), target.type_ok.copy())
+        self._frag_if_fit, self._gpu_ok = fif, ok
 
     def fragmentation(self, target: TargetWorkload,
                       rows: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.float64]:
@@ -117,26 +135,12 @@ class SnapshotConversion:
         (a row's value depends on that row only)."""
         arrays = self.arrays
         assert arrays is not None
-        key = (target.num_gpu.tobytes(), target.gpu_milli.tobytes(), target.type_ok.tobytes())
-        columns = self._columns_of.get(key)
-        if columns is None:
-            shapes = [(int(target.num_gpu[k]), int(target.gpu_milli[k]), target.type_ok[k].tobytes())
-                      for k in range(len(target.count))]
-            missing = list(dict.fromkeys(s for s in shapes if s not in self._column))
-            if missing:
-                fif, ok, _ = self._gpu_half(slice(None), missing)
-                for s in missing:
-                    self._column[s] = len(self._shapes)
-                    self._shapes.append(s)
-                self._frag_if_fit = np.concatenate([self._frag_if_fit, fif], axis=1)
-                self._gpu_ok = np.concatenate([self._gpu_ok, ok], axis=1)
-            columns = self._columns_of[key] = np.array([self._column[s] for s in shapes], dtype=np.int64)
+        self._use_shapes(target)
         if rows is None:
-            frag = combine_fragmentation(self._frag_if_fit[:, columns], self._gpu_ok[:, columns], self._total,
+            frag = combine_fragmentation(self._frag_if_fit, self._gpu_ok, self._total,
                                          arrays.cpu_free, arrays.mem_free, target)
         else:
-            cells = np.ix_(rows, columns)
-            frag = combine_fragmentation(self._frag_if_fit[cells], self._gpu_ok[cells], self._total[rows],
+            frag = combine_fragmentation(self._frag_if_fit[rows], self._gpu_ok[rows], self._total[rows],
                                          arrays.cpu_free[rows], arrays.mem_free[rows], target)
         # exact integer sum, then one division (as expected_fragmentation does)
         return np.asarray((frag @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)
