@@ -6,11 +6,20 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from test_fgd_protocol import tiny_trace
 
 from tessera.core import Allocation, ClusterSnapshot, ReplicaPlacement, explain_unfit
-from tessera.policies.learned.features import arrays_from_snapshot, expected_fragmentation
+from tessera.policies.learned.features import (
+    Demand,
+    ShapeKey,
+    add_demands,
+    arrays_from_snapshot,
+    expected_fragmentation,
+    target_from_groups,
+    target_workload,
+)
 from tessera.policies.learned.incremental import SnapshotConversion
 from tessera.policies.learned.policy import LearnedPolicy
 from tessera.policies.placement import TARGET_WORKLOAD_PARAM, PodShape, TargetWorkload
@@ -97,3 +106,26 @@ def _ctx() -> PolicyContext:
     target = TargetWorkload.from_shapes([PodShape(1000, 0, 1, 1000)])
     return PolicyContext(now_seconds=1.0, rng=random.Random(0), deterministic=True, seed=0,
                          params={TARGET_WORKLOAD_PARAM: target})
+
+
+def test_target_from_counted_groups_equals_target_from_demands() -> None:
+    """Counting demands in and out (as the conversion does along a lineage) gives the very
+    target workload that grouping the remaining demands from scratch gives."""
+    rng = random.Random(5)
+    names = ["A100", "T4", "V100"]
+    shapes = [(1, 500), (1, 1000), (2, 1000), (0, 0), (1, 250), (8, 1000)]
+    live: list[Demand] = []
+    groups: dict[ShapeKey, list[int]] = {}
+    for _ in range(300):
+        if live and rng.random() < 0.3:
+            gone = live.pop(rng.randrange(len(live)))
+            add_demands(groups, [gone], -1)
+        else:
+            new = Demand(rng.choice([500, 1500, 3001]), rng.choice([100, 333]), *rng.choice(shapes),
+                         tuple(sorted(rng.sample(["A100", "T4", "X"], rng.randrange(3)))))
+            live.append(new)
+            add_demands(groups, [new], 1)
+        a, b = target_from_groups(groups, names), target_workload(live, names)
+        for field in ("cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "type_ok", "probability", "count",
+                      "type_demand"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field

@@ -16,6 +16,7 @@ in the target workload.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -226,28 +227,31 @@ def target_from_groups(groups: Mapping[ShapeKey, Sequence[int]], type_names: Seq
     if not groups:
         groups = {(0, 0, ()): (1, 0, 0)}
     ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))[:max_shapes]
-    total = sum(v[0] for _, v in ranked)
-    index = {t: i for i, t in enumerate(type_names)}
-    type_ok = np.zeros((len(ranked), len(type_names)), dtype=bool)
-    for row, ((_, _, types), _) in enumerate(ranked):
-        if types:
-            for t in types:
-                if t in index:
-                    type_ok[row, index[t]] = True
-        else:
-            type_ok[row, :] = True
-    gpu_weight = np.array([v[0] * k[0] * k[1] for k, v in ranked], dtype=np.float64)
+    keys = [k for k, _ in ranked]
+    sums = np.array([v[:3] for _, v in ranked], dtype=np.int64).reshape(len(ranked), 3)
+    count = sums[:, 0]
+    num_gpu = np.array([k[0] for k in keys], dtype=np.int64)
+    gpu_milli = np.array([k[1] for k in keys], dtype=np.int64)
+    type_ok = np.array([_type_row(k[2], tuple(type_names)) for k in keys], dtype=bool).reshape(len(keys), len(type_names))
+    gpu_weight = (count * num_gpu * gpu_milli).astype(np.float64)
     type_demand = (gpu_weight[:, None] * type_ok).sum(0) / max(gpu_weight.sum(), 1.0)
     return TargetWorkload(
-        cpu_milli=np.array([round(v[1] / v[0]) for _, v in ranked], dtype=np.int64),
-        memory_mib=np.array([round(v[2] / v[0]) for _, v in ranked], dtype=np.int64),
-        num_gpu=np.array([k[0] for k, _ in ranked], dtype=np.int64),
-        gpu_milli=np.array([k[1] for k, _ in ranked], dtype=np.int64),
+        # means rounded half to even, as Python's round() of the same float quotient
+        cpu_milli=np.rint(sums[:, 1] / count).astype(np.int64),
+        memory_mib=np.rint(sums[:, 2] / count).astype(np.int64),
+        num_gpu=num_gpu,
+        gpu_milli=gpu_milli,
         type_ok=type_ok,
-        probability=np.array([v[0] / total for _, v in ranked], dtype=np.float64),
-        count=np.array([v[0] for _, v in ranked], dtype=np.int64),
+        probability=count / int(count.sum()),
+        count=count,
         type_demand=type_demand,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _type_row(types: tuple[str, ...], type_names: tuple[str, ...]) -> tuple[bool, ...]:
+    """Which of ``type_names`` a shape allowing ``types`` may use (empty: all)."""
+    return tuple(not types or t in types for t in type_names)
 
 
 #: odd 64-bit multipliers for hashing node states (fixed, so training and serving hash alike)

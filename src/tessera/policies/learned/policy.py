@@ -95,9 +95,13 @@ class LearnedPolicy:
                 self._target_cache = (key, target_workload(self._target_demands, type_names))
             return self._target_cache[1]
         self._conversion.sync(snapshot)  # the running replicas' demands, counted along the lineage
-        groups = {key: list(counts) for key, counts in self._conversion.groups.items()}
-        add_demands(groups, (demand_of(w) for w in pending for _ in range(w.gang_min)), 1)
-        return target_from_groups(groups, type_names)
+        groups = self._conversion.groups
+        waiting = [demand_of(w) for w in pending for _ in range(w.gang_min)]
+        add_demands(groups, waiting, 1)  # counted in for this target only (the order of groups does not matter)
+        try:
+            return target_from_groups(groups, type_names)
+        finally:
+            add_demands(groups, waiting, -1)
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
         conversion = self._conversion
