@@ -24,7 +24,8 @@ def test_changes_match_a_dict_and_leave_the_parent_alone(seed: int) -> None:
         for _ in range(rng.randrange(3)):
             counter += 1
             key = rng.choice(keys) if keys and rng.random() < 0.3 else f"k{counter}"
-            append.append((key, counter))
+            if key not in {k for k, _ in append}:  # the keys appended at once are distinct
+                append.append((key, counter))
         kept = [k for k in reference if k not in remove]
         for key in remove:
             del reference[key]

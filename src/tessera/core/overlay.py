@@ -74,23 +74,24 @@ def changed(mapping: Mapping[K, V], *, remove: Iterable[K] = (), append: Iterabl
     """``mapping`` with the keys in ``remove`` deleted, then ``append`` appended in order (a key
     already present moves to the end), then ``update`` (keys present) given new values in
     place, as a new :class:`Overlay`; ``mapping`` is unchanged.  Costs the size of the change
-    set, plus, amortised, a fold of the changes into a fresh base now and then."""
-    base: Mapping[K, V] = mapping._base if isinstance(mapping, Overlay) else mapping
-    over: dict[K, V] = dict(mapping._over) if isinstance(mapping, Overlay) else {}
-    removed: set[K] = set(mapping._removed) if isinstance(mapping, Overlay) else set()
-    added: dict[K, V] = dict(mapping._added) if isinstance(mapping, Overlay) else {}
-
-    def drop(key: K) -> None:
+    set, plus, amortised, a fold of the changes into a fresh base now and then.  The keys in
+    ``append`` are distinct."""
+    append = list(append)
+    base: Mapping[K, V]
+    if isinstance(mapping, Overlay):
+        base, over, added = mapping._base, mapping._over.copy(), mapping._added.copy()
+        removed: frozenset[K] | set[K] = mapping._removed
+    else:
+        base, over, added, removed = mapping, {}, {}, frozenset()
+    for key in (*remove, *(k for k, _ in append)):  # drop what is removed or moves to the end
         if key in added:
             del added[key]
         elif key in base and key not in removed:
+            if isinstance(removed, frozenset):
+                removed = set(removed)
             removed.add(key)
             over.pop(key, None)
-
-    for key in remove:
-        drop(key)
     for key, value in append:
-        drop(key)
         added[key] = value
     for key, value in update:
         if key in added:

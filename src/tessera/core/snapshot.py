@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from tessera.core.ledger import CapacityError, CapacityLedger, NodeFree, Statement
-from tessera.core.model import MILLI_PER_DEVICE, Allocation, Node
+from tessera.core.model import MILLI_PER_DEVICE, Allocation, Node, ReplicaPlacement
 from tessera.core.overlay import changed
 from tessera.core.quota import QuotaTree
 
@@ -114,6 +114,8 @@ class ClusterSnapshot:
             alloc_map[key] = allocation if tuple(replicas) == allocation.replicas \
                 else replace(allocation, replicas=tuple(replicas))
         self._allocations: Mapping[str, Allocation] = MappingProxyType(alloc_map)
+        if all(alloc_map[key] is allocation for key, allocation in inputs.items()):
+            self._inputs = self._allocations  # nothing was filled in: one mapping serves both (derive keeps it so)
         free = ledger.freeze()
         if previous is not None:
             free = {name: free[name] if name in dirty else previous._free[name] for name in node_map}
@@ -226,6 +228,8 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
         if allocation.key in seen:
             raise ValueError(f"workload {allocation.key} allocated twice")
         seen.add(allocation.key)
+    if not removed and not any(key in parent._inputs for key in seen):
+        return _append(parent, added, now_seconds)
     gone = sorted(k for k in removed | seen if k in parent._inputs)
     touched: set[str] = set()
     for key in gone:
@@ -240,7 +244,9 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
                 node_keys[rp.node] = (*node_keys.get(rp.node, parent._on_node.get(rp.node, ())), allocation.key)
     for name in touched:
         node_keys.setdefault(name, ())
-    inputs = changed(parent._inputs, remove=gone, append=((a.key, a) for a in added))
+    staged = changed(parent._allocations, remove=gone, append=[(a.key, a) for a in added])
+    shared = parent._inputs is parent._allocations
+    inputs = staged if shared else changed(parent._inputs, remove=gone, append=[(a.key, a) for a in added])
     on_node = changed(parent._on_node, remove=[n for n, keys in node_keys.items() if not keys],
                       update=[(n, keys) for n, keys in node_keys.items() if keys and n in parent._on_node],
                       append=[(n, keys) for n, keys in node_keys.items() if keys and n not in parent._on_node])
@@ -260,7 +266,6 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
             for i, rp in enumerate(allocation.replicas):
                 if rp.node == name:
                     counted.setdefault(key, {})[i] = ledger.hold(name, allocation.workload.demand, rp.devices)
-    staged = changed(parent._allocations, remove=gone, append=((a.key, a) for a in added))
     updates = []
     for key, devices in counted.items():
         allocation = inputs[key]
@@ -282,4 +287,44 @@ def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str],
     child._version = next(_VERSIONS)
     child._delta = SnapshotDelta(parent.version, True, frozenset(touched), tuple(a.key for a in added),
                                  tuple(parent._allocations[k] for k in gone))
+    return child
+
+
+def _append(parent: ClusterSnapshot, added: list[Allocation], now_seconds: float) -> ClusterSnapshot:
+    """:func:`_derive` when allocations are only appended (the simulator's common case): each
+    touched node starts from the parent's count and holds just the new replicas, in order."""
+    assert parent._on_node is not None
+    nodes = parent._nodes
+    on_node = parent._on_node
+    per_node: dict[str, list[tuple[Allocation, int, ReplicaPlacement]]] = {}
+    for allocation in added:
+        for i, rp in enumerate(allocation.replicas):
+            if rp.node in nodes:
+                per_node.setdefault(rp.node, []).append((allocation, i, rp))
+    ledger = CapacityLedger(nodes, {name: parent._free[name] for name in per_node})
+    filled: dict[str, dict[int, tuple[int, ...]]] = {}
+    for name, items in per_node.items():
+        for allocation, i, rp in items:
+            devices = ledger.hold(name, allocation.workload.demand, rp.devices)
+            if devices != rp.devices:
+                filled.setdefault(allocation.key, {})[i] = devices
+    values = added
+    if filled:
+        values = [a if (f := filled.get(a.key)) is None else replace(a, replicas=tuple(
+            replace(rp, devices=f[i]) if i in f else rp for i, rp in enumerate(a.replicas))) for a in added]
+    allocations = changed(parent._allocations, append=[(a.key, a) for a in values])
+    inputs = allocations if parent._inputs is parent._allocations and not filled \
+        else changed(parent._inputs, append=[(a.key, a) for a in added])
+    keys = {name: (*on_node.get(name, ()), *(a.key for a, _, _ in items)) for name, items in per_node.items()}
+    child = object.__new__(ClusterSnapshot)
+    child._nodes = nodes
+    child.now_seconds = now_seconds
+    child.quotas = parent.quotas
+    child._inputs = inputs
+    child._on_node = changed(on_node, update=[(n, k) for n, k in keys.items() if n in on_node],
+                             append=[(n, k) for n, k in keys.items() if n not in on_node])
+    child._allocations = allocations
+    child._free = changed(parent._free, update=[(name, ledger.free(name)) for name in per_node])
+    child._version = next(_VERSIONS)
+    child._delta = SnapshotDelta(parent.version, True, frozenset(per_node), tuple(a.key for a in added), ())
     return child
