@@ -19,7 +19,10 @@ The protocol, as the authors' public simulator runs it (see ``docs/simulator-fgd
 The built-in placement policies run on :class:`~tessera.policies.placement.PlacementArrays`
 with a per-shape score cache (fast path).  Any other policy is called through
 ``decide(snapshot, pending, ctx)`` with the batch as its pending list, and its plan is
-validated by the engine's :func:`~tessera.core.validate_plan` before it is applied.
+validated by the engine's :func:`~tessera.core.validate_plan` before it is applied.  Its
+snapshots form a lineage (:meth:`~tessera.core.ClusterSnapshot.derive`, each with a
+``delta``), so a policy that keeps a conversion of the last one pays for what changed
+(docs/simulator-fgd.md, "Plugin policies").
 """
 
 from __future__ import annotations
