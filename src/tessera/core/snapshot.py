@@ -296,6 +296,14 @@ def _append(parent: ClusterSnapshot, added: list[Allocation], now_seconds: float
     assert parent._on_node is not None
     nodes = parent._nodes
     on_node = parent._on_node
+    if not added:  # nothing changed but the time: share every mapping (they are never mutated)
+        child = object.__new__(ClusterSnapshot)
+        child._nodes, child._inputs, child._on_node = nodes, parent._inputs, on_node
+        child._allocations, child._free = parent._allocations, parent._free
+        child.now_seconds, child.quotas = now_seconds, parent.quotas
+        child._version = next(_VERSIONS)
+        child._delta = SnapshotDelta(parent.version, True, frozenset(), (), ())
+        return child
     per_node: dict[str, list[tuple[Allocation, int, ReplicaPlacement]]] = {}
     for allocation in added:
         for i, rp in enumerate(allocation.replicas):

@@ -99,10 +99,20 @@ class PlacementPolicy:
             for node, shape, devices in reversed(journal):  # back to the snapshot's state, exactly
                 arrays.release(node, shape, devices)
         # explained on the snapshot's free capacity, as explain_unfit(snapshot.ledger(), w) does
-        unplaced = {w.key: describe_unfit(w, lineage.types, lookup(fitting_by_type(
-            arrays.usable, arrays.type_idx, arrays.type_names, arrays.gpu_free, arrays.cpu_free, arrays.memory_free, w)))
-            for w in missed}
+        unplaced = {w.key: self._reason(lineage, arrays, w) for w in missed}
         return Plan(placements=tuple(placements), unplaced=unplaced)
+
+    @staticmethod
+    def _reason(lineage: ArraysByLineage, arrays: PlacementArrays, workload: Workload) -> str:
+        """Why ``workload`` waits, memoised while the arrays hold the snapshot's state (a full
+        cluster turns away many pods of the same shape in a row)."""
+        key = (workload.demand, workload.allowed_types, workload.gang_min, workload.spread, workload.allow_mixed_types)
+        reason = lineage.reasons.get(key)
+        if reason is None:
+            reason = lineage.reasons[key] = describe_unfit(workload, lineage.types, lookup(fitting_by_type(
+                arrays.usable, arrays.type_idx, arrays.type_names, arrays.gpu_free, arrays.cpu_free, arrays.memory_free,
+                workload)))
+        return reason
 
     def _cached_rank(self, lineage: ArraysByLineage, arrays: PlacementArrays, ctx: PolicyContext) -> IntArray | None:
         """:meth:`node_rank`, reused while the node order given is the same object (and the arrays)."""

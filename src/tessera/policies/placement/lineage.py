@@ -38,6 +38,8 @@ class ArraysByLineage:
         self.types: frozenset[str | None] = frozenset()
         #: (node order given, its rank over these arrays): the same tuple object gives the same rank
         self.rank: tuple[object, IntArray] | None = None
+        #: unplaced reasons by what they depend on, valid while the arrays hold the same state
+        self.reasons: dict[tuple[object, ...], str] = {}
 
     def sync(self, snapshot: ClusterSnapshot) -> PlacementArrays:
         if self.arrays is not None and snapshot.version == self.version:
@@ -50,6 +52,7 @@ class ArraysByLineage:
             self.zones = np.array([snapshot.nodes[name].topology.zone for name in arrays.names])
             self.types = frozenset(node.accelerator_type for node in snapshot.nodes.values())
             self.rank = None
+            self.reasons = {}
         else:
             rows = np.array(sorted(arrays.index[name] for name in delta.nodes), dtype=np.int64)
             for row in rows.tolist():
@@ -74,6 +77,7 @@ class ArraysByLineage:
             if len(rows):
                 arrays.version[rows] += 1
                 arrays._refresh_derived(rows)
+                self.reasons = {}
         self.version = snapshot.version
         return arrays
 
