@@ -120,3 +120,55 @@ def test_only_changed_nodes_are_counted_again(monkeypatch: pytest.MonkeyPatch) -
     assert second.free("n3").whole_devices == 6
     assert second.free("n10").whole_devices == 7
     _same(second, ClusterSnapshot(nodes, changed))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_derived_snapshot_equals_a_fresh_one(seed: int) -> None:
+    """``derive`` (copy-on-write: allocations removed and appended) equals a fresh build of
+    the same list, field by field and in order, step after step of a lineage."""
+    rng = random.Random(seed)
+    nodes = [_node(i) for i in range(12)]
+    allocations = {f"ns/w{i}": _allocation(rng, f"ns/w{i}", nodes) for i in range(20)}
+    snapshot = ClusterSnapshot(nodes, allocations.values(), 1.0)
+    counter = 20
+    for step in range(40):
+        removed = set(rng.sample(sorted(allocations), min(len(allocations), rng.randrange(3))))
+        added = []
+        for _ in range(rng.randrange(4)):
+            counter += 1
+            added.append(_allocation(rng, f"ns/w{counter}", nodes))
+        if allocations and rng.random() < 0.2:  # a running workload replaced (same key, moved)
+            key = rng.choice(sorted(allocations))
+            added.append(_allocation(rng, key, nodes))
+        kept = {k: a for k, a in allocations.items() if k not in removed and k not in {a.key for a in added}}
+        allocations = {**kept, **{a.key: a for a in added}}
+        child = snapshot.derive(added, removed, now_seconds=float(step))
+        _same(child, ClusterSnapshot(nodes, allocations.values(), float(step)))
+        assert child.now_seconds == float(step)
+        delta = child.delta
+        assert delta is not None and delta.parent == snapshot.version and delta.nodes_same
+        assert delta.added == tuple(a.key for a in added)
+        assert {a.key for a in delta.removed} == removed & set(snapshot.allocations) | (
+            set(delta.added) & set(snapshot.allocations))
+        changed = {n for n in child.nodes if child.free(n) != snapshot.free(n)}
+        assert changed <= delta.nodes
+        # the parent is unchanged (copy-on-write) and a later full rebuild agrees with the lineage
+        assert snapshot.version != child.version
+        snapshot = child
+    _same(snapshot, ClusterSnapshot(nodes, allocations.values(), snapshot.now_seconds))
+
+
+def test_a_previous_snapshot_records_the_delta() -> None:
+    nodes = [_node(i) for i in range(4)]
+    demand = ReplicaDemand(accelerators=1)
+    a = Allocation(Workload("ns/a", WorkloadKind.TRAINING, demand), (ReplicaPlacement(0, "n1", None),))
+    b = Allocation(Workload("ns/b", WorkloadKind.TRAINING, demand), (ReplicaPlacement(0, "n2", None),))
+    first = ClusterSnapshot(nodes, [a])
+    assert first.delta is None
+    second = ClusterSnapshot(nodes, [b], previous=first)
+    delta = second.delta
+    assert delta is not None and delta.parent == first.version and delta.nodes_same
+    assert delta.nodes == {"n1", "n2"} and delta.added == ("ns/b",)
+    assert [r.key for r in delta.removed] == ["ns/a"]
+    third = ClusterSnapshot([*nodes, _node(9)], [b], previous=second)
+    assert third.delta is not None and not third.delta.nodes_same

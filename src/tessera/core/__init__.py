@@ -7,7 +7,7 @@ from tessera.core.accelerators import (
     accelerator_info,
     known_accelerator_types,
 )
-from tessera.core.explain import explain_unfit
+from tessera.core.explain import describe_unfit, explain_unfit
 from tessera.core.migration import (
     LinkModel,
     MigrationCostModel,
@@ -74,6 +74,7 @@ __all__ = [
     "Workload",
     "WorkloadKind",
     "accelerator_info",
+    "describe_unfit",
     "explain_unfit",
     "known_accelerator_types",
     "lost_replicas",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from tessera.core.model import ReplicaDemand, Spread, Workload
 from tessera.core.snapshot import CapacityLedger
 
@@ -13,7 +15,26 @@ def explain_unfit(ledger: CapacityLedger, workload: Workload) -> str:
     ``"needs 4 x H100 replicas (8 accelerators each), 2 fit"``.
     """
     demand = workload.demand
-    present = {n.accelerator_type for n in ledger.nodes.values()}
+    one_per_node = workload.spread is Spread.NODE
+
+    def fitting(accelerator_type: str) -> int:
+        fit = 0
+        for name, node in ledger.nodes.items():
+            if not node.usable:
+                continue
+            if accelerator_type != "(cpu)" and node.accelerator_type != accelerator_type:
+                continue
+            fit += _replicas_fitting(ledger, name, demand, one_per_node)
+        return fit
+
+    return describe_unfit(workload, {n.accelerator_type for n in ledger.nodes.values()}, fitting)
+
+
+def describe_unfit(workload: Workload, present: Collection[str | None], fitting: Callable[[str], int]) -> str:
+    """:func:`explain_unfit`'s words from the accelerator types ``present`` and ``fitting``: how many
+    replicas fit on the usable nodes of a type ("(cpu)": every usable node), so a policy that
+    counts faster (vectorised) words it the same."""
+    demand = workload.demand
     allowed = list(workload.allowed_types) or sorted(t for t in present if t)
     if not demand.needs_accelerator:
         allowed = ["(cpu)"]
@@ -27,14 +48,7 @@ def explain_unfit(ledger: CapacityLedger, workload: Workload) -> str:
     for accelerator_type in allowed:
         if accelerator_type in missing:
             continue
-        fit = 0
-        for name, node in ledger.nodes.items():
-            if not node.usable:
-                continue
-            if accelerator_type != "(cpu)" and node.accelerator_type != accelerator_type:
-                continue
-            fit += _replicas_fitting(ledger, name, demand, workload.spread is Spread.NODE)
-        parts.append(f"{fit} fit on {accelerator_type}")
+        parts.append(f"{fitting(accelerator_type)} fit on {accelerator_type}")
     per = f" ({demand.accelerators} accelerators each)" if demand.accelerators > 1 else ""
     mixed = " of one type" if len(allowed) > 1 and not workload.allow_mixed_types else ""
     return f"needs {workload.gang_min} replicas{mixed}{per}; " + ", ".join(parts)

@@ -1,48 +1,39 @@
-"""The cluster at one instant (:class:`ClusterSnapshot`) and the free capacity plans are
-checked against (:class:`CapacityLedger`, with volcano-style :class:`Statement` commit or
-discard).  Pure: stdlib only."""
+"""The cluster at one instant (:class:`ClusterSnapshot`); the free capacity plans are
+checked against lives in :mod:`tessera.core.ledger`.  Pure: stdlib only."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from tessera.core.model import MILLI_PER_DEVICE, Allocation, Node, ReplicaDemand
+from tessera.core.ledger import CapacityError, CapacityLedger, NodeFree, Statement
+from tessera.core.model import MILLI_PER_DEVICE, Allocation, Node, ReplicaPlacement
+from tessera.core.overlay import changed
 from tessera.core.quota import QuotaTree
+
+__all__ = ["CapacityError", "CapacityLedger", "ClusterSnapshot", "NodeFree", "SnapshotDelta", "Statement"]
+
+_VERSIONS = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
-class NodeFree:
-    """Free capacity of one node."""
+class SnapshotDelta:
+    """How a snapshot differs from the one it was built from (its ``parent``).
 
-    devices_milli: tuple[int, ...]
-    cpu_milli: int
-    memory_mib: int
+    What a consumer that converted the parent (into arrays, counts, ...) needs to update
+    its conversion instead of redoing it: the nodes whose free capacity may differ, the
+    allocations that are new or replaced (look them up in the child) and the parent's
+    allocations that are gone or replaced (their old, counted values).  ``nodes_same``:
+    the node set and every Node are the parent's (else a consumer should start afresh).
+    """
 
-    @property
-    def whole_devices(self) -> int:
-        return sum(1 for d in self.devices_milli if d == MILLI_PER_DEVICE)
-
-    @property
-    def accelerator_milli(self) -> int:
-        return sum(self.devices_milli)
-
-    def replicas_fitting(self, demand: ReplicaDemand) -> int | None:
-        """How many replicas of ``demand`` fit in this free capacity, exact per dimension.
-
-        ``None`` when the demand asks for nothing (it fits without bound).
-        """
-        counts = []
-        if demand.accelerators:
-            counts.append(self.whole_devices // demand.accelerators)
-        elif demand.shared_milli:
-            counts.append(sum(d // demand.shared_milli for d in self.devices_milli))
-        if demand.cpu_milli:
-            counts.append(self.cpu_milli // demand.cpu_milli)
-        if demand.memory_mib:
-            counts.append(self.memory_mib // demand.memory_mib)
-        return max(0, min(counts)) if counts else None
+    parent: int
+    nodes_same: bool
+    nodes: frozenset[str]
+    added: tuple[str, ...]
+    removed: tuple[Allocation, ...]
 
 
 class ClusterSnapshot:
@@ -53,7 +44,8 @@ class ClusterSnapshot:
     that their replicas are lost.
     """
 
-    __slots__ = ("_allocations", "_free", "_inputs", "_nodes", "_on_node", "now_seconds", "quotas")
+    __slots__ = ("_allocations", "_delta", "_free", "_inputs", "_nodes", "_on_node", "_version", "now_seconds",
+                 "quotas")
 
     def __init__(
         self,
@@ -93,7 +85,7 @@ class ClusterSnapshot:
         #: the allocations as given, and node -> their keys in order: what a later snapshot
         #: built with ``previous=self`` compares against (None: not kept)
         self._inputs: Mapping[str, Allocation] = inputs
-        self._on_node: dict[str, tuple[str, ...]] | None = {name: tuple(keys) for name, keys in on_node.items()}
+        self._on_node: Mapping[str, tuple[str, ...]] | None = {name: tuple(keys) for name, keys in on_node.items()}
         same = _unchanged_inputs(inputs, previous)
         dirty = _dirty_nodes(node_map, self._on_node, same, previous)
         ledger = CapacityLedger.empty(node_map[name] for name in dirty)
@@ -122,10 +114,52 @@ class ClusterSnapshot:
             alloc_map[key] = allocation if tuple(replicas) == allocation.replicas \
                 else replace(allocation, replicas=tuple(replicas))
         self._allocations: Mapping[str, Allocation] = MappingProxyType(alloc_map)
+        if all(alloc_map[key] is allocation for key, allocation in inputs.items()):
+            self._inputs = self._allocations  # nothing was filled in: one mapping serves both (derive keeps it so)
         free = ledger.freeze()
         if previous is not None:
             free = {name: free[name] if name in dirty else previous._free[name] for name in node_map}
         self._free: Mapping[str, NodeFree] = MappingProxyType(free)
+        self._version = next(_VERSIONS)
+        self._delta: SnapshotDelta | None = None
+        if previous is not None:
+            nodes_same = len(node_map) == len(previous._nodes) and all(
+                (old := previous._nodes.get(name)) is node or old == node for name, node in node_map.items())
+            self._delta = SnapshotDelta(
+                previous.version, nodes_same, frozenset(dirty), tuple(k for k in inputs if k not in same),
+                tuple(a for k, a in previous._allocations.items() if k not in same))
+
+    @property
+    def version(self) -> int:
+        """A number no other snapshot of this process has: what a consumer's cache is keyed by."""
+        try:
+            return self._version
+        except AttributeError:  # a subclass's own constructor
+            self._version = next(_VERSIONS)
+            return self._version
+
+    @property
+    def delta(self) -> SnapshotDelta | None:
+        """How this snapshot differs from the one it was built from (None: built from scratch)."""
+        return getattr(self, "_delta", None)
+
+    def derive(
+        self, added: Iterable[Allocation] = (), removed: Iterable[str] = (), now_seconds: float | None = None,
+    ) -> ClusterSnapshot:
+        """This snapshot with the allocations keyed ``removed`` taken out and ``added`` appended
+        (an added key already present replaces it), copy-on-write.
+
+        The result equals ``ClusterSnapshot(nodes, kept + added, now_seconds, quotas)`` where
+        ``kept`` is this snapshot's allocations in order without the removed or replaced
+        ones; it costs what changed: the untouched mappings are copied at C speed and only
+        the nodes the changed allocations are on are counted again.  Its ``delta`` says
+        what changed, for consumers that keep a conversion of this snapshot.
+        """
+        if self._on_node is None:  # built without the index this needs (a subclass's own constructor)
+            kept = [a for k, a in self._inputs.items() if k not in set(removed)]
+            return ClusterSnapshot(self._nodes.values(), [*kept, *added],
+                                   self.now_seconds if now_seconds is None else now_seconds, self.quotas)
+        return _derive(self, list(added), set(removed), self.now_seconds if now_seconds is None else now_seconds)
 
     @property
     def nodes(self) -> Mapping[str, Node]:
@@ -184,234 +218,121 @@ def _dirty_nodes(nodes: Mapping[str, Node], on_node: Mapping[str, tuple[str, ...
     return dirty
 
 
-class CapacityError(Exception):
-    """A reservation that does not fit."""
+def _derive(parent: ClusterSnapshot, added: list[Allocation], removed: set[str], now_seconds: float) -> ClusterSnapshot:
+    """See :meth:`ClusterSnapshot.derive`.  The child's mappings are overlays on the parent's
+    (:mod:`tessera.core.overlay`): the parent is never changed and the child costs the change."""
+    assert parent._on_node is not None
+    nodes = parent._nodes
+    seen: set[str] = set()
+    for allocation in added:
+        if allocation.key in seen:
+            raise ValueError(f"workload {allocation.key} allocated twice")
+        seen.add(allocation.key)
+    if not removed and not any(key in parent._inputs for key in seen):
+        return _append(parent, added, now_seconds)
+    gone = sorted(k for k in removed | seen if k in parent._inputs)
+    touched: set[str] = set()
+    for key in gone:
+        touched.update(rp.node for rp in parent._inputs[key].replicas if rp.node in nodes)
+    lost = set(touched)  # nodes that lost an allocation
+    node_keys: dict[str, tuple[str, ...]] = {
+        name: tuple(k for k in parent._on_node[name] if k not in removed and k not in seen) for name in touched}
+    for allocation in added:
+        for rp in allocation.replicas:
+            if rp.node in nodes:
+                touched.add(rp.node)
+                node_keys[rp.node] = (*node_keys.get(rp.node, parent._on_node.get(rp.node, ())), allocation.key)
+    for name in touched:
+        node_keys.setdefault(name, ())
+    staged = changed(parent._allocations, remove=gone, append=[(a.key, a) for a in added])
+    shared = parent._inputs is parent._allocations
+    inputs = staged if shared else changed(parent._inputs, remove=gone, append=[(a.key, a) for a in added])
+    on_node = changed(parent._on_node, remove=[n for n, keys in node_keys.items() if not keys],
+                      update=[(n, keys) for n, keys in node_keys.items() if keys and n in parent._on_node],
+                      append=[(n, keys) for n, keys in node_keys.items() if keys and n not in parent._on_node])
+    # count every touched node again as the constructor does: from empty, its allocations in
+    # order.  A node that only gained allocations starts from the parent's count instead (the
+    # same state: its earlier allocations come first in the order) and counts just the new ones.
+    emptied = lost
+    start = {name: NodeFree((MILLI_PER_DEVICE,) * nodes[name].accelerator_count, nodes[name].cpu_milli,
+                            nodes[name].memory_mib) if name in emptied else parent._free[name] for name in touched}
+    ledger = CapacityLedger(nodes, start)
+    counted: dict[str, dict[int, tuple[int, ...]]] = {}
+    fresh = {a.key for a in added}
+    for name in touched:
+        keys = node_keys[name] if name in emptied else [k for k in node_keys[name] if k in fresh]
+        for key in dict.fromkeys(keys):
+            allocation = inputs[key]
+            for i, rp in enumerate(allocation.replicas):
+                if rp.node == name:
+                    counted.setdefault(key, {})[i] = ledger.hold(name, allocation.workload.demand, rp.devices)
+    updates = []
+    for key, devices in counted.items():
+        allocation = inputs[key]
+        before = staged[key].replicas  # counted on the nodes not touched now
+        replicas = tuple(
+            rp if (d := devices.get(i, before[i].devices)) == rp.devices else replace(rp, devices=d)
+            for i, rp in enumerate(allocation.replicas))
+        value = allocation if replicas == allocation.replicas else replace(allocation, replicas=replicas)
+        if value is not staged[key]:
+            updates.append((key, value))
+    child = object.__new__(ClusterSnapshot)
+    child._nodes = nodes
+    child.now_seconds = now_seconds
+    child.quotas = parent.quotas
+    child._inputs = inputs
+    child._on_node = on_node
+    child._allocations = changed(staged, update=updates) if updates else staged
+    child._free = changed(parent._free, update=[(name, ledger.free(name)) for name in touched])
+    child._version = next(_VERSIONS)
+    child._delta = SnapshotDelta(parent.version, True, frozenset(touched), tuple(a.key for a in added),
+                                 tuple(parent._allocations[k] for k in gone))
+    return child
 
 
-class CapacityLedger:
-    """Mutable free capacity per node: reserve and release replicas as a plan is built."""
-
-    __slots__ = ("_cpu", "_devices", "_mem", "_statements", "nodes")
-
-    def __init__(self, nodes: Mapping[str, Node], free: Mapping[str, NodeFree]) -> None:
-        self.nodes = nodes
-        self._devices = {name: list(f.devices_milli) for name, f in free.items()}
-        self._cpu = {name: f.cpu_milli for name, f in free.items()}
-        self._mem = {name: f.memory_mib for name, f in free.items()}
-        #: open statements, innermost last (see ``statement``)
-        self._statements: list[Statement] = []
-
-    @classmethod
-    def empty(cls, nodes: Iterable[Node]) -> CapacityLedger:
-        node_map = {n.name: n for n in nodes}
-        free = {
-            n.name: NodeFree((MILLI_PER_DEVICE,) * n.accelerator_count, n.cpu_milli, n.memory_mib)
-            for n in node_map.values()
-        }
-        return cls(node_map, free)
-
-    def freeze(self) -> dict[str, NodeFree]:
-        return {
-            name: NodeFree(tuple(devs), self._cpu[name], self._mem[name])
-            for name, devs in self._devices.items()
-        }
-
-    def free(self, node: str) -> NodeFree:
-        return NodeFree(tuple(self._devices[node]), self._cpu[node], self._mem[node])
-
-    def whole_free(self, node: str) -> int:
-        return sum(1 for d in self._devices[node] if d == MILLI_PER_DEVICE)
-
-    def cpu_free(self, node: str) -> int:
-        return self._cpu[node]
-
-    def memory_free(self, node: str) -> int:
-        return self._mem[node]
-
-    def device_free(self, node: str) -> list[int]:
-        """Free milli per device (a copy)."""
-        return list(self._devices[node])
-
-    def _choose(self, node: str, demand: ReplicaDemand) -> tuple[int, ...] | None:
-        devs = self._devices[node]
-        if demand.accelerators:
-            idx = [i for i, d in enumerate(devs) if d == MILLI_PER_DEVICE]
-            return tuple(idx[: demand.accelerators]) if len(idx) >= demand.accelerators else None
-        if demand.shared_milli:
-            # best fit: the fullest device that still has room, lowest index on ties
-            best = None
-            for i, d in enumerate(devs):
-                if d >= demand.shared_milli and (best is None or d < devs[best]):
-                    best = i
-            return None if best is None else (best,)
-        return ()
-
-    def fits(self, node: str, demand: ReplicaDemand) -> bool:
-        return (
-            self._cpu[node] >= demand.cpu_milli
-            and self._mem[node] >= demand.memory_mib
-            and self._choose(node, demand) is not None
-        )
-
-    def statement(self) -> Statement:
-        """Open a statement: the takes and gives that follow are committed or discarded together.
-
-        Statements nest; they close innermost first.  See ``Statement``.
-        """
-        statement = Statement(self)
-        self._statements.append(statement)
-        return statement
-
-    def _remember(self, node: str) -> None:
-        # the innermost open statement keeps the node's state from before its first change
-        saved = self._statements[-1]._saved
-        if node not in saved:
-            saved[node] = (tuple(self._devices[node]), self._cpu[node], self._mem[node])
-
-    def take(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...] = ()) -> tuple[int, ...]:
-        """Reserve one replica on ``node``; returns the device indices used.
-
-        Raises ``CapacityError`` and changes nothing when the replica does not fit.
-        """
-        devs = self._devices[node]
-        if not devices:
-            chosen = self._choose(node, demand)
-            if chosen is None:
-                raise CapacityError(f"{node}: not enough free accelerators for {_describe(demand)}")
-            devices = chosen
-        per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
-        expected = demand.accelerators if demand.accelerators else (1 if demand.shared_milli else 0)
-        if len(devices) != expected or len(set(devices)) != len(devices):
-            raise CapacityError(f"{node}: {_describe(demand)} needs {expected} device(s), got {list(devices)}")
-        for i in devices:
-            if not 0 <= i < len(devs):
-                raise CapacityError(f"{node}: no device {i}")
-            if devs[i] < per_device:
-                raise CapacityError(f"{node}: device {i} has {devs[i]} milli free, needs {per_device}")
-        if self._cpu[node] < demand.cpu_milli:
-            raise CapacityError(f"{node}: needs {demand.cpu_milli} cpu milli, {self._cpu[node]} free")
-        if self._mem[node] < demand.memory_mib:
-            raise CapacityError(f"{node}: needs {demand.memory_mib} MiB memory, {self._mem[node]} free")
-        return self._reserve(node, demand, devices)
-
-    def hold(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...] = ()) -> tuple[int, ...]:
-        """Record a replica that already runs on ``node`` (replaying the cluster); returns its devices.
-
-        Never refuses: what runs holds its room whether or not it fits, so capacity may go
-        negative and an over-committed cluster stays visible.  Deciding anything new goes
-        through ``take``, which refuses; undoing a decision goes through a ``Statement``.
-        """
-        if not devices:
-            chosen = self._choose(node, demand)
-            if chosen is None:
-                n = len(self._devices[node])
-                chosen = tuple(range(min(n, demand.accelerators or 1))) if demand.needs_accelerator else ()
-            devices = chosen
-        return self._reserve(node, demand, tuple(devices))
-
-    def _reserve(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...]) -> tuple[int, ...]:
-        if self._statements:
-            self._remember(node)
-        devs = self._devices[node]
-        per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
-        for i in devices:
-            if 0 <= i < len(devs):
-                devs[i] -= per_device
-        self._cpu[node] -= demand.cpu_milli
-        self._mem[node] -= demand.memory_mib
-        return tuple(devices)
-
-    def give_back(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...]) -> None:
-        """Release one replica's reservation."""
-        if node not in self._devices:
-            return  # the node is gone; nothing to give back
-        if self._statements:
-            self._remember(node)
-        devs = self._devices[node]
-        per_device = MILLI_PER_DEVICE if demand.accelerators else demand.shared_milli
-        for i in devices:
-            if 0 <= i < len(devs):
-                devs[i] = min(MILLI_PER_DEVICE, devs[i] + per_device)
-        self._cpu[node] += demand.cpu_milli
-        self._mem[node] += demand.memory_mib
-
-
-class Statement:
-    """Changes to a ``CapacityLedger`` that stand or fall together (volcano's Statement).
-
-    Every ``take``, ``hold`` and ``give_back`` on the ledger while the statement is the
-    innermost open one belongs to it.  ``commit`` keeps them (inside an enclosing
-    statement they become part of it); ``discard`` puts every node it touched back
-    exactly as it was when the statement opened, so nothing is ever "put back" over
-    room that someone else took meanwhile.  Statements close innermost first, which is
-    what makes the rollback exact.  As a context manager a statement that was neither
-    committed nor discarded is discarded on exit.
-    """
-
-    __slots__ = ("_ledger", "_open", "_saved")
-
-    def __init__(self, ledger: CapacityLedger) -> None:
-        self._ledger = ledger
-        #: node -> (devices milli, cpu milli, memory MiB) before this statement first changed it
-        self._saved: dict[str, tuple[tuple[int, ...], int, int]] = {}
-        self._open = True
-
-    @property
-    def ledger(self) -> CapacityLedger:
-        return self._ledger
-
-    @property
-    def open(self) -> bool:
-        return self._open
-
-    def take(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...] = ()) -> tuple[int, ...]:
-        self._check_innermost()
-        return self._ledger.take(node, demand, devices)
-
-    def give_back(self, node: str, demand: ReplicaDemand, devices: tuple[int, ...]) -> None:
-        self._check_innermost()
-        self._ledger.give_back(node, demand, devices)
-
-    def commit(self) -> None:
-        """Keep every change; an enclosing statement can still discard them."""
-        self._close()
-        stack = self._ledger._statements
-        if stack:
-            outer = stack[-1]._saved
-            for node, before in self._saved.items():
-                outer.setdefault(node, before)
-
-    def discard(self) -> None:
-        """Undo every change made since the statement opened, exactly."""
-        self._close()
-        ledger = self._ledger
-        for node, (devices, cpu, memory) in self._saved.items():
-            ledger._devices[node][:] = devices
-            ledger._cpu[node] = cpu
-            ledger._mem[node] = memory
-
-    def _check_innermost(self) -> None:
-        if not self._open:
-            raise RuntimeError("statement already closed")
-        if self._ledger._statements[-1] is not self:
-            raise RuntimeError("an inner statement is still open")
-
-    def _close(self) -> None:
-        self._check_innermost()
-        self._ledger._statements.pop()
-        self._open = False
-
-    def __enter__(self) -> Statement:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._open:
-            self.discard()
-
-
-def _describe(demand: ReplicaDemand) -> str:
-    if demand.accelerators:
-        return f"{demand.accelerators} accelerator(s)"
-    if demand.shared_milli:
-        return f"{demand.shared_milli / MILLI_PER_DEVICE:.2f} of an accelerator"
-    return "no accelerators"
+def _append(parent: ClusterSnapshot, added: list[Allocation], now_seconds: float) -> ClusterSnapshot:
+    """:func:`_derive` when allocations are only appended (the simulator's common case): each
+    touched node starts from the parent's count and holds just the new replicas, in order."""
+    assert parent._on_node is not None
+    nodes = parent._nodes
+    on_node = parent._on_node
+    if not added:  # nothing changed but the time: share every mapping (they are never mutated)
+        child = object.__new__(ClusterSnapshot)
+        child._nodes, child._inputs, child._on_node = nodes, parent._inputs, on_node
+        child._allocations, child._free = parent._allocations, parent._free
+        child.now_seconds, child.quotas = now_seconds, parent.quotas
+        child._version = next(_VERSIONS)
+        child._delta = SnapshotDelta(parent.version, True, frozenset(), (), ())
+        return child
+    per_node: dict[str, list[tuple[Allocation, int, ReplicaPlacement]]] = {}
+    for allocation in added:
+        for i, rp in enumerate(allocation.replicas):
+            if rp.node in nodes:
+                per_node.setdefault(rp.node, []).append((allocation, i, rp))
+    ledger = CapacityLedger(nodes, {name: parent._free[name] for name in per_node})
+    filled: dict[str, dict[int, tuple[int, ...]]] = {}
+    for name, items in per_node.items():
+        for allocation, i, rp in items:
+            devices = ledger.hold(name, allocation.workload.demand, rp.devices)
+            if devices != rp.devices:
+                filled.setdefault(allocation.key, {})[i] = devices
+    values = added
+    if filled:
+        values = [a if (f := filled.get(a.key)) is None else replace(a, replicas=tuple(
+            replace(rp, devices=f[i]) if i in f else rp for i, rp in enumerate(a.replicas))) for a in added]
+    allocations = changed(parent._allocations, append=[(a.key, a) for a in values])
+    inputs = allocations if parent._inputs is parent._allocations and not filled \
+        else changed(parent._inputs, append=[(a.key, a) for a in added])
+    keys = {name: (*on_node.get(name, ()), *(a.key for a, _, _ in items)) for name, items in per_node.items()}
+    child = object.__new__(ClusterSnapshot)
+    child._nodes = nodes
+    child.now_seconds = now_seconds
+    child.quotas = parent.quotas
+    child._inputs = inputs
+    child._on_node = changed(on_node, update=[(n, k) for n, k in keys.items() if n in on_node],
+                             append=[(n, k) for n, k in keys.items() if n not in on_node])
+    child._allocations = allocations
+    child._free = changed(parent._free, update=[(name, ledger.free(name)) for name in per_node])
+    child._version = next(_VERSIONS)
+    child._delta = SnapshotDelta(parent.version, True, frozenset(per_node), tuple(a.key for a in added), ())
+    return child

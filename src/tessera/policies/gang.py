@@ -26,12 +26,16 @@ def best_fit_score(ledger: CapacityLedger, node: str, workload: Workload) -> flo
     return free.accelerator_milli - workload.demand.accelerator_milli
 
 
-def candidate_types(ledger: CapacityLedger, workload: Workload) -> list[tuple[str | None, ...]]:
+def candidate_types(ledger: CapacityLedger, workload: Workload,
+                    types: Iterable[str | None] | None = None) -> list[tuple[str | None, ...]]:
     """Groups of accelerator types one gang may use, fastest first.
 
     Without mixing, each allowed type is its own group; with mixing, one group of all.
+    ``types``: the nodes' accelerator types when the caller knows them (else read from the ledger).
     """
-    present = sorted({n.accelerator_type for n in ledger.nodes.values()}, key=str)
+    if types is None:
+        types = {n.accelerator_type for n in ledger.nodes.values()}
+    present = sorted(set(types), key=str)
     if not workload.demand.needs_accelerator:
         return [tuple(present)]
     allowed = [t for t in present if t is not None and workload.allows(t)]

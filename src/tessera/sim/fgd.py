@@ -19,7 +19,10 @@ The protocol, as the authors' public simulator runs it (see ``docs/simulator-fgd
 The built-in placement policies run on :class:`~tessera.policies.placement.PlacementArrays`
 with a per-shape score cache (fast path).  Any other policy is called through
 ``decide(snapshot, pending, ctx)`` with the batch as its pending list, and its plan is
-validated by the engine's :func:`~tessera.core.validate_plan` before it is applied.
+validated by the engine's :func:`~tessera.core.validate_plan` before it is applied.  Its
+snapshots form a lineage (:meth:`~tessera.core.ClusterSnapshot.derive`, each with a
+``delta``), so a policy that keeps a conversion of the last one pays for what changed
+(docs/simulator-fgd.md, "Plugin policies").
 """
 
 from __future__ import annotations
@@ -177,12 +180,18 @@ def run_protocol(
     popularity: float = DEFAULT_POPULARITY,
     tie_break: TieBreak = "ordered",
     clock: Callable[[], float] = time.perf_counter,
+    fast_path: bool = True,
+    incremental: bool = True,
 ) -> RunResult:
     """Run the FGD protocol once.  ``pods`` may come in any order; they are sorted by name first.
 
     ``tie_break``: "ordered" settles equal scores by a seeded random node order fixed for
     the run (what reproduces the published results), "random" picks uniformly each time.
     ``clock`` only times the run for the report; it never influences a decision.
+    ``fast_path=False`` runs a built-in placement policy through ``decide`` like any plugin
+    (same placements; for measuring the generic path).  ``incremental=False`` builds every
+    decision's snapshot from scratch (no lineage, so a policy's caches start afresh each
+    time): the reference the incremental snapshots are checked against.
     """
     if batch < 1:
         raise ValueError("batch must be >= 1")
@@ -203,7 +212,7 @@ def run_protocol(
 
     state = _RunState(arrays, meter, result)
     node_rank = node_order(arrays.n_nodes, policy_rng) if tie_break == "ordered" else None
-    if isinstance(policy, PlacementPolicy):
+    if fast_path and isinstance(policy, PlacementPolicy):
         policy.prepare(arrays, target)
         cache = ScoreCache(arrays)
         step = 0
@@ -222,7 +231,8 @@ def run_protocol(
         params: dict[str, Any] = {TARGET_WORKLOAD_PARAM: target, TIE_BREAK_PARAM: tie_break}
         if node_rank is not None:
             params[NODE_ORDER_PARAM] = tuple(arrays.names[i] for i in np.argsort(node_rank))
-        _run_generic(policy, nodes, ordered, order, shapes, params, batch, seed, policy_rng, state, fits_empty, empty)
+        _run_generic(policy, nodes, ordered, order, shapes, params, batch, seed, policy_rng, state, fits_empty, empty,
+                     incremental)
     result.seconds = clock() - started
     return result
 
@@ -276,10 +286,19 @@ def _run_generic(
     state: _RunState,
     fits_empty: dict[PodShape, bool],
     empty: PlacementArrays,
+    incremental: bool = True,
 ) -> None:
-    """Any Policy: hand it each batch as its pending list and apply the validated plan."""
+    """Any Policy: hand it each batch as its pending list and apply the validated plan.
+
+    Each decision's snapshot is the last one with the last batch's allocations appended
+    (:meth:`ClusterSnapshot.derive`, copy-on-write): it costs what changed, and its
+    ``delta`` lets a policy update its own conversion instead of redoing it.
+    """
     node_objects: list[Node] = [n.to_node() for n in nodes]
     allocations: list[Allocation] = []
+    snapshot = ClusterSnapshot(node_objects, allocations, now_seconds=0.0)
+    templates: dict[int, Workload] = {}  # pod index -> its workload (inflated copies get their own key)
+    new: list[Allocation] = []
     arrays = state.arrays
     pending: list[tuple[Workload, PodShape, int]] = []
     for step, index in enumerate(order, start=1):
@@ -287,10 +306,17 @@ def _run_generic(
         shape = shapes[pod.name]
         state.arrive(shape, fits_empty, empty)
         # inflated copies of a pod need their own key
-        pending.append((replace(pod.to_workload(float(step)), key=f"{pod.name}#{step}"), shape, step))
+        template = templates.get(index)
+        if template is None:
+            template = templates[index] = pod.to_workload()
+        pending.append((replace(template, key=f"{pod.name}#{step}", submitted_at_seconds=float(step)), shape, step))
         if step % batch and step != len(order):
             continue
-        snapshot = ClusterSnapshot(node_objects, allocations, now_seconds=float(step))
+        if incremental:
+            snapshot = snapshot.derive(new, now_seconds=float(step))
+        else:
+            snapshot = ClusterSnapshot(node_objects, allocations, now_seconds=float(step))
+        new = []
         workloads = [w for w, _, _ in pending]
         ctx = PolicyContext(
             now_seconds=float(step), rng=rng, deterministic=True, seed=seed,
@@ -309,6 +335,7 @@ def _run_generic(
                 state.place(node, wshape, devices, arrived_at)
                 replicas.append(ReplicaPlacement(replica, assignment.node, node_objects[node].accelerator_type, devices))
             allocations.append(Allocation(workload, tuple(replicas), started_at_seconds=float(step)))
+            new.append(allocations[-1])
             placed.add(workload.key)
         state.result.pods_unscheduled += sum(1 for w, _, _ in pending if w.key not in placed)
         pending.clear()

@@ -16,13 +16,23 @@ in the target workload.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from tessera.core import MILLI_PER_DEVICE, ClusterSnapshot, ReplicaDemand, Workload
+from tessera.core import MILLI_PER_DEVICE, ClusterSnapshot, Workload
+from tessera.policies.learned.shapes import (  # re-exported: training and serving import them from here
+    Demand,
+    ShapeKey,
+    TargetWorkload,
+    add_demands,
+    demand_from_replica,
+    demand_of,
+    target_from_groups,
+    target_workload,
+)
 
 #: bump when a feature's meaning changes: weights trained on another version are refused
 FEATURE_VERSION = "1"
@@ -88,43 +98,6 @@ class NodeArrays:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Demand:
-    """What one replica needs, in the arrays' vocabulary."""
-
-    cpu_milli: int
-    memory_mib: int
-    #: whole devices, or 1 for a shared replica, 0 for CPU-only
-    num_gpu: int
-    #: milli per device: 1000 for whole devices, < 1000 for a shared one, 0 for CPU-only
-    gpu_milli: int
-    #: allowed accelerator types (names); empty = any
-    types: tuple[str, ...] = ()
-
-    @property
-    def shared(self) -> bool:
-        return 0 < self.gpu_milli < MILLI_PER_DEVICE
-
-    @property
-    def total_gpu_milli(self) -> int:
-        return self.num_gpu * self.gpu_milli
-
-
-def demand_of(workload: Workload) -> Demand:
-    """The per-replica :class:`Demand` of a core workload."""
-    return demand_from_replica(workload.demand, workload.allowed_types)
-
-
-def demand_from_replica(demand: ReplicaDemand, types: Sequence[str] = ()) -> Demand:
-    if demand.shared_milli:
-        num_gpu, milli = 1, demand.shared_milli
-    elif demand.accelerators:
-        num_gpu, milli = demand.accelerators, MILLI_PER_DEVICE
-    else:
-        num_gpu, milli = 0, 0
-    return Demand(demand.cpu_milli, demand.memory_mib, num_gpu, milli, tuple(sorted(types)))
-
-
 def node_arrays(
     names: Sequence[str],
     accelerator_types: Sequence[str | None],
@@ -174,58 +147,6 @@ def arrays_from_snapshot(snapshot: ClusterSnapshot) -> NodeArrays:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class TargetWorkload:
-    """The distribution of replica shapes the cluster expects (FGD's "target workload")."""
-
-    cpu_milli: npt.NDArray[np.int64]  # (shapes,)
-    memory_mib: npt.NDArray[np.int64]
-    num_gpu: npt.NDArray[np.int64]
-    gpu_milli: npt.NDArray[np.int64]
-    #: (shapes, types) True where the shape may use the type
-    type_ok: npt.NDArray[np.bool_]
-    probability: npt.NDArray[np.float64]
-    #: pods behind each shape (integers: expected fragmentation is summed exactly, then divided)
-    count: npt.NDArray[np.int64]
-    #: per node type: share of the workload's GPU-milli that may use it
-    type_demand: npt.NDArray[np.float64]
-
-
-def target_workload(demands: Iterable[Demand], type_names: Sequence[str], max_shapes: int = 32) -> TargetWorkload:
-    """Group ``demands`` by GPU shape and allowed types; keep the ``max_shapes`` most common.
-
-    CPU and memory of a group are the group's means (rounded), so a group stands for its pods.
-    """
-    groups: dict[tuple[int, int, tuple[str, ...]], list[Demand]] = {}
-    for d in demands:
-        groups.setdefault((d.num_gpu, d.gpu_milli, d.types), []).append(d)
-    if not groups:
-        groups[(0, 0, ())] = [Demand(0, 0, 0, 0)]
-    ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:max_shapes]
-    total = sum(len(v) for _, v in ranked)
-    index = {t: i for i, t in enumerate(type_names)}
-    type_ok = np.zeros((len(ranked), len(type_names)), dtype=bool)
-    for row, ((_, _, types), _) in enumerate(ranked):
-        if types:
-            for t in types:
-                if t in index:
-                    type_ok[row, index[t]] = True
-        else:
-            type_ok[row, :] = True
-    gpu_weight = np.array([len(v) * k[0] * k[1] for k, v in ranked], dtype=np.float64)
-    type_demand = (gpu_weight[:, None] * type_ok).sum(0) / max(gpu_weight.sum(), 1.0)
-    return TargetWorkload(
-        cpu_milli=np.array([round(sum(d.cpu_milli for d in v) / len(v)) for _, v in ranked], dtype=np.int64),
-        memory_mib=np.array([round(sum(d.memory_mib for d in v) / len(v)) for _, v in ranked], dtype=np.int64),
-        num_gpu=np.array([k[0] for k, _ in ranked], dtype=np.int64),
-        gpu_milli=np.array([k[1] for k, _ in ranked], dtype=np.int64),
-        type_ok=type_ok,
-        probability=np.array([len(v) / total for _, v in ranked], dtype=np.float64),
-        count=np.array([len(v) for _, v in ranked], dtype=np.int64),
-        type_demand=type_demand,
-    )
-
-
 #: odd 64-bit multipliers for hashing node states (fixed, so training and serving hash alike)
 _STATE_HASH = np.random.default_rng(20231).integers(1, 2**62, size=64, dtype=np.int64) | 1
 
@@ -257,6 +178,59 @@ def expected_fragmentation(
     return unique[inverse.reshape(-1)]
 
 
+def fragmentation_matrix(
+    gpu_free: npt.NDArray[np.int64],
+    cpu_free: npt.NDArray[np.int64],
+    mem_free: npt.NDArray[np.int64],
+    type_index: npt.NDArray[np.int64],
+    target: TargetWorkload,
+) -> npt.NDArray[np.int64]:
+    """Fragmented GPU-milli of each row for each of the target's shapes, (rows, shapes), exact
+    integers: an entry depends on its row and its shape only (so it may be cached)."""
+    frag_if_fit, gpu_ok, total = gpu_fragmentation(gpu_free, type_index, target.num_gpu, target.gpu_milli,
+                                                   target.type_ok)
+    return combine_fragmentation(frag_if_fit, gpu_ok, total, cpu_free, mem_free, target)
+
+
+def gpu_fragmentation(
+    gpu_free: npt.NDArray[np.int64],
+    type_index: npt.NDArray[np.int64],
+    num_gpu: npt.NDArray[np.int64],
+    gpu_milli: npt.NDArray[np.int64],
+    type_ok: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+    """The GPU half of :func:`fragmentation_matrix`, which depends on a shape's GPUs, milli and
+    types only (not on its CPU and memory, which are means that drift): per (row, shape) the
+    free milli a fitting shape cannot use and whether the GPUs and type fit; per row the free milli."""
+    # float32 is exact here (integers below 2**24) and lets one batched matmul do the sums:
+    # per (row, shape) the free milli on devices below the shape's per-device request, and
+    # how many non-empty devices are below it.
+    free = gpu_free.astype(np.float32)
+    total = free.sum(axis=1)
+    threshold = np.minimum(gpu_milli, MILLI_PER_DEVICE).astype(np.float32)  # (K,)
+    below = (free[:, None, :] < threshold[None, :, None]).astype(np.float32)  # (M, K, G)
+    nonempty = (free > 0).astype(np.float32)
+    sums = np.matmul(below, np.stack([free, nonempty], axis=2))  # (M, K, 2)
+    frag_if_fit = sums[:, :, 0]
+    usable_devices = nonempty.sum(axis=1)[:, None] - sums[:, :, 1]
+    gpu_fit = (usable_devices >= num_gpu[None, :]) | (num_gpu[None, :] == 0)
+    type_fit = np.where(type_index[:, None] >= 0, type_ok[:, np.maximum(type_index, 0)].T, num_gpu[None, :] == 0)
+    return frag_if_fit, gpu_fit & type_fit, total
+
+
+def combine_fragmentation(
+    frag_if_fit: npt.NDArray[np.float32],
+    gpu_ok: npt.NDArray[np.bool_],
+    total: npt.NDArray[np.float32],
+    cpu_free: npt.NDArray[np.int64],
+    mem_free: npt.NDArray[np.int64],
+    target: TargetWorkload,
+) -> npt.NDArray[np.int64]:
+    """:func:`fragmentation_matrix` from its GPU half and the shapes' CPU and memory."""
+    fits = (cpu_free[:, None] >= target.cpu_milli[None, :]) & (mem_free[:, None] >= target.memory_mib[None, :]) & gpu_ok
+    return np.where(fits, frag_if_fit, total[:, None]).astype(np.int64)
+
+
 def _expected_fragmentation(
     gpu_free: npt.NDArray[np.int64],
     cpu_free: npt.NDArray[np.int64],
@@ -264,28 +238,7 @@ def _expected_fragmentation(
     type_index: npt.NDArray[np.int64],
     target: TargetWorkload,
 ) -> npt.NDArray[np.float64]:
-    # float32 is exact here (integers below 2**24) and lets one batched matmul do the sums:
-    # per (row, shape) the free milli on devices below the shape's per-device request, and
-    # how many non-empty devices are below it.
-    free = gpu_free.astype(np.float32)
-    total = free.sum(axis=1)
-    threshold = np.minimum(target.gpu_milli, MILLI_PER_DEVICE).astype(np.float32)  # (K,)
-    below = (free[:, None, :] < threshold[None, :, None]).astype(np.float32)  # (M, K, G)
-    nonempty = (free > 0).astype(np.float32)
-    sums = np.matmul(below, np.stack([free, nonempty], axis=2))  # (M, K, 2)
-    frag_if_fit = sums[:, :, 0]
-    usable_devices = nonempty.sum(axis=1)[:, None] - sums[:, :, 1]
-    gpu_fit = (usable_devices >= target.num_gpu[None, :]) | (target.num_gpu[None, :] == 0)
-    type_fit = np.where(
-        type_index[:, None] >= 0, target.type_ok[:, np.maximum(type_index, 0)].T, target.num_gpu[None, :] == 0
-    )
-    fits = (
-        (cpu_free[:, None] >= target.cpu_milli[None, :])
-        & (mem_free[:, None] >= target.memory_mib[None, :])
-        & gpu_fit
-        & type_fit
-    )
-    frag = np.where(fits, frag_if_fit, total[:, None]).astype(np.int64)
+    frag = fragmentation_matrix(gpu_free, cpu_free, mem_free, type_index, target)
     # exact integer sum, then one division: a row's value never depends on which rows are computed
     # with it, so ties break the same way in training (incremental) and serving (from scratch)
     return np.asarray((frag @ target.count) / max(int(target.count.sum()), 1), dtype=np.float64)
@@ -449,3 +402,32 @@ def ordering_matrix(
         np.where(has, np.maximum(np.nan_to_num(deadline_seconds) - now_seconds, remaining_seconds) / 3_600.0,
                  _NO_DEADLINE_SLACK_HOURS),
     ]).reshape(len(deadline_seconds), len(ORDERING_FEATURES))
+
+
+__all__ = [
+    "FEATURE_VERSION",
+    "ORDERING_FEATURES",
+    "PLACEMENT_FEATURES",
+    "Demand",
+    "NodeArrays",
+    "PlacementCandidates",
+    "ShapeKey",
+    "TargetWorkload",
+    "add_demands",
+    "arrays_from_snapshot",
+    "combine_fragmentation",
+    "commit_placement",
+    "demand_from_replica",
+    "demand_of",
+    "expected_fragmentation",
+    "feasible_nodes",
+    "fragmentation_matrix",
+    "gpu_fragmentation",
+    "node_arrays",
+    "ordering_features",
+    "ordering_matrix",
+    "place_on_devices",
+    "placement_features",
+    "target_from_groups",
+    "target_workload",
+]

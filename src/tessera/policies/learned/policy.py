@@ -8,7 +8,7 @@ like the built-in heuristics. Queue order: priority first, then the ordering mod
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,22 +22,24 @@ from tessera.core import (
     ReplicaAssignment,
     Spread,
     Workload,
-    explain_unfit,
+    describe_unfit,
 )
+from tessera.policies.fitting import fitting_by_type, lookup
 from tessera.policies.gang import candidate_types
 from tessera.policies.learned.features import (
     Demand,
     NodeArrays,
     TargetWorkload,
-    arrays_from_snapshot,
+    add_demands,
     commit_placement,
     demand_of,
-    expected_fragmentation,
     feasible_nodes,
     ordering_features,
     placement_features,
+    target_from_groups,
     target_workload,
 )
+from tessera.policies.learned.incremental import SnapshotConversion
 from tessera.policies.learned.model import LearnedModel, load_model
 from tessera.policy import Decision, PolicyContext
 
@@ -64,6 +66,8 @@ class LearnedPolicy:
         self.model = model if model is not None else load_model(weights)
         self._target_demands = None if target is None else [_as_demand(t) for t in target]
         self._target_cache: tuple[tuple[str, ...], TargetWorkload] | None = None
+        #: the last snapshot decided on, converted; followed along its lineage (see .incremental)
+        self._conversion = SnapshotConversion()
 
     @property
     def artifact(self) -> str:
@@ -75,8 +79,8 @@ class LearnedPolicy:
     def order(self, pending: Sequence[Workload], now_seconds: float,
               work_seconds: dict[str, float] | None = None) -> list[Workload]:
         """Pending workloads in dispatch order: priority, then the ordering model's score."""
-        if not pending:
-            return []
+        if len(pending) < 2:
+            return list(pending)  # nothing to order: skip the features
         scores = self.model.ordering.score(ordering_features(pending, now_seconds, work_seconds))
         keyed = sorted(range(len(pending)), key=lambda i: (-pending[i].priority, float(scores[i]),
                                                           pending[i].submitted_at_seconds, pending[i].key))
@@ -90,25 +94,47 @@ class LearnedPolicy:
             if self._target_cache is None or self._target_cache[0] != key:
                 self._target_cache = (key, target_workload(self._target_demands, type_names))
             return self._target_cache[1]
-        demands = [demand_of(a.workload) for a in snapshot.allocations.values() for _ in a.replicas]
-        demands += [demand_of(w) for w in pending for _ in range(w.gang_min)]
-        return target_workload(demands, type_names)
+        self._conversion.sync(snapshot)  # the running replicas' demands, counted along the lineage
+        groups = self._conversion.groups
+        waiting = [demand_of(w) for w in pending for _ in range(w.gang_min)]
+        add_demands(groups, waiting, 1)  # counted in for this target only (the order of groups does not matter)
+        try:
+            return target_from_groups(groups, type_names)
+        finally:
+            add_demands(groups, waiting, -1)
 
     def decide(self, snapshot: ClusterSnapshot, pending: Sequence[Workload], ctx: PolicyContext) -> Plan:
-        arrays = arrays_from_snapshot(snapshot)
+        conversion = self._conversion
+        arrays = conversion.sync(snapshot).copy()
         target = self.target_for(snapshot, pending, arrays.type_names)
-        frag = expected_fragmentation(arrays.gpu_free, arrays.cpu_free, arrays.mem_free, arrays.type_index, target)
+        # each node's expected fragmentation, computed when a workload first considers the node
+        frag = np.zeros(arrays.n_nodes)
+        known = np.zeros(arrays.n_nodes, dtype=bool)
+
+        def need(rows: np.ndarray[Any, Any]) -> None:
+            # rows this decision changed are known already (their values are the decision's own)
+            missing = rows[~known[rows]]
+            if len(missing):
+                frag[missing] = conversion.fragmentation(target, missing)
+                known[missing] = True
+
         ledger = snapshot.ledger()
-        zones = {name: node.topology.zone for name, node in snapshot.nodes.items()}
+        zones = conversion.zones
         work = ctx.params.get("work_seconds") if isinstance(ctx.params.get("work_seconds"), dict) else None
         placements: list[Placement] = []
         unplaced: dict[str, str] = {}
         for workload in self.order(pending, ctx.now_seconds, work):
             chosen = None
-            for groups in type_buckets(ledger, workload):
+            #: per type group tried: the states its trial left on each row, in order (committing
+            #: the chosen group replays them instead of scoring again: the same steps, exactly)
+            trials: dict[tuple[str | None, ...], list[_Step]] = {}
+            for groups in type_buckets(ledger, workload, conversion.types):
                 best: tuple[tuple[int, float], tuple[str | None, ...], list[int]] | None = None
                 for group in groups:
-                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False)
+                    trial: list[_Step] = []
+                    trials[group] = trial
+                    rows, score = self._fill(arrays, workload, group, target, frag, zones, commit=False, record=trial,
+                                             need=need)
                     if len(rows) >= workload.gang_min:
                         value = (-len(rows), score)  # most replicas, then the lowest total score
                         if best is None or value < best[0]:
@@ -117,9 +143,12 @@ class LearnedPolicy:
                     chosen = best
                     break
             if chosen is None:
-                unplaced[workload.key] = explain_unfit(ledger, workload)
+                counts = fitting_by_type(arrays.usable, arrays.type_index, arrays.type_names, arrays.gpu_free,
+                                         arrays.cpu_free, arrays.mem_free, workload)
+                unplaced[workload.key] = describe_unfit(workload, conversion.types, lookup(counts))
                 continue
-            rows, _ = self._fill(arrays, workload, chosen[1], target, frag, zones, commit=True, limit=len(chosen[2]))
+            rows, _ = self._fill(arrays, workload, chosen[1], target, frag, zones, commit=True, limit=len(chosen[2]),
+                                 replay=trials.get(chosen[1]), need=need)
             replicas = tuple(ReplicaAssignment(arrays.names[r], ledger.take(arrays.names[r], workload.demand))
                              for r in rows)
             placements.append(Placement(workload.key, replicas, reason=f"learned {self.artifact}"))
@@ -136,11 +165,22 @@ class LearnedPolicy:
         *,
         commit: bool,
         limit: int | None = None,
+        record: list[_Step] | None = None,
+        replay: list[_Step] | None = None,
+        need: Callable[[np.ndarray[Any, Any]], None] | None = None,
     ) -> tuple[list[int], float]:
         """Place replicas one at a time by score within the accelerator types of ``group``.
 
         Keeps them (``commit``) or undoes them afterwards; returns the rows and the total score.
+        ``record`` collects each step's row and state after it; ``replay`` applies such a
+        record (its first ``limit`` steps) instead of scoring: a trial on the same state
+        takes the same steps, so the result is the same.  ``need(rows)`` is called before
+        ``frag`` is read for ``rows`` (a caller computing it lazily fills them in).
         """
+        if replay is not None and commit and limit is not None and len(replay) >= limit:
+            for row, gpu, cpu, mem, f in replay[:limit]:
+                arrays.gpu_free[row], arrays.cpu_free[row], arrays.mem_free[row], frag[row] = gpu, cpu, mem, f
+            return [step[0] for step in replay[:limit]], 0.0
         base = demand_of(workload)
         types = tuple(sorted(t for t in group if t)) if base.num_gpu else ()
         demand = Demand(base.cpu_milli, base.memory_mib, base.num_gpu, base.gpu_milli, types)
@@ -157,6 +197,8 @@ class LearnedPolicy:
                 rows = rows[np.array([zones[arrays.names[r]] not in used_zones for r in rows], dtype=bool)]
             if not len(rows):
                 break
+            if need is not None:
+                need(rows)
             candidates = placement_features(arrays, demand, target, frag, rows)
             scores = self.model.placement.score(candidates.features)
             choice = int(np.argmin(scores))
@@ -165,6 +207,9 @@ class LearnedPolicy:
             saved.append((row, arrays.gpu_free[row].copy(), int(arrays.cpu_free[row]), int(arrays.mem_free[row]),
                           float(frag[row])))
             commit_placement(arrays, candidates, choice, demand, frag)
+            if record is not None:
+                record.append((row, arrays.gpu_free[row].copy(), int(arrays.cpu_free[row]), int(arrays.mem_free[row]),
+                               float(frag[row])))
             used_rows.append(row)
             used_zones.add(zones[arrays.names[row]])
         if not commit or len(used_rows) < workload.gang_min:
@@ -173,14 +218,19 @@ class LearnedPolicy:
         return used_rows, total_score
 
 
-def type_buckets(ledger: CapacityLedger, workload: Workload) -> list[list[tuple[str | None, ...]]]:
+#: one step of a trial: the row and its (GPU free, CPU free, memory free, fragmentation) after it
+_Step = tuple[int, "np.ndarray[Any, Any]", int, int, float]
+
+
+def type_buckets(ledger: CapacityLedger, workload: Workload,
+                 present: Iterable[str | None] | None = None) -> list[list[tuple[str | None, ...]]]:
     """Candidate type groups, bucketed by per-replica throughput (fastest bucket first).
 
     Within a bucket the model chooses: a single replica (or a gang that may mix types) sees all
     the bucket's types at once; a gang that may not mix tries each type as its own group.
     CPU-only workloads see every node.
     """
-    groups = candidate_types(ledger, workload)
+    groups = candidate_types(ledger, workload, present)
     if not workload.demand.needs_accelerator or not groups:
         return [groups]
     allowed = sorted({t for g in groups for t in g}, key=lambda t: (-workload.throughput_on(t), str(t)))

@@ -41,6 +41,8 @@ class FragmentationMeter:
 
     def __init__(self, arrays: PlacementArrays, target: TargetWorkload) -> None:
         self.arrays = arrays
+        #: the target workload measured against
+        self.source = target
         self.target = TargetArrays(target, arrays)
         self._values: FloatArray = np.zeros(arrays.n_nodes)
         self._stamp: IntArray = np.full(arrays.n_nodes, -1, dtype=np.int64)
@@ -74,7 +76,8 @@ class FgdPolicy(PlacementPolicy):
     def prepare(self, arrays: PlacementArrays, target: TargetWorkload | None) -> None:
         if target is None:
             raise ValueError("FGD needs a target workload (the distribution of pod shapes)")
-        self._meter = FragmentationMeter(arrays, target)
+        if self._meter is None or self._meter.arrays is not arrays or self._meter.source is not target:
+            self._meter = FragmentationMeter(arrays, target)  # same arrays and target: its stamps stay valid
 
     def score(
         self, arrays: PlacementArrays, nodes: IntArray, shape: PodShape, rng: random.Random
