@@ -167,3 +167,13 @@ def test_the_claim_and_its_allocation():
 
 def test_dra_state_without_objects_is_empty():
     assert dra_state(None).pools == {} and dra_state(DraObjects()).claims == {}
+
+
+def test_claims_on_a_pool_the_node_does_not_count_hold_nothing_there():
+    # no DeviceClass selects the driver: the node counts no devices, so a claim there holds none
+    state = build_state(NODES, [], [], 0, dra=DraObjects(SLICES, [claim("theirs", ["gpu-0"])], []))
+    assert state.nodes["l40s-dra-0"].node.accelerator_count == 0
+    assert not [a for a in state.snapshot.allocations if a.startswith("claim:")]
+    # control: with the class the same claim holds its device
+    state = build_state(NODES, [], [], 0, dra=DraObjects(SLICES, [claim("theirs", ["gpu-0"])], CLASSES))
+    assert [a for a in state.snapshot.allocations if a.startswith("claim:")] == ["claim:ns/theirs@l40s-dra-0"]

@@ -94,7 +94,9 @@ def stale_claims(state: DraState, live_pods: set[str]) -> list[dict[str, Any]]:
 
 def claim_holds(state: DraState, counted: set[str], nodes: Mapping[str, NodeView]) -> list[Allocation]:
     """What allocated claims hold beyond Tessera's counted pods (``counted``: their uids)."""
-    where = {(p.driver, p.pool): node for node, p in state.pools.items() if node in nodes}
+    # only nodes counted through their pool (an extended resource wins; no DeviceClass: none)
+    where = {(p.driver, p.pool): node for node, p in state.pools.items()
+             if node in nodes and nodes[node].dra is not None and nodes[node].node.accelerator_count}
     out: list[Allocation] = []
     for key, claim in sorted(state.claims.items()):
         if any(uid in counted for uid in dra.reserved_for(claim)):
