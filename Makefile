@@ -55,7 +55,7 @@ prometheus:
 	bash hack/install-prometheus.sh
 
 cluster-up: venv tools
-	bash hack/cluster-up.sh
+	TESSERA_KUBE_SCHEDULER=$${TESSERA_KUBE_SCHEDULER:-1} bash hack/cluster-up.sh
 
 cluster-down:
 	bash hack/cluster-down.sh

@@ -14,7 +14,7 @@
 #   TESSERA_APISERVER_ARGS  extra kube-apiserver flags (e.g. "--max-mutating-requests-inflight=1"
 #                         to make it answer 429 under load, as tests/operator/test_throttled_apiserver.py does)
 #   TESSERA_KUEUE=1       also start the real Kueue controller (hack/kueue-up.sh, docs/kueue.md)
-#   TESSERA_KUBE_SCHEDULER=1  also start the real kube-scheduler (hack/kube-scheduler-up.sh);
+#   TESSERA_KUBE_SCHEDULER=1  also start the real kube-scheduler (hack/kube-scheduler-up.sh; `make cluster-up` and `make demo` set it);
 #                         off by default: then only Tessera binds pods
 # Idempotent: when the cluster in TESSERA_CLUSTER_DIR answers, it is reused.
 set -euo pipefail

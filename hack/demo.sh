@@ -7,7 +7,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PY:-$ROOT/.venv/bin/python}"
 DIR="$ROOT/.local-cluster"
-KUBECONFIG="$(bash hack/cluster-up.sh)"
+# the real kube-scheduler runs beside Tessera, as in a real cluster (TESSERA_KUBE_SCHEDULER=0: not)
+KUBECONFIG="$(TESSERA_KUBE_SCHEDULER="${TESSERA_KUBE_SCHEDULER:-1}" bash hack/cluster-up.sh)"
 export KUBECONFIG
 kubectl() { "$DIR/bin/kubectl" --kubeconfig "$KUBECONFIG" "$@"; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -30,6 +31,10 @@ say "applying the examples"
 kubectl apply -f examples/elasticjob-basic.yaml -f examples/elasticjob-ascend.yaml \
   -f examples/inferenceservice-basic.yaml -f examples/elasticjob-too-big.yaml \
   -f examples/elasticjob-l40s-dra.yaml
+if [[ "${TESSERA_KUBE_SCHEDULER:-1}" == 1 ]]; then
+  say "and a plain Deployment, placed by kube-scheduler on the same GPU nodes"
+  kubectl apply -f examples/kube-scheduler/inference-deployment.yaml
+fi
 
 say "waiting for the placements"
 deadline=$((SECONDS + 90))
@@ -50,6 +55,12 @@ say "where each replica landed"
   <(kubectl get elasticjobs.tessera.dev,inferenceservices.tessera.dev -A -o json) \
   <(kubectl get pods -A -l tessera.dev/workload -o json) \
   <(kubectl get nodes -o json)
+
+if [[ "${TESSERA_KUBE_SCHEDULER:-1}" == 1 ]]; then
+  kubectl rollout status deployment/plain-inference --timeout=60s >/dev/null
+  say "the plain Deployment's pods, bound by kube-scheduler (Tessera counts their GPUs)"
+  kubectl get pods -l app=plain-inference -o custom-columns='POD:.metadata.name,NODE:.spec.nodeName,SCHEDULER:.spec.schedulerName,GPUS:.spec.containers[0].resources.limits.nvidia\.com/gpu,PHASE:.status.phase'
+fi
 
 say "the DRA claims of the L40S pods (devices Tessera allocated before binding)"
 kubectl get resourceclaims -o custom-columns='CLAIM:.metadata.name,DEVICES:.status.allocation.devices.results[*].device,RESERVED FOR:.status.reservedFor[*].name'
