@@ -19,8 +19,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tessera.api.dra import GROUP, VERSION, DraObjects
-from tessera.operator import labels as L
-from tessera.operator.kube_base import _drain, _error, _json
+from tessera.operator.kube_base import _drain, _error
 from tessera.operator.kube_group import GroupApi
 
 log = logging.getLogger("tessera.operator")
@@ -33,8 +32,7 @@ class DraApi(GroupApi):
     process writes (the watch cache's assumed overlay)."""
 
     def __init__(self, custom: client.CustomObjectsApi, wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
-        super().__init__(custom, GROUP, VERSION, "DRA devices are not counted")
-        self.wrote = wrote or (lambda obj: None)
+        super().__init__(custom, GROUP, VERSION, "DRA devices are not counted", wrote)
 
     def list(self) -> DraObjects:
         """Every slice, claim and class; none when the API server has no DRA or RBAC refuses."""
@@ -43,33 +41,13 @@ class DraApi(GroupApi):
 
     def create_claim(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``body``; on AlreadyExists return the existing claim and False."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            created = dict(_json(self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, CLAIMS, body, field_manager=L.FIELD_MANAGER, _preload_content=False)))
-            self.wrote(created)
-            return created, True
-        except ApiException as err:
-            if err.status != 409:
-                raise _error(err, f"create resourceclaim {namespace}/{name}") from err
-        try:
-            existing = dict(_json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, CLAIMS, name, _preload_content=False)))
-        except ApiException as err:
-            raise _error(err, f"get resourceclaim {namespace}/{name}") from err
-        return existing, False
+        return self.create_or_get(CLAIMS, body)
 
     def allocate_claim(self, namespace: str, name: str, resource_version: str, status: dict[str, Any]) -> None:
         """Write a claim's allocation and reservation, only over ``resource_version`` (a claim
         changed meanwhile answers 409 Conflict)."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        try:
-            obj = dict(_json(self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, CLAIMS, name, cast(Any, body), field_manager=L.FIELD_MANAGER,
-                _preload_content=False)))
-        except ApiException as err:
-            raise _error(err, f"allocate resourceclaim {namespace}/{name}") from err
-        self.wrote(obj)
+        self.patch_status(CLAIMS, namespace, name, {"metadata": {"resourceVersion": resource_version},
+                                                    "status": status})
 
     def delete_claim(self, namespace: str, name: str, uid: str = "") -> None:
         """Delete one claim; a uid precondition never deletes a newer claim of that name."""

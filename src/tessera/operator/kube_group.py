@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.client.rest import ApiException
 
+from tessera.operator import labels as L
 from tessera.operator.kube_base import _error, _json
 
 log = logging.getLogger("tessera.operator")
@@ -17,8 +18,11 @@ class GroupApi:
     """Calls to one optional API group of custom objects (DRA, Kueue): a cluster may not
     serve it (404) or an older chart's RBAC may not allow reading it (403)."""
 
-    def __init__(self, custom: Any, group: str, version: str, what: str) -> None:
+    def __init__(self, custom: Any, group: str, version: str, what: str,
+                 wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.custom, self.group, self.version, self.what = custom, group, version, what
+        #: sees every object this process writes (the watch cache's assumed overlay)
+        self.wrote = wrote or (lambda obj: None)
         #: False once a LIST answered 404/403 (warned once, until it answers again)
         self.installed = True
 
@@ -44,3 +48,32 @@ class GroupApi:
                 return None
         self.installed = True
         return out
+
+    def create_or_get(self, plural: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``body`` (then ``wrote`` sees it); on AlreadyExists the existing object and False."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = dict(_json(self.custom.create_namespaced_custom_object(
+                self.group, self.version, namespace, plural, body, field_manager=L.FIELD_MANAGER,
+                _preload_content=False)))
+        except ApiException as err:
+            if err.status != 409:
+                raise _error(err, f"create {plural}.{self.group} {namespace}/{name}") from err
+        else:
+            self.wrote(created)
+            return created, True
+        try:
+            return dict(_json(self.custom.get_namespaced_custom_object(
+                self.group, self.version, namespace, plural, name, _preload_content=False))), False
+        except ApiException as err:
+            raise _error(err, f"get {plural}.{self.group} {namespace}/{name}") from err
+
+    def patch_status(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """Merge-patch the status subresource with ``body`` (then ``wrote`` sees the answer)."""
+        try:
+            obj = dict(_json(self.custom.patch_namespaced_custom_object_status(
+                self.group, self.version, namespace, plural, name, cast(Any, body), field_manager=L.FIELD_MANAGER,
+                _preload_content=False)))
+        except ApiException as err:
+            raise _error(err, f"patch {plural}.{self.group} {namespace}/{name} status") from err
+        self.wrote(obj)

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from tessera.api.kueue import FLAVORS, GROUP, VERSION, WORKLOADS, KueueObjects
-from tessera.operator import labels as L
-from tessera.operator.kube_base import _error, _json
 from tessera.operator.kube_group import GroupApi
 
 log = logging.getLogger("tessera.operator")
@@ -31,8 +28,7 @@ class KueueApi(GroupApi):
     writes (the watch cache's assumed overlay)."""
 
     def __init__(self, custom: client.CustomObjectsApi, wrote: Callable[[dict[str, Any]], None] | None = None) -> None:
-        super().__init__(custom, GROUP, VERSION, "Kueue is taken as not installed")
-        self.wrote = wrote or (lambda obj: None)
+        super().__init__(custom, GROUP, VERSION, "Kueue is taken as not installed", wrote)
 
     def list(self) -> KueueObjects | None:
         """Every Workload and ResourceFlavor; None when Kueue is not installed or RBAC refuses."""
@@ -40,28 +36,13 @@ class KueueApi(GroupApi):
         return None if out is None else KueueObjects(out[WORKLOADS], out[FLAVORS])
 
     def create_workload(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create ``body``; on AlreadyExists return the existing Workload."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            created = dict(_json(self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, WORKLOADS, body, field_manager=L.FIELD_MANAGER, _preload_content=False)))
-        except ApiException as err:
-            if err.status != 409:
-                raise _error(err, f"create workload.{GROUP} {namespace}/{name}") from err
-            try:
-                created = dict(_json(self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, WORKLOADS, name, _preload_content=False)))
-            except ApiException as err2:
-                raise _error(err2, f"get workload.{GROUP} {namespace}/{name}") from err2
-        self.wrote(created)
-        return created
+        """Create ``body``; on AlreadyExists return the existing Workload (``wrote`` sees it
+        either way: the cycle's index must hold it, Tessera's or not)."""
+        found, fresh = self.create_or_get(WORKLOADS, body)
+        if not fresh:
+            self.wrote(found)
+        return found
 
     def patch_workload_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a Workload's status (the reservation of an evicted one, cleared)."""
-        try:
-            obj = dict(_json(self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, WORKLOADS, name, cast(Any, {"status": status}),
-                field_manager=L.FIELD_MANAGER, _preload_content=False)))
-        except ApiException as err:
-            raise _error(err, f"patch workload.{GROUP} {namespace}/{name} status") from err
-        self.wrote(obj)
+        self.patch_status(WORKLOADS, namespace, name, {"status": status})
